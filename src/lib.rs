@@ -1,0 +1,22 @@
+//! Perch: a Prometheus-compatible monitoring agent for ARM single-board computers.
+//!
+//! The story of a sample, in the order the modules are laid out:
+//!
+//! 1. [`config`] turns flags and a `prometheus.yml` into a validated [`config::Config`]; code
+//!    past it never sees raw input.
+//! 2. [`scrape`] fetches each target on its schedule over HTTP, parses the exposition text with a
+//!    zero-copy pull parser, adds `job`/`instance` and the synthetic series (`up`, …), and writes
+//!    one scrape as one batch through the storage seam's `Appender`.
+//! 3. [`storage`] is that seam (`Appender`, `Querier`) and the stores behind it.
+//! 4. [`promql`] evaluates PromQL (parsed by the `promql-parser` crate) over a `Querier`.
+//! 5. [`web`] serves the Prometheus HTTP API and Perch's own `/metrics`.
+//! 6. [`runtime`] runs all of it on one OS thread: a `smol` local executor (async-io's reactor),
+//!    the clock, signals and the wiring of the tasks.
+//!
+//! [`model`] holds the shared vocabulary (labels, samples, matchers). Dependencies point one way:
+//! `model` ← `storage` ← `scrape`; `promql` → `storage`; `web` → `promql`, `storage`; `runtime`
+//! wires them together. Nothing imports `web`; `storage` never imports `promql`.
+#![deny(unsafe_code)]
+
+pub mod model;
+pub mod storage;

@@ -1,0 +1,167 @@
+//! The storage seam: what the scraper writes through and what the PromQL engine reads through.
+//!
+//! - The scraper sees only an [`Appender`]: it appends the samples of one scrape as a batch and
+//!   then commits (all become visible together) or rolls back (none do). `append` returns a
+//!   [`SeriesRef`] that later scrapes use with `append_ref` to skip label handling (the scrape
+//!   cache).
+//! - The engine and the API see only a [`Querier`]: select series by matchers over a time range,
+//!   list label names and values. Everything a querier returns owns its data, so no borrow of the
+//!   store is held across an `.await`: a long query never blocks an append.
+//! - [`Storage`] hands out both, and is shared on the one executor thread as `Rc<dyn Storage>`.
+//!
+//! Semantics follow Prometheus: a sample older than the newest one of its series is rejected as
+//! out of order; one with the same timestamp and a different value as a duplicate; one with the
+//! same timestamp and value is accepted silently and stored once.
+//!
+//! [`memory::MemStorage`] is the in-memory implementation that the foundation runs on.
+
+pub mod memory;
+
+use crate::model::{Labels, Matcher, Sample};
+use std::fmt;
+
+/// A reference to a series, stable for the life of the process (not across restarts).
+pub type SeriesRef = u64;
+
+/// Why one sample was not appended. The scrape goes on; the caller counts these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendError {
+    /// Older than the newest sample of its series.
+    OutOfOrder,
+    /// Same timestamp as the newest sample of its series, different value.
+    DuplicateTimestamp,
+    /// Older than the retention window allows.
+    OutOfBounds,
+    /// The reference is not (or no longer) known; the caller appends by labels instead.
+    UnknownRef,
+    /// The store refuses more series (its memory bound is reached).
+    TooManySeries,
+}
+
+impl fmt::Display for AppendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AppendError::OutOfOrder => "out of order sample",
+            AppendError::DuplicateTimestamp => "duplicate sample for timestamp",
+            AppendError::OutOfBounds => "out of bounds",
+            AppendError::UnknownRef => "unknown series reference",
+            AppendError::TooManySeries => "too many series",
+        })
+    }
+}
+
+impl std::error::Error for AppendError {}
+
+/// An error of the store as a whole (I/O, corruption, a closed store).
+#[derive(Debug)]
+pub enum StorageError {
+    Io(std::io::Error),
+    Closed,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io(e) => write!(f, "storage I/O error: {e}"),
+            StorageError::Closed => f.write_str("storage is closed"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        StorageError::Io(e)
+    }
+}
+
+/// What one commit wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Samples made visible.
+    pub samples: usize,
+    /// Series created by this batch.
+    pub series_added: usize,
+}
+
+/// A batch of samples, made visible all at once by `commit`.
+pub trait Appender {
+    /// Appends a sample for the series with these labels (created if new). `labels` must hold a
+    /// metric name and be valid; the returned reference serves `append_ref` later.
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef, AppendError>;
+    /// Appends a sample for a series already known by reference.
+    fn append_ref(&mut self, r: SeriesRef, t: i64, v: f64) -> Result<(), AppendError>;
+    /// Makes every sample of the batch visible.
+    fn commit(self: Box<Self>) -> Result<CommitStats, StorageError>;
+    /// Drops every sample of the batch.
+    fn rollback(self: Box<Self>);
+}
+
+/// One selected series: its labels and its samples in the selected range, ascending by time.
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Box<dyn Iterator<Item = Sample>>,
+}
+
+impl fmt::Debug for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Series")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Read access to the store. Results own their data.
+pub trait Querier {
+    /// The series matching all `matchers` that have samples in `[mint, maxt]` (inclusive, ms),
+    /// sorted by labels, each with its samples in that range.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, StorageError>;
+
+    /// The sorted label names of the series matching `matchers` (all series when empty) with
+    /// samples in `[mint, maxt]`.
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// The sorted values of label `name` among the series matching `matchers`, as above.
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError>;
+}
+
+/// Figures about the store for `/metrics` and the status API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    pub series: u64,
+    pub samples_in_memory: u64,
+    pub samples_appended_total: u64,
+    pub out_of_order_total: u64,
+    pub duplicate_total: u64,
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+    pub memory_bytes: u64,
+}
+
+/// The store: hands out appenders and queriers. Shared as `Rc<dyn Storage>` on the executor.
+pub trait Storage {
+    fn appender(&self) -> Box<dyn Appender>;
+    fn querier(&self) -> Box<dyn Querier>;
+    /// Writes out what is buffered (a no-op for a store that keeps nothing on disk).
+    fn flush(&self) -> Result<(), StorageError>;
+    /// Applies retention; `now` is the newest timestamp the caller knows, in ms.
+    fn housekeeping(&self);
+    fn stats(&self) -> StorageStats;
+}
