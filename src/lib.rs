@@ -13,10 +13,17 @@
 //! 6. [`runtime`] runs all of it on one OS thread: a `smol` local executor (async-io's reactor),
 //!    the clock, signals and the wiring of the tasks.
 //!
-//! [`model`] holds the shared vocabulary (labels, samples, matchers). Dependencies point one way:
+//! [`model`] holds the shared vocabulary (labels, samples, matchers) and [`telemetry`] Perch's
+//! own counters. Dependencies point one way:
 //! `model` ← `storage` ← `scrape`; `promql` → `storage`; `web` → `promql`, `storage`; `runtime`
 //! wires them together. Nothing imports `web`; `storage` never imports `promql`.
 #![deny(unsafe_code)]
 
+pub mod config;
 pub mod model;
+pub mod promql;
+pub mod runtime;
+pub mod scrape;
 pub mod storage;
+pub mod telemetry;
+pub mod web;

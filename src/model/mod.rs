@@ -113,7 +113,7 @@ impl Labels {
         Labels(
             self.0
                 .iter()
-                .filter(|l| names.iter().any(|n| *n == l.name) == include)
+                .filter(|l| names.contains(&l.name) == include)
                 .cloned()
                 .collect(),
         )
@@ -188,10 +188,7 @@ impl LabelsBuilder {
 
     /// Sets `name` to `value`; an empty value deletes the label.
     pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
-        match self
-            .labels
-            .binary_search_by(|l| l.name.as_str().cmp(name))
-        {
+        match self.labels.binary_search_by(|l| l.name.as_str().cmp(name)) {
             Ok(i) if value.is_empty() => {
                 self.labels.remove(i);
             }
@@ -215,10 +212,7 @@ impl LabelsBuilder {
 
     /// The current value of `name`, or "".
     pub fn get(&self, name: &str) -> &str {
-        match self
-            .labels
-            .binary_search_by(|l| l.name.as_str().cmp(name))
-        {
+        match self.labels.binary_search_by(|l| l.name.as_str().cmp(name)) {
             Ok(i) => &self.labels[i].value,
             Err(_) => "",
         }

@@ -14,7 +14,7 @@ use super::{
     AppendError, Appender, CommitStats, Querier, Series, SeriesRef, Storage, StorageError,
     StorageStats,
 };
-use crate::model::{Labels, Matcher, Sample, MatchKind};
+use crate::model::{Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -59,7 +59,11 @@ struct Head {
 }
 
 impl Head {
-    fn get_or_create(&mut self, labels: &Labels, max_series: usize) -> Result<(SeriesRef, bool), AppendError> {
+    fn get_or_create(
+        &mut self,
+        labels: &Labels,
+        max_series: usize,
+    ) -> Result<(SeriesRef, bool), AppendError> {
         if let Some(&r) = self.by_labels.get(labels) {
             return Ok((r, false));
         }
@@ -338,7 +342,12 @@ impl Storage for MemStorage {
 
     fn stats(&self) -> StorageStats {
         let h = self.head.borrow();
-        let min_time = h.series.iter().filter_map(|s| s.samples.first()).map(|s| s.t).min();
+        let min_time = h
+            .series
+            .iter()
+            .filter_map(|s| s.samples.first())
+            .map(|s| s.t)
+            .min();
         StorageStats {
             series: h.series.len() as u64,
             samples_in_memory: h.samples,

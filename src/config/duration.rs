@@ -1,0 +1,140 @@
+//! Prometheus durations (`1h30m`, `15s`, `100ms`) and sizes (`512MB`, powers of 1024).
+
+use std::time::Duration;
+
+/// Parses a Prometheus duration: one or more `<number><unit>` with units y, w, d, h, m, s, ms,
+/// in that order, each at most once (as Prometheus's `model.ParseDuration`). `0` alone is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    const UNITS: [(&str, u64); 7] = [
+        ("y", 365 * 24 * 3600 * 1000),
+        ("w", 7 * 24 * 3600 * 1000),
+        ("d", 24 * 3600 * 1000),
+        ("h", 3600 * 1000),
+        ("m", 60 * 1000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let bad = || format!("not a valid duration string: {s:?}");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut total: u64 = 0;
+    let mut next_unit = 0;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return Err(bad());
+        }
+        let n: u64 = s[start..i].parse().map_err(|_| bad())?;
+        let ustart = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit = &s[ustart..i];
+        let pos = UNITS[next_unit..]
+            .iter()
+            .position(|(u, _)| *u == unit)
+            .ok_or_else(bad)?;
+        let mult = UNITS[next_unit + pos].1;
+        next_unit += pos + 1;
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .filter(|v| *v <= i64::MAX as u64)
+            .ok_or_else(bad)?;
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// Formats a duration as Prometheus does (`1h30m`, `15s`, `0s`).
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis() as u64;
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (u, m) in [
+        ("y", 365 * 24 * 3600 * 1000u64),
+        ("w", 7 * 24 * 3600 * 1000),
+        ("d", 24 * 3600 * 1000),
+        ("h", 3600 * 1000),
+        ("m", 60 * 1000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if ms >= m {
+            out.push_str(&format!("{}{}", ms / m, u));
+            ms %= m;
+        }
+    }
+    out
+}
+
+/// Parses a size with Prometheus's units: B, KB, MB, GB, TB, PB, EB (powers of 1024); a plain
+/// number is bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("not a valid size: {s:?} (use e.g. 512MB, 2GB)");
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "K" | "KIB" => 1 << 10,
+        "MB" | "M" | "MIB" => 1 << 20,
+        "GB" | "G" | "GIB" => 1 << 30,
+        "TB" | "T" | "TIB" => 1 << 40,
+        "PB" | "P" | "PIB" => 1 << 50,
+        "EB" | "E" | "EIB" => 1 << 60,
+        _ => return Err(bad()),
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(
+            parse_duration("1m100ms").unwrap(),
+            Duration::from_millis(60_100)
+        );
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("100y").unwrap().as_secs(), 100 * 365 * 86400);
+        for bad in ["", "15", "s", "1.5s", "10x", "1s1m", "1s1s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_secs(15)), "15s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1KB").unwrap(), 1024);
+        assert_eq!(parse_size("512MB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("300KB").unwrap(), 300 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MB").is_err());
+    }
+}

@@ -1,0 +1,754 @@
+//! Flags and `prometheus.yml` → a validated [`Config`].
+//!
+//! Two stages, as in ripgrep: [`Flags::parse`] reads the command line (flag names as in
+//! Prometheus), [`load_file`] / [`parse_yaml`] read the config file; [`Config`] is the validated
+//! result that the rest of Perch sees. Every error names what is wrong (the flag, or the YAML
+//! field with its line), so the process can exit before starting anything.
+//!
+//! The YAML follows Prometheus 2.42: `global` (scrape_interval, scrape_timeout,
+//! evaluation_interval, external_labels) and `scrape_configs` (job_name, scrape_interval,
+//! scrape_timeout, metrics_path, scheme, params, honor_labels, honor_timestamps, static_configs).
+//! Unknown fields are errors; sections of Prometheus that Perch does not use yet (`rule_files`,
+//! `alerting`, `remote_write`, `remote_read`, `storage`, `tracing`) are accepted with one warning
+//! each, listed in [`FileConfig::ignored_sections`].
+
+pub mod duration;
+
+pub use duration::{format_duration, parse_duration, parse_size};
+
+use crate::model::{Labels, LabelsBuilder};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A config error: what is wrong, with the flag or field named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A command-line flag is unknown, missing its value, or has a bad value.
+    Flag(String),
+    /// The config file could not be read.
+    Read { path: String, reason: String },
+    /// The config file is not valid YAML or has an unknown field or bad value.
+    Yaml { path: String, reason: String },
+    /// The config is well-formed but not valid (e.g. a timeout longer than the interval).
+    Invalid { path: String, reason: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Flag(m) => write!(f, "{m} (see perch --help)"),
+            ConfigError::Read { path, reason } => {
+                write!(f, "cannot read config file {path:?}: {reason}")
+            }
+            ConfigError::Yaml { path, reason } => {
+                write!(f, "parsing YAML file {path:?}: {reason}")
+            }
+            ConfigError::Invalid { path, reason } => {
+                write!(f, "invalid config file {path:?}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The command line, validated.
+#[derive(Debug, Clone)]
+pub struct Flags {
+    pub config_file: Option<PathBuf>,
+    pub storage_path: PathBuf,
+    pub retention_time: Duration,
+    pub retention_size: u64,
+    pub flush_interval: Duration,
+    pub listen_address: String,
+    pub log_level: log::LevelFilter,
+    pub lookback_delta: Duration,
+    pub query_timeout: Duration,
+    pub query_max_samples: usize,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            config_file: None,
+            storage_path: PathBuf::from("data"),
+            retention_time: Duration::from_secs(15 * 24 * 3600),
+            retention_size: 512 << 20,
+            flush_interval: Duration::from_secs(60),
+            listen_address: "0.0.0.0:9090".into(),
+            log_level: log::LevelFilter::Info,
+            lookback_delta: Duration::from_secs(300),
+            query_timeout: Duration::from_secs(120),
+            query_max_samples: 50_000_000,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Run the agent.
+    Run(Flags),
+    /// Print the help text and exit.
+    Help,
+    /// Print the version and exit.
+    Version,
+}
+
+/// The flags, their value names and help, in the order `--help` lists them.
+pub const FLAG_HELP: &[(&str, &str, &str)] = &[
+    ("config.file", "FILE", "Prometheus configuration file. Without it: a built-in config that scrapes Perch's own /metrics every 15s (job \"perch\")."),
+    ("storage.tsdb.path", "DIR", "Base path for metrics storage. [default: data/]"),
+    ("storage.tsdb.retention.time", "DURATION", "How long to retain samples, counted back from the newest sample. [default: 15d]"),
+    ("storage.tsdb.retention.size", "SIZE", "The most bytes the store keeps (B, KB, MB, GB, TB; powers of 1024). [default: 512MB]"),
+    ("storage.flush-interval", "DURATION", "How often buffered samples are written out; a power cut loses at most this much. [default: 60s]"),
+    ("web.listen-address", "HOST:PORT", "Address to listen on for the UI, API and telemetry. [default: 0.0.0.0:9090]"),
+    ("query.lookback-delta", "DURATION", "How far back an instant vector selector looks for a sample. [default: 5m]"),
+    ("query.timeout", "DURATION", "Maximum time a query may take before it is aborted. [default: 2m]"),
+    ("query.max-samples", "N", "Maximum number of samples a single query can load into memory. [default: 50000000]"),
+    ("board", "NAME", "Apply a board preset first (rpi-zero-2w, rpi3, rpi4, rpi5, generic; see boards/); flags given here win."),
+    ("log.level", "LEVEL", "Only log messages with the given severity or above: debug, info, warn, error. [default: info]"),
+];
+
+/// The `--help` text.
+pub fn help_text() -> String {
+    let mut s = String::from(
+        "perch: a Prometheus-compatible monitoring agent for small devices\n\n\
+         Usage: perch [FLAGS]\n\nFlags:\n  -h, --help     Show this help.\n      --version  Show the version.\n",
+    );
+    for (name, value, help) in FLAG_HELP {
+        s.push_str(&format!("      --{name}={value}\n          {help}\n"));
+    }
+    s
+}
+
+/// The board presets built into the binary (the files in `boards/`).
+pub const BOARDS: &[(&str, &str)] = &[
+    ("generic", include_str!("../../boards/generic.flags")),
+    (
+        "rpi-zero-2w",
+        include_str!("../../boards/rpi-zero-2w.flags"),
+    ),
+    ("rpi3", include_str!("../../boards/rpi3.flags")),
+    ("rpi4", include_str!("../../boards/rpi4.flags")),
+    ("rpi5", include_str!("../../boards/rpi5.flags")),
+];
+
+/// The flags of a board preset, as command-line arguments.
+pub fn board_args(name: &str) -> Result<Vec<String>, ConfigError> {
+    let (_, text) = BOARDS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+        let names: Vec<&str> = BOARDS.iter().map(|(n, _)| *n).collect();
+        ConfigError::Flag(format!(
+            "--board: unknown board {name:?}; known: {}",
+            names.join(", ")
+        ))
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+impl Flags {
+    /// Parses the command line (without the program name). Flags may be given as
+    /// `--name value` or `--name=value`, as with Prometheus. A `--board` preset is applied
+    /// before the other flags, whatever its position.
+    pub fn parse<I>(args: I) -> Result<Command, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString>,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut all: Vec<std::ffi::OsString> = Vec::new();
+        let mut rest: Vec<std::ffi::OsString> = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].to_string_lossy();
+            if let Some(name) = a.strip_prefix("--board=") {
+                all.extend(board_args(name)?.into_iter().map(Into::into));
+            } else if a == "--board" {
+                let name = args
+                    .get(i + 1)
+                    .ok_or_else(|| ConfigError::Flag("--board: missing value".into()))?;
+                all.extend(
+                    board_args(&name.to_string_lossy())?
+                        .into_iter()
+                        .map(Into::into),
+                );
+                i += 1;
+            } else {
+                rest.push(args[i].clone());
+            }
+            i += 1;
+        }
+        all.extend(rest);
+        Self::parse_plain(all)
+    }
+
+    fn parse_plain(args: Vec<std::ffi::OsString>) -> Result<Command, ConfigError> {
+        use lexopt::Arg;
+        let mut f = Flags::default();
+        let mut p = lexopt::Parser::from_args(args);
+        let err = |e: lexopt::Error| ConfigError::Flag(e.to_string());
+        while let Some(arg) = p.next().map_err(err)? {
+            let name = match arg {
+                Arg::Short('h') | Arg::Long("help") => return Ok(Command::Help),
+                Arg::Long("version") => return Ok(Command::Version),
+                Arg::Long(n) => n.to_owned(),
+                Arg::Short(c) => return Err(ConfigError::Flag(format!("unknown flag -{c}"))),
+                Arg::Value(v) => {
+                    return Err(ConfigError::Flag(format!(
+                        "unexpected argument {:?}",
+                        v.to_string_lossy()
+                    )))
+                }
+            };
+            if !FLAG_HELP.iter().any(|(n, _, _)| *n == name) {
+                return Err(ConfigError::Flag(format!("unknown flag --{name}")));
+            }
+            let value = p.value().map_err(err)?;
+            let value = value
+                .into_string()
+                .map_err(|_| ConfigError::Flag(format!("--{name}: value is not UTF-8")))?;
+            let bad = |reason: String| ConfigError::Flag(format!("--{name}: {reason}"));
+            match name.as_str() {
+                "board" => {}
+                "config.file" => f.config_file = Some(PathBuf::from(value)),
+                "storage.tsdb.path" => f.storage_path = PathBuf::from(value),
+                "storage.tsdb.retention.time" => {
+                    f.retention_time = parse_duration(&value).map_err(bad)?
+                }
+                "storage.tsdb.retention.size" => {
+                    f.retention_size = parse_size(&value).map_err(bad)?
+                }
+                "storage.flush-interval" => {
+                    f.flush_interval = parse_duration(&value).map_err(bad)?;
+                    if f.flush_interval.is_zero() {
+                        return Err(bad("must be greater than 0".into()));
+                    }
+                }
+                "web.listen-address" => f.listen_address = value,
+                "query.lookback-delta" => f.lookback_delta = parse_duration(&value).map_err(bad)?,
+                "query.timeout" => f.query_timeout = parse_duration(&value).map_err(bad)?,
+                "query.max-samples" => {
+                    f.query_max_samples = value
+                        .parse()
+                        .map_err(|_| bad(format!("not a whole number: {value:?}")))?
+                }
+                "log.level" => {
+                    f.log_level = match value.as_str() {
+                        "debug" => log::LevelFilter::Debug,
+                        "info" => log::LevelFilter::Info,
+                        "warn" => log::LevelFilter::Warn,
+                        "error" => log::LevelFilter::Error,
+                        _ => {
+                            return Err(bad(format!(
+                                "unknown level {value:?}; use debug, info, warn or error"
+                            )))
+                        }
+                    }
+                }
+                _ => unreachable!("flag listed in FLAG_HELP but not handled"),
+            }
+        }
+        Ok(Command::Run(f))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The YAML file, as written.
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    global: RawGlobal,
+    #[serde(default)]
+    scrape_configs: Option<Vec<RawScrapeConfig>>,
+    rule_files: Option<serde_norway::Value>,
+    alerting: Option<serde_norway::Value>,
+    remote_write: Option<serde_norway::Value>,
+    remote_read: Option<serde_norway::Value>,
+    storage: Option<serde_norway::Value>,
+    tracing: Option<serde_norway::Value>,
+    scrape_config_files: Option<serde_norway::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    #[serde(default, deserialize_with = "de_duration")]
+    scrape_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    scrape_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    evaluation_interval: Option<Duration>,
+    #[serde(default)]
+    external_labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "query_log_file")]
+    _query_log_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScrapeConfig {
+    job_name: String,
+    #[serde(default, deserialize_with = "de_duration")]
+    scrape_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    scrape_timeout: Option<Duration>,
+    metrics_path: Option<String>,
+    scheme: Option<String>,
+    #[serde(default)]
+    params: Option<BTreeMap<String, Vec<String>>>,
+    honor_labels: Option<bool>,
+    honor_timestamps: Option<bool>,
+    #[serde(default)]
+    static_configs: Option<Vec<RawStaticConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaticConfig {
+    #[serde(default)]
+    targets: Option<Vec<String>>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated file.
+
+/// The validated `global` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalConfig {
+    pub scrape_interval: Duration,
+    pub scrape_timeout: Duration,
+    pub evaluation_interval: Duration,
+    pub external_labels: Labels,
+}
+
+/// One `static_configs` entry: targets (`host:port`) with their extra labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetGroup {
+    pub targets: Vec<String>,
+    pub labels: Labels,
+}
+
+/// One validated scrape job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeConfig {
+    pub job_name: String,
+    pub scrape_interval: Duration,
+    pub scrape_timeout: Duration,
+    pub metrics_path: String,
+    pub scheme: String,
+    /// URL parameters, in name order, each value in the order written.
+    pub params: Vec<(String, String)>,
+    pub honor_labels: bool,
+    pub honor_timestamps: bool,
+    pub static_configs: Vec<TargetGroup>,
+}
+
+/// The validated config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    pub global: GlobalConfig,
+    pub scrape_configs: Vec<ScrapeConfig>,
+    /// Known Prometheus sections present in the file that Perch does not use.
+    pub ignored_sections: Vec<&'static str>,
+    /// The file's text as loaded (served by the status API).
+    pub source: String,
+}
+
+/// Flags plus the config file: everything the runtime needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub flags: Flags,
+    pub file: FileConfig,
+}
+
+/// The built-in config used without `--config.file`: Perch scrapes its own `/metrics` every 15 s.
+pub fn default_yaml(listen_address: &str) -> String {
+    let port = listen_address.rsplit(':').next().unwrap_or("9090");
+    format!(
+        "# Built-in default: Perch scrapes itself.\n\
+         global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n\
+         scrape_configs:\n  - job_name: perch\n    static_configs:\n      - targets: [\"localhost:{port}\"]\n"
+    )
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: name.clone(),
+        reason: e.to_string(),
+    })?;
+    parse_yaml(&text, &name)
+}
+
+fn check_label_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn to_labels(
+    map: &BTreeMap<String, String>,
+    what: &str,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<Labels, ConfigError> {
+    let mut b = LabelsBuilder::new();
+    for (k, v) in map {
+        if !check_label_name(k) {
+            return Err(invalid(format!("{what}: {k:?} is not a valid label name")));
+        }
+        b.set(k, v);
+    }
+    Ok(b.build())
+}
+
+/// Parses and validates config text; `name` names the file in errors.
+pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
+    let raw: RawFile = if text.trim().is_empty() {
+        RawFile::default()
+    } else {
+        serde_norway::from_str::<Option<RawFile>>(text)
+            .map_err(|e| ConfigError::Yaml {
+                path: name.into(),
+                reason: e.to_string(),
+            })?
+            .unwrap_or_default()
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        path: name.into(),
+        reason,
+    };
+    let mut ignored = Vec::new();
+    for (present, section) in [
+        (raw.rule_files.is_some(), "rule_files"),
+        (raw.alerting.is_some(), "alerting"),
+        (raw.remote_write.is_some(), "remote_write"),
+        (raw.remote_read.is_some(), "remote_read"),
+        (raw.storage.is_some(), "storage"),
+        (raw.tracing.is_some(), "tracing"),
+        (raw.scrape_config_files.is_some(), "scrape_config_files"),
+    ] {
+        if present {
+            ignored.push(section);
+        }
+    }
+    let g = raw.global;
+    let scrape_interval = g.scrape_interval.unwrap_or(Duration::from_secs(60));
+    let mut scrape_timeout = g.scrape_timeout.unwrap_or(Duration::from_secs(10));
+    if g.scrape_timeout.is_none() && scrape_timeout > scrape_interval {
+        scrape_timeout = scrape_interval;
+    }
+    if scrape_interval.is_zero() {
+        return Err(invalid(
+            "global.scrape_interval must be greater than 0".into(),
+        ));
+    }
+    if scrape_timeout > scrape_interval {
+        return Err(invalid(
+            "global scrape timeout greater than scrape interval".into(),
+        ));
+    }
+    let global = GlobalConfig {
+        scrape_interval,
+        scrape_timeout,
+        evaluation_interval: g.evaluation_interval.unwrap_or(Duration::from_secs(60)),
+        external_labels: to_labels(
+            &g.external_labels.unwrap_or_default(),
+            "global.external_labels",
+            &invalid,
+        )?,
+    };
+    let mut jobs: Vec<ScrapeConfig> = Vec::new();
+    for (i, sc) in raw
+        .scrape_configs
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let at = format!("scrape_configs[{i}]");
+        if sc.job_name.is_empty() {
+            return Err(invalid(format!("{at}.job_name: must not be empty")));
+        }
+        if jobs.iter().any(|j| j.job_name == sc.job_name) {
+            return Err(invalid(format!(
+                "{at}.job_name: found multiple scrape configs with job name {:?}",
+                sc.job_name
+            )));
+        }
+        let interval = sc.scrape_interval.unwrap_or(global.scrape_interval);
+        if interval.is_zero() {
+            return Err(invalid(format!(
+                "{at}.scrape_interval: must be greater than 0"
+            )));
+        }
+        let timeout = match sc.scrape_timeout {
+            Some(t) => t,
+            // As Prometheus: the global timeout, but never more than the job's interval.
+            None => global.scrape_timeout.min(interval),
+        };
+        if timeout > interval {
+            return Err(invalid(format!(
+                "{at}.scrape_timeout: scrape timeout greater than scrape interval for scrape config with job name {:?}",
+                sc.job_name
+            )));
+        }
+        if timeout.is_zero() {
+            return Err(invalid(format!(
+                "{at}.scrape_timeout: must be greater than 0"
+            )));
+        }
+        let scheme = sc.scheme.unwrap_or_else(|| "http".into());
+        if scheme != "http" {
+            return Err(invalid(format!(
+                "{at}.scheme: {scheme:?} is not supported (only \"http\")"
+            )));
+        }
+        let metrics_path = sc.metrics_path.unwrap_or_else(|| "/metrics".into());
+        if !metrics_path.starts_with('/') {
+            return Err(invalid(format!(
+                "{at}.metrics_path: {metrics_path:?} must start with '/'"
+            )));
+        }
+        let mut params = Vec::new();
+        for (k, vs) in sc.params.unwrap_or_default() {
+            for v in vs {
+                params.push((k.clone(), v));
+            }
+        }
+        let mut groups = Vec::new();
+        for (j, st) in sc
+            .static_configs
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let sat = format!("{at}.static_configs[{j}]");
+            let targets = st.targets.unwrap_or_default();
+            for t in &targets {
+                validate_target(t).map_err(|r| invalid(format!("{sat}.targets: {r}")))?;
+            }
+            groups.push(TargetGroup {
+                targets,
+                labels: to_labels(
+                    &st.labels.unwrap_or_default(),
+                    &format!("{sat}.labels"),
+                    &invalid,
+                )?,
+            });
+        }
+        jobs.push(ScrapeConfig {
+            job_name: sc.job_name,
+            scrape_interval: interval,
+            scrape_timeout: timeout,
+            metrics_path,
+            scheme,
+            params,
+            honor_labels: sc.honor_labels.unwrap_or(false),
+            honor_timestamps: sc.honor_timestamps.unwrap_or(true),
+            static_configs: groups,
+        });
+    }
+    Ok(FileConfig {
+        global,
+        scrape_configs: jobs,
+        ignored_sections: ignored,
+        source: text.to_owned(),
+    })
+}
+
+/// A target is `host[:port]`, without scheme or path (as Prometheus requires).
+fn validate_target(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("empty target address".into());
+    }
+    if t.contains('/') || t.contains("://") {
+        return Err(format!(
+            "{t:?} is not a valid target address: give host:port without scheme or path"
+        ));
+    }
+    if t.chars().any(|c| c.is_whitespace()) {
+        return Err(format!("{t:?} is not a valid target address"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads the config file named by the flags, or the built-in default.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config_file {
+            Some(p) => load_file(p)?,
+            None => parse_yaml(&default_yaml(&flags.listen_address), "(built-in default)")?,
+        };
+        Ok(Config { flags, file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Flags, ConfigError> {
+        match Flags::parse(args.iter().copied())? {
+            Command::Run(f) => Ok(f),
+            c => panic!("unexpected {c:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_in_both_forms() {
+        let f = run(&[
+            "--config.file",
+            "p.yml",
+            "--storage.tsdb.path=/tmp/d",
+            "--storage.tsdb.retention.size",
+            "300KB",
+            "--storage.tsdb.retention.time=100y",
+            "--web.listen-address",
+            "127.0.0.1:1234",
+            "--storage.flush-interval",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(f.config_file, Some(PathBuf::from("p.yml")));
+        assert_eq!(f.storage_path, PathBuf::from("/tmp/d"));
+        assert_eq!(f.retention_size, 300 * 1024);
+        assert_eq!(f.listen_address, "127.0.0.1:1234");
+        assert_eq!(f.flush_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn board_presets_apply_first() {
+        let f = run(&["--storage.flush-interval=5s", "--board", "rpi-zero-2w"]).unwrap();
+        assert_eq!(f.retention_size, 256 << 20);
+        assert_eq!(f.flush_interval, Duration::from_secs(5));
+        for (name, _) in BOARDS {
+            board_args(name).unwrap();
+            run(&["--board", name]).unwrap();
+        }
+        assert!(run(&["--board=nope"])
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let e = run(&["--nope", "1"]).unwrap_err().to_string();
+        assert!(e.contains("--nope"), "{e}");
+        let e = run(&["--storage.tsdb.retention.time", "1x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--storage.tsdb.retention.time"), "{e}");
+        assert!(matches!(Flags::parse(["--help"]), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn full_config() {
+        let y = r#"
+global:
+  scrape_interval: 10s
+  external_labels: {site: a}
+rule_files: []
+scrape_configs:
+  - job_name: node
+    scrape_interval: 5s
+    params: {module: [x, y]}
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:9100", "localhost:9101"]
+        labels: {env: lab}
+  - job_name: other
+"#;
+        let c = parse_yaml(y, "t.yml").unwrap();
+        assert_eq!(c.global.scrape_interval, Duration::from_secs(10));
+        assert_eq!(c.global.scrape_timeout, Duration::from_secs(10));
+        assert_eq!(c.global.external_labels.get("site"), "a");
+        assert_eq!(c.ignored_sections, vec!["rule_files"]);
+        let j = &c.scrape_configs[0];
+        assert_eq!(j.scrape_interval, Duration::from_secs(5));
+        assert_eq!(j.scrape_timeout, Duration::from_secs(5));
+        assert_eq!(
+            j.params,
+            vec![("module".into(), "x".into()), ("module".into(), "y".into())]
+        );
+        assert!(j.honor_labels && j.honor_timestamps);
+        assert_eq!(j.static_configs[0].targets.len(), 2);
+        assert_eq!(j.static_configs[0].labels.get("env"), "lab");
+        assert_eq!(c.scrape_configs[1].scrape_interval, Duration::from_secs(10));
+        assert_eq!(c.scrape_configs[1].metrics_path, "/metrics");
+    }
+
+    #[test]
+    fn empty_file_is_valid() {
+        let c = parse_yaml("", "e.yml").unwrap();
+        assert!(c.scrape_configs.is_empty());
+        assert_eq!(c.global.scrape_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_line() {
+        let y = "global:\n  scrape_interval: 10s\nscrape_configs:\n  - job_name: x\n    scrape_intervall: 5s\n";
+        let e = parse_yaml(y, "t.yml").unwrap_err().to_string();
+        assert!(e.contains("scrape_intervall"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse_yaml("global:\n  scrape_interval: 10q\n", "t.yml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scrape_interval") || e.contains("10q"), "{e}");
+        let e = parse_yaml(
+            "scrape_configs:\n  - job_name: a\n    scrape_interval: 5s\n    scrape_timeout: 10s\n",
+            "t.yml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("scrape_timeout"), "{e}");
+        let e = parse_yaml(
+            "scrape_configs:\n  - job_name: a\n  - job_name: a\n",
+            "t.yml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("multiple"), "{e}");
+        let e = parse_yaml(
+            "scrape_configs:\n  - job_name: a\n    static_configs: [{targets: ['http://x:1/m']}]\n",
+            "t.yml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("targets"), "{e}");
+    }
+
+    #[test]
+    fn builtin_default_scrapes_itself() {
+        let c = parse_yaml(&default_yaml("0.0.0.0:9090"), "d").unwrap();
+        assert_eq!(c.scrape_configs[0].job_name, "perch");
+        assert_eq!(c.scrape_configs[0].scrape_interval, Duration::from_secs(15));
+        assert_eq!(
+            c.scrape_configs[0].static_configs[0].targets,
+            vec!["localhost:9090"]
+        );
+    }
+}

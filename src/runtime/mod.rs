@@ -1,0 +1,159 @@
+//! The runtime: one OS thread, one `smol` local executor, every task on it.
+//!
+//! [`run`] builds the store, starts the scrapers and the HTTP server as tasks on an
+//! `async_executor::LocalExecutor` driven by `async-io`'s reactor, and runs until SIGINT or
+//! SIGTERM; then it stops scraping, flushes the store and returns.
+//!
+//! Threads: the executor's thread, plus async-io's "async-io" fallback thread, which async-io
+//! starts once and which only drives the reactor while the main thread is busy elsewhere (it is
+//! idle while `block_on` runs here). Nothing else starts a thread: no `blocking` pool, no signal
+//! thread (`async-signal` uses a self-pipe), no name lookups through `getaddrinfo`.
+
+use crate::config::Config;
+use crate::promql::{Engine, EngineOptions};
+use crate::scrape::ScrapeManager;
+use crate::storage::memory::{MemOptions, MemStorage};
+use crate::storage::Storage;
+use crate::telemetry::Telemetry;
+use crate::web::{self, http::Limits, WebState};
+use async_executor::LocalExecutor;
+use async_io::{Async, Timer};
+use futures_lite::StreamExt;
+use std::cell::RefCell;
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum RunError {
+    /// The listen address is not valid.
+    BadAddress(String),
+    /// Binding the listen address failed.
+    Listen(String, std::io::Error),
+    /// Installing the signal handlers failed.
+    Signals(std::io::Error),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::BadAddress(a) => write!(
+                f,
+                "--web.listen-address {a:?} is not a valid HOST:PORT (e.g. 0.0.0.0:9090)"
+            ),
+            RunError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            RunError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Resolves the listen address without DNS: an IP literal, `localhost`, or an empty host
+/// (`:9090`, all interfaces, as Prometheus accepts).
+pub fn listen_addr(a: &str) -> Result<SocketAddr, RunError> {
+    let bad = || RunError::BadAddress(a.to_owned());
+    let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    if host == "localhost" {
+        return format!("127.0.0.1:{port}").parse().map_err(|_| bad());
+    }
+    // Only literals reach `to_socket_addrs`, which then does no lookup.
+    let literal = format!("{host}:{port}");
+    literal
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| {
+            host.trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .and_then(|ip| {
+                    (ip, port.parse::<u16>().ok()?)
+                        .to_socket_addrs()
+                        .ok()?
+                        .next()
+                })
+        })
+        .ok_or_else(bad)
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<(), RunError> {
+    let config = Rc::new(config);
+    let flags = &config.flags;
+    let addr = listen_addr(&flags.listen_address)?;
+    let listener = Async::<TcpListener>::bind(addr)
+        .map_err(|e| RunError::Listen(flags.listen_address.clone(), e))?;
+    let signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(RunError::Signals)?;
+    for section in &config.file.ignored_sections {
+        log::warn!("config section {section:?} is accepted but not used by Perch yet");
+    }
+
+    let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions {
+        retention_ms: flags.retention_time.as_millis().min(i64::MAX as u128) as i64,
+        // The in-memory store spends about 16 bytes a sample: keep within the size budget.
+        max_samples: (flags.retention_size / 16).max(1),
+        ..MemOptions::default()
+    }));
+    let telemetry = Rc::new(Telemetry::new(now_secs()));
+    let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
+    let state = Rc::new(WebState {
+        config: config.clone(),
+        storage: storage.clone(),
+        engine: Engine::new(EngineOptions {
+            lookback_delta_ms: flags.lookback_delta.as_millis() as i64,
+            max_samples: flags.query_max_samples,
+        }),
+        telemetry: telemetry.clone(),
+        targets: RefCell::new(Vec::new()),
+        limits: Limits::default(),
+    });
+    log::info!(
+        "Perch {} listening on {} (storage: in memory, retention {} / {} bytes)",
+        env!("CARGO_PKG_VERSION"),
+        listener
+            .get_ref()
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        crate::config::format_duration(flags.retention_time),
+        flags.retention_size
+    );
+
+    let mut scrapers = ScrapeManager::start(&ex, &config.file, storage.clone(), telemetry);
+    *state.targets.borrow_mut() = scrapers.status.clone();
+    ex.spawn(web::serve(listener, state, ex.clone())).detach();
+    let hk_storage = storage.clone();
+    let flush_every = flags.flush_interval;
+    ex.spawn(async move {
+        loop {
+            Timer::after(flush_every.min(Duration::from_secs(60))).await;
+            hk_storage.housekeeping();
+            if let Err(e) = hk_storage.flush() {
+                log::error!("flushing the store: {e}");
+            }
+        }
+    })
+    .detach();
+
+    let mut signals = signals;
+    let sig = futures_lite::future::block_on(ex.run(async { signals.next().await }));
+    log::info!("received {sig:?}: stopping scrapes and flushing");
+    scrapers.stop();
+    if let Err(e) = storage.flush() {
+        log::error!("flushing the store on shutdown: {e}");
+    }
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The scrape HTTP client: one GET over a fresh TCP connection, on the executor.
+//!
+//! Input: a target address (`host:port`), a path with query, a timeout and a body bound. Output:
+//! the response body in a caller-owned buffer (reused from scrape to scrape), or a
+//! [`FetchError`] saying what went wrong in words a person can act on.
+//!
+//! Contract:
+//! - Everything runs on the async-io reactor; nothing blocks. Names are resolved without
+//!   `getaddrinfo`: IP literals, `localhost`, and `/etc/hosts` (a small local file). DNS comes
+//!   with LAN discovery.
+//! - The timeout bounds the whole exchange, connect to last byte (the caller races it).
+//! - Responses: `Content-Length`, `Transfer-Encoding: chunked`, or read-to-close bodies; any
+//!   status but 200 is an error. The body is never larger than `body_limit`.
+
+use async_io::Async;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The address is not `host:port` or the host cannot be resolved.
+    Resolve(String),
+    /// Connecting, writing or reading failed.
+    Io(String),
+    /// The server answered with a status other than 200.
+    Status(u16, String),
+    /// The response head is not valid HTTP.
+    BadResponse(String),
+    /// The body is larger than the limit.
+    BodyTooLarge(usize),
+    /// The scrape took longer than its timeout.
+    Timeout,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Resolve(m) => write!(f, "{m}"),
+            FetchError::Io(m) => write!(f, "{m}"),
+            FetchError::Status(c, r) => write!(f, "server returned HTTP status {c} {r}"),
+            FetchError::BadResponse(m) => write!(f, "invalid HTTP response: {m}"),
+            FetchError::BodyTooLarge(n) => {
+                write!(
+                    f,
+                    "body size limit exceeded: the response is larger than {n} bytes"
+                )
+            }
+            FetchError::Timeout => f.write_str("context deadline exceeded"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Splits `host:port` (or `[v6]:port`) and resolves the host without blocking.
+pub fn resolve(addr: &str) -> Result<SocketAddr, FetchError> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let bad = || FetchError::Resolve(format!("address {addr:?}: want host:port"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Ok(hosts) = std::fs::read_to_string("/etc/hosts") {
+        if let Some(ip) = lookup_hosts(&hosts, host) {
+            return Ok(SocketAddr::new(ip, port));
+        }
+    }
+    Err(FetchError::Resolve(format!(
+        "cannot resolve host {host:?}: Perch resolves IP addresses, localhost and /etc/hosts names (DNS is not supported yet)"
+    )))
+}
+
+/// Finds `host` in the text of an `/etc/hosts` file; IPv4 answers are preferred.
+fn lookup_hosts(hosts: &str, host: &str) -> Option<IpAddr> {
+    let mut found: Option<IpAddr> = None;
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if words.any(|w| w.eq_ignore_ascii_case(host)) {
+            if ip.is_ipv4() {
+                return Some(ip);
+            }
+            found.get_or_insert(ip);
+        }
+    }
+    found
+}
+
+/// Fetches `http://{addr}{path_and_query}` into `body` (cleared first); returns the response's
+/// `Content-Type` (empty if none).
+pub async fn fetch(
+    addr: &str,
+    path_and_query: &str,
+    extra_headers: &str,
+    body_limit: usize,
+    body: &mut Vec<u8>,
+) -> Result<String, FetchError> {
+    body.clear();
+    let sa = resolve(addr)?;
+    let mut stream = Async::<TcpStream>::connect(sa)
+        .await
+        .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
+    let req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Perch/{}\r\n\
+         Accept: text/plain;version=0.0.4;q=1,*/*;q=0.1\r\nAccept-Encoding: identity\r\n\
+         {extra_headers}Connection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| FetchError::Io(format!("write to {sa}: {e}")))?;
+
+    // Read until the head is complete; what follows it is the start of the body.
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    let (head_len, status, reason, content_type, length, chunked) = loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| FetchError::Io(format!("read from {sa}: {e}")))?;
+        if n == 0 {
+            return Err(FetchError::BadResponse(
+                "connection closed before the response head was complete".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let mut ctype = String::new();
+                let mut length = None;
+                let mut chunked = false;
+                for h in resp.headers.iter() {
+                    let v = String::from_utf8_lossy(h.value);
+                    if h.name.eq_ignore_ascii_case("content-type") {
+                        ctype = v.into_owned();
+                    } else if h.name.eq_ignore_ascii_case("content-length") {
+                        length = Some(v.trim().parse::<usize>().map_err(|_| {
+                            FetchError::BadResponse(format!("bad Content-Length {v:?}"))
+                        })?);
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = v.to_ascii_lowercase().contains("chunked");
+                    }
+                }
+                break (
+                    len,
+                    resp.code.unwrap_or(0),
+                    resp.reason.unwrap_or("").to_owned(),
+                    ctype,
+                    length,
+                    chunked,
+                );
+            }
+            Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => {
+                return Err(FetchError::BadResponse(
+                    "response head larger than 64 KiB".into(),
+                ))
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(FetchError::BadResponse(e.to_string())),
+        }
+    };
+    if status != 200 {
+        return Err(FetchError::Status(status, reason));
+    }
+    if let Some(len) = length {
+        if len > body_limit {
+            return Err(FetchError::BodyTooLarge(body_limit));
+        }
+    }
+    let mut raw = buf.split_off(head_len);
+    // The rest of the body, bounded: chunked framing costs a little over the payload.
+    let raw_limit = body_limit
+        .saturating_add(body_limit / 8)
+        .saturating_add(4096);
+    loop {
+        if let Some(len) = length {
+            if raw.len() >= len {
+                raw.truncate(len);
+                break;
+            }
+        }
+        if raw.len() > raw_limit {
+            return Err(FetchError::BodyTooLarge(body_limit));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| FetchError::Io(format!("read from {sa}: {e}")))?;
+        if n == 0 {
+            if let Some(len) = length {
+                if raw.len() < len {
+                    return Err(FetchError::Io(format!(
+                        "unexpected EOF: got {} of {len} body bytes",
+                        raw.len()
+                    )));
+                }
+            }
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if chunked && raw.ends_with(b"0\r\n\r\n") && dechunk(&raw, body, usize::MAX).is_ok() {
+            return finish(body, body_limit, content_type);
+        }
+    }
+    if chunked {
+        dechunk(&raw, body, body_limit)?;
+    } else {
+        *body = raw;
+    }
+    finish(body, body_limit, content_type)
+}
+
+fn finish(body: &[u8], limit: usize, content_type: String) -> Result<String, FetchError> {
+    if body.len() > limit {
+        return Err(FetchError::BodyTooLarge(limit));
+    }
+    Ok(content_type)
+}
+
+/// Decodes a complete chunked body into `out`.
+fn dechunk(mut raw: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), FetchError> {
+    out.clear();
+    let bad = |m: &str| FetchError::BadResponse(format!("bad chunked encoding: {m}"));
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("missing chunk size line"))?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).map_err(|_| bad("size"))?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("size"))?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(());
+        }
+        if raw.len() < size + 2 {
+            return Err(bad("truncated chunk"));
+        }
+        if out.len() + size > limit {
+            return Err(FetchError::BodyTooLarge(limit));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_literals_and_hosts_file() {
+        assert_eq!(resolve("127.0.0.1:9100").unwrap().port(), 9100);
+        assert!(resolve("[::1]:9100").unwrap().is_ipv6());
+        assert!(resolve("localhost:1").unwrap().ip().is_loopback());
+        assert!(resolve("nohost").is_err());
+        let hosts = "# c\n10.0.0.5 gw gw.lan\n::1 ip6-localhost\n";
+        assert_eq!(
+            lookup_hosts(hosts, "GW.lan"),
+            Some("10.0.0.5".parse().unwrap())
+        );
+        assert_eq!(lookup_hosts(hosts, "none"), None);
+    }
+
+    #[test]
+    fn dechunks() {
+        let mut out = Vec::new();
+        dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n", &mut out, 100).unwrap();
+        assert_eq!(out, b"abcde");
+        assert!(dechunk(b"3\r\nab", &mut out, 100).is_err());
+        assert!(matches!(
+            dechunk(b"3\r\nabc\r\n0\r\n\r\n", &mut out, 2),
+            Err(FetchError::BodyTooLarge(2))
+        ));
+    }
+}

@@ -1,0 +1,284 @@
+//! Perch's own metrics: counters the layers bump, and the `/metrics` text they are served as.
+//!
+//! A leaf module like [`crate::model`]: the scraper and the web server count into one shared
+//! [`Telemetry`] (an `Rc` on the executor thread, interior mutability with `Cell`/`RefCell`);
+//! the runtime adds process figures read from `/proc/self` and the store's own figures at render
+//! time. Label sets are bounded: scrape results by job (jobs come from the config), HTTP requests
+//! by handler (a fixed list of routes) and status code.
+
+use crate::storage::StorageStats;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// How a scrape ended, for `perch_scrapes_total{result=…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScrapeResult {
+    Success,
+    /// Fetching failed (connection, HTTP status, body too large).
+    FetchError,
+    /// The body did not parse.
+    ParseError,
+    Timeout,
+}
+
+impl ScrapeResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScrapeResult::Success => "success",
+            ScrapeResult::FetchError => "fetch_error",
+            ScrapeResult::ParseError => "parse_error",
+            ScrapeResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// The counters. One per process, shared.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    scrapes: RefCell<BTreeMap<(String, ScrapeResult), u64>>,
+    http_requests: RefCell<BTreeMap<(&'static str, u16), u64>>,
+    /// Samples a scrape wanted to store but the store refused (out of order, duplicates, limits).
+    pub samples_rejected: Cell<u64>,
+    /// Process start, Unix seconds.
+    pub start_time: Cell<f64>,
+}
+
+impl Telemetry {
+    pub fn new(start_time: f64) -> Self {
+        let t = Telemetry::default();
+        t.start_time.set(start_time);
+        t
+    }
+
+    pub fn scrape_done(&self, job: &str, result: ScrapeResult) {
+        *self
+            .scrapes
+            .borrow_mut()
+            .entry((job.to_owned(), result))
+            .or_default() += 1;
+    }
+
+    pub fn http_request(&self, handler: &'static str, code: u16) {
+        *self
+            .http_requests
+            .borrow_mut()
+            .entry((handler, code))
+            .or_default() += 1;
+    }
+
+    /// Renders everything in the text format 0.0.4.
+    pub fn render(&self, storage: &StorageStats, out: &mut String) {
+        let p = ProcessStats::read();
+        let start = self.start_time.get();
+        gauge(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            p.rss_bytes as f64,
+        );
+        gauge(
+            out,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            p.vsize_bytes as f64,
+        );
+        counter(
+            out,
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        );
+        gauge(
+            out,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds as f64,
+        );
+        gauge(
+            out,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            p.max_fds as f64,
+        );
+        gauge(
+            out,
+            "process_threads",
+            "Number of OS threads in the process.",
+            p.threads as f64,
+        );
+        gauge(
+            out,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            start,
+        );
+        let _ = writeln!(out, "# HELP perch_build_info A metric with a constant '1' value labeled by the version of Perch.\n# TYPE perch_build_info gauge\nperch_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        gauge(
+            out,
+            "perch_tsdb_head_series",
+            "Number of series in the store.",
+            storage.series as f64,
+        );
+        gauge(
+            out,
+            "perch_tsdb_head_samples",
+            "Number of samples held in memory.",
+            storage.samples_in_memory as f64,
+        );
+        counter(
+            out,
+            "perch_tsdb_samples_appended_total",
+            "Total number of samples appended to the store.",
+            storage.samples_appended_total as f64,
+        );
+        counter(
+            out,
+            "perch_tsdb_out_of_order_samples_total",
+            "Total number of out of order samples rejected.",
+            storage.out_of_order_total as f64,
+        );
+        counter(
+            out,
+            "perch_tsdb_duplicate_samples_total",
+            "Total number of samples rejected for a duplicate timestamp with a different value.",
+            storage.duplicate_total as f64,
+        );
+        gauge(
+            out,
+            "perch_tsdb_memory_bytes",
+            "Approximate bytes of memory the store holds.",
+            storage.memory_bytes as f64,
+        );
+        if let Some(t) = storage.min_time {
+            gauge(
+                out,
+                "perch_tsdb_lowest_timestamp_seconds",
+                "Lowest timestamp in the store.",
+                t as f64 / 1000.0,
+            );
+        }
+        if let Some(t) = storage.max_time {
+            gauge(
+                out,
+                "perch_tsdb_highest_timestamp_seconds",
+                "Highest timestamp in the store.",
+                t as f64 / 1000.0,
+            );
+        }
+        counter(
+            out,
+            "perch_scrape_samples_rejected_total",
+            "Scraped samples the store refused (out of order, duplicate, limits).",
+            self.samples_rejected.get() as f64,
+        );
+        let _ = writeln!(out, "# HELP perch_scrapes_total Scrapes by job and result.\n# TYPE perch_scrapes_total counter");
+        for ((job, result), n) in self.scrapes.borrow().iter() {
+            let _ = write!(out, "perch_scrapes_total{{job=\"");
+            let _ = crate::model::write_escaped(out, job);
+            let _ = writeln!(out, "\",result=\"{}\"}} {n}", result.as_str());
+        }
+        let _ = writeln!(out, "# HELP perch_http_requests_total HTTP requests by handler and status code.\n# TYPE perch_http_requests_total counter");
+        for ((handler, code), n) in self.http_requests.borrow().iter() {
+            let _ = writeln!(
+                out,
+                "perch_http_requests_total{{code=\"{code}\",handler=\"{handler}\"}} {n}"
+            );
+        }
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+        fmt_value(v)
+    );
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        fmt_value(v)
+    );
+}
+
+/// A float as the text format writes it (`+Inf`, `NaN`, shortest round-trip digits).
+pub fn fmt_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Figures about this process from `/proc/self` (zeros where unavailable).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessStats {
+    pub rss_bytes: u64,
+    pub vsize_bytes: u64,
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub threads: u64,
+}
+
+impl ProcessStats {
+    pub fn read() -> Self {
+        let mut s = ProcessStats::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name; see proc(5).
+            if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                // utime(14) stime(15) num_threads(20) vsize(23) rss(24), counted from field 3.
+                // USER_HZ is 100 on every Linux architecture Perch targets.
+                s.cpu_seconds = (num(11) + num(12)) as f64 / 100.0;
+                s.threads = num(17);
+                s.vsize_bytes = num(20);
+                s.rss_bytes = num(21) * 4096;
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            s.open_fds = dir.count().saturating_sub(1) as u64;
+        }
+        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+            if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
+                s.max_fds = line
+                    .split_whitespace()
+                    .nth(3)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_process_figures() {
+        let t = Telemetry::new(1.5);
+        t.scrape_done("node", ScrapeResult::Success);
+        t.scrape_done("node", ScrapeResult::Success);
+        t.http_request("query", 200);
+        let mut out = String::new();
+        t.render(&StorageStats::default(), &mut out);
+        assert!(
+            out.contains("perch_scrapes_total{job=\"node\",result=\"success\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("perch_http_requests_total{code=\"200\",handler=\"query\"} 1\n"));
+        assert!(out.contains("process_start_time_seconds 1.5\n"));
+        let p = ProcessStats::read();
+        assert!(p.rss_bytes > 0 && p.threads >= 1 && p.open_fds > 0);
+    }
+}

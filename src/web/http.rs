@@ -1,0 +1,272 @@
+//! HTTP/1.1 server plumbing on the executor: read a request, write a response.
+//!
+//! Every connection is its own task, so a slow or stalled client only ever holds up itself.
+//! Bounds (see [`Limits`]): the request head (431 past it), the body (413 past it), the time to
+//! receive a request once it has started, the idle time between requests on a kept-alive
+//! connection, and the time to write a response. Parsing uses `httparse`; nothing here panics on
+//! input.
+
+use async_io::{Async, Timer};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Bounds of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_body_bytes: usize,
+    pub idle_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 << 10,
+            max_body_bytes: 8 << 20,
+            idle_timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 256,
+        }
+    }
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub method: String,
+    /// The path, percent-decoding not applied.
+    pub path: String,
+    /// The raw query string (after `?`), possibly empty.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The form parameters: a form-encoded POST body's first, then the query string's, as Go's
+    /// `Request.Form` orders them (so the first value of a name is what Prometheus reads).
+    pub fn params(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let is_form = self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+        if self.method == "POST" && is_form {
+            out.extend(form_urlencoded::parse(&self.body).into_owned());
+        }
+        out.extend(form_urlencoded::parse(self.query.as_bytes()).into_owned());
+        out
+    }
+}
+
+/// A response to write.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn text(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Response::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Response::new(status, "application/json", body)
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        302 => "Found",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Why no request could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client closed the connection (or was idle too long) between requests: no response.
+    Closed,
+    /// A bad or oversized request: answer with this status, then close.
+    Reject(u16, &'static str),
+}
+
+/// Reads one request from `stream`. `buf` carries bytes already read past the previous request.
+pub async fn read_request(
+    stream: &mut Async<TcpStream>,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<Request, ReadError> {
+    let mut chunk = [0u8; 4096];
+    // Wait for the first byte within the idle timeout, then the rest within the read timeout.
+    if buf.is_empty() {
+        let n = async { stream.read(&mut chunk).await.ok() }
+            .or(async {
+                Timer::after(limits.idle_timeout).await;
+                None
+            })
+            .await;
+        match n {
+            Some(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return Err(ReadError::Closed),
+        }
+    }
+    async {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let method = req.method.unwrap_or("").to_owned();
+                    let target = req.path.unwrap_or("/");
+                    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                    let version = req.version.unwrap_or(1);
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).trim().to_owned(),
+                            )
+                        })
+                        .collect();
+                    let mut r = Request {
+                        method,
+                        path: path.to_owned(),
+                        query: query.to_owned(),
+                        headers,
+                        body: Vec::new(),
+                        keep_alive: false,
+                    };
+                    let conn = r.header("connection").map(|c| c.to_ascii_lowercase());
+                    r.keep_alive = match (version, conn.as_deref()) {
+                        (_, Some(c)) if c.contains("close") => false,
+                        (0, Some(c)) => c.contains("keep-alive"),
+                        (0, None) => false,
+                        _ => true,
+                    };
+                    if r.header("transfer-encoding")
+                        .is_some_and(|t| !t.eq_ignore_ascii_case("identity"))
+                    {
+                        return Err(ReadError::Reject(
+                            400,
+                            "chunked request bodies are not supported",
+                        ));
+                    }
+                    let len = match r.header("content-length") {
+                        Some(v) => v
+                            .parse::<usize>()
+                            .map_err(|_| ReadError::Reject(400, "bad Content-Length"))?,
+                        None => 0,
+                    };
+                    if len > limits.max_body_bytes {
+                        return Err(ReadError::Reject(413, "request body too large"));
+                    }
+                    buf.drain(..head_len);
+                    while buf.len() < len {
+                        let n = stream
+                            .read(&mut chunk)
+                            .await
+                            .map_err(|_| ReadError::Closed)?;
+                        if n == 0 {
+                            return Err(ReadError::Closed);
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    r.body = buf.drain(..len).collect();
+                    return Ok(r);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > limits.max_head_bytes {
+                        return Err(ReadError::Reject(431, "request header fields too large"));
+                    }
+                }
+                Err(_) => return Err(ReadError::Reject(400, "malformed HTTP request")),
+            }
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|_| ReadError::Closed)?;
+            if n == 0 {
+                return Err(ReadError::Closed);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    .or(async {
+        Timer::after(limits.read_timeout).await;
+        Err(ReadError::Reject(408, "request timeout"))
+    })
+    .await
+}
+
+/// Writes `resp`; returns false if the connection must be closed (write error or timeout).
+pub async fn write_response(
+    stream: &mut Async<TcpStream>,
+    resp: &Response,
+    keep_alive: bool,
+    limits: &Limits,
+) -> bool {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        resp.status,
+        reason(resp.status),
+        resp.content_type,
+        resp.body.len()
+    );
+    for (n, v) in &resp.headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    async {
+        stream.write_all(head.as_bytes()).await.is_ok()
+            && stream.write_all(&resp.body).await.is_ok()
+            && stream.flush().await.is_ok()
+    }
+    .or(async {
+        Timer::after(limits.write_timeout).await;
+        false
+    })
+    .await
+}

@@ -1,0 +1,76 @@
+//! The binary's handling of flags and config files: bad input exits non-zero, naming the field.
+
+use std::process::Command;
+
+fn run_with_config(yaml: &str) -> (Option<i32>, String) {
+    let dir = crate::support::temp_dir("badcfg");
+    let f = dir.join("prometheus.yml");
+    std::fs::write(&f, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
+        .arg("--config.file")
+        .arg(&f)
+        .arg("--storage.tsdb.path")
+        .arg(dir.join("data"))
+        .arg("--web.listen-address")
+        .arg(format!("127.0.0.1:{}", crate::support::free_port()))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unknown_field_exits_nonzero_naming_it() {
+    let (code, err) = run_with_config(
+        "scrape_configs:\n  - job_name: x\n    scrape_intervall: 5s\n    static_configs: [{targets: ['127.0.0.1:1']}]\n",
+    );
+    assert_ne!(code, Some(0));
+    assert!(code.is_some(), "exited by a signal");
+    assert!(
+        err.contains("scrape_intervall") && err.contains("line 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_value_exits_nonzero_naming_it() {
+    let (code, err) = run_with_config("global:\n  scrape_timeout: 1y2q\n");
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("scrape_timeout") || err.contains("1y2q"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flag_exits_nonzero_naming_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args(["--storage.tsdb.retention.size", "lots"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--storage.tsdb.retention.size"));
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config.file",
+        "--storage.tsdb.path",
+        "--storage.tsdb.retention.time",
+        "--storage.tsdb.retention.size",
+        "--web.listen-address",
+        "--log.level",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}

@@ -1,0 +1,7 @@
+//! Perch's integration tests: one test binary, a module per area.
+
+mod support;
+
+mod config;
+mod e2e;
+mod threads;

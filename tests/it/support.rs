@@ -1,0 +1,188 @@
+//! Test support: a fixture target, the real `perch` binary on a free port, a tiny HTTP client.
+//!
+//! Test code may use threads and blocking I/O freely; only Perch itself is single-threaded.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The repository's `tests/data`.
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scrape target that serves `bodies` in turn, then the last one again and again.
+pub struct Fixture {
+    pub addr: String,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Fixture {
+    pub fn start(bodies: Vec<Vec<u8>>) -> Fixture {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                let body = &bodies[n.min(bodies.len() - 1)];
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(body);
+            }
+        });
+        Fixture { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// A running `perch` binary; killed when dropped.
+pub struct Perch {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+/// A fresh, empty directory under the target dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Perch {
+    /// Starts perch with `config` (None: the built-in default) and waits until it is ready.
+    pub fn start(name: &str, config: Option<&str>) -> Perch {
+        let dir = temp_dir(name);
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_perch"));
+        if let Some(c) = config {
+            let f = dir.join("prometheus.yml");
+            std::fs::write(&f, c).unwrap();
+            cmd.arg("--config.file").arg(&f);
+        }
+        cmd.arg("--storage.tsdb.path")
+            .arg(dir.join("data"))
+            .arg("--web.listen-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start perch");
+        let p = Perch { child, port, dir };
+        wait_until(Duration::from_secs(20), || {
+            get(p.port, "/-/ready")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        });
+        p
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        get(self.port, path).expect("GET")
+    }
+
+    pub fn post_form(&self, path: &str, form: &str) -> (u16, String) {
+        request(self.port, "POST", path, Some(form)).expect("POST")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Perch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` every 50 ms until it is true; panics after `limit`.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    request(port, "GET", path, None)
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = form.unwrap_or("");
+    let ctype = if form.is_some() {
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// Number of OS threads of a process.
+pub fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
