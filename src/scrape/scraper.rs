@@ -130,11 +130,24 @@ impl Scraper {
         })
         .await;
         let duration = started.elapsed();
-        self.generation += 1;
+        let fetched = fetched.map(|_content_type| body.as_slice());
+        self.ingest(fetched, start_ms, duration);
+        self.body = body;
+    }
 
+    /// Writes the outcome of one scrape started at `ts` (ms) that took `duration`: the parsed
+    /// body (or the fetch error), staleness markers, and the synthetic series, in one batch.
+    /// Returns the result as counted in telemetry.
+    pub fn ingest(
+        &mut self,
+        fetched: Result<&[u8], client::FetchError>,
+        ts: i64,
+        duration: Duration,
+    ) -> ScrapeResult {
+        self.generation += 1;
         let mut app = self.storage.appender();
         let (result, error, counts) = match fetched {
-            Ok(_content_type) => match self.append_body(&mut *app, &body, start_ms) {
+            Ok(body) => match self.append_body(&mut *app, body, ts) {
                 Ok(c) => (ScrapeResult::Success, String::new(), c),
                 Err(e) => {
                     app.rollback();
@@ -149,13 +162,12 @@ impl Scraper {
             ),
             Err(e) => (ScrapeResult::FetchError, e.to_string(), Counts::default()),
         };
-        self.body = body;
         let up = result == ScrapeResult::Success;
         if !up {
             self.current.clear();
         }
-        self.mark_stale(&mut *app, start_ms);
-        self.report(&mut *app, start_ms, up, duration, counts);
+        self.mark_stale(&mut *app, ts);
+        self.report(&mut *app, ts, up, duration, counts);
         if let Err(e) = app.commit() {
             log::error!("committing scrape of {}: {e}", self.target.url());
         }
@@ -170,9 +182,10 @@ impl Scraper {
         let mut st = self.status.borrow_mut();
         st.health = if up { Health::Up } else { Health::Down };
         st.last_error = error;
-        st.last_scrape_ms = start_ms;
+        st.last_scrape_ms = ts;
         st.last_scrape_duration = duration;
         st.last_samples = counts.scraped;
+        result
     }
 
     /// Parses `body` and appends every sample; an error leaves the batch to be rolled back.
@@ -318,5 +331,136 @@ impl Scraper {
                 log::debug!("{}: {name} rejected: {e}", self.target.url());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{is_stale, Matcher};
+    use crate::storage::memory::{MemOptions, MemStorage};
+
+    fn scraper(honor_labels: bool) -> (Scraper, Rc<dyn Storage>) {
+        let yaml = format!(
+            "scrape_configs:\n  - job_name: j\n    honor_labels: {honor_labels}\n    static_configs: [{{targets: ['h:1'], labels: {{env: lab}}}}]\n"
+        );
+        let cfg = crate::config::parse_yaml(&yaml, "t").unwrap();
+        let target = super::super::targets_of(&cfg.scrape_configs[0]).remove(0);
+        let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions::default()));
+        let status = Rc::new(RefCell::new(TargetStatus {
+            target: target.clone(),
+            health: Health::Unknown,
+            last_error: String::new(),
+            last_scrape_ms: 0,
+            last_scrape_duration: Duration::ZERO,
+            last_samples: 0,
+        }));
+        let telemetry = Rc::new(Telemetry::new(0.0));
+        (
+            Scraper::new(target, storage.clone(), telemetry, status),
+            storage,
+        )
+    }
+
+    /// All samples of series named `name`, as (labels text, samples).
+    fn series(storage: &Rc<dyn Storage>, name: &str) -> Vec<(String, Vec<(i64, f64)>)> {
+        storage
+            .querier()
+            .select(&[Matcher::equal("__name__", name)], i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.labels.to_string(),
+                    s.samples.map(|x| (x.t, x.v)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    const D: Duration = Duration::from_millis(5);
+
+    #[test]
+    fn stores_samples_with_target_labels_and_synthetic_series() {
+        let (mut s, st) = scraper(false);
+        let r = s.ingest(Ok(b"a{x=\"1\"} 1\na{x=\"2\"} 2\nb 3 500\n"), 1000, D);
+        assert_eq!(r, ScrapeResult::Success);
+        assert_eq!(
+            series(&st, "a"),
+            vec![
+                (
+                    r#"a{env="lab", instance="h:1", job="j", x="1"}"#.into(),
+                    vec![(1000, 1.0)]
+                ),
+                (
+                    r#"a{env="lab", instance="h:1", job="j", x="2"}"#.into(),
+                    vec![(1000, 2.0)]
+                ),
+            ]
+        );
+        // honor_timestamps is on by default.
+        assert_eq!(series(&st, "b")[0].1, vec![(500, 3.0)]);
+        assert_eq!(series(&st, "up")[0].1, vec![(1000, 1.0)]);
+        assert_eq!(
+            series(&st, "scrape_samples_scraped")[0].1,
+            vec![(1000, 3.0)]
+        );
+        assert_eq!(series(&st, "scrape_series_added")[0].1, vec![(1000, 3.0)]);
+        assert_eq!(
+            series(&st, "scrape_duration_seconds")[0].1,
+            vec![(1000, 0.005)]
+        );
+        // The second scrape of the same body is served from the cache: nothing new added.
+        s.ingest(Ok(b"a{x=\"1\"} 1\na{x=\"2\"} 2\nb 3 500\n"), 2000, D);
+        assert_eq!(series(&st, "scrape_series_added")[0].1[1], (2000, 0.0));
+    }
+
+    #[test]
+    fn a_body_that_does_not_parse_stores_nothing_from_it() {
+        let (mut s, st) = scraper(false);
+        s.ingest(Ok(b"a 1\n"), 1000, D);
+        let r = s.ingest(Ok(b"a 2\nc 3\nbroken line here\n"), 2000, D);
+        assert_eq!(r, ScrapeResult::ParseError);
+        assert!(series(&st, "c").is_empty() || series(&st, "c")[0].1.is_empty());
+        let a = &series(&st, "a")[0].1;
+        assert_eq!(a[0], (1000, 1.0));
+        assert_eq!(a.len(), 2, "only a staleness marker follows");
+        assert!(is_stale(a[1].1) && a[1].0 == 2000);
+        assert_eq!(series(&st, "up")[0].1[1], (2000, 0.0));
+        let err = s.status.borrow().last_error.clone();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn vanished_series_and_failed_scrapes_get_staleness_markers() {
+        let (mut s, st) = scraper(false);
+        s.ingest(Ok(b"a 1\nb 1\n"), 1000, D);
+        s.ingest(Ok(b"a 2\n"), 2000, D);
+        let b = &series(&st, "b")[0].1;
+        assert_eq!(b.len(), 2);
+        assert!(is_stale(b[1].1));
+        s.ingest(Err(client::FetchError::Timeout), 3000, D);
+        let a = &series(&st, "a")[0].1;
+        assert!(is_stale(a[2].1) && a[2].0 == 3000);
+        // Not marked twice.
+        s.ingest(Err(client::FetchError::Timeout), 4000, D);
+        assert_eq!(series(&st, "a")[0].1.len(), 3);
+        assert_eq!(s.status.borrow().last_error, "context deadline exceeded");
+    }
+
+    #[test]
+    fn label_conflicts_follow_honor_labels() {
+        let (mut s, st) = scraper(false);
+        s.ingest(Ok(b"a{job=\"other\",instance=\"x\"} 1\n"), 1000, D);
+        assert_eq!(
+            series(&st, "a")[0].0,
+            r#"a{env="lab", exported_instance="x", exported_job="other", instance="h:1", job="j"}"#
+        );
+        let (mut s, st) = scraper(true);
+        s.ingest(Ok(b"a{job=\"other\"} 1\n"), 1000, D);
+        assert_eq!(
+            series(&st, "a")[0].0,
+            r#"a{env="lab", instance="h:1", job="other"}"#
+        );
     }
 }
