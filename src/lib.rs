@@ -19,4 +19,5 @@
 #![deny(unsafe_code)]
 
 pub mod model;
+pub mod promql;
 pub mod storage;
