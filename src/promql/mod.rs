@@ -1,70 +1,255 @@
-//! TEMPORARY compile stub; replaced by the promql branch.
+//! PromQL evaluation over a [`Querier`].
+//!
+//! Role: takes a query string (parsed by the `promql-parser` crate) and a time or a time range,
+//! selects series through the storage seam and computes the result the way Prometheus 3.x does
+//! with default settings (5m lookback, left-open ranges `(t - d, t]`, no delayed `__name__`
+//! removal).
+//!
+//! Contract:
+//! - Nothing panics on input: every unsupported construct or bad argument is a [`QueryError`].
+//!   A construct that is not implemented yet is `QueryError::Execution("... not supported yet")`,
+//!   never a silently wrong answer.
+//! - Evaluation is `async` only to yield: every few thousand samples processed the evaluator
+//!   calls `yield_now()`, so a long query shares the one executor thread. Timeouts and client
+//!   cancellation drop the future; the evaluator holds no `RefCell` borrow and no state across an
+//!   `.await` that would break on drop.
+//! - Memory is bounded by [`EngineOptions::max_samples`]: samples loaded and points held by
+//!   intermediate results are counted (like Prometheus's `currentSamples`), and going over the
+//!   bound is [`QueryError::TooManySamples`].
+//! - Instant vector results keep evaluation order (only `sort`/`sort_desc` order by value);
+//!   range results are a matrix sorted by labels, without empty series.
+//!
+//! How it works: every node is evaluated once for all steps of the query ([`eval`]), as in
+//! Prometheus. An instant vector over steps is a table of distinct label sets plus, per step, the
+//! (series, value) pairs present at that step; per-step operators (binary operators,
+//! aggregations, simple functions) work step by step on it, and functions over range vectors
+//! slide a window over each series' samples.
+//!
+//! Supported: number and string literals; vector selectors with `=`, `!=`, `=~`, `!~`, `offset`
+//! (either sign), `@ <time>`, `@ start()`, `@ end()`, lookback and staleness markers; matrix
+//! selectors; subqueries (steps aligned to multiples of the step; the default step is 1m);
+//! unary minus; all binary operators with `bool`, `on`/`ignoring`, `group_left`/`group_right`
+//! and the set operators; the aggregations `sum min max avg count group stddev stdvar topk
+//! bottomk quantile count_values` with `by`/`without`; the functions `rate irate increase delta
+//! idelta deriv predict_linear changes resets`, the `*_over_time` family (`avg min max sum count
+//! last present stddev stdvar quantile absent`), `abs ceil floor round exp ln log2 log10 sqrt sgn`,
+//! the trigonometric functions, `deg rad pi`, `clamp clamp_min clamp_max`, `scalar vector time
+//! timestamp absent sort sort_desc label_replace label_join histogram_quantile` (classic
+//! buckets), and the date functions (`minute hour day_of_week day_of_month day_of_year
+//! days_in_month month year`).
+//!
+//! Not supported yet (an `Execution` error): native histograms, `or` in selectors
+//! (`{a="1" or b="2"}`), binary-operator fill modifiers, `limitk`/`limit_ratio`, experimental
+//! functions (`info`, `sort_by_label`, `mad_over_time`, `double_exponential_smoothing`, …),
+//! `histogram_*` functions other than `histogram_quantile`, annotations other than a few
+//! warnings.
+
+mod aggregate;
+mod binary;
+mod eval;
+mod functions;
+#[cfg(test)]
+mod tests;
+
 use crate::model::{Labels, Sample};
-use crate::storage::Querier;
+use crate::storage::{Querier, StorageError};
 use std::fmt;
+
+/// Limits and defaults of the engine.
+#[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
+    /// How far back an instant selector looks for the newest sample (ms).
     pub lookback_delta_ms: i64,
+    /// At most this many samples (loaded or held by intermediate results) at once.
     pub max_samples: usize,
 }
-pub struct Engine {
-    _o: EngineOptions,
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lookback_delta_ms: 300_000,
+            max_samples: 50_000_000,
+        }
+    }
 }
+
+/// The step of a subquery without an explicit one (`x[5m:]`): Prometheus uses the global
+/// evaluation interval, 1m by default.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// The PromQL engine. Holds no state between queries.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    opts: EngineOptions,
+}
+
+/// The result of a query, with Prometheus's warnings and infos (annotations).
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueryResult {
     pub value: Value,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
 }
+
+/// A query result value.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    Scalar { t: i64, v: f64 },
-    String { t: i64, s: String },
+    Scalar {
+        t: i64,
+        v: f64,
+    },
+    String {
+        t: i64,
+        s: String,
+    },
+    /// An instant vector.
     Vector(Vec<VectorSample>),
+    /// A range query result, or a range vector returned by an instant query.
     Matrix(Vec<RangeSeries>),
 }
+
+/// One element of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
 pub struct VectorSample {
     pub labels: Labels,
     pub t: i64,
     pub v: f64,
 }
+
+/// One series of a matrix.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RangeSeries {
     pub labels: Labels,
     pub samples: Vec<Sample>,
 }
+
+/// Why a query failed.
 #[derive(Debug)]
 pub enum QueryError {
+    /// The query does not parse or is not valid for the query type (API: `bad_data`, 400).
     Parse(String),
+    /// The query failed during evaluation (API: `execution`, 422).
     Execution(String),
+    /// The query would hold more than `max_samples` samples (API: `execution`, 422).
     TooManySamples,
-    Storage(crate::storage::StorageError),
+    /// The store failed.
+    Storage(StorageError),
 }
+
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            QueryError::Parse(m) => f.write_str(m),
+            QueryError::Execution(m) => f.write_str(m),
+            QueryError::TooManySamples => f.write_str(
+                "query processing would load too many samples into memory in query execution",
+            ),
+            QueryError::Storage(e) => write!(f, "{e}"),
+        }
     }
 }
-impl Engine {
-    pub fn new(o: EngineOptions) -> Self {
-        Engine { _o: o }
+
+impl std::error::Error for QueryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QueryError::Storage(e) => Some(e),
+            _ => None,
+        }
     }
+}
+
+impl From<StorageError> for QueryError {
+    fn from(e: StorageError) -> Self {
+        QueryError::Storage(e)
+    }
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Self {
+        Engine { opts }
+    }
+
+    /// Instant query at `t` (ms).
     pub async fn instant(
         &self,
-        _q: &dyn Querier,
-        _e: &str,
+        q: &dyn Querier,
+        expr: &str,
         t: i64,
     ) -> Result<QueryResult, QueryError> {
-        Ok(QueryResult {
-            value: Value::Scalar { t, v: 1.0 },
-            warnings: vec![],
-            infos: vec![],
-        })
+        let e = promql_parser::parser::parse(expr).map_err(QueryError::Parse)?;
+        let mut ev = eval::Evaluator::new(q, self.opts, t, t);
+        let span = eval::Span {
+            start: t,
+            end: t,
+            step: 1,
+        };
+        let v = ev.eval_top(&e, span).await?;
+        let value = match v {
+            eval::Val::Scalar(s) => Value::Scalar {
+                t,
+                v: s.first().copied().unwrap_or(f64::NAN),
+            },
+            eval::Val::Str(s) => Value::String { t, s },
+            eval::Val::Vector(sv) => Value::Vector(sv.into_instant(t)),
+            eval::Val::Matrix(m) => Value::Matrix(m),
+        };
+        Ok(ev.finish(value))
     }
+
+    /// Range query over `[start, end]` every `step` ms (`step > 0`).
     pub async fn range(
         &self,
-        _q: &dyn Querier,
-        _e: &str,
-        _s: i64,
-        _e2: i64,
-        _st: i64,
+        q: &dyn Querier,
+        expr: &str,
+        start: i64,
+        end: i64,
+        step: i64,
     ) -> Result<QueryResult, QueryError> {
-        Err(QueryError::Execution("stub".into()))
+        let e = promql_parser::parser::parse(expr).map_err(QueryError::Parse)?;
+        if step <= 0 {
+            return Err(QueryError::Parse(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer"
+                    .into(),
+            ));
+        }
+        if end < start {
+            return Err(QueryError::Parse(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        use promql_parser::parser::value::ValueType;
+        let vt = e.value_type();
+        if vt != ValueType::Scalar && vt != ValueType::Vector {
+            let name = match vt {
+                ValueType::Matrix => "range vector",
+                _ => "string",
+            };
+            return Err(QueryError::Parse(format!(
+                "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
+            )));
+        }
+        let mut ev = eval::Evaluator::new(q, self.opts, start, end);
+        let span = eval::Span { start, end, step };
+        let v = ev.eval_top(&e, span).await?;
+        let value = match v {
+            eval::Val::Scalar(s) => {
+                let samples = s
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| Sample { t: span.ts(i), v })
+                    .collect();
+                Value::Matrix(vec![RangeSeries {
+                    labels: Labels::empty(),
+                    samples,
+                }])
+            }
+            eval::Val::Vector(sv) => Value::Matrix(sv.into_matrix(span)),
+            eval::Val::Str(_) | eval::Val::Matrix(_) => {
+                return Err(QueryError::Execution(
+                    "invalid expression type for range query".into(),
+                ))
+            }
+        };
+        Ok(ev.finish(value))
     }
 }

@@ -1,0 +1,455 @@
+//! Binary operators: arithmetic, comparisons (filtering or `bool`), `atan2` and the set
+//! operators, between scalars and instant vectors, with Prometheus's vector matching
+//! (`on`/`ignoring`, `group_left`/`group_right`) and its error messages.
+
+use super::eval::{drop_name, not_supported, Evaluator, Span, StepVec, StepVecBuilder, Val};
+use super::QueryError;
+use crate::model::{Labels, METRIC_NAME};
+use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
+use std::collections::{HashMap, HashSet};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    And,
+    Or,
+    Unless,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "+" => Op::Add,
+            "-" => Op::Sub,
+            "*" => Op::Mul,
+            "/" => Op::Div,
+            "%" => Op::Mod,
+            "^" => Op::Pow,
+            "atan2" => Op::Atan2,
+            "==" => Op::Eq,
+            "!=" => Op::Ne,
+            ">" => Op::Gt,
+            "<" => Op::Lt,
+            ">=" => Op::Ge,
+            "<=" => Op::Le,
+            "and" => Op::And,
+            "or" => Op::Or,
+            "unless" => Op::Unless,
+            _ => return None,
+        })
+    }
+
+    fn is_comparison(self) -> bool {
+        matches!(self, Op::Eq | Op::Ne | Op::Gt | Op::Lt | Op::Ge | Op::Le)
+    }
+
+    fn is_set(self) -> bool {
+        matches!(self, Op::And | Op::Or | Op::Unless)
+    }
+
+    /// Arithmetic drops the metric name from vector results.
+    fn drops_name(self) -> bool {
+        matches!(
+            self,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Mod | Op::Pow | Op::Atan2
+        )
+    }
+}
+
+/// The result of `l op r` and whether a comparison holds (always true for arithmetic).
+fn elem(op: Op, l: f64, r: f64) -> (f64, bool) {
+    match op {
+        Op::Add => (l + r, true),
+        Op::Sub => (l - r, true),
+        Op::Mul => (l * r, true),
+        Op::Div => (l / r, true),
+        Op::Mod => (l % r, true),
+        Op::Pow => (l.powf(r), true),
+        Op::Atan2 => (l.atan2(r), true),
+        Op::Eq => (l, l == r),
+        Op::Ne => (l, l != r),
+        Op::Gt => (l, l > r),
+        Op::Lt => (l, l < r),
+        Op::Ge => (l, l >= r),
+        Op::Le => (l, l <= r),
+        Op::And | Op::Or | Op::Unless => (l, true),
+    }
+}
+
+struct Matching {
+    on: bool,
+    names: Vec<String>,
+    card: VectorMatchCardinality,
+}
+
+impl Matching {
+    /// The match group of a series: the `on` labels, or all but the `ignoring` ones and the
+    /// metric name, encoded unambiguously.
+    fn signature(&self, l: &Labels) -> String {
+        let mut s = String::new();
+        for lab in l {
+            let inc = if self.on {
+                self.names.contains(&lab.name)
+            } else {
+                lab.name != METRIC_NAME && !self.names.contains(&lab.name)
+            };
+            if inc {
+                s.push_str(&format!(
+                    "{}:{}{}:{}",
+                    lab.name.len(),
+                    lab.name,
+                    lab.value.len(),
+                    lab.value
+                ));
+            }
+        }
+        s
+    }
+
+    fn match_labels(&self, l: &Labels) -> Labels {
+        if self.on {
+            l.filter_names(&self.names, true)
+        } else {
+            let mut b = l.builder();
+            for n in &self.names {
+                b.del(n);
+            }
+            b.del(METRIC_NAME);
+            b.take()
+        }
+    }
+}
+
+pub(super) async fn eval(
+    ev: &mut Evaluator<'_>,
+    be: &BinaryExpr,
+    span: Span,
+) -> Result<Val, QueryError> {
+    let op_s = be.op.to_string();
+    let op = Op::parse(&op_s).ok_or_else(|| not_supported(&format!("operator {op_s}")))?;
+    let modifier = be.modifier.clone().unwrap_or_default();
+    if modifier.fill_values.lhs.is_some() || modifier.fill_values.rhs.is_some() {
+        return Err(not_supported("fill modifiers"));
+    }
+    let return_bool = modifier.return_bool;
+    let (on, names) = match &modifier.matching {
+        None => (false, Vec::new()),
+        Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+        Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+    };
+    let card = if op.is_set() {
+        VectorMatchCardinality::ManyToMany
+    } else {
+        modifier.card.clone()
+    };
+    let matching = Matching { on, names, card };
+
+    let lhs = ev.eval(&be.lhs, span).await?;
+    let rhs = ev.eval(&be.rhs, span).await?;
+    let n = span.len();
+    match (lhs, rhs) {
+        (Val::Scalar(l), Val::Scalar(r)) => Ok(Val::Scalar(
+            l.iter()
+                .zip(r.iter())
+                .map(|(&a, &b)| {
+                    let (v, keep) = elem(op, a, b);
+                    if op.is_comparison() {
+                        if keep {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        v
+                    }
+                })
+                .collect(),
+        )),
+        (Val::Vector(v), Val::Scalar(s)) => vector_scalar(ev, op, v, &s, false, return_bool, n)
+            .await
+            .map(Val::Vector),
+        (Val::Scalar(s), Val::Vector(v)) => vector_scalar(ev, op, v, &s, true, return_bool, n)
+            .await
+            .map(Val::Vector),
+        (Val::Vector(l), Val::Vector(r)) => {
+            let out = if op.is_set() {
+                set_op(ev, op, &matching, l, r, n).await?
+            } else {
+                vector_vector(ev, op, &matching, l, r, return_bool, n).await?
+            };
+            Ok(Val::Vector(out))
+        }
+        _ => Err(QueryError::Execution(format!(
+            "binary operator {op_s} needs scalar or instant vector operands"
+        ))),
+    }
+}
+
+async fn vector_scalar(
+    ev: &mut Evaluator<'_>,
+    op: Op,
+    v: StepVec,
+    s: &[f64],
+    swap: bool,
+    return_bool: bool,
+    n: usize,
+) -> Result<StepVec, QueryError> {
+    if op.is_set() {
+        return Err(QueryError::Execution(
+            "set operator not allowed in binary scalar expression".into(),
+        ));
+    }
+    let mut b = StepVecBuilder::new(n);
+    let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
+    for (k, step) in v.steps.iter().enumerate() {
+        ev.tick(step.len() + 1).await;
+        let sv = s.get(k).copied().unwrap_or(f64::NAN);
+        for &(i, x) in step {
+            let (l, r) = if swap { (sv, x) } else { (x, sv) };
+            let (mut val, mut keep) = elem(op, l, r);
+            if op.is_comparison() && swap {
+                val = r; // keep the vector's value
+            }
+            if return_bool {
+                val = if keep { 1.0 } else { 0.0 };
+                keep = true;
+            }
+            if !keep {
+                continue;
+            }
+            let j = match map[i as usize] {
+                Some(j) => j,
+                None => {
+                    let l = v.table.get(i);
+                    let l = if op.drops_name() || return_bool {
+                        drop_name(l)
+                    } else {
+                        l.clone()
+                    };
+                    *map[i as usize].insert(b.intern(l))
+                }
+            };
+            b.push(k, j, val)?;
+        }
+    }
+    Ok(b.finish())
+}
+
+/// Go's `labels.Labels.String()`: `{__name__="x", a="b"}`.
+fn go_labels(l: &Labels) -> String {
+    let mut s = String::from("{");
+    for (i, lab) in l.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&lab.name);
+        s.push('=');
+        s.push_str(&format!("{:?}", lab.value));
+    }
+    s.push('}');
+    s
+}
+
+async fn vector_vector(
+    ev: &mut Evaluator<'_>,
+    op: Op,
+    m: &Matching,
+    l: StepVec,
+    r: StepVec,
+    return_bool: bool,
+    n: usize,
+) -> Result<StepVec, QueryError> {
+    let swapped = matches!(m.card, VectorMatchCardinality::OneToMany(_));
+    let one_to_one = matches!(m.card, VectorMatchCardinality::OneToOne);
+    let include: Vec<String> = match &m.card {
+        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => {
+            l.labels.clone()
+        }
+        _ => Vec::new(),
+    };
+    let (many, one) = if swapped { (&r, &l) } else { (&l, &r) };
+    let many_sig: Vec<String> = many.table.labels.iter().map(|x| m.signature(x)).collect();
+    let one_sig: Vec<String> = one.table.labels.iter().map(|x| m.signature(x)).collect();
+    let mut b = StepVecBuilder::new(n);
+    let mut cache: HashMap<(u32, u32), u32> = HashMap::new();
+    for k in 0..n {
+        let (ms, os) = (&many.steps[k], &one.steps[k]);
+        ev.tick(ms.len() + os.len() + 1).await;
+        if ms.is_empty() || os.is_empty() {
+            continue;
+        }
+        let mut one_map: HashMap<&str, (u32, f64)> = HashMap::with_capacity(os.len());
+        for &(j, v) in os {
+            let sig = one_sig[j as usize].as_str();
+            if let Some(&(prev, _)) = one_map.get(sig) {
+                let side = if swapped { "left" } else { "right" };
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                    go_labels(&m.match_labels(one.table.get(j))),
+                    go_labels(one.table.get(j)),
+                    go_labels(one.table.get(prev)),
+                )));
+            }
+            one_map.insert(sig, (j, v));
+        }
+        let mut matched: HashMap<&str, HashSet<u32>> = HashMap::new();
+        for &(i, v) in ms {
+            let sig = many_sig[i as usize].as_str();
+            let Some(&(j, ov)) = one_map.get(sig) else {
+                continue;
+            };
+            let (fl, fr) = if swapped { (ov, v) } else { (v, ov) };
+            let (mut val, keep) = elem(op, fl, fr);
+            if return_bool {
+                val = if keep { 1.0 } else { 0.0 };
+            } else if !keep {
+                continue;
+            }
+            let out = match cache.get(&(i, j)) {
+                Some(&o) => o,
+                None => {
+                    let lab = result_labels(
+                        op,
+                        m,
+                        one_to_one,
+                        &include,
+                        many.table.get(i),
+                        one.table.get(j),
+                    );
+                    let lab = if return_bool { drop_name(&lab) } else { lab };
+                    let o = b.intern(lab);
+                    cache.insert((i, j), o);
+                    o
+                }
+            };
+            let set = matched.entry(sig).or_default();
+            if one_to_one {
+                if !set.is_empty() {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                    ));
+                }
+            } else if set.contains(&out) {
+                return Err(QueryError::Execution(
+                    "multiple matches for matching labels grouping labels must ensure unique matches"
+                        .into(),
+                ));
+            }
+            set.insert(out);
+            b.push(k, out, val)?;
+        }
+    }
+    Ok(b.finish())
+}
+
+fn result_labels(
+    op: Op,
+    m: &Matching,
+    one_to_one: bool,
+    include: &[String],
+    many: &Labels,
+    one: &Labels,
+) -> Labels {
+    let mut l = if op.drops_name() {
+        drop_name(many)
+    } else {
+        many.clone()
+    };
+    if one_to_one {
+        if m.on {
+            l = l.filter_names(&m.names, true);
+        } else if !m.names.is_empty() {
+            let mut b = l.builder();
+            for n in &m.names {
+                b.del(n);
+            }
+            l = b.take();
+        }
+    }
+    if !include.is_empty() {
+        let mut b = l.builder();
+        for n in include {
+            b.set(n, one.get(n));
+        }
+        l = b.take();
+    }
+    l
+}
+
+async fn set_op(
+    ev: &mut Evaluator<'_>,
+    op: Op,
+    m: &Matching,
+    l: StepVec,
+    r: StepVec,
+    n: usize,
+) -> Result<StepVec, QueryError> {
+    let lsig: Vec<String> = l.table.labels.iter().map(|x| m.signature(x)).collect();
+    let rsig: Vec<String> = r.table.labels.iter().map(|x| m.signature(x)).collect();
+    let mut b = StepVecBuilder::new(n);
+    let mut lmap: Vec<Option<u32>> = vec![None; l.table.len()];
+    let mut rmap: Vec<Option<u32>> = vec![None; r.table.len()];
+    for k in 0..n {
+        let (ls, rs) = (&l.steps[k], &r.steps[k]);
+        ev.tick(ls.len() + rs.len() + 1).await;
+        let mut keep_l: Vec<(u32, f64)> = Vec::new();
+        let mut keep_r: Vec<(u32, f64)> = Vec::new();
+        match op {
+            Op::And => {
+                if !ls.is_empty() && !rs.is_empty() {
+                    let sigs: HashSet<&str> =
+                        rs.iter().map(|&(j, _)| rsig[j as usize].as_str()).collect();
+                    keep_l.extend(
+                        ls.iter()
+                            .filter(|&&(i, _)| sigs.contains(lsig[i as usize].as_str())),
+                    );
+                }
+            }
+            Op::Or => {
+                keep_l.extend_from_slice(ls);
+                let sigs: HashSet<&str> =
+                    ls.iter().map(|&(i, _)| lsig[i as usize].as_str()).collect();
+                keep_r.extend(
+                    rs.iter()
+                        .filter(|&&(j, _)| !sigs.contains(rsig[j as usize].as_str())),
+                );
+            }
+            _ => {
+                // unless
+                let sigs: HashSet<&str> =
+                    rs.iter().map(|&(j, _)| rsig[j as usize].as_str()).collect();
+                keep_l.extend(
+                    ls.iter()
+                        .filter(|&&(i, _)| !sigs.contains(lsig[i as usize].as_str())),
+                );
+            }
+        }
+        for (i, v) in keep_l {
+            let o = match lmap[i as usize] {
+                Some(o) => o,
+                None => *lmap[i as usize].insert(b.intern(l.table.get(i).clone())),
+            };
+            b.push(k, o, v)?;
+        }
+        for (j, v) in keep_r {
+            let o = match rmap[j as usize] {
+                Some(o) => o,
+                None => *rmap[j as usize].insert(b.intern(r.table.get(j).clone())),
+            };
+            b.push(k, o, v)?;
+        }
+    }
+    Ok(b.finish())
+}

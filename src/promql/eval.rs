@@ -1,0 +1,628 @@
+//! The evaluator: walks the AST once for all steps of a query.
+//!
+//! Values during evaluation ([`Val`]): a scalar has one value per step; an instant vector over
+//! steps ([`StepVec`]) is a table of distinct label sets plus, per step, the `(series, value)`
+//! pairs present at that step, in evaluation order; a range vector is only materialised as a
+//! [`RangeArg`] (raw samples per series plus range, offset and `@`), from which functions cut a
+//! window `(ref - range, ref]` per step.
+//!
+//! Invariants: every label set in a [`Table`] is distinct; a [`StepVec`] never has the same
+//! series twice in one step (that is Prometheus's "vector cannot contain metrics with the same
+//! labelset" error, checked by [`StepVecBuilder`]).
+
+use super::{aggregate, binary, functions, EngineOptions, QueryError, RangeSeries, VectorSample};
+use super::{QueryResult, Value, DEFAULT_SUBQUERY_STEP_MS};
+use crate::model::{is_stale, Labels, MatchKind, Matcher, Sample, METRIC_NAME};
+use crate::storage::Querier;
+use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::UNIX_EPOCH;
+
+pub(crate) type EvalFuture<'a> = Pin<Box<dyn Future<Output = Result<Val, QueryError>> + 'a>>;
+
+/// Yield to the executor after about this much work (samples or points processed).
+const YIELD_EVERY: usize = 4096;
+
+/// The steps of an evaluation: `start, start + step, …, ≤ end` (ms).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+}
+
+impl Span {
+    pub fn len(&self) -> usize {
+        if self.end < self.start || self.step <= 0 {
+            return 0;
+        }
+        ((self.end as i128 - self.start as i128) / self.step as i128) as usize + 1
+    }
+
+    pub fn ts(&self, i: usize) -> i64 {
+        self.start + i as i64 * self.step
+    }
+}
+
+/// Distinct label sets, each with an index.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Table {
+    pub labels: Vec<Labels>,
+    index: HashMap<Labels, u32>,
+}
+
+impl Table {
+    /// The index of `l`, added if new; the flag is true if it was new.
+    pub fn intern(&mut self, l: Labels) -> (u32, bool) {
+        if let Some(&i) = self.index.get(&l) {
+            return (i, false);
+        }
+        let i = self.labels.len() as u32;
+        self.index.insert(l.clone(), i);
+        self.labels.push(l);
+        (i, true)
+    }
+
+    pub fn get(&self, i: u32) -> &Labels {
+        &self.labels[i as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+/// An instant vector at every step of a span.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StepVec {
+    pub table: Table,
+    /// Per step, the series present and their values, in evaluation order.
+    pub steps: Vec<Vec<(u32, f64)>>,
+}
+
+impl StepVec {
+    pub fn points(&self) -> usize {
+        self.steps.iter().map(|s| s.len()).sum()
+    }
+
+    /// Which series have at least one point.
+    pub fn present(&self) -> Vec<bool> {
+        let mut p = vec![false; self.table.len()];
+        for s in &self.steps {
+            for &(i, _) in s {
+                p[i as usize] = true;
+            }
+        }
+        p
+    }
+
+    /// The vector at the first (only) step, in evaluation order, stamped with `t`.
+    pub fn into_instant(self, t: i64) -> Vec<VectorSample> {
+        let StepVec { table, steps } = self;
+        let mut labels: Vec<Option<Labels>> = table.labels.into_iter().map(Some).collect();
+        steps
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(i, v)| VectorSample {
+                labels: labels[i as usize].take().unwrap_or_default(),
+                t,
+                v,
+            })
+            .collect()
+    }
+
+    /// One series per label set with points, sorted by labels.
+    pub fn into_matrix(self, span: Span) -> Vec<RangeSeries> {
+        let StepVec { table, steps } = self;
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); table.len()];
+        for (k, step) in steps.into_iter().enumerate() {
+            let t = span.ts(k);
+            for (i, v) in step {
+                samples[i as usize].push(Sample { t, v });
+            }
+        }
+        let mut out: Vec<RangeSeries> = table
+            .labels
+            .into_iter()
+            .zip(samples)
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(labels, samples)| RangeSeries { labels, samples })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Maps every series with points to new labels; two that end up equal are Prometheus's
+    /// series-level "same labelset" error.
+    pub fn relabel(self, mut f: impl FnMut(&Labels) -> Labels) -> Result<StepVec, QueryError> {
+        let present = self.present();
+        let mut table = Table::default();
+        let mut map = vec![u32::MAX; self.table.len()];
+        for (i, l) in self.table.labels.iter().enumerate() {
+            if !present[i] {
+                continue;
+            }
+            let (j, new) = table.intern(f(l));
+            if !new {
+                return Err(same_labelset());
+            }
+            map[i] = j;
+        }
+        let steps = self
+            .steps
+            .into_iter()
+            .map(|s| s.into_iter().map(|(i, v)| (map[i as usize], v)).collect())
+            .collect();
+        Ok(StepVec { table, steps })
+    }
+}
+
+pub(crate) fn same_labelset() -> QueryError {
+    QueryError::Execution("vector cannot contain metrics with the same labelset".into())
+}
+
+/// Builds a [`StepVec`] step by step, rejecting a label set seen twice in one step.
+pub(crate) struct StepVecBuilder {
+    pub sv: StepVec,
+    last: Vec<usize>,
+}
+
+impl StepVecBuilder {
+    pub fn new(steps: usize) -> Self {
+        StepVecBuilder {
+            sv: StepVec {
+                table: Table::default(),
+                steps: vec![Vec::new(); steps],
+            },
+            last: Vec::new(),
+        }
+    }
+
+    pub fn intern(&mut self, l: Labels) -> u32 {
+        let (i, new) = self.sv.table.intern(l);
+        if new {
+            self.last.push(usize::MAX);
+        }
+        i
+    }
+
+    pub fn push(&mut self, step: usize, i: u32, v: f64) -> Result<(), QueryError> {
+        let last = &mut self.last[i as usize];
+        if *last == step {
+            return Err(same_labelset());
+        }
+        *last = step;
+        self.sv.steps[step].push((i, v));
+        Ok(())
+    }
+
+    pub fn finish(self) -> StepVec {
+        self.sv
+    }
+}
+
+/// A value during evaluation.
+#[derive(Debug)]
+pub(crate) enum Val {
+    Scalar(Vec<f64>),
+    Str(String),
+    Vector(StepVec),
+    /// A range vector at the (single) evaluation time: only as the result of an instant query.
+    Matrix(Vec<RangeSeries>),
+}
+
+impl Val {
+    fn points(&self) -> usize {
+        match self {
+            Val::Scalar(s) => s.len(),
+            Val::Str(_) => 1,
+            Val::Vector(v) => v.points(),
+            Val::Matrix(m) => m.iter().map(|s| s.samples.len()).sum(),
+        }
+    }
+}
+
+/// A range vector over a span: raw samples per series (ascending, no stale markers) and how to
+/// cut each step's window `(ref - range, ref]`, `ref = (at or t) - offset`.
+pub(crate) struct RangeArg {
+    pub series: Vec<(Labels, Vec<Sample>)>,
+    pub range: i64,
+    pub offset: i64,
+    pub at: Option<i64>,
+}
+
+impl RangeArg {
+    /// The reference time (right edge) of the window at step time `ts`.
+    pub fn ref_time(&self, ts: i64) -> i64 {
+        self.at.unwrap_or(ts) - self.offset
+    }
+
+    pub fn window<'a>(&self, samples: &'a [Sample], ts: i64) -> &'a [Sample] {
+        let r = self.ref_time(ts);
+        let lo = samples.partition_point(|s| s.t <= r - self.range);
+        let hi = samples.partition_point(|s| s.t <= r);
+        &samples[lo..hi.max(lo)]
+    }
+}
+
+pub(crate) struct Evaluator<'q> {
+    q: &'q dyn Querier,
+    pub opts: EngineOptions,
+    /// The query's own start and end, for `@ start()` / `@ end()`.
+    query_start: i64,
+    query_end: i64,
+    cur_samples: usize,
+    work: usize,
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
+impl<'q> Evaluator<'q> {
+    pub fn new(q: &'q dyn Querier, opts: EngineOptions, start: i64, end: i64) -> Self {
+        Evaluator {
+            q,
+            opts,
+            query_start: start,
+            query_end: end,
+            cur_samples: 0,
+            work: 0,
+            warnings: Vec::new(),
+            infos: Vec::new(),
+        }
+    }
+
+    pub fn finish(&mut self, value: Value) -> QueryResult {
+        QueryResult {
+            value,
+            warnings: std::mem::take(&mut self.warnings),
+            infos: std::mem::take(&mut self.infos),
+        }
+    }
+
+    pub fn warn(&mut self, w: String) {
+        if !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
+    }
+
+    /// Counts `n` more samples held; over the limit is an error.
+    pub fn add_samples(&mut self, n: usize) -> Result<(), QueryError> {
+        self.cur_samples = self.cur_samples.saturating_add(n);
+        if self.cur_samples > self.opts.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        Ok(())
+    }
+
+    /// Checks that a span of `n` steps could be held at all.
+    pub fn check_steps(&self, n: usize) -> Result<(), QueryError> {
+        if n > self.opts.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        Ok(())
+    }
+
+    /// Records `n` units of work and yields to the executor now and then.
+    pub async fn tick(&mut self, n: usize) {
+        self.work += n;
+        if self.work >= YIELD_EVERY {
+            self.work = 0;
+            futures_lite::future::yield_now().await;
+        }
+    }
+
+    /// Evaluates the query's expression.
+    pub async fn eval_top(&mut self, e: &Expr, span: Span) -> Result<Val, QueryError> {
+        self.check_steps(span.len())?;
+        match unparen(e) {
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+                let arg = self.range_arg(e, span).await?;
+                let mut out = Vec::new();
+                for (labels, samples) in arg.series.iter() {
+                    let w = arg.window(samples, span.start);
+                    if !w.is_empty() {
+                        out.push(RangeSeries {
+                            labels: labels.clone(),
+                            samples: w.to_vec(),
+                        });
+                    }
+                }
+                Ok(Val::Matrix(out))
+            }
+            _ => self.eval(e, span).await,
+        }
+    }
+
+    /// Evaluates `e` at every step of `span`.
+    pub fn eval<'a>(&'a mut self, e: &'a Expr, span: Span) -> EvalFuture<'a> {
+        Box::pin(async move {
+            let before = self.cur_samples;
+            let v = self.eval_node(e, span).await?;
+            // The children's values are gone now; only this node's result is held.
+            self.cur_samples = before;
+            self.add_samples(v.points())?;
+            Ok(v)
+        })
+    }
+
+    async fn eval_node(&mut self, e: &Expr, span: Span) -> Result<Val, QueryError> {
+        let n = span.len();
+        match e {
+            Expr::NumberLiteral(l) => Ok(Val::Scalar(vec![l.val; n])),
+            Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, span).await,
+            Expr::Unary(u) => match self.eval(&u.expr, span).await? {
+                Val::Scalar(mut s) => {
+                    s.iter_mut().for_each(|v| *v = -*v);
+                    Ok(Val::Scalar(s))
+                }
+                Val::Vector(sv) => {
+                    let mut sv = sv.relabel(drop_name)?;
+                    for s in sv.steps.iter_mut() {
+                        s.iter_mut().for_each(|(_, v)| *v = -*v);
+                    }
+                    Ok(Val::Vector(sv))
+                }
+                _ => Err(QueryError::Execution(
+                    "unary expression only allowed on expressions of type scalar or vector".into(),
+                )),
+            },
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.select_vector(vs, span, false).await?)),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(QueryError::Execution(
+                "a range vector is only allowed as a function argument or as the whole query"
+                    .into(),
+            )),
+            Expr::Call(c) => functions::call(self, c, span).await,
+            Expr::Aggregate(a) => aggregate::eval(self, a, span).await,
+            Expr::Binary(b) => binary::eval(self, b, span).await,
+            Expr::Extension(_) => Err(not_supported("extension expressions")),
+        }
+    }
+
+    /// Evaluates an expression that must be a scalar.
+    pub async fn eval_scalar(&mut self, e: &Expr, span: Span) -> Result<Vec<f64>, QueryError> {
+        match self.eval(e, span).await? {
+            Val::Scalar(s) => Ok(s),
+            _ => Err(QueryError::Execution("expected a scalar argument".into())),
+        }
+    }
+
+    /// Evaluates an expression that must be an instant vector.
+    pub async fn eval_vector(&mut self, e: &Expr, span: Span) -> Result<StepVec, QueryError> {
+        match self.eval(e, span).await? {
+            Val::Vector(v) => Ok(v),
+            _ => Err(QueryError::Execution(
+                "expected an instant vector argument".into(),
+            )),
+        }
+    }
+
+    pub fn at_time(&self, at: &Option<AtModifier>) -> Option<i64> {
+        at.as_ref().map(|a| match a {
+            AtModifier::Start => self.query_start,
+            AtModifier::End => self.query_end,
+            AtModifier::At(st) => match st.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_millis() as i64,
+                Err(e) => -(e.duration().as_millis() as i64),
+            },
+        })
+    }
+
+    /// The smallest and largest reference times over the span.
+    fn ref_bounds(&self, at: Option<i64>, offset: i64, span: Span) -> (i64, i64) {
+        match at {
+            Some(a) => (a - offset, a - offset),
+            None => (span.start - offset, span.end - offset),
+        }
+    }
+
+    /// An instant vector selector at every step: the newest sample in `(ref - lookback, ref]`,
+    /// unless it is a staleness marker. With `timestamps`, the value is the sample's timestamp in
+    /// seconds and the metric name is dropped (for `timestamp()`).
+    pub async fn select_vector(
+        &mut self,
+        vs: &VectorSelector,
+        span: Span,
+        timestamps: bool,
+    ) -> Result<StepVec, QueryError> {
+        let matchers = selector_matchers(vs)?;
+        let offset = offset_ms(&vs.offset);
+        let at = self.at_time(&vs.at);
+        let lookback = self.opts.lookback_delta_ms;
+        let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
+        let series = self
+            .q
+            .select(&matchers, min_ref.saturating_sub(lookback) + 1, max_ref)?;
+        let n = span.len();
+        let mut b = StepVecBuilder::new(n);
+        for s in series {
+            let samples: Vec<Sample> = s.samples.collect();
+            self.tick(samples.len()).await;
+            let mut idx = None;
+            let mut cur = 0usize; // samples[..cur] have t <= ref
+            let mut count = 0usize;
+            for k in 0..n {
+                self.tick(1).await;
+                let r = at.unwrap_or(span.ts(k)) - offset;
+                while cur < samples.len() && samples[cur].t <= r {
+                    cur += 1;
+                }
+                if cur == 0 {
+                    continue;
+                }
+                let last = samples[cur - 1];
+                if last.t <= r - lookback || is_stale(last.v) {
+                    continue;
+                }
+                let i = match idx {
+                    Some(i) => i,
+                    None => {
+                        let l = if timestamps {
+                            drop_name(&s.labels)
+                        } else {
+                            s.labels.clone()
+                        };
+                        let i = b.intern(l);
+                        idx = Some(i);
+                        i
+                    }
+                };
+                let v = if timestamps {
+                    last.t as f64 / 1000.0
+                } else {
+                    last.v
+                };
+                b.push(k, i, v)?;
+                count += 1;
+            }
+            self.add_samples(count)?;
+        }
+        Ok(b.finish())
+    }
+
+    /// A matrix selector or subquery as a function argument over `span`.
+    pub async fn range_arg(&mut self, e: &Expr, span: Span) -> Result<RangeArg, QueryError> {
+        match unparen(e) {
+            Expr::MatrixSelector(ms) => {
+                let vs = &ms.vs;
+                let matchers = selector_matchers(vs)?;
+                let offset = offset_ms(&vs.offset);
+                let at = self.at_time(&vs.at);
+                let range = ms.range.as_millis() as i64;
+                let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
+                let selected =
+                    self.q
+                        .select(&matchers, min_ref.saturating_sub(range) + 1, max_ref)?;
+                let mut series = Vec::with_capacity(selected.len());
+                for s in selected {
+                    let samples: Vec<Sample> = s.samples.filter(|x| !is_stale(x.v)).collect();
+                    self.tick(samples.len()).await;
+                    self.add_samples(samples.len())?;
+                    series.push((s.labels, samples));
+                }
+                Ok(RangeArg {
+                    series,
+                    range,
+                    offset,
+                    at,
+                })
+            }
+            Expr::Subquery(sq) => self.subquery(sq, span).await,
+            _ => Err(QueryError::Execution(
+                "expected a range vector argument".into(),
+            )),
+        }
+    }
+
+    /// Evaluates a subquery's inner expression at the multiples of its step that fall in the
+    /// windows of all steps of `span`.
+    async fn subquery(&mut self, sq: &SubqueryExpr, span: Span) -> Result<RangeArg, QueryError> {
+        let step = match sq.step {
+            Some(d) if d.as_millis() > 0 => d.as_millis() as i64,
+            _ => DEFAULT_SUBQUERY_STEP_MS,
+        };
+        let offset = offset_ms(&sq.offset);
+        let at = self.at_time(&sq.at);
+        let range = sq.range.as_millis() as i64;
+        let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
+        let left = min_ref - range;
+        let mut start = step * (left / step);
+        if start <= left {
+            start += step;
+        }
+        let mut series = Vec::new();
+        if start <= max_ref {
+            let inner = Span {
+                start,
+                end: max_ref,
+                step,
+            };
+            self.check_steps(inner.len())?;
+            match self.eval(&sq.expr, inner).await? {
+                Val::Vector(sv) => {
+                    for rs in sv.into_matrix(inner) {
+                        series.push((rs.labels, rs.samples));
+                    }
+                }
+                Val::Scalar(s) => {
+                    let samples = s
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| Sample { t: inner.ts(i), v })
+                        .collect();
+                    series.push((Labels::empty(), samples));
+                }
+                _ => {
+                    return Err(QueryError::Execution(
+                        "subquery is only allowed on instant vectors".into(),
+                    ))
+                }
+            }
+        }
+        Ok(RangeArg {
+            series,
+            range,
+            offset,
+            at,
+        })
+    }
+}
+
+pub(crate) fn not_supported(what: &str) -> QueryError {
+    QueryError::Execution(format!("{what} not supported yet"))
+}
+
+/// `e` without enclosing parentheses.
+pub(crate) fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        None => 0,
+    }
+}
+
+/// The labels without the metric name (and the `__type__`/`__unit__` metadata labels, which
+/// Prometheus drops with it).
+pub(crate) fn drop_name(l: &Labels) -> Labels {
+    if !l.has(METRIC_NAME) && !l.has("__type__") && !l.has("__unit__") {
+        return l.clone();
+    }
+    let mut b = l.builder();
+    b.del(METRIC_NAME).del("__type__").del("__unit__");
+    b.take()
+}
+
+/// The storage matchers of a selector: its matchers plus `__name__="<name>"`.
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, QueryError> {
+    use promql_parser::label::MatchOp;
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(not_supported("'or' in label matchers"));
+    }
+    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        out.push(Matcher::equal(METRIC_NAME, name));
+    }
+    for m in &vs.matchers.matchers {
+        let kind = match m.op {
+            MatchOp::Equal => MatchKind::Equal,
+            MatchOp::NotEqual => MatchKind::NotEqual,
+            MatchOp::Re(_) => MatchKind::Regex,
+            MatchOp::NotRe(_) => MatchKind::NotRegex,
+        };
+        let mm =
+            Matcher::new(kind, &m.name, &m.value).map_err(|e| QueryError::Parse(e.to_string()))?;
+        out.push(mm);
+    }
+    Ok(out)
+}

@@ -1,0 +1,944 @@
+//! PromQL functions: per-step functions over instant vectors and window functions over range
+//! vectors, with Prometheus 3.x's numerics (Kahan summation, rate extrapolation, …).
+//!
+//! Every function except `last_over_time`, `sort*`, `label_*` and `vector` drops the metric
+//! name from its results, as Prometheus does without delayed name removal.
+
+use super::eval::{
+    drop_name, not_supported, same_labelset, selector_matchers, unparen, Evaluator, RangeArg, Span,
+    StepVec, StepVecBuilder, Val,
+};
+use super::QueryError;
+use crate::model::{Labels, MatchKind, Sample, METRIC_NAME};
+use promql_parser::parser::{Call, Expr};
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+fn arg<'a>(args: &[&'a Expr], i: usize, fname: &str) -> Result<&'a Expr, QueryError> {
+    args.get(i).copied().ok_or_else(|| {
+        QueryError::Parse(format!("wrong number of arguments for function {fname}()"))
+    })
+}
+
+pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result<Val, QueryError> {
+    let name = c.func.name;
+    let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
+    let n = span.len();
+    let a0 = || arg(&args, 0, name);
+    match name {
+        "time" => Ok(Val::Scalar(
+            (0..n).map(|i| span.ts(i) as f64 / 1000.0).collect(),
+        )),
+        "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; n])),
+        "vector" => {
+            let s = ev.eval_scalar(a0()?, span).await?;
+            let mut b = StepVecBuilder::new(n);
+            let i = b.intern(Labels::empty());
+            for (k, v) in s.into_iter().enumerate() {
+                b.push(k, i, v)?;
+            }
+            Ok(Val::Vector(b.finish()))
+        }
+        "scalar" => {
+            let v = ev.eval_vector(a0()?, span).await?;
+            Ok(Val::Scalar(
+                v.steps
+                    .iter()
+                    .map(|s| if s.len() == 1 { s[0].1 } else { f64::NAN })
+                    .collect(),
+            ))
+        }
+        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "acos"
+        | "acosh" | "asin" | "asinh" | "atan" | "atanh" | "cos" | "cosh" | "sin" | "sinh"
+        | "tan" | "tanh" | "deg" | "rad" => {
+            let f = math_fn(name);
+            let v = ev.eval_vector(a0()?, span).await?;
+            Ok(Val::Vector(
+                transform(ev, v, n, drop_name, |_, x| Some(f(x))).await?,
+            ))
+        }
+        "round" => {
+            let v = ev.eval_vector(a0()?, span).await?;
+            let to = match args.get(1) {
+                Some(e) => ev.eval_scalar(e, span).await?,
+                None => vec![1.0; n],
+            };
+            Ok(Val::Vector(
+                transform(ev, v, n, drop_name, |k, x| {
+                    let inv = 1.0 / to[k];
+                    Some((x * inv + 0.5).floor() / inv)
+                })
+                .await?,
+            ))
+        }
+        "clamp" | "clamp_min" | "clamp_max" => {
+            let v = ev.eval_vector(a0()?, span).await?;
+            let p1 = ev.eval_scalar(arg(&args, 1, name)?, span).await?;
+            let p2 = match name {
+                "clamp" => ev.eval_scalar(arg(&args, 2, name)?, span).await?,
+                _ => Vec::new(),
+            };
+            Ok(Val::Vector(
+                transform(ev, v, n, drop_name, |k, x| match name {
+                    "clamp" => {
+                        let (lo, hi) = (p1[k], p2[k]);
+                        if hi < lo {
+                            None
+                        } else {
+                            Some(go_max(lo, go_min(hi, x)))
+                        }
+                    }
+                    "clamp_min" => Some(go_max(p1[k], x)),
+                    _ => Some(go_min(p1[k], x)),
+                })
+                .await?,
+            ))
+        }
+        "minute" | "hour" | "day_of_week" | "day_of_month" | "day_of_year" | "days_in_month"
+        | "month" | "year" => {
+            let f = date_fn(name);
+            match args.first() {
+                None => {
+                    let mut b = StepVecBuilder::new(n);
+                    let i = b.intern(Labels::empty());
+                    for k in 0..n {
+                        b.push(k, i, f(span.ts(k).div_euclid(1000)))?;
+                    }
+                    Ok(Val::Vector(b.finish()))
+                }
+                Some(e) => {
+                    let v = ev.eval_vector(e, span).await?;
+                    Ok(Val::Vector(
+                        transform(ev, v, n, drop_name, |_, x| Some(f(x as i64))).await?,
+                    ))
+                }
+            }
+        }
+        "timestamp" => {
+            let e = unparen(a0()?);
+            if let Expr::VectorSelector(vs) = e {
+                return Ok(Val::Vector(ev.select_vector(vs, span, true).await?));
+            }
+            let v = ev.eval_vector(e, span).await?;
+            Ok(Val::Vector(
+                transform(ev, v, n, drop_name, |k, _| Some(span.ts(k) as f64 / 1000.0)).await?,
+            ))
+        }
+        "absent" => {
+            let e = a0()?;
+            let v = ev.eval_vector(e, span).await?;
+            let mut b = StepVecBuilder::new(n);
+            let mut idx = None;
+            for k in 0..n {
+                if v.steps[k].is_empty() {
+                    let i = match idx {
+                        Some(i) => i,
+                        None => *idx.insert(b.intern(absent_labels(e))),
+                    };
+                    b.push(k, i, 1.0)?;
+                }
+            }
+            Ok(Val::Vector(b.finish()))
+        }
+        "sort" | "sort_desc" => {
+            let mut v = ev.eval_vector(a0()?, span).await?;
+            let desc = name == "sort_desc";
+            for s in v.steps.iter_mut() {
+                // NaN sorts last either way.
+                s.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
+                    (true, true) => Ordering::Equal,
+                    (true, false) => Ordering::Greater,
+                    (false, true) => Ordering::Less,
+                    _ if desc => b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal),
+                    _ => a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal),
+                });
+            }
+            Ok(Val::Vector(v))
+        }
+        "label_replace" => {
+            let v = ev.eval_vector(a0()?, span).await?;
+            let dst = string_arg(ev, &args, 1, name, span).await?;
+            let repl = string_arg(ev, &args, 2, name, span).await?;
+            let src = string_arg(ev, &args, 3, name, span).await?;
+            let re_s = string_arg(ev, &args, 4, name, span).await?;
+            let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|_| {
+                QueryError::Execution(format!(
+                    "invalid regular expression in label_replace(): {re_s}"
+                ))
+            })?;
+            if !valid_label_name(&dst) {
+                return Err(QueryError::Execution(format!(
+                    "invalid destination label name in label_replace(): {dst}"
+                )));
+            }
+            Ok(Val::Vector(v.relabel(|l| {
+                let sv = l.get(&src);
+                match re.captures(sv) {
+                    Some(caps) => {
+                        let mut res = String::new();
+                        caps.expand(&repl, &mut res);
+                        let mut b = l.builder();
+                        b.set(&dst, &res);
+                        b.take()
+                    }
+                    None => l.clone(),
+                }
+            })?))
+        }
+        "label_join" => {
+            let v = ev.eval_vector(a0()?, span).await?;
+            let dst = string_arg(ev, &args, 1, name, span).await?;
+            let sep = string_arg(ev, &args, 2, name, span).await?;
+            let mut srcs = Vec::new();
+            for i in 3..args.len() {
+                let s = string_arg(ev, &args, i, name, span).await?;
+                if !valid_label_name(&s) {
+                    return Err(QueryError::Execution(format!(
+                        "invalid source label name in label_join(): {s}"
+                    )));
+                }
+                srcs.push(s);
+            }
+            if !valid_label_name(&dst) {
+                return Err(QueryError::Execution(format!(
+                    "invalid destination label name in label_join(): {dst}"
+                )));
+            }
+            Ok(Val::Vector(v.relabel(|l| {
+                let joined = srcs.iter().map(|s| l.get(s)).collect::<Vec<_>>().join(&sep);
+                let mut b = l.builder();
+                b.set(&dst, &joined);
+                b.take()
+            })?))
+        }
+        "histogram_quantile" => {
+            let q = ev.eval_scalar(a0()?, span).await?;
+            let v = ev.eval_vector(arg(&args, 1, name)?, span).await?;
+            histogram_quantile(ev, &q, v, n)
+        }
+        "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets"
+        | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
+        | "count_over_time" | "last_over_time" | "present_over_time" | "stddev_over_time"
+        | "stdvar_over_time" => {
+            let ra = ev.range_arg(a0()?, span).await?;
+            let keep_name = name == "last_over_time";
+            let f = window_fn(name);
+            Ok(Val::Vector(
+                over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?,
+            ))
+        }
+        "predict_linear" => {
+            let ra = ev.range_arg(a0()?, span).await?;
+            let d = ev.eval_scalar(arg(&args, 1, name)?, span).await?;
+            Ok(Val::Vector(
+                over_windows(ev, &ra, span, false, |w, c, k| {
+                    if w.len() < 2 {
+                        return None;
+                    }
+                    let (slope, intercept) = linear_regression(w, c.ts);
+                    Some(slope * d[k] + intercept)
+                })
+                .await?,
+            ))
+        }
+        "quantile_over_time" => {
+            let q = ev.eval_scalar(a0()?, span).await?;
+            let ra = ev.range_arg(arg(&args, 1, name)?, span).await?;
+            if q.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) {
+                ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
+            }
+            let mut buf = Vec::new();
+            Ok(Val::Vector(
+                over_windows(ev, &ra, span, false, |w, _, k| {
+                    buf.clear();
+                    buf.extend(w.iter().map(|s| s.v));
+                    Some(quantile(q[k], &mut buf))
+                })
+                .await?,
+            ))
+        }
+        "absent_over_time" => {
+            let e = a0()?;
+            let ra = ev.range_arg(e, span).await?;
+            let mut b = StepVecBuilder::new(n);
+            let mut idx = None;
+            for k in 0..n {
+                let ts = span.ts(k);
+                let any = ra.series.iter().any(|(_, s)| !ra.window(s, ts).is_empty());
+                if !any {
+                    let i = match idx {
+                        Some(i) => i,
+                        None => *idx.insert(b.intern(absent_labels(e))),
+                    };
+                    b.push(k, i, 1.0)?;
+                }
+            }
+            Ok(Val::Vector(b.finish()))
+        }
+        _ => Err(not_supported(&format!("function {name}()"))),
+    }
+}
+
+async fn string_arg(
+    ev: &mut Evaluator<'_>,
+    args: &[&Expr],
+    i: usize,
+    fname: &str,
+    span: Span,
+) -> Result<String, QueryError> {
+    match ev.eval(arg(args, i, fname)?, span).await? {
+        Val::Str(s) => Ok(s),
+        _ => Err(QueryError::Execution(format!(
+            "expected a string as argument {} of {fname}()",
+            i + 1
+        ))),
+    }
+}
+
+/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*` or, as Prometheus 3.x allows, any non-empty
+/// UTF-8 string.
+fn valid_label_name(s: &str) -> bool {
+    !s.is_empty()
+}
+
+/// Maps every point of `v` through `f` (per step) and every label set through `lf`, rejecting a
+/// label set twice in one step.
+pub(super) async fn transform(
+    ev: &mut Evaluator<'_>,
+    v: StepVec,
+    n: usize,
+    lf: impl Fn(&Labels) -> Labels,
+    mut f: impl FnMut(usize, f64) -> Option<f64>,
+) -> Result<StepVec, QueryError> {
+    let mut b = StepVecBuilder::new(n);
+    let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
+    for (k, step) in v.steps.iter().enumerate() {
+        for &(i, x) in step {
+            let Some(y) = f(k, x) else { continue };
+            let j = match map[i as usize] {
+                Some(j) => j,
+                None => *map[i as usize].insert(b.intern(lf(v.table.get(i)))),
+            };
+            b.push(k, j, y)?;
+        }
+        ev.tick(step.len() + 1).await;
+    }
+    Ok(b.finish())
+}
+
+/// What a window function knows about the window besides its samples.
+pub(super) struct WindowCtx {
+    /// The evaluation time.
+    pub ts: i64,
+    /// The window `(range_start, range_end]` (ms).
+    pub range_start: i64,
+    pub range_end: i64,
+}
+
+/// Applies `f` to each series' window at each step; a series with any result becomes one output
+/// series (two with the same labels are an error, as in Prometheus).
+pub(super) async fn over_windows(
+    ev: &mut Evaluator<'_>,
+    ra: &RangeArg,
+    span: Span,
+    keep_name: bool,
+    mut f: impl FnMut(&[Sample], &WindowCtx, usize) -> Option<f64>,
+) -> Result<StepVec, QueryError> {
+    let n = span.len();
+    let mut b = StepVecBuilder::new(n);
+    let mut points = 0;
+    for (labels, samples) in &ra.series {
+        let mut idx = None;
+        for k in 0..n {
+            let ts = span.ts(k);
+            let w = ra.window(samples, ts);
+            if w.is_empty() {
+                continue;
+            }
+            let end = ra.ref_time(ts);
+            let c = WindowCtx {
+                ts,
+                range_start: end - ra.range,
+                range_end: end,
+            };
+            let Some(v) = f(w, &c, k) else { continue };
+            let i = match idx {
+                Some(i) => i,
+                None => {
+                    let l = if keep_name {
+                        labels.clone()
+                    } else {
+                        drop_name(labels)
+                    };
+                    let before = b.sv.table.len();
+                    let i = b.intern(l);
+                    if b.sv.table.len() == before {
+                        return Err(same_labelset());
+                    }
+                    *idx.insert(i)
+                }
+            };
+            b.push(k, i, v)?;
+            points += 1;
+            ev.tick(w.len() + 1).await;
+        }
+    }
+    ev.add_samples(points)?;
+    Ok(b.finish())
+}
+
+type WindowFn = fn(&[Sample], &WindowCtx) -> Option<f64>;
+
+fn window_fn(name: &str) -> WindowFn {
+    match name {
+        "rate" => |w, c| extrapolated_rate(w, c, true, true),
+        "increase" => |w, c| extrapolated_rate(w, c, true, false),
+        "delta" => |w, c| extrapolated_rate(w, c, false, false),
+        "irate" => |w, _| instant_value(w, true),
+        "idelta" => |w, _| instant_value(w, false),
+        "deriv" => |w, _| {
+            if w.len() < 2 {
+                return None;
+            }
+            Some(linear_regression(w, w[0].t).0)
+        },
+        "changes" => |w, _| {
+            let mut n = 0;
+            for p in w.windows(2) {
+                let (a, b) = (p[0].v, p[1].v);
+                if a != b && !(a.is_nan() && b.is_nan()) {
+                    n += 1;
+                }
+            }
+            Some(n as f64)
+        },
+        "resets" => |w, _| Some(w.windows(2).filter(|p| p[1].v < p[0].v).count() as f64),
+        "avg_over_time" => |w, _| Some(avg(w.iter().map(|s| s.v))),
+        "min_over_time" => |w, _| {
+            let mut m = w[0].v;
+            for s in w {
+                if s.v < m || m.is_nan() {
+                    m = s.v;
+                }
+            }
+            Some(m)
+        },
+        "max_over_time" => |w, _| {
+            let mut m = w[0].v;
+            for s in w {
+                if s.v > m || m.is_nan() {
+                    m = s.v;
+                }
+            }
+            Some(m)
+        },
+        "sum_over_time" => |w, _| {
+            let (mut sum, mut c) = (0.0, 0.0);
+            for s in w {
+                (sum, c) = kahan_inc(s.v, sum, c);
+            }
+            Some(if sum.is_infinite() { sum } else { sum + c })
+        },
+        "count_over_time" => |w, _| Some(w.len() as f64),
+        "last_over_time" => |w, _| w.last().map(|s| s.v),
+        "present_over_time" => |_, _| Some(1.0),
+        "stddev_over_time" => |w, _| Some(variance(w).sqrt()),
+        _ => |w, _| Some(variance(w)),
+    }
+}
+
+/// Kahan-Neumaier summation step: adds `inc` to `sum` with compensation `c`.
+pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// The mean, summing directly while the sum stays finite and incrementally after.
+fn avg(mut it: impl Iterator<Item = f64>) -> f64 {
+    let Some(first) = it.next() else {
+        return f64::NAN;
+    };
+    let (mut sum, mut c, mut count) = (first, 0.0, 1.0);
+    let (mut mean, mut incremental) = (0.0, false);
+    for v in it {
+        count += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(v, sum, c);
+            if !ns.is_infinite() {
+                (sum, c) = (ns, nc);
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(v / count, q * mean, q * c);
+    }
+    if incremental {
+        mean + c
+    } else {
+        (sum + c) / count
+    }
+}
+
+fn variance(w: &[Sample]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for s in w {
+        count += 1.0;
+        let delta = s.v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (s.v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// rate/increase/delta: the change over the window, extrapolated towards the window's edges.
+fn extrapolated_rate(w: &[Sample], c: &WindowCtx, is_counter: bool, is_rate: bool) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let first = w[0];
+    let last = w[w.len() - 1];
+    let mut result = last.v - first.v;
+    if is_counter {
+        let mut prev = first.v;
+        for s in &w[1..] {
+            if s.v < prev {
+                result += prev;
+            }
+            prev = s.v;
+        }
+    }
+    let mut to_start = (first.t - c.range_start) as f64 / 1000.0;
+    let mut to_end = (c.range_end - last.t) as f64 / 1000.0;
+    let sampled = (last.t - first.t) as f64 / 1000.0;
+    let avg_step = sampled / (w.len() - 1) as f64;
+    let threshold = avg_step * 1.1;
+    if to_start >= threshold {
+        to_start = avg_step / 2.0;
+    }
+    if is_counter && result > 0.0 && first.v >= 0.0 {
+        // A counter does not go below zero: do not extrapolate past where it would be zero.
+        let to_zero = sampled * (first.v / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg_step / 2.0;
+    }
+    let mut factor = (sampled + to_start + to_end) / sampled;
+    if is_rate {
+        factor /= (c.range_end - c.range_start) as f64 / 1000.0;
+    }
+    Some(result * factor)
+}
+
+/// irate/idelta: from the last two samples of the window.
+fn instant_value(w: &[Sample], is_rate: bool) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let (a, b) = (w[w.len() - 2], w[w.len() - 1]);
+    let mut v = if is_rate && b.v < a.v {
+        b.v // a counter reset
+    } else {
+        b.v - a.v
+    };
+    if is_rate {
+        let dt = b.t - a.t;
+        if dt == 0 {
+            return None;
+        }
+        v /= dt as f64 / 1000.0;
+    }
+    Some(v)
+}
+
+/// Least-squares slope and intercept, x in seconds relative to `intercept_t`.
+fn linear_regression(w: &[Sample], intercept_t: i64) -> (f64, f64) {
+    let init_y = w[0].v;
+    let mut const_y = true;
+    let (mut n, mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
+    for (i, s) in w.iter().enumerate() {
+        if const_y && i > 0 && s.v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (s.t - intercept_t) as f64 / 1000.0;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(s.v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * s.v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+/// The φ-quantile of `values` (sorted in place), interpolating between neighbours.
+pub(super) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(Ordering::Equal),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lo = rank.floor().max(0.0);
+    let hi = (lo + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lo as usize] * (1.0 - weight) + values[hi as usize] * weight
+}
+
+/// Go's `math.Max`: NaN wins.
+pub(super) fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Go's `math.Min`: NaN wins.
+pub(super) fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+fn math_fn(name: &str) -> fn(f64) -> f64 {
+    match name {
+        "abs" => f64::abs,
+        "ceil" => f64::ceil,
+        "floor" => f64::floor,
+        "exp" => f64::exp,
+        "ln" => f64::ln,
+        "log2" => f64::log2,
+        "log10" => f64::log10,
+        "sqrt" => f64::sqrt,
+        "sgn" => |x| {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                x // 0, -0 and NaN stay as they are
+            }
+        },
+        "acos" => f64::acos,
+        "acosh" => f64::acosh,
+        "asin" => f64::asin,
+        "asinh" => f64::asinh,
+        "atan" => f64::atan,
+        "atanh" => f64::atanh,
+        "cos" => f64::cos,
+        "cosh" => f64::cosh,
+        "sin" => f64::sin,
+        "sinh" => f64::sinh,
+        "tan" => f64::tan,
+        "tanh" => f64::tanh,
+        "deg" => |x| x * 180.0 / std::f64::consts::PI,
+        _ => |x| x * std::f64::consts::PI / 180.0, // rad
+    }
+}
+
+/// Days since 1970-01-01 → (year, month 1-12, day 1-31), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+fn date_fn(name: &str) -> fn(i64) -> f64 {
+    match name {
+        "minute" => |s| s.rem_euclid(3600).div_euclid(60) as f64,
+        "hour" => |s| s.rem_euclid(86_400).div_euclid(3600) as f64,
+        "day_of_week" => |s| (s.div_euclid(86_400) + 4).rem_euclid(7) as f64,
+        "day_of_month" => |s| civil_from_days(s.div_euclid(86_400)).2 as f64,
+        "day_of_year" => |s| {
+            let days = s.div_euclid(86_400);
+            let (y, m, d) = civil_from_days(days);
+            ((1..m).map(|mm| days_in_month(y, mm)).sum::<i64>() + d) as f64
+        },
+        "days_in_month" => |s| {
+            let (y, m, _) = civil_from_days(s.div_euclid(86_400));
+            days_in_month(y, m) as f64
+        },
+        "month" => |s| civil_from_days(s.div_euclid(86_400)).1 as f64,
+        _ => |s| civil_from_days(s.div_euclid(86_400)).0 as f64, // year
+    }
+}
+
+/// The labels `absent()` gives: the selector's equality matchers, except names matched twice.
+fn absent_labels(e: &Expr) -> Labels {
+    let vs = match unparen(e) {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::empty(),
+    };
+    let Ok(matchers) = selector_matchers(vs) else {
+        return Labels::empty();
+    };
+    let mut b = crate::model::LabelsBuilder::new();
+    let mut has: Vec<&str> = Vec::new();
+    for m in &matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        if m.kind == MatchKind::Equal && !has.contains(&m.name.as_str()) {
+            b.set(&m.name, &m.value);
+            has.push(&m.name);
+        } else {
+            b.del(&m.name);
+        }
+    }
+    b.take()
+}
+
+/// `histogram_quantile` over classic buckets (series with an `le` label).
+fn histogram_quantile(
+    ev: &mut Evaluator<'_>,
+    q: &[f64],
+    v: StepVec,
+    n: usize,
+) -> Result<Val, QueryError> {
+    if q.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) {
+        ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
+    }
+    // Per input series: its bucket bound and output group (series without a valid `le` are
+    // skipped with a warning).
+    let mut b = StepVecBuilder::new(n);
+    let mut groups: HashMap<Labels, u32> = HashMap::new();
+    let mut info: Vec<Option<(f64, u32)>> = Vec::with_capacity(v.table.len());
+    for l in &v.table.labels {
+        let le = l.get("le");
+        match parse_go_float(le) {
+            Some(bound) => {
+                let mut key = l.builder();
+                key.del("le");
+                let key = key.take();
+                let g = match groups.get(&key) {
+                    Some(&g) => g,
+                    None => {
+                        let g = b.intern(drop_name(&key));
+                        groups.insert(key, g);
+                        g
+                    }
+                };
+                info.push(Some((bound, g)));
+            }
+            None => {
+                ev.warn(format!(
+                    "PromQL warning: bucket label \"le\" is missing or has a malformed value of \"{le}\" for metric name \"{}\"",
+                    l.metric_name()
+                ));
+                info.push(None);
+            }
+        }
+    }
+    let mut per_group: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut order: Vec<u32> = Vec::new();
+    for (k, step) in v.steps.iter().enumerate() {
+        per_group.clear();
+        per_group.resize(b.sv.table.len(), Vec::new());
+        order.clear();
+        for &(i, x) in step {
+            if let Some((bound, g)) = info[i as usize] {
+                if per_group[g as usize].is_empty() {
+                    order.push(g);
+                }
+                per_group[g as usize].push((bound, x));
+            }
+        }
+        for &g in &order {
+            let (res, forced) = bucket_quantile(q[k], &mut per_group[g as usize]);
+            if forced {
+                let msg = "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)".to_string();
+                if !ev.infos.contains(&msg) {
+                    ev.infos.push(msg);
+                }
+            }
+            b.push(k, g, res)?;
+        }
+    }
+    Ok(Val::Vector(b.finish()))
+}
+
+/// Parses a float as Go's `strconv.ParseFloat` does for the usual spellings.
+pub(super) fn parse_go_float(s: &str) -> Option<f64> {
+    let t = s.trim_start_matches(['+', '-']);
+    if t.eq_ignore_ascii_case("inf") || t.eq_ignore_ascii_case("infinity") {
+        return Some(if s.starts_with('-') {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        });
+    }
+    if s.is_empty() {
+        return None;
+    }
+    s.parse::<f64>().ok()
+}
+
+/// The quantile of classic buckets `(upper bound, cumulative count)`; also whether the counts had
+/// to be forced monotonic.
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
+    if q.is_nan() {
+        return (f64::NAN, false);
+    }
+    if q < 0.0 {
+        return (f64::NEG_INFINITY, false);
+    }
+    if q > 1.0 {
+        return (f64::INFINITY, false);
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+    match buckets.last() {
+        Some(b) if b.0 == f64::INFINITY => {}
+        _ => return (f64::NAN, false),
+    }
+    // Coalesce buckets with the same bound.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(ub, c) in buckets.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == ub => last.1 += c,
+            _ => merged.push((ub, c)),
+        }
+    }
+    let buckets = &mut merged;
+    // Ensure monotonic counts, ignoring tiny floating-point deltas.
+    let mut forced = false;
+    let mut prev = buckets[0].1;
+    for b in buckets.iter_mut().skip(1) {
+        let curr = b.1;
+        if curr == prev {
+            continue;
+        }
+        if almost_equal(prev, curr, 1e-12) {
+            b.1 = prev;
+            continue;
+        }
+        if curr < prev {
+            b.1 = prev;
+            forced = true;
+            continue;
+        }
+        prev = curr;
+    }
+    if buckets.len() < 2 {
+        return (f64::NAN, forced);
+    }
+    let observations = buckets[buckets.len() - 1].1;
+    if observations == 0.0 {
+        return (f64::NAN, forced);
+    }
+    let mut rank = q * observations;
+    let last = buckets.len() - 1;
+    let b = buckets[..last].partition_point(|b| b.1 < rank);
+    if b == last {
+        return (buckets[last - 1].0, forced);
+    }
+    if b == 0 && buckets[0].0 <= 0.0 {
+        return (buckets[0].0, forced);
+    }
+    let mut start = 0.0;
+    let end = buckets[b].0;
+    let mut count = buckets[b].1;
+    if b > 0 {
+        start = buckets[b - 1].0;
+        count -= buckets[b - 1].1;
+        rank -= buckets[b - 1].1;
+    }
+    (start + (end - start) * (rank / count), forced)
+}
+
+/// Prometheus's `almost.Equal`.
+pub(super) fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
+    const MIN_NORMAL: f64 = 2.2250738585072014e-308;
+    if a == b {
+        return true;
+    }
+    let diff = (a - b).abs();
+    let abs_sum = a.abs() + b.abs();
+    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
+        return diff < eps * MIN_NORMAL;
+    }
+    diff / abs_sum.min(f64::MAX) < eps
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let f = date_fn("day_of_year");
+        assert_eq!(f(365 * 86_400), 1.0);
+        assert_eq!(date_fn("day_of_week")(0), 4.0); // a Thursday
+        assert_eq!(date_fn("days_in_month")(86_400 * 40), 28.0);
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut v = vec![3.0, 1.0, 2.0, 4.0];
+        assert_eq!(quantile(0.5, &mut v), 2.5);
+        assert_eq!(quantile(0.0, &mut v), 1.0);
+        assert_eq!(quantile(2.0, &mut v), f64::INFINITY);
+        let mut b = vec![(0.1, 1.0), (f64::INFINITY, 4.0), (0.5, 3.0)];
+        let (r, _) = bucket_quantile(0.5, &mut b);
+        assert!((r - 0.3).abs() < 1e-12);
+    }
+}
