@@ -15,7 +15,10 @@
 //!
 //! [`memory::MemStorage`] is the in-memory implementation that the foundation runs on.
 
+pub mod backend;
+pub mod codec;
 pub mod memory;
+pub mod segment;
 
 use crate::model::{Labels, Matcher, Sample};
 use std::fmt;

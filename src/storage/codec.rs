@@ -1,0 +1,695 @@
+//! Sample codecs: how timestamps and values become bytes.
+//!
+//! Two encodings, each lossless to the bit (NaN payloads, staleness markers, -0.0, ±Inf and
+//! subnormals included):
+//!
+//! - [`HeadChunk`]: the append-only in-memory encoding of a series' samples since the last flush.
+//!   Timestamps as zigzag varints of the delta-of-delta (one byte for a regular scrape), values as
+//!   a Gorilla XOR bit stream (one bit for an unchanged value). Appending never re-encodes.
+//! - [`encode_chunk`] / [`decode_chunk`]: the on-disk chunk of one series in a block. Timestamps
+//!   are a start, a step and the exceptions; values are chosen per chunk from: constant, exact
+//!   decimals scaled to integers (coded as delta or delta-of-delta zigzag varints, whichever is
+//!   smaller), or Gorilla XOR. The block compressor (see `segment`) works on the result, so the
+//!   chunk codec aims at making the bytes regular rather than at the last bit.
+//!
+//! Decoding never panics: a truncated or corrupt chunk is a [`CodecError`].
+
+use crate::model::Sample;
+use std::fmt;
+
+/// A chunk that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError(pub &'static str);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "corrupt chunk: {}", self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+// ---------------------------------------------------------------------------------------------
+// Varints.
+
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+pub fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
+    put_uvarint(out, zigzag(v));
+}
+
+fn uvarint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// A cursor over bytes that reads varints and fixed fields without panicking.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    pub buf: &'a [u8],
+    pub pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    pub fn uvarint(&mut self) -> Result<u64, CodecError> {
+        let mut v: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or(CodecError("truncated varint"))?;
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(CodecError("varint overflows 64 bits"));
+            }
+            v |= ((b & 0x7f) as u64) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(CodecError("varint too long"));
+            }
+        }
+    }
+
+    pub fn varint(&mut self) -> Result<i64, CodecError> {
+        self.uvarint().map(unzigzag)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, CodecError> {
+        let b = *self.buf.get(self.pos).ok_or(CodecError("truncated"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    pub fn u64_le(&mut self) -> Result<u64, CodecError> {
+        let s = self
+            .buf
+            .get(self.pos..self.pos + 8)
+            .ok_or(CodecError("truncated"))?;
+        self.pos += 8;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self.pos.checked_add(n).ok_or(CodecError("length"))?;
+        let s = self.buf.get(self.pos..end).ok_or(CodecError("truncated"))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gorilla XOR bit streams.
+
+#[derive(Debug, Clone, Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    /// Bits used in the last byte (0..8; 0 means a new byte is needed).
+    used: u8,
+}
+
+impl BitWriter {
+    fn bit(&mut self, b: bool) {
+        if self.used == 0 {
+            self.bytes.push(0);
+            self.used = 8;
+        }
+        self.used -= 1;
+        if b {
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= 1 << self.used;
+            }
+        }
+    }
+
+    fn bits(&mut self, v: u64, n: u32) {
+        for i in (0..n).rev() {
+            self.bit((v >> i) & 1 == 1);
+        }
+    }
+}
+
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    fn bit(&mut self) -> Result<bool, CodecError> {
+        let byte = self
+            .bytes
+            .get(self.pos / 8)
+            .ok_or(CodecError("truncated bit stream"))?;
+        let b = (byte >> (7 - self.pos % 8)) & 1 == 1;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn bits(&mut self, n: u32) -> Result<u64, CodecError> {
+        let mut v = 0u64;
+        for _ in 0..n {
+            v = (v << 1) | self.bit()? as u64;
+        }
+        Ok(v)
+    }
+}
+
+/// Gorilla's value encoder state: the previous value and the previous XOR window.
+#[derive(Debug, Clone, Copy, Default)]
+struct XorState {
+    prev: u64,
+    leading: u32,
+    trailing: u32,
+    first: bool,
+}
+
+impl XorState {
+    fn new() -> Self {
+        XorState {
+            first: true,
+            leading: u32::MAX,
+            ..Default::default()
+        }
+    }
+
+    fn write(&mut self, w: &mut BitWriter, v: u64) {
+        if self.first {
+            w.bits(v, 64);
+            self.first = false;
+            self.prev = v;
+            return;
+        }
+        let x = v ^ self.prev;
+        self.prev = v;
+        if x == 0 {
+            w.bit(false);
+            return;
+        }
+        w.bit(true);
+        let leading = x.leading_zeros().min(31);
+        let trailing = x.trailing_zeros();
+        if self.leading != u32::MAX && leading >= self.leading && trailing >= self.trailing {
+            w.bit(false);
+            w.bits(x >> self.trailing, 64 - self.leading - self.trailing);
+        } else {
+            w.bit(true);
+            let sig = 64 - leading - trailing;
+            w.bits(leading as u64, 5);
+            // 64 significant bits are written as 0 (six bits cannot hold 64).
+            w.bits((sig & 63) as u64, 6);
+            w.bits(x >> trailing, sig);
+            self.leading = leading;
+            self.trailing = trailing;
+        }
+    }
+
+    fn read(&mut self, r: &mut BitReader<'_>) -> Result<u64, CodecError> {
+        if self.first {
+            self.first = false;
+            self.prev = r.bits(64)?;
+            return Ok(self.prev);
+        }
+        if !r.bit()? {
+            return Ok(self.prev);
+        }
+        if r.bit()? {
+            let leading = r.bits(5)? as u32;
+            let mut sig = r.bits(6)? as u32;
+            if sig == 0 {
+                sig = 64;
+            }
+            if leading + sig > 64 {
+                return Err(CodecError("bad XOR window"));
+            }
+            self.leading = leading;
+            self.trailing = 64 - leading - sig;
+        } else if self.leading == u32::MAX {
+            return Err(CodecError("XOR window reused before set"));
+        }
+        let sig = 64 - self.leading - self.trailing;
+        let x = r.bits(sig)? << self.trailing;
+        self.prev ^= x;
+        Ok(self.prev)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The head chunk.
+
+/// The samples of one series since the last flush, encoded as they arrive.
+#[derive(Debug, Clone)]
+pub struct HeadChunk {
+    ts: Vec<u8>,
+    vals: BitWriter,
+    xor: XorState,
+    count: u32,
+    first_t: i64,
+    last_t: i64,
+    last_delta: i64,
+    last_v: f64,
+}
+
+impl Default for HeadChunk {
+    fn default() -> Self {
+        HeadChunk {
+            ts: Vec::new(),
+            vals: BitWriter::default(),
+            xor: XorState::new(),
+            count: 0,
+            first_t: 0,
+            last_t: 0,
+            last_delta: 0,
+            last_v: 0.0,
+        }
+    }
+}
+
+impl HeadChunk {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The newest sample, if any.
+    pub fn last(&self) -> Option<Sample> {
+        (self.count > 0).then_some(Sample {
+            t: self.last_t,
+            v: self.last_v,
+        })
+    }
+
+    pub fn first_t(&self) -> Option<i64> {
+        (self.count > 0).then_some(self.first_t)
+    }
+
+    /// Appends a sample; the caller keeps timestamps ascending.
+    pub fn push(&mut self, t: i64, v: f64) {
+        if self.count == 0 {
+            put_varint(&mut self.ts, t);
+            self.first_t = t;
+        } else {
+            let delta = t.wrapping_sub(self.last_t);
+            put_varint(&mut self.ts, delta.wrapping_sub(self.last_delta));
+            self.last_delta = delta;
+        }
+        self.xor.write(&mut self.vals, v.to_bits());
+        self.last_t = t;
+        self.last_v = v;
+        self.count += 1;
+    }
+
+    /// Decodes every sample into `out` (appended).
+    pub fn decode_into(&self, out: &mut Vec<Sample>) {
+        let mut tr = Reader::new(&self.ts);
+        let mut vr = BitReader {
+            bytes: &self.vals.bytes,
+            pos: 0,
+        };
+        let mut xor = XorState::new();
+        let (mut t, mut delta) = (0i64, 0i64);
+        for i in 0..self.count {
+            // The chunk was written by `push`, so it always decodes; stop quietly if not.
+            let (Ok(d), Ok(v)) = (tr.varint(), xor.read(&mut vr)) else {
+                return;
+            };
+            if i == 0 {
+                t = d;
+            } else {
+                delta = delta.wrapping_add(d);
+                t = t.wrapping_add(delta);
+            }
+            out.push(Sample {
+                t,
+                v: f64::from_bits(v),
+            });
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.ts.capacity() + self.vals.bytes.capacity()
+    }
+
+    /// Forgets every sample but keeps the last one's position, so appending continues the
+    /// out-of-order check (the caller keeps `last()` elsewhere if needed).
+    pub fn clear(&mut self) {
+        *self = HeadChunk::default();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The on-disk chunk.
+
+const TS_REGULAR: u8 = 0;
+const TS_DOD: u8 = 1;
+const V_CONST: u8 = 0;
+const V_DECIMAL_DELTA: u8 = 1;
+const V_DECIMAL_DOD: u8 = 2;
+const V_XOR: u8 = 3;
+
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The smallest decimal exponent `e` such that `v == i / 10^e` exactly for an integer `i` with
+/// `|i| < 2^53`, or None.
+fn decimal_exponent(v: f64) -> Option<usize> {
+    if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
+        return None;
+    }
+    (0..POW10.len()).find(|&e| scaled(v, e).is_some())
+}
+
+/// `v * 10^e` as an integer, if that reads back exactly.
+fn scaled(v: f64, e: usize) -> Option<i64> {
+    let p = POW10[e];
+    let s = (v * p).round();
+    if s.abs() >= 9_007_199_254_740_992.0 {
+        return None;
+    }
+    let i = s as i64;
+    ((i as f64 / p).to_bits() == v.to_bits()).then_some(i)
+}
+
+/// Encodes samples (ascending timestamps, at least one) as one on-disk chunk, appended to `out`.
+pub fn encode_chunk(samples: &[Sample], out: &mut Vec<u8>) {
+    put_uvarint(out, samples.len() as u64);
+    let Some(first) = samples.first() else {
+        return;
+    };
+    // Timestamps.
+    put_varint(out, first.t);
+    if samples.len() > 1 {
+        let step = samples[1].t.wrapping_sub(first.t);
+        put_varint(out, step);
+        let regular = samples
+            .windows(2)
+            .all(|w| w[1].t.wrapping_sub(w[0].t) == step);
+        if regular {
+            out.push(TS_REGULAR);
+        } else {
+            out.push(TS_DOD);
+            let mut prev_delta = step;
+            for w in samples[1..].windows(2) {
+                let d = w[1].t.wrapping_sub(w[0].t);
+                put_varint(out, d.wrapping_sub(prev_delta));
+                prev_delta = d;
+            }
+        }
+    }
+    // Values.
+    let v0 = first.v.to_bits();
+    if samples.iter().all(|s| s.v.to_bits() == v0) {
+        out.push(V_CONST);
+        out.extend_from_slice(&v0.to_le_bytes());
+        return;
+    }
+    let exp = samples
+        .iter()
+        .try_fold(0usize, |e, s| decimal_exponent(s.v).map(|x| x.max(e)));
+    let ints: Option<Vec<i64>> =
+        exp.and_then(|e| samples.iter().map(|s| scaled(s.v, e)).collect());
+    if let (Some(e), Some(ints)) = (exp, ints) {
+        // Both orders of differences, sized; the smaller wins.
+        let deltas: Vec<i64> = ints.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        let dods: Vec<i64> = deltas.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        let size = |v: &[i64]| v.iter().map(|x| uvarint_len(zigzag(*x))).sum::<usize>();
+        let delta_size = size(&deltas);
+        let dod_size = deltas.first().map_or(0, |d| uvarint_len(zigzag(*d))) + size(&dods);
+        if dod_size < delta_size {
+            out.push(V_DECIMAL_DOD);
+            out.push(e as u8);
+            put_varint(out, ints[0]);
+            put_varint(out, deltas[0]);
+            for d in &dods {
+                put_varint(out, *d);
+            }
+        } else {
+            out.push(V_DECIMAL_DELTA);
+            out.push(e as u8);
+            put_varint(out, ints[0]);
+            for d in &deltas {
+                put_varint(out, *d);
+            }
+        }
+        return;
+    }
+    out.push(V_XOR);
+    let mut w = BitWriter::default();
+    let mut x = XorState::new();
+    for s in samples {
+        x.write(&mut w, s.v.to_bits());
+    }
+    put_uvarint(out, w.bytes.len() as u64);
+    out.extend_from_slice(&w.bytes);
+}
+
+/// Most samples one chunk may claim, so a corrupt count cannot ask for a huge allocation.
+pub const MAX_CHUNK_SAMPLES: u64 = 1 << 24;
+
+/// Decodes one chunk from `r`, appending its samples to `out`.
+pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), CodecError> {
+    let n = r.uvarint()?;
+    if n > MAX_CHUNK_SAMPLES {
+        return Err(CodecError("sample count too large"));
+    }
+    let n = n as usize;
+    if n == 0 {
+        return Ok(());
+    }
+    let start = out.len();
+    let t0 = r.varint()?;
+    out.push(Sample { t: t0, v: 0.0 });
+    if n > 1 {
+        let step = r.varint()?;
+        match r.u8()? {
+            TS_REGULAR => {
+                let mut t = t0;
+                for _ in 1..n {
+                    t = t.wrapping_add(step);
+                    out.push(Sample { t, v: 0.0 });
+                }
+            }
+            TS_DOD => {
+                let (mut t, mut d) = (t0.wrapping_add(step), step);
+                out.push(Sample { t, v: 0.0 });
+                for _ in 2..n {
+                    d = d.wrapping_add(r.varint()?);
+                    t = t.wrapping_add(d);
+                    out.push(Sample { t, v: 0.0 });
+                }
+            }
+            _ => return Err(CodecError("unknown timestamp mode")),
+        }
+    }
+    let samples = &mut out[start..];
+    match r.u8()? {
+        V_CONST => {
+            let v = f64::from_bits(r.u64_le()?);
+            samples.iter_mut().for_each(|s| s.v = v);
+        }
+        mode @ (V_DECIMAL_DELTA | V_DECIMAL_DOD) => {
+            let e = r.u8()? as usize;
+            let p = *POW10.get(e).ok_or(CodecError("bad decimal exponent"))?;
+            let mut i = r.varint()?;
+            samples[0].v = i as f64 / p;
+            let mut delta = 0i64;
+            for (k, s) in samples.iter_mut().enumerate().skip(1) {
+                if mode == V_DECIMAL_DELTA || k == 1 {
+                    delta = r.varint()?;
+                } else {
+                    delta = delta.wrapping_add(r.varint()?);
+                }
+                i = i.wrapping_add(delta);
+                s.v = i as f64 / p;
+            }
+        }
+        V_XOR => {
+            let len = r.uvarint()? as usize;
+            let bytes = r.bytes(len)?;
+            let mut br = BitReader { bytes, pos: 0 };
+            let mut x = XorState::new();
+            for s in samples.iter_mut() {
+                s.v = f64::from_bits(x.read(&mut br)?);
+            }
+        }
+        _ => return Err(CodecError("unknown value mode")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::STALE_NAN;
+
+    fn same(a: &[Sample], b: &[Sample]) -> bool {
+        a.len() == b.len()
+            && a
+                .iter()
+                .zip(b)
+                .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
+    }
+
+    fn round_trip(samples: &[Sample]) -> usize {
+        let mut buf = Vec::new();
+        encode_chunk(samples, &mut buf);
+        let mut out = Vec::new();
+        let mut r = Reader::new(&buf);
+        decode_chunk(&mut r, &mut out).unwrap();
+        assert!(r.is_empty(), "trailing bytes");
+        assert!(same(samples, &out), "chunk round trip:\n{samples:?}\n{out:?}");
+        let mut h = HeadChunk::default();
+        for s in samples {
+            h.push(s.t, s.v);
+        }
+        let mut out = Vec::new();
+        h.decode_into(&mut out);
+        assert!(same(samples, &out), "head round trip");
+        buf.len()
+    }
+
+    fn series(ts: &[i64], vs: &[f64]) -> Vec<Sample> {
+        ts.iter().zip(vs).map(|(&t, &v)| Sample { t, v }).collect()
+    }
+
+    /// A deterministic xorshift generator.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn regular_constant_series_is_tiny() {
+        let s: Vec<Sample> = (0..120).map(|i| Sample { t: 1_700_000_000_000 + i * 15_000, v: 42.0 }).collect();
+        assert!(round_trip(&s) <= 20);
+    }
+
+    #[test]
+    fn decimals_and_counters() {
+        let ts: Vec<i64> = (0..100).map(|i| 1000 * i).collect();
+        let counter: Vec<f64> = (0..100).map(|i| (i * 37 + i * i) as f64).collect();
+        assert!(round_trip(&series(&ts, &counter)) < 160);
+        let dec: Vec<f64> = (0..100).map(|i| 12345.67 + i as f64 * 0.01).collect();
+        round_trip(&series(&ts, &dec));
+        let neg: Vec<f64> = (0..100).map(|i| -0.125 * i as f64).collect();
+        round_trip(&series(&ts, &neg));
+    }
+
+    #[test]
+    fn adversarial_values_round_trip_bit_exact() {
+        let specials = [
+            f64::NAN,
+            f64::from_bits(STALE_NAN),
+            f64::from_bits(0x7ff8_dead_beef_0001),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE / 3.0,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+            1e300,
+            0.1,
+            9_007_199_254_740_993.0,
+        ];
+        let ts: Vec<i64> = (0..specials.len() as i64).collect();
+        round_trip(&series(&ts, &specials));
+        for v in specials {
+            round_trip(&series(&[5, 6, 7], &[v, v, 1.0]));
+            round_trip(&series(&[5], &[v]));
+        }
+    }
+
+    #[test]
+    fn huge_timestamp_jumps() {
+        let ts = [i64::MIN, -1, 0, 1, 1_000_000_000_000_000, i64::MAX - 1, i64::MAX];
+        round_trip(&series(&ts, &[1.0; 7]));
+    }
+
+    #[test]
+    fn random_series_round_trip() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..300 {
+            let n = 1 + (rng.next() % 200) as usize;
+            let mut t = (rng.next() % 1_000_000_000_000) as i64;
+            let mut samples = Vec::new();
+            for _ in 0..n {
+                t += match case % 3 {
+                    0 => 15_000,
+                    1 => 1000 + (rng.next() % 5) as i64,
+                    _ => (rng.next() % 1_000_000) as i64,
+                };
+                let v = match case % 4 {
+                    0 => f64::from_bits(rng.next()),
+                    1 => (rng.next() % 1000) as f64 / 100.0,
+                    2 => (rng.next() % 10) as f64,
+                    _ => (rng.next() as f64).sqrt(),
+                };
+                samples.push(Sample { t, v });
+            }
+            round_trip(&samples);
+        }
+    }
+
+    #[test]
+    fn corrupt_chunks_are_errors_not_panics() {
+        let s: Vec<Sample> = (0..50).map(|i| Sample { t: i * 1000, v: (i * 3) as f64 / 7.0 }).collect();
+        let mut buf = Vec::new();
+        encode_chunk(&s, &mut buf);
+        let mut rng = Rng(7);
+        for i in 0..2000 {
+            let mut b = buf.clone();
+            if i % 2 == 0 {
+                b.truncate((rng.next() as usize) % buf.len());
+            } else {
+                let k = (rng.next() as usize) % b.len();
+                b[k] ^= 1 << (rng.next() % 8);
+            }
+            let mut out = Vec::new();
+            let _ = decode_chunk(&mut Reader::new(&b), &mut out);
+        }
+        let mut out = Vec::new();
+        assert!(decode_chunk(&mut Reader::new(&[0xff; 12]), &mut out).is_err());
+    }
+}
