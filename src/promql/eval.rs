@@ -87,17 +87,6 @@ impl StepVec {
         self.steps.iter().map(|s| s.len()).sum()
     }
 
-    /// Which series have at least one point.
-    pub fn present(&self) -> Vec<bool> {
-        let mut p = vec![false; self.table.len()];
-        for s in &self.steps {
-            for &(i, _) in s {
-                p[i as usize] = true;
-            }
-        }
-        p
-    }
-
     /// The vector at the first (only) step, in evaluation order, stamped with `t`.
     pub fn into_instant(self, t: i64) -> Vec<VectorSample> {
         let StepVec { table, steps } = self;
@@ -134,30 +123,6 @@ impl StepVec {
             .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
-    }
-
-    /// Maps every series with points to new labels; two that end up equal are Prometheus's
-    /// series-level "same labelset" error.
-    pub fn relabel(self, mut f: impl FnMut(&Labels) -> Labels) -> Result<StepVec, QueryError> {
-        let present = self.present();
-        let mut table = Table::default();
-        let mut map = vec![u32::MAX; self.table.len()];
-        for (i, l) in self.table.labels.iter().enumerate() {
-            if !present[i] {
-                continue;
-            }
-            let (j, new) = table.intern(f(l));
-            if !new {
-                return Err(same_labelset());
-            }
-            map[i] = j;
-        }
-        let steps = self
-            .steps
-            .into_iter()
-            .map(|s| s.into_iter().map(|(i, v)| (map[i as usize], v)).collect())
-            .collect();
-        Ok(StepVec { table, steps })
     }
 }
 
@@ -361,11 +326,10 @@ impl<'q> Evaluator<'q> {
                     Ok(Val::Scalar(s))
                 }
                 Val::Vector(sv) => {
-                    let mut sv = sv.relabel(drop_name)?;
-                    for s in sv.steps.iter_mut() {
-                        s.iter_mut().for_each(|(_, v)| *v = -*v);
-                    }
-                    Ok(Val::Vector(sv))
+                    // Series that end up with the same labels merge unless they overlap.
+                    let n = sv.steps.len();
+                    let out = functions::transform(self, sv, n, drop_name, |_, v| Some(-v)).await?;
+                    Ok(Val::Vector(out))
                 }
                 _ => Err(QueryError::Execution(
                     "unary expression only allowed on expressions of type scalar or vector".into(),

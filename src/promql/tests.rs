@@ -240,6 +240,8 @@ fn parse_script(text: &str) -> Vec<Cmd> {
                     continue;
                 }
                 if let (Some(l), Some(v)) = (parse_metric(m), expand_values(v)) {
+                    // A later line with the same labels replaces an earlier one.
+                    series.retain(|(x, _): &(Labels, _)| *x != l);
                     series.push((l, v));
                 }
             }
