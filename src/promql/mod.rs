@@ -38,6 +38,9 @@
 //! buckets), and the date functions (`minute hour day_of_week day_of_month day_of_year
 //! days_in_month month year`).
 //!
+//! Duration expressions (`x[5m+1m]`, `offset step()`, `min_of`, `max_of`, `range()`) are computed
+//! before parsing ([`durations`]), since `promql-parser` does not know them.
+//!
 //! Not supported yet (an `Execution` error): native histograms, `or` in selectors
 //! (`{a="1" or b="2"}`), binary-operator fill modifiers, `limitk`/`limit_ratio`, experimental
 //! functions (`info`, `sort_by_label`, `mad_over_time`, `double_exponential_smoothing`, …),
@@ -46,6 +49,7 @@
 
 mod aggregate;
 mod binary;
+mod durations;
 mod eval;
 mod functions;
 #[cfg(test)]
@@ -176,7 +180,8 @@ impl Engine {
         expr: &str,
         t: i64,
     ) -> Result<QueryResult, QueryError> {
-        let e = promql_parser::parser::parse(expr).map_err(QueryError::Parse)?;
+        let text = durations::rewrite(expr, 0, 0);
+        let e = promql_parser::parser::parse(&text).map_err(QueryError::Parse)?;
         let mut ev = eval::Evaluator::new(q, self.opts, t, t);
         let span = eval::Span {
             start: t,
@@ -205,7 +210,8 @@ impl Engine {
         end: i64,
         step: i64,
     ) -> Result<QueryResult, QueryError> {
-        let e = promql_parser::parser::parse(expr).map_err(QueryError::Parse)?;
+        let text = durations::rewrite(expr, step, end.saturating_sub(start));
+        let e = promql_parser::parser::parse(&text).map_err(QueryError::Parse)?;
         if step <= 0 {
             return Err(QueryError::Parse(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer"
