@@ -42,7 +42,8 @@ impl Span {
     }
 
     pub fn ts(&self, i: usize) -> i64 {
-        self.start + i as i64 * self.step
+        // In i128: the product may overflow even though the result is within [start, end].
+        (self.start as i128 + i as i128 * self.step as i128) as i64
     }
 }
 
@@ -203,12 +204,12 @@ pub(crate) struct RangeArg {
 impl RangeArg {
     /// The reference time (right edge) of the window at step time `ts`.
     pub fn ref_time(&self, ts: i64) -> i64 {
-        self.at.unwrap_or(ts) - self.offset
+        self.at.unwrap_or(ts).saturating_sub(self.offset)
     }
 
     pub fn window<'a>(&self, samples: &'a [Sample], ts: i64) -> &'a [Sample] {
         let r = self.ref_time(ts);
-        let lo = samples.partition_point(|s| s.t <= r - self.range);
+        let lo = samples.partition_point(|s| s.t <= r.saturating_sub(self.range));
         let hi = samples.partition_point(|s| s.t <= r);
         &samples[lo..hi.max(lo)]
     }
@@ -370,8 +371,8 @@ impl<'q> Evaluator<'q> {
             AtModifier::Start => self.query_start,
             AtModifier::End => self.query_end,
             AtModifier::At(st) => match st.duration_since(UNIX_EPOCH) {
-                Ok(d) => d.as_millis() as i64,
-                Err(e) => -(e.duration().as_millis() as i64),
+                Ok(d) => millis(d),
+                Err(e) => millis(e.duration()).saturating_neg(),
             },
         })
     }
@@ -379,8 +380,11 @@ impl<'q> Evaluator<'q> {
     /// The smallest and largest reference times over the span.
     fn ref_bounds(&self, at: Option<i64>, offset: i64, span: Span) -> (i64, i64) {
         match at {
-            Some(a) => (a - offset, a - offset),
-            None => (span.start - offset, span.end - offset),
+            Some(a) => (a.saturating_sub(offset), a.saturating_sub(offset)),
+            None => (
+                span.start.saturating_sub(offset),
+                span.end.saturating_sub(offset),
+            ),
         }
     }
 
@@ -398,9 +402,11 @@ impl<'q> Evaluator<'q> {
         let at = self.at_time(&vs.at);
         let lookback = self.opts.lookback_delta_ms;
         let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-        let series = self
-            .q
-            .select(&matchers, min_ref.saturating_sub(lookback) + 1, max_ref)?;
+        let series = self.q.select(
+            &matchers,
+            min_ref.saturating_sub(lookback).saturating_add(1),
+            max_ref,
+        )?;
         let n = span.len();
         let mut b = StepVecBuilder::new(n);
         for s in series {
@@ -411,7 +417,7 @@ impl<'q> Evaluator<'q> {
             let mut count = 0usize;
             for k in 0..n {
                 self.tick(1).await;
-                let r = at.unwrap_or(span.ts(k)) - offset;
+                let r = at.unwrap_or(span.ts(k)).saturating_sub(offset);
                 while cur < samples.len() && samples[cur].t <= r {
                     cur += 1;
                 }
@@ -419,7 +425,7 @@ impl<'q> Evaluator<'q> {
                     continue;
                 }
                 let last = samples[cur - 1];
-                if last.t <= r - lookback || is_stale(last.v) {
+                if last.t <= r.saturating_sub(lookback) || is_stale(last.v) {
                     continue;
                 }
                 let i = match idx {
@@ -456,11 +462,13 @@ impl<'q> Evaluator<'q> {
                 let matchers = selector_matchers(vs)?;
                 let offset = offset_ms(&vs.offset);
                 let at = self.at_time(&vs.at);
-                let range = ms.range.as_millis() as i64;
+                let range = millis(ms.range);
                 let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-                let selected =
-                    self.q
-                        .select(&matchers, min_ref.saturating_sub(range) + 1, max_ref)?;
+                let selected = self.q.select(
+                    &matchers,
+                    min_ref.saturating_sub(range).saturating_add(1),
+                    max_ref,
+                )?;
                 let mut series = Vec::with_capacity(selected.len());
                 for s in selected {
                     let samples: Vec<Sample> = s.samples.filter(|x| !is_stale(x.v)).collect();
@@ -486,17 +494,17 @@ impl<'q> Evaluator<'q> {
     /// windows of all steps of `span`.
     async fn subquery(&mut self, sq: &SubqueryExpr, span: Span) -> Result<RangeArg, QueryError> {
         let step = match sq.step {
-            Some(d) if d.as_millis() > 0 => d.as_millis() as i64,
+            Some(d) if d.as_millis() > 0 => millis(d),
             _ => DEFAULT_SUBQUERY_STEP_MS,
         };
         let offset = offset_ms(&sq.offset);
         let at = self.at_time(&sq.at);
-        let range = sq.range.as_millis() as i64;
+        let range = millis(sq.range);
         let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-        let left = min_ref - range;
+        let left = min_ref.saturating_sub(range);
         let mut start = step * (left / step);
         if start <= left {
-            start += step;
+            start = start.saturating_add(step);
         }
         let mut series = Vec::new();
         if start <= max_ref {
@@ -548,10 +556,15 @@ pub(crate) fn unparen(mut e: &Expr) -> &Expr {
     e
 }
 
+/// A duration in ms, saturating (absurd durations must not wrap around or panic).
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => millis(*d),
+        Some(Offset::Neg(d)) => millis(*d).saturating_neg(),
         None => 0,
     }
 }

@@ -384,7 +384,7 @@ pub(super) async fn over_windows(
             let end = ra.ref_time(ts);
             let c = WindowCtx {
                 ts,
-                range_start: end - ra.range,
+                range_start: end.saturating_sub(ra.range),
                 range_end: end,
             };
             let Some(v) = f(w, &c, k) else { continue };
@@ -544,9 +544,10 @@ fn extrapolated_rate(w: &[Sample], c: &WindowCtx, is_counter: bool, is_rate: boo
             prev = s.v;
         }
     }
-    let mut to_start = (first.t - c.range_start) as f64 / 1000.0;
-    let mut to_end = (c.range_end - last.t) as f64 / 1000.0;
-    let sampled = (last.t - first.t) as f64 / 1000.0;
+    // In f64: extreme timestamps must not overflow.
+    let mut to_start = (first.t as f64 - c.range_start as f64) / 1000.0;
+    let mut to_end = (c.range_end as f64 - last.t as f64) / 1000.0;
+    let sampled = (last.t as f64 - first.t as f64) / 1000.0;
     let avg_step = sampled / (w.len() - 1) as f64;
     let threshold = avg_step * 1.1;
     if to_start >= threshold {
@@ -564,7 +565,7 @@ fn extrapolated_rate(w: &[Sample], c: &WindowCtx, is_counter: bool, is_rate: boo
     }
     let mut factor = (sampled + to_start + to_end) / sampled;
     if is_rate {
-        factor /= (c.range_end - c.range_start) as f64 / 1000.0;
+        factor /= (c.range_end as f64 - c.range_start as f64) / 1000.0;
     }
     Some(result * factor)
 }
@@ -581,11 +582,10 @@ fn instant_value(w: &[Sample], is_rate: bool) -> Option<f64> {
         b.v - a.v
     };
     if is_rate {
-        let dt = b.t - a.t;
-        if dt == 0 {
+        if b.t == a.t {
             return None;
         }
-        v /= dt as f64 / 1000.0;
+        v /= (b.t as f64 - a.t as f64) / 1000.0;
     }
     Some(v)
 }
@@ -601,7 +601,7 @@ fn linear_regression(w: &[Sample], intercept_t: i64) -> (f64, f64) {
             const_y = false;
         }
         n += 1.0;
-        let x = (s.t - intercept_t) as f64 / 1000.0;
+        let x = (s.t as f64 - intercept_t as f64) / 1000.0;
         (sx, cx) = kahan_inc(x, sx, cx);
         (sy, cy) = kahan_inc(s.v, sy, cy);
         (sxy, cxy) = kahan_inc(x * s.v, sxy, cxy);
