@@ -214,9 +214,10 @@ async fn vector_scalar(
     let mut b = StepVecBuilder::new(n);
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
     for (k, step) in v.steps.iter().enumerate() {
-        ev.tick(step.len() + 1).await;
+        ev.tick(1).await;
         let sv = s.get(k).copied().unwrap_or(f64::NAN);
         for &(i, x) in step {
+            ev.tick(1).await;
             let (l, r) = if swap { (sv, x) } else { (x, sv) };
             let (mut val, mut keep) = elem(op, l, r);
             if op.is_comparison() && swap {
@@ -286,7 +287,7 @@ async fn vector_vector(
     let mut cache: HashMap<(u32, u32), u32> = HashMap::new();
     for k in 0..n {
         let (ms, os) = (&many.steps[k], &one.steps[k]);
-        ev.tick(ms.len() + os.len() + 1).await;
+        ev.tick(os.len() + 1).await;
         if ms.is_empty() || os.is_empty() {
             continue;
         }
@@ -306,6 +307,7 @@ async fn vector_vector(
         }
         let mut matched: HashMap<&str, HashSet<u32>> = HashMap::new();
         for &(i, v) in ms {
+            ev.tick(1).await;
             let sig = many_sig[i as usize].as_str();
             let Some(&(j, ov)) = one_map.get(sig) else {
                 continue;

@@ -249,9 +249,30 @@ impl<'q> Evaluator<'q> {
         }
     }
 
+    /// Adds a warning once. Texts are Prometheus's, without the `(line:col)` position, which
+    /// `promql-parser` does not give.
     pub fn warn(&mut self, w: String) {
         if !self.warnings.contains(&w) {
             self.warnings.push(w);
+        }
+    }
+
+    /// Adds an info annotation once.
+    pub fn info(&mut self, i: String) {
+        if !self.infos.contains(&i) {
+            self.infos.push(i);
+        }
+    }
+
+    /// Warns about each quantile outside [0, 1].
+    pub fn check_quantiles(&mut self, qs: &[f64]) {
+        for &q in qs {
+            if q.is_nan() || !(0.0..=1.0).contains(&q) {
+                self.warn(format!(
+                    "PromQL warning: quantile value should be between 0 and 1, got {}",
+                    super::aggregate::format_go_float(q)
+                ));
+            }
         }
     }
 

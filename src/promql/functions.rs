@@ -143,6 +143,9 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         "sort" | "sort_desc" => {
             let mut v = ev.eval_vector(a0()?, span).await?;
             let desc = name == "sort_desc";
+            if n > 1 {
+                ev.warn("PromQL warning: sort is ineffective for range queries since results are always ordered by labels".into());
+            }
             for s in v.steps.iter_mut() {
                 // NaN sorts last either way.
                 s.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
@@ -221,16 +224,11 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         "histogram_quantile" => {
             let q = ev.eval_scalar(a0()?, span).await?;
             let v = ev.eval_vector(arg(&args, 1, name)?, span).await?;
-            if q.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) {
-                ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
-            }
+            ev.check_quantiles(&q);
             classic_buckets(ev, v, n, |ev, k, b| {
                 let (res, forced) = bucket_quantile(q[k], b);
                 if forced {
-                    let msg = "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)".to_string();
-                    if !ev.infos.contains(&msg) {
-                        ev.infos.push(msg);
-                    }
+                        ev.info("PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)".into());
                 }
                 res
             })
@@ -249,9 +247,20 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let ra = ev.range_arg(a0()?, span).await?;
             let keep_name = name == "last_over_time" || name == "first_over_time";
             let f = window_fn(name);
-            Ok(Val::Vector(
-                over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?,
-            ))
+            let out = over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?;
+            if (name == "rate" || name == "increase") && out.points() > 0 {
+                for (l, _) in &ra.series {
+                    let m = l.metric_name();
+                    if !m.is_empty()
+                        && !["_total", "_sum", "_count", "_bucket"]
+                            .iter()
+                            .any(|s| m.ends_with(s))
+                    {
+                        ev.info(format!("PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {m:?}"));
+                    }
+                }
+            }
+            Ok(Val::Vector(out))
         }
         "predict_linear" => {
             let ra = ev.range_arg(a0()?, span).await?;
@@ -270,9 +279,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         "quantile_over_time" => {
             let q = ev.eval_scalar(a0()?, span).await?;
             let ra = ev.range_arg(arg(&args, 1, name)?, span).await?;
-            if q.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) {
-                ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
-            }
+            ev.check_quantiles(&q);
             let mut buf = Vec::new();
             Ok(Val::Vector(
                 over_windows(ev, &ra, span, false, |w, _, k| {
@@ -340,6 +347,7 @@ pub(super) async fn transform(
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
     for (k, step) in v.steps.iter().enumerate() {
         for &(i, x) in step {
+            ev.tick(1).await;
             let Some(y) = f(k, x) else { continue };
             let j = match map[i as usize] {
                 Some(j) => j,
@@ -347,7 +355,7 @@ pub(super) async fn transform(
             };
             b.push(k, j, y)?;
         }
-        ev.tick(step.len() + 1).await;
+        ev.tick(1).await;
     }
     Ok(b.finish())
 }

@@ -182,6 +182,9 @@ struct Expect {
     scalar: Option<f64>,
     series: Vec<(Labels, Vec<Option<f64>>)>,
     unsupported: bool,
+    /// `expect warn` / `expect no_warn` / `expect info` / `expect no_info` (presence only).
+    warn: Option<bool>,
+    info: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -306,6 +309,10 @@ fn parse_eval(header: &str, body: &[&str], line: usize) -> Cmd {
         if words.first() == Some(&"expect") {
             match words.get(1).copied() {
                 Some("fail") => expect.fail = true,
+                Some("warn") => expect.warn = Some(true),
+                Some("no_warn") => expect.warn = Some(false),
+                Some("info") => expect.info = Some(true),
+                Some("no_info") => expect.info = Some(false),
                 Some("ordered") => expect.ordered = true,
                 Some("string") => {
                     let s = b.split_once("string").map(|x| x.1.trim()).unwrap_or("");
@@ -523,6 +530,17 @@ fn run_script_with(text: &str, mut want: impl FnMut(usize) -> bool) -> (usize, V
                 } else {
                     block_on(engine.range(q.as_ref(), &expr, start, end, step))
                 };
+                if let Ok(r) = &res {
+                    let has = |v: &Vec<String>| !v.is_empty();
+                    if expect.warn.is_some_and(|w| w != has(&r.warnings))
+                        || expect.info.is_some_and(|i| i != has(&r.infos))
+                    {
+                        fails.push(format!(
+                            "{line}: {expr}: ANNOTATIONS (not scored): expected warn={:?} info={:?}, got {:?} {:?}",
+                            expect.warn, expect.info, r.warnings, r.infos
+                        ));
+                    }
+                }
                 match check(res, &expect, instant, start, step) {
                     Ok(()) => passed += 1,
                     Err(why) => fails.push(format!("{line}: {expr}: {why}")),
