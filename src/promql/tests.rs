@@ -1386,3 +1386,41 @@ fn conformance_corpus() {
     }
     println!("{tier}: {passed}/{total}");
 }
+
+/// Prints how long a few range queries over 1.15M samples take (`--ignored --nocapture`).
+#[test]
+#[ignore = "a timing probe, not a check"]
+fn timing_probe() {
+    let store = MemStorage::new(MemOptions {
+        max_samples: 1 << 26,
+        ..MemOptions::default()
+    });
+    for t in 0..5760i64 {
+        let mut app = store.appender();
+        for i in 0..200 {
+            let l = Labels::from_pairs(&[
+                ("__name__", "m_total"),
+                ("i", &i.to_string()),
+                ("j", &(i % 7).to_string()),
+            ]);
+            app.append(&l, t * 15_000, (t * i) as f64).unwrap();
+        }
+        app.commit().unwrap();
+    }
+    let q = store.querier();
+    let engine = Engine::new(EngineOptions::default());
+    for qs in [
+        "sum by (j) (rate(m_total[5m]))",
+        "m_total",
+        "m_total / on(i) group_left m_total",
+        "max_over_time(m_total[1h:1m])",
+    ] {
+        let t0 = std::time::Instant::now();
+        let r = block_on(engine.range(q.as_ref(), qs, 0, 86_400_000, 60_000)).unwrap();
+        let n = match r.value {
+            Value::Matrix(m) => m.iter().map(|s| s.samples.len()).sum::<usize>(),
+            _ => 0,
+        };
+        println!("{qs}: {n} points in {:?}", t0.elapsed());
+    }
+}
