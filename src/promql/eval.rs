@@ -618,8 +618,23 @@ pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Que
             MatchOp::Re(_) => MatchKind::Regex,
             MatchOp::NotRe(_) => MatchKind::NotRegex,
         };
-        let mm =
-            Matcher::new(kind, &m.name, &m.value).map_err(|e| QueryError::Parse(e.to_string()))?;
+        let mm = match Matcher::new(kind, &m.name, &m.value) {
+            Ok(mm) => mm,
+            // Go accepts some patterns Rust's regex does not (`a{b}`); the parser has already
+            // rewritten those into an equivalent it could compile: use that.
+            Err(e) => match &m.op {
+                MatchOp::Re(re) | MatchOp::NotRe(re) => {
+                    let inner = re
+                        .as_str()
+                        .strip_prefix("^(?:")
+                        .and_then(|x| x.strip_suffix(")$"))
+                        .ok_or_else(|| QueryError::Parse(e.to_string()))?;
+                    Matcher::new(kind, &m.name, inner)
+                        .map_err(|e| QueryError::Parse(e.to_string()))?
+                }
+                _ => return Err(QueryError::Parse(e.to_string())),
+            },
+        };
         out.push(mm);
     }
     Ok(out)

@@ -760,6 +760,9 @@ eval range from 0 to 4m step 2m metric{job="a"} @ end()
 eval range from 1m to 4m step 1m metric{job="a"} @ start()
   metric{job="a"} 2 2 2 2
 
+eval instant at 4m59s {__name__=~"x{e}|oth[e]r"}
+  other 7
+
 eval instant at 4m59s {__name__=~"oth.*"}
   other 7
 
