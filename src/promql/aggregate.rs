@@ -103,9 +103,7 @@ pub(super) async fn eval(
             }
             return count_values(ev, input, n, &value_label, without, &names, span).await;
         }
-        Op::Quantile if param.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) => {
-            ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
-        }
+        Op::Quantile => ev.check_quantiles(&param),
         Op::Topk | Op::Bottomk if param.iter().any(|k| k.is_nan()) => {
             return Err(QueryError::Execution(format!(
                 "Parameter value is NaN for {op_name}"
@@ -146,6 +144,7 @@ pub(super) async fn eval(
             0
         };
         for &(i, v) in step {
+            ev.tick(1).await;
             let g = group_of[i as usize];
             let (stamp, pos) = slot[g as usize];
             if stamp != k {
@@ -156,7 +155,6 @@ pub(super) async fn eval(
             let acc = &mut accs[pos];
             fold(op, acc, i, v, kk);
         }
-        ev.tick(step.len()).await;
         for acc in accs.iter_mut() {
             match op {
                 Op::Topk | Op::Bottomk => {

@@ -214,9 +214,10 @@ async fn vector_scalar(
     let mut b = StepVecBuilder::new(n);
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
     for (k, step) in v.steps.iter().enumerate() {
-        ev.tick(step.len() + 1).await;
+        ev.tick(1).await;
         let sv = s.get(k).copied().unwrap_or(f64::NAN);
         for &(i, x) in step {
+            ev.tick(1).await;
             let (l, r) = if swap { (sv, x) } else { (x, sv) };
             let (mut val, mut keep) = elem(op, l, r);
             if op.is_comparison() && swap {
@@ -280,20 +281,28 @@ async fn vector_vector(
         _ => Vec::new(),
     };
     let (many, one) = if swapped { (&r, &l) } else { (&l, &r) };
-    let many_sig: Vec<String> = many.table.labels.iter().map(|x| m.signature(x)).collect();
-    let one_sig: Vec<String> = one.table.labels.iter().map(|x| m.signature(x)).collect();
+    // Match groups as small integers, computed once per series, so each step only indexes.
+    let mut sigs = SigIds::default();
+    let many_sig: Vec<u32> = many.table.labels.iter().map(|x| sigs.id(m, x)).collect();
+    let one_sig: Vec<u32> = one.table.labels.iter().map(|x| sigs.id(m, x)).collect();
+    // Per match group: the step it was last filled in, the one-side series and value.
+    let mut one_at: Vec<(usize, u32, f64)> = vec![(usize::MAX, 0, 0.0); sigs.len()];
+    // Per match group: the step it last matched in (one-to-one).
+    let mut matched_at: Vec<usize> = vec![usize::MAX; sigs.len()];
+    // (group, output series) pairs matched in this step (many-to-one).
+    let mut matched_out: HashSet<(u32, u32)> = HashSet::new();
     let mut b = StepVecBuilder::new(n);
     let mut cache: HashMap<(u32, u32), u32> = HashMap::new();
     for k in 0..n {
         let (ms, os) = (&many.steps[k], &one.steps[k]);
-        ev.tick(ms.len() + os.len() + 1).await;
+        ev.tick(os.len() + 1).await;
         if ms.is_empty() || os.is_empty() {
             continue;
         }
-        let mut one_map: HashMap<&str, (u32, f64)> = HashMap::with_capacity(os.len());
         for &(j, v) in os {
-            let sig = one_sig[j as usize].as_str();
-            if let Some(&(prev, _)) = one_map.get(sig) {
+            let sig = one_sig[j as usize] as usize;
+            if one_at[sig].0 == k {
+                let prev = one_at[sig].1;
                 let side = if swapped { "left" } else { "right" };
                 return Err(QueryError::Execution(format!(
                     "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
@@ -302,14 +311,16 @@ async fn vector_vector(
                     go_labels(one.table.get(prev)),
                 )));
             }
-            one_map.insert(sig, (j, v));
+            one_at[sig] = (k, j, v);
         }
-        let mut matched: HashMap<&str, HashSet<u32>> = HashMap::new();
+        matched_out.clear();
         for &(i, v) in ms {
-            let sig = many_sig[i as usize].as_str();
-            let Some(&(j, ov)) = one_map.get(sig) else {
+            ev.tick(1).await;
+            let sig = many_sig[i as usize];
+            let (stamp, j, ov) = one_at[sig as usize];
+            if stamp != k {
                 continue;
-            };
+            }
             let (fl, fr) = if swapped { (ov, v) } else { (v, ov) };
             let (mut val, keep) = elem(op, fl, fr);
             if return_bool {
@@ -334,24 +345,41 @@ async fn vector_vector(
                     o
                 }
             };
-            let set = matched.entry(sig).or_default();
             if one_to_one {
-                if !set.is_empty() {
+                if matched_at[sig as usize] == k {
                     return Err(QueryError::Execution(
                         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
                     ));
                 }
-            } else if set.contains(&out) {
+                matched_at[sig as usize] = k;
+            } else if !matched_out.insert((sig, out)) {
                 return Err(QueryError::Execution(
                     "multiple matches for matching labels grouping labels must ensure unique matches"
                         .into(),
                 ));
             }
-            set.insert(out);
             b.push(k, out, val)?;
         }
     }
     Ok(b.finish())
+}
+
+/// Interns match-group signatures as small integers.
+#[derive(Default)]
+struct SigIds {
+    ids: HashMap<String, u32>,
+}
+
+impl SigIds {
+    fn id(&mut self, m: &Matching, l: &Labels) -> u32 {
+        let sig = m.signature(l);
+        let n = self.ids.len() as u32;
+        *self.ids.entry(sig).or_insert(n)
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 fn result_labels(
@@ -396,54 +424,59 @@ async fn set_op(
     r: StepVec,
     n: usize,
 ) -> Result<StepVec, QueryError> {
-    let lsig: Vec<String> = l.table.labels.iter().map(|x| m.signature(x)).collect();
-    let rsig: Vec<String> = r.table.labels.iter().map(|x| m.signature(x)).collect();
+    let mut sigs = SigIds::default();
+    let lsig: Vec<u32> = l.table.labels.iter().map(|x| sigs.id(m, x)).collect();
+    let rsig: Vec<u32> = r.table.labels.iter().map(|x| sigs.id(m, x)).collect();
+    // Per match group: the step in which the other side last had it.
+    let mut seen: Vec<usize> = vec![usize::MAX; sigs.len()];
     let mut b = StepVecBuilder::new(n);
     let mut lmap: Vec<Option<u32>> = vec![None; l.table.len()];
     let mut rmap: Vec<Option<u32>> = vec![None; r.table.len()];
+    let mut keep_l: Vec<(u32, f64)> = Vec::new();
+    let mut keep_r: Vec<(u32, f64)> = Vec::new();
     for k in 0..n {
         let (ls, rs) = (&l.steps[k], &r.steps[k]);
         ev.tick(ls.len() + rs.len() + 1).await;
-        let mut keep_l: Vec<(u32, f64)> = Vec::new();
-        let mut keep_r: Vec<(u32, f64)> = Vec::new();
+        keep_l.clear();
+        keep_r.clear();
         match op {
             Op::And => {
                 if !ls.is_empty() && !rs.is_empty() {
-                    let sigs: HashSet<&str> =
-                        rs.iter().map(|&(j, _)| rsig[j as usize].as_str()).collect();
+                    rs.iter()
+                        .for_each(|&(j, _)| seen[rsig[j as usize] as usize] = k);
                     keep_l.extend(
                         ls.iter()
-                            .filter(|&&(i, _)| sigs.contains(lsig[i as usize].as_str())),
+                            .filter(|&&(i, _)| seen[lsig[i as usize] as usize] == k),
                     );
                 }
             }
             Op::Or => {
                 keep_l.extend_from_slice(ls);
-                let sigs: HashSet<&str> =
-                    ls.iter().map(|&(i, _)| lsig[i as usize].as_str()).collect();
+                ls.iter()
+                    .for_each(|&(i, _)| seen[lsig[i as usize] as usize] = k);
                 keep_r.extend(
                     rs.iter()
-                        .filter(|&&(j, _)| !sigs.contains(rsig[j as usize].as_str())),
+                        .filter(|&&(j, _)| seen[rsig[j as usize] as usize] != k),
                 );
             }
             _ => {
                 // unless
-                let sigs: HashSet<&str> =
-                    rs.iter().map(|&(j, _)| rsig[j as usize].as_str()).collect();
+                rs.iter()
+                    .for_each(|&(j, _)| seen[rsig[j as usize] as usize] = k);
                 keep_l.extend(
                     ls.iter()
-                        .filter(|&&(i, _)| !sigs.contains(lsig[i as usize].as_str())),
+                        .filter(|&&(i, _)| seen[lsig[i as usize] as usize] != k),
                 );
             }
         }
-        for (i, v) in keep_l {
+        for &(i, v) in &keep_l {
             let o = match lmap[i as usize] {
                 Some(o) => o,
                 None => *lmap[i as usize].insert(b.intern(l.table.get(i).clone())),
             };
             b.push(k, o, v)?;
         }
-        for (j, v) in keep_r {
+        for &(j, v) in &keep_r {
             let o = match rmap[j as usize] {
                 Some(o) => o,
                 None => *rmap[j as usize].insert(b.intern(r.table.get(j).clone())),

@@ -42,7 +42,8 @@ impl Span {
     }
 
     pub fn ts(&self, i: usize) -> i64 {
-        self.start + i as i64 * self.step
+        // In i128: the product may overflow even though the result is within [start, end].
+        (self.start as i128 + i as i128 * self.step as i128) as i64
     }
 }
 
@@ -87,17 +88,6 @@ impl StepVec {
         self.steps.iter().map(|s| s.len()).sum()
     }
 
-    /// Which series have at least one point.
-    pub fn present(&self) -> Vec<bool> {
-        let mut p = vec![false; self.table.len()];
-        for s in &self.steps {
-            for &(i, _) in s {
-                p[i as usize] = true;
-            }
-        }
-        p
-    }
-
     /// The vector at the first (only) step, in evaluation order, stamped with `t`.
     pub fn into_instant(self, t: i64) -> Vec<VectorSample> {
         let StepVec { table, steps } = self;
@@ -134,30 +124,6 @@ impl StepVec {
             .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
-    }
-
-    /// Maps every series with points to new labels; two that end up equal are Prometheus's
-    /// series-level "same labelset" error.
-    pub fn relabel(self, mut f: impl FnMut(&Labels) -> Labels) -> Result<StepVec, QueryError> {
-        let present = self.present();
-        let mut table = Table::default();
-        let mut map = vec![u32::MAX; self.table.len()];
-        for (i, l) in self.table.labels.iter().enumerate() {
-            if !present[i] {
-                continue;
-            }
-            let (j, new) = table.intern(f(l));
-            if !new {
-                return Err(same_labelset());
-            }
-            map[i] = j;
-        }
-        let steps = self
-            .steps
-            .into_iter()
-            .map(|s| s.into_iter().map(|(i, v)| (map[i as usize], v)).collect())
-            .collect();
-        Ok(StepVec { table, steps })
     }
 }
 
@@ -238,12 +204,12 @@ pub(crate) struct RangeArg {
 impl RangeArg {
     /// The reference time (right edge) of the window at step time `ts`.
     pub fn ref_time(&self, ts: i64) -> i64 {
-        self.at.unwrap_or(ts) - self.offset
+        self.at.unwrap_or(ts).saturating_sub(self.offset)
     }
 
     pub fn window<'a>(&self, samples: &'a [Sample], ts: i64) -> &'a [Sample] {
         let r = self.ref_time(ts);
-        let lo = samples.partition_point(|s| s.t <= r - self.range);
+        let lo = samples.partition_point(|s| s.t <= r.saturating_sub(self.range));
         let hi = samples.partition_point(|s| s.t <= r);
         &samples[lo..hi.max(lo)]
     }
@@ -283,9 +249,30 @@ impl<'q> Evaluator<'q> {
         }
     }
 
+    /// Adds a warning once. Texts are Prometheus's, without the `(line:col)` position, which
+    /// `promql-parser` does not give.
     pub fn warn(&mut self, w: String) {
         if !self.warnings.contains(&w) {
             self.warnings.push(w);
+        }
+    }
+
+    /// Adds an info annotation once.
+    pub fn info(&mut self, i: String) {
+        if !self.infos.contains(&i) {
+            self.infos.push(i);
+        }
+    }
+
+    /// Warns about each quantile outside [0, 1].
+    pub fn check_quantiles(&mut self, qs: &[f64]) {
+        for &q in qs {
+            if q.is_nan() || !(0.0..=1.0).contains(&q) {
+                self.warn(format!(
+                    "PromQL warning: quantile value should be between 0 and 1, got {}",
+                    super::aggregate::format_go_float(q)
+                ));
+            }
         }
     }
 
@@ -361,11 +348,10 @@ impl<'q> Evaluator<'q> {
                     Ok(Val::Scalar(s))
                 }
                 Val::Vector(sv) => {
-                    let mut sv = sv.relabel(drop_name)?;
-                    for s in sv.steps.iter_mut() {
-                        s.iter_mut().for_each(|(_, v)| *v = -*v);
-                    }
-                    Ok(Val::Vector(sv))
+                    // Series that end up with the same labels merge unless they overlap.
+                    let n = sv.steps.len();
+                    let out = functions::transform(self, sv, n, drop_name, |_, v| Some(-v)).await?;
+                    Ok(Val::Vector(out))
                 }
                 _ => Err(QueryError::Execution(
                     "unary expression only allowed on expressions of type scalar or vector".into(),
@@ -406,8 +392,8 @@ impl<'q> Evaluator<'q> {
             AtModifier::Start => self.query_start,
             AtModifier::End => self.query_end,
             AtModifier::At(st) => match st.duration_since(UNIX_EPOCH) {
-                Ok(d) => d.as_millis() as i64,
-                Err(e) => -(e.duration().as_millis() as i64),
+                Ok(d) => millis(d),
+                Err(e) => millis(e.duration()).saturating_neg(),
             },
         })
     }
@@ -415,8 +401,11 @@ impl<'q> Evaluator<'q> {
     /// The smallest and largest reference times over the span.
     fn ref_bounds(&self, at: Option<i64>, offset: i64, span: Span) -> (i64, i64) {
         match at {
-            Some(a) => (a - offset, a - offset),
-            None => (span.start - offset, span.end - offset),
+            Some(a) => (a.saturating_sub(offset), a.saturating_sub(offset)),
+            None => (
+                span.start.saturating_sub(offset),
+                span.end.saturating_sub(offset),
+            ),
         }
     }
 
@@ -434,9 +423,11 @@ impl<'q> Evaluator<'q> {
         let at = self.at_time(&vs.at);
         let lookback = self.opts.lookback_delta_ms;
         let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-        let series = self
-            .q
-            .select(&matchers, min_ref.saturating_sub(lookback) + 1, max_ref)?;
+        let series = self.q.select(
+            &matchers,
+            min_ref.saturating_sub(lookback).saturating_add(1),
+            max_ref,
+        )?;
         let n = span.len();
         let mut b = StepVecBuilder::new(n);
         for s in series {
@@ -447,7 +438,7 @@ impl<'q> Evaluator<'q> {
             let mut count = 0usize;
             for k in 0..n {
                 self.tick(1).await;
-                let r = at.unwrap_or(span.ts(k)) - offset;
+                let r = at.unwrap_or(span.ts(k)).saturating_sub(offset);
                 while cur < samples.len() && samples[cur].t <= r {
                     cur += 1;
                 }
@@ -455,7 +446,7 @@ impl<'q> Evaluator<'q> {
                     continue;
                 }
                 let last = samples[cur - 1];
-                if last.t <= r - lookback || is_stale(last.v) {
+                if last.t <= r.saturating_sub(lookback) || is_stale(last.v) {
                     continue;
                 }
                 let i = match idx {
@@ -492,11 +483,13 @@ impl<'q> Evaluator<'q> {
                 let matchers = selector_matchers(vs)?;
                 let offset = offset_ms(&vs.offset);
                 let at = self.at_time(&vs.at);
-                let range = ms.range.as_millis() as i64;
+                let range = millis(ms.range);
                 let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-                let selected =
-                    self.q
-                        .select(&matchers, min_ref.saturating_sub(range) + 1, max_ref)?;
+                let selected = self.q.select(
+                    &matchers,
+                    min_ref.saturating_sub(range).saturating_add(1),
+                    max_ref,
+                )?;
                 let mut series = Vec::with_capacity(selected.len());
                 for s in selected {
                     let samples: Vec<Sample> = s.samples.filter(|x| !is_stale(x.v)).collect();
@@ -522,17 +515,17 @@ impl<'q> Evaluator<'q> {
     /// windows of all steps of `span`.
     async fn subquery(&mut self, sq: &SubqueryExpr, span: Span) -> Result<RangeArg, QueryError> {
         let step = match sq.step {
-            Some(d) if d.as_millis() > 0 => d.as_millis() as i64,
+            Some(d) if d.as_millis() > 0 => millis(d),
             _ => DEFAULT_SUBQUERY_STEP_MS,
         };
         let offset = offset_ms(&sq.offset);
         let at = self.at_time(&sq.at);
-        let range = sq.range.as_millis() as i64;
+        let range = millis(sq.range);
         let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-        let left = min_ref - range;
+        let left = min_ref.saturating_sub(range);
         let mut start = step * (left / step);
         if start <= left {
-            start += step;
+            start = start.saturating_add(step);
         }
         let mut series = Vec::new();
         if start <= max_ref {
@@ -584,10 +577,15 @@ pub(crate) fn unparen(mut e: &Expr) -> &Expr {
     e
 }
 
+/// A duration in ms, saturating (absurd durations must not wrap around or panic).
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => millis(*d),
+        Some(Offset::Neg(d)) => millis(*d).saturating_neg(),
         None => 0,
     }
 }
@@ -620,8 +618,23 @@ pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Que
             MatchOp::Re(_) => MatchKind::Regex,
             MatchOp::NotRe(_) => MatchKind::NotRegex,
         };
-        let mm =
-            Matcher::new(kind, &m.name, &m.value).map_err(|e| QueryError::Parse(e.to_string()))?;
+        let mm = match Matcher::new(kind, &m.name, &m.value) {
+            Ok(mm) => mm,
+            // Go accepts some patterns Rust's regex does not (`a{b}`); the parser has already
+            // rewritten those into an equivalent it could compile: use that.
+            Err(e) => match &m.op {
+                MatchOp::Re(re) | MatchOp::NotRe(re) => {
+                    let inner = re
+                        .as_str()
+                        .strip_prefix("^(?:")
+                        .and_then(|x| x.strip_suffix(")$"))
+                        .ok_or_else(|| QueryError::Parse(e.to_string()))?;
+                    Matcher::new(kind, &m.name, inner)
+                        .map_err(|e| QueryError::Parse(e.to_string()))?
+                }
+                _ => return Err(QueryError::Parse(e.to_string())),
+            },
+        };
         out.push(mm);
     }
     Ok(out)

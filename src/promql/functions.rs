@@ -143,6 +143,9 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         "sort" | "sort_desc" => {
             let mut v = ev.eval_vector(a0()?, span).await?;
             let desc = name == "sort_desc";
+            if n > 1 {
+                ev.warn("PromQL warning: sort is ineffective for range queries since results are always ordered by labels".into());
+            }
             for s in v.steps.iter_mut() {
                 // NaN sorts last either way.
                 s.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
@@ -171,7 +174,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     "invalid destination label name in label_replace(): {dst}"
                 )));
             }
-            Ok(Val::Vector(v.relabel(|l| {
+            let relabel = |l: &Labels| {
                 let sv = l.get(&src);
                 match re.captures(sv) {
                     Some(caps) => {
@@ -183,7 +186,11 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     }
                     None => l.clone(),
                 }
-            })?))
+            };
+            // Series that end up with the same labels merge unless they overlap.
+            Ok(Val::Vector(
+                transform(ev, v, n, relabel, |_, x| Some(x)).await?,
+            ))
         }
         "label_join" => {
             let v = ev.eval_vector(a0()?, span).await?;
@@ -204,28 +211,56 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     "invalid destination label name in label_join(): {dst}"
                 )));
             }
-            Ok(Val::Vector(v.relabel(|l| {
+            let relabel = |l: &Labels| {
                 let joined = srcs.iter().map(|s| l.get(s)).collect::<Vec<_>>().join(&sep);
                 let mut b = l.builder();
                 b.set(&dst, &joined);
                 b.take()
-            })?))
+            };
+            Ok(Val::Vector(
+                transform(ev, v, n, relabel, |_, x| Some(x)).await?,
+            ))
         }
         "histogram_quantile" => {
             let q = ev.eval_scalar(a0()?, span).await?;
             let v = ev.eval_vector(arg(&args, 1, name)?, span).await?;
-            histogram_quantile(ev, &q, v, n)
+            ev.check_quantiles(&q);
+            classic_buckets(ev, v, n, |ev, k, b| {
+                let (res, forced) = bucket_quantile(q[k], b);
+                if forced {
+                        ev.info("PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)".into());
+                }
+                res
+            })
+            .await
+        }
+        "histogram_fraction" => {
+            let lo = ev.eval_scalar(a0()?, span).await?;
+            let hi = ev.eval_scalar(arg(&args, 1, name)?, span).await?;
+            let v = ev.eval_vector(arg(&args, 2, name)?, span).await?;
+            classic_buckets(ev, v, n, |_, k, b| bucket_fraction(lo[k], hi[k], b)).await
         }
         "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets"
         | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
-        | "count_over_time" | "last_over_time" | "present_over_time" | "stddev_over_time"
-        | "stdvar_over_time" => {
+        | "count_over_time" | "last_over_time" | "first_over_time" | "present_over_time"
+        | "stddev_over_time" | "stdvar_over_time" => {
             let ra = ev.range_arg(a0()?, span).await?;
-            let keep_name = name == "last_over_time";
+            let keep_name = name == "last_over_time" || name == "first_over_time";
             let f = window_fn(name);
-            Ok(Val::Vector(
-                over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?,
-            ))
+            let out = over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?;
+            if (name == "rate" || name == "increase") && out.points() > 0 {
+                for (l, _) in &ra.series {
+                    let m = l.metric_name();
+                    if !m.is_empty()
+                        && !["_total", "_sum", "_count", "_bucket"]
+                            .iter()
+                            .any(|s| m.ends_with(s))
+                    {
+                        ev.info(format!("PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {m:?}"));
+                    }
+                }
+            }
+            Ok(Val::Vector(out))
         }
         "predict_linear" => {
             let ra = ev.range_arg(a0()?, span).await?;
@@ -244,9 +279,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         "quantile_over_time" => {
             let q = ev.eval_scalar(a0()?, span).await?;
             let ra = ev.range_arg(arg(&args, 1, name)?, span).await?;
-            if q.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) {
-                ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
-            }
+            ev.check_quantiles(&q);
             let mut buf = Vec::new();
             Ok(Val::Vector(
                 over_windows(ev, &ra, span, false, |w, _, k| {
@@ -314,6 +347,7 @@ pub(super) async fn transform(
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
     for (k, step) in v.steps.iter().enumerate() {
         for &(i, x) in step {
+            ev.tick(1).await;
             let Some(y) = f(k, x) else { continue };
             let j = match map[i as usize] {
                 Some(j) => j,
@@ -321,7 +355,7 @@ pub(super) async fn transform(
             };
             b.push(k, j, y)?;
         }
-        ev.tick(step.len() + 1).await;
+        ev.tick(1).await;
     }
     Ok(b.finish())
 }
@@ -358,7 +392,7 @@ pub(super) async fn over_windows(
             let end = ra.ref_time(ts);
             let c = WindowCtx {
                 ts,
-                range_start: end - ra.range,
+                range_start: end.saturating_sub(ra.range),
                 range_end: end,
             };
             let Some(v) = f(w, &c, k) else { continue };
@@ -441,6 +475,7 @@ fn window_fn(name: &str) -> WindowFn {
         },
         "count_over_time" => |w, _| Some(w.len() as f64),
         "last_over_time" => |w, _| w.last().map(|s| s.v),
+        "first_over_time" => |w, _| w.first().map(|s| s.v),
         "present_over_time" => |_, _| Some(1.0),
         "stddev_over_time" => |w, _| Some(variance(w).sqrt()),
         _ => |w, _| Some(variance(w)),
@@ -517,9 +552,10 @@ fn extrapolated_rate(w: &[Sample], c: &WindowCtx, is_counter: bool, is_rate: boo
             prev = s.v;
         }
     }
-    let mut to_start = (first.t - c.range_start) as f64 / 1000.0;
-    let mut to_end = (c.range_end - last.t) as f64 / 1000.0;
-    let sampled = (last.t - first.t) as f64 / 1000.0;
+    // In f64: extreme timestamps must not overflow.
+    let mut to_start = (first.t as f64 - c.range_start as f64) / 1000.0;
+    let mut to_end = (c.range_end as f64 - last.t as f64) / 1000.0;
+    let sampled = (last.t as f64 - first.t as f64) / 1000.0;
     let avg_step = sampled / (w.len() - 1) as f64;
     let threshold = avg_step * 1.1;
     if to_start >= threshold {
@@ -537,7 +573,7 @@ fn extrapolated_rate(w: &[Sample], c: &WindowCtx, is_counter: bool, is_rate: boo
     }
     let mut factor = (sampled + to_start + to_end) / sampled;
     if is_rate {
-        factor /= (c.range_end - c.range_start) as f64 / 1000.0;
+        factor /= (c.range_end as f64 - c.range_start as f64) / 1000.0;
     }
     Some(result * factor)
 }
@@ -554,11 +590,10 @@ fn instant_value(w: &[Sample], is_rate: bool) -> Option<f64> {
         b.v - a.v
     };
     if is_rate {
-        let dt = b.t - a.t;
-        if dt == 0 {
+        if b.t == a.t {
             return None;
         }
-        v /= dt as f64 / 1000.0;
+        v /= (b.t as f64 - a.t as f64) / 1000.0;
     }
     Some(v)
 }
@@ -574,7 +609,7 @@ fn linear_regression(w: &[Sample], intercept_t: i64) -> (f64, f64) {
             const_y = false;
         }
         n += 1.0;
-        let x = (s.t - intercept_t) as f64 / 1000.0;
+        let x = (s.t as f64 - intercept_t as f64) / 1000.0;
         (sx, cx) = kahan_inc(x, sx, cx);
         (sy, cy) = kahan_inc(s.v, sy, cy);
         (sxy, cxy) = kahan_inc(x * s.v, sxy, cxy);
@@ -745,20 +780,20 @@ fn absent_labels(e: &Expr) -> Labels {
     b.take()
 }
 
-/// `histogram_quantile` over classic buckets (series with an `le` label).
-fn histogram_quantile(
+/// Applies `f` per step to the classic histograms in `v`: series grouped by their labels without
+/// `le`, each with its buckets `(upper bound, count)`. Series without a valid `le` are skipped
+/// with a warning. The results have neither `le` nor the metric name.
+async fn classic_buckets(
     ev: &mut Evaluator<'_>,
-    q: &[f64],
     v: StepVec,
     n: usize,
+    mut f: impl FnMut(&mut Evaluator<'_>, usize, &mut [(f64, f64)]) -> f64,
 ) -> Result<Val, QueryError> {
-    if q.iter().any(|q| q.is_nan() || *q < 0.0 || *q > 1.0) {
-        ev.warn("PromQL warning: quantile value should be between 0 and 1".into());
-    }
-    // Per input series: its bucket bound and output group (series without a valid `le` are
-    // skipped with a warning).
     let mut b = StepVecBuilder::new(n);
     let mut groups: HashMap<Labels, u32> = HashMap::new();
+    let mut group_labels: Vec<Labels> = Vec::new();
+    let mut group_out: Vec<Option<u32>> = Vec::new();
+    // Per input series: its bucket bound and group.
     let mut info: Vec<Option<(f64, u32)>> = Vec::with_capacity(v.table.len());
     for l in &v.table.labels {
         let le = l.get("le");
@@ -770,7 +805,9 @@ fn histogram_quantile(
                 let g = match groups.get(&key) {
                     Some(&g) => g,
                     None => {
-                        let g = b.intern(drop_name(&key));
+                        let g = group_labels.len() as u32;
+                        group_labels.push(drop_name(&key));
+                        group_out.push(None);
                         groups.insert(key, g);
                         g
                     }
@@ -779,18 +816,16 @@ fn histogram_quantile(
             }
             None => {
                 ev.warn(format!(
-                    "PromQL warning: bucket label \"le\" is missing or has a malformed value of \"{le}\" for metric name \"{}\"",
-                    l.metric_name()
+                    "PromQL warning: bucket label \"le\" is missing or has a malformed value of \"{le}\""
                 ));
                 info.push(None);
             }
         }
     }
-    let mut per_group: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut per_group: Vec<Vec<(f64, f64)>> = vec![Vec::new(); group_labels.len()];
     let mut order: Vec<u32> = Vec::new();
     for (k, step) in v.steps.iter().enumerate() {
-        per_group.clear();
-        per_group.resize(b.sv.table.len(), Vec::new());
+        per_group.iter_mut().for_each(|g| g.clear());
         order.clear();
         for &(i, x) in step {
             if let Some((bound, g)) = info[i as usize] {
@@ -801,17 +836,98 @@ fn histogram_quantile(
             }
         }
         for &g in &order {
-            let (res, forced) = bucket_quantile(q[k], &mut per_group[g as usize]);
-            if forced {
-                let msg = "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)".to_string();
-                if !ev.infos.contains(&msg) {
-                    ev.infos.push(msg);
-                }
-            }
-            b.push(k, g, res)?;
+            let res = f(ev, k, &mut per_group[g as usize]);
+            let o = match group_out[g as usize] {
+                Some(o) => o,
+                None => *group_out[g as usize].insert(b.intern(group_labels[g as usize].clone())),
+            };
+            // Two groups that differ only in their metric names collide here, as in Prometheus.
+            b.push(k, o, res)?;
         }
+        ev.tick(step.len() + 1).await;
     }
     Ok(Val::Vector(b.finish()))
+}
+
+/// Sorts buckets by bound and merges buckets with equal bounds; false if there is no `+Inf`
+/// bucket.
+fn sort_and_coalesce(buckets: &mut [(f64, f64)]) -> Option<Vec<(f64, f64)>> {
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+    match buckets.last() {
+        Some(b) if b.0 == f64::INFINITY => {}
+        _ => return None,
+    }
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(ub, c) in buckets.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == ub => last.1 += c,
+            _ => merged.push((ub, c)),
+        }
+    }
+    Some(merged)
+}
+
+/// The fraction of observations between `lower` and `upper` in classic buckets, interpolating
+/// linearly within buckets (no observations counted inside an infinite-width bucket).
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    let Some(buckets) = sort_and_coalesce(buckets) else {
+        return f64::NAN;
+    };
+    let count = buckets[buckets.len() - 1].1;
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    let mut lower_bound = if buckets[0].0 <= 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        0.0
+    };
+    for (i, &(upper_bound, c)) in buckets.iter().enumerate() {
+        if i > 0 {
+            lower_bound = buckets[i - 1].0;
+        }
+        let interpolate = |v: f64| -> f64 {
+            if lower_bound == f64::NEG_INFINITY {
+                return c;
+            }
+            rank + (c - rank) * (v - lower_bound) / (upper_bound - lower_bound)
+        };
+        if !lower_set && lower_bound >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && lower_bound >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && lower_bound < lower && upper_bound > lower {
+            lower_rank = interpolate(lower);
+            lower_set = true;
+        }
+        if !upper_set && lower_bound < upper && upper_bound > upper {
+            upper_rank = interpolate(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = c;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    (upper_rank - lower_rank) / count
 }
 
 /// Parses a float as Go's `strconv.ParseFloat` does for the usual spellings.
@@ -842,19 +958,9 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
     if q > 1.0 {
         return (f64::INFINITY, false);
     }
-    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
-    match buckets.last() {
-        Some(b) if b.0 == f64::INFINITY => {}
-        _ => return (f64::NAN, false),
-    }
-    // Coalesce buckets with the same bound.
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for &(ub, c) in buckets.iter() {
-        match merged.last_mut() {
-            Some(last) if last.0 == ub => last.1 += c,
-            _ => merged.push((ub, c)),
-        }
-    }
+    let Some(mut merged) = sort_and_coalesce(buckets) else {
+        return (f64::NAN, false);
+    };
     let buckets = &mut merged;
     // Ensure monotonic counts, ignoring tiny floating-point deltas.
     let mut forced = false;

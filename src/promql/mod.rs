@@ -19,7 +19,7 @@
 //! - Instant vector results keep evaluation order (only `sort`/`sort_desc` order by value);
 //!   range results are a matrix sorted by labels, without empty series.
 //!
-//! How it works: every node is evaluated once for all steps of the query ([`eval`]), as in
+//! How it works: every node is evaluated once for all steps of the query (`eval.rs`), as in
 //! Prometheus. An instant vector over steps is a table of distinct label sets plus, per step, the
 //! (series, value) pairs present at that step; per-step operators (binary operators,
 //! aggregations, simple functions) work step by step on it, and functions over range vectors
@@ -32,20 +32,37 @@
 //! and the set operators; the aggregations `sum min max avg count group stddev stdvar topk
 //! bottomk quantile count_values` with `by`/`without`; the functions `rate irate increase delta
 //! idelta deriv predict_linear changes resets`, the `*_over_time` family (`avg min max sum count
-//! last present stddev stdvar quantile absent`), `abs ceil floor round exp ln log2 log10 sqrt sgn`,
-//! the trigonometric functions, `deg rad pi`, `clamp clamp_min clamp_max`, `scalar vector time
-//! timestamp absent sort sort_desc label_replace label_join histogram_quantile` (classic
-//! buckets), and the date functions (`minute hour day_of_week day_of_month day_of_year
-//! days_in_month month year`).
+//! first last present stddev stdvar quantile absent`), `abs ceil floor round exp ln log2 log10
+//! sqrt sgn`, the trigonometric functions, `deg rad pi`, `clamp clamp_min clamp_max`, `scalar
+//! vector time timestamp absent sort sort_desc label_replace label_join`, `histogram_quantile`
+//! and `histogram_fraction` over classic buckets, and the date functions (`minute hour
+//! day_of_week day_of_month day_of_year days_in_month month year`). Duration expressions
+//! (`x[5m+1m]`, `x[1h:step()*2]`, `offset min_of(step(), 1s)`, `range()`) are computed before
+//! parsing (`durations.rs`), since `promql-parser` 0.11 does not know them.
 //!
-//! Not supported yet (an `Execution` error): native histograms, `or` in selectors
-//! (`{a="1" or b="2"}`), binary-operator fill modifiers, `limitk`/`limit_ratio`, experimental
-//! functions (`info`, `sort_by_label`, `mad_over_time`, `double_exponential_smoothing`, …),
-//! `histogram_*` functions other than `histogram_quantile`, annotations other than a few
-//! warnings.
+//! Annotations: the warnings and infos Prometheus gives for invalid quantiles, malformed `le`
+//! labels, `rate`/`increase` over names that do not look like counters, forced bucket
+//! monotonicity and `sort` in range queries, with Prometheus's texts but without the
+//! `(line:col)` position (the parser does not give positions).
+//!
+//! Not supported yet (an `Execution` error): native histograms and the `histogram_*` functions
+//! over them, `or` in selectors (`{a="1" or b="2"}`), binary-operator fill modifiers, and what a
+//! default Prometheus server rejects as experimental (`limitk`, `limit_ratio`, `info`,
+//! `sort_by_label`, `mad_over_time`, `ts_of_*_over_time`, `double_exponential_smoothing`,
+//! anchored/smoothed ranges).
+//!
+//! Known differences: a `\xNN` escape above `\x7f` in a string literal is read by
+//! `promql-parser` as the character U+00NN, not as a raw byte, so `label_replace(v, "\xff", …)`
+//! is accepted where Prometheus rejects an invalid UTF-8 label name.
+//!
+//! Tests (`tests.rs`): scripts in Prometheus's promqltest language with exact expected values,
+//! and an ignored test that runs the shared conformance corpus (`../shared/promql`, or
+//! `$PERCH_PROMQL_CORPUS`; `PERCH_PROMQL_TIER`, `PERCH_PROMQL_FILE` select), including the
+//! reference runner's range-mode and `@`-invariance re-runs.
 
 mod aggregate;
 mod binary;
+mod durations;
 mod eval;
 mod functions;
 #[cfg(test)]
@@ -176,7 +193,8 @@ impl Engine {
         expr: &str,
         t: i64,
     ) -> Result<QueryResult, QueryError> {
-        let e = promql_parser::parser::parse(expr).map_err(QueryError::Parse)?;
+        let text = durations::rewrite(expr, 0, 0);
+        let e = promql_parser::parser::parse(&text).map_err(QueryError::Parse)?;
         let mut ev = eval::Evaluator::new(q, self.opts, t, t);
         let span = eval::Span {
             start: t,
@@ -205,7 +223,8 @@ impl Engine {
         end: i64,
         step: i64,
     ) -> Result<QueryResult, QueryError> {
-        let e = promql_parser::parser::parse(expr).map_err(QueryError::Parse)?;
+        let text = durations::rewrite(expr, step, end.saturating_sub(start));
+        let e = promql_parser::parser::parse(&text).map_err(QueryError::Parse)?;
         if step <= 0 {
             return Err(QueryError::Parse(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer"

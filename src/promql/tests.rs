@@ -182,6 +182,9 @@ struct Expect {
     scalar: Option<f64>,
     series: Vec<(Labels, Vec<Option<f64>>)>,
     unsupported: bool,
+    /// `expect warn` / `expect no_warn` / `expect info` / `expect no_info` (presence only).
+    warn: Option<bool>,
+    info: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -240,6 +243,8 @@ fn parse_script(text: &str) -> Vec<Cmd> {
                     continue;
                 }
                 if let (Some(l), Some(v)) = (parse_metric(m), expand_values(v)) {
+                    // A later line with the same labels replaces an earlier one.
+                    series.retain(|(x, _): &(Labels, _)| *x != l);
                     series.push((l, v));
                 }
             }
@@ -304,6 +309,10 @@ fn parse_eval(header: &str, body: &[&str], line: usize) -> Cmd {
         if words.first() == Some(&"expect") {
             match words.get(1).copied() {
                 Some("fail") => expect.fail = true,
+                Some("warn") => expect.warn = Some(true),
+                Some("no_warn") => expect.warn = Some(false),
+                Some("info") => expect.info = Some(true),
+                Some("no_info") => expect.info = Some(false),
                 Some("ordered") => expect.ordered = true,
                 Some("string") => {
                     let s = b.split_once("string").map(|x| x.1.trim()).unwrap_or("");
@@ -521,14 +530,146 @@ fn run_script_with(text: &str, mut want: impl FnMut(usize) -> bool) -> (usize, V
                 } else {
                     block_on(engine.range(q.as_ref(), &expr, start, end, step))
                 };
+                if let Ok(r) = &res {
+                    let has = |v: &Vec<String>| !v.is_empty();
+                    if expect.warn.is_some_and(|w| w != has(&r.warnings))
+                        || expect.info.is_some_and(|i| i != has(&r.infos))
+                    {
+                        fails.push(format!(
+                            "{line}: {expr}: ANNOTATIONS (not scored): expected warn={:?} info={:?}, got {:?} {:?}",
+                            expect.warn, expect.info, r.warnings, r.infos
+                        ));
+                    }
+                }
                 match check(res, &expect, instant, start, step) {
                     Ok(()) => passed += 1,
                     Err(why) => fails.push(format!("{line}: {expr}: {why}")),
+                }
+                // Range-mode consistency (as the reference runner does for instant evals): the
+                // range query t-1m..t+1m must give the same result at t.
+                let lower = expr.to_ascii_lowercase();
+                let skip = !instant
+                    || expect.fail
+                    || expect.ordered
+                    || expect.string.is_some()
+                    || expect.range_vector.is_some()
+                    || ["start()", "end()", "range()", "step()"]
+                        .iter()
+                        .any(|f| lower.contains(f));
+                if !skip {
+                    let r = block_on(engine.range(
+                        q.as_ref(),
+                        &expr,
+                        start - 60_000,
+                        start + 60_000,
+                        60_000,
+                    ));
+                    let as_instant = r.map(|r| {
+                        let Value::Matrix(m) = r.value else {
+                            return r;
+                        };
+                        let v: Vec<super::VectorSample> = m
+                            .into_iter()
+                            .filter_map(|s| {
+                                let p = s.samples.iter().find(|p| p.t == start)?;
+                                Some(super::VectorSample {
+                                    labels: s.labels,
+                                    t: start,
+                                    v: p.v,
+                                })
+                            })
+                            .collect();
+                        let value = match expect.scalar {
+                            Some(_) => match v.first() {
+                                Some(s) => Value::Scalar { t: start, v: s.v },
+                                None => Value::Vector(v),
+                            },
+                            None => Value::Vector(v),
+                        };
+                        super::QueryResult {
+                            value,
+                            warnings: r.warnings,
+                            infos: r.infos,
+                        }
+                    });
+                    if let Err(why) = check(as_instant, &expect, true, start, step) {
+                        fails.push(format!("{line}: {expr}: RANGE-MODE: {why}"));
+                    }
+                }
+                // @-invariance: with every selector pinned to `@ t`, any evaluation time gives
+                // the same result.
+                const TIME_FNS: [&str; 16] = [
+                    "days_in_month",
+                    "day_of_month",
+                    "day_of_week",
+                    "day_of_year",
+                    "end",
+                    "hour",
+                    "minute",
+                    "month",
+                    "year",
+                    "predict_linear",
+                    "range",
+                    "start",
+                    "step",
+                    "time",
+                    "timestamp",
+                    "start_timestamp",
+                ];
+                let uses_time = TIME_FNS.iter().any(|f| lower.contains(&format!("{f}(")));
+                if instant && !uses_time && start >= 0 {
+                    if let Some(pinned) = pin_at(&expr, start) {
+                        let times: Vec<i64> = if start == 0 {
+                            vec![-1000, 0, 1000]
+                        } else {
+                            vec![-10 * start, 0, start / 5, start, 10 * start]
+                        };
+                        for t in times {
+                            let r = block_on(engine.instant(q.as_ref(), &pinned, t));
+                            if let Err(why) = check(r, &expect, instant, start, step) {
+                                fails.push(format!(
+                                    "{line}: {expr}: AT-INVARIANCE at {t}ms ({pinned}): {why}"
+                                ));
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
     (passed, fails)
+}
+
+/// The expression with `@ t` on every selector and subquery that has none (not inside a
+/// subquery that has one), printed back as PromQL.
+fn pin_at(expr: &str, t: i64) -> Option<String> {
+    use promql_parser::parser::{AtModifier, Expr};
+    fn walk(e: &mut Expr, at: &AtModifier) {
+        match e {
+            Expr::Aggregate(a) => {
+                walk(&mut a.expr, at);
+                if let Some(p) = a.param.as_mut() {
+                    walk(p, at);
+                }
+            }
+            Expr::Unary(u) => walk(&mut u.expr, at),
+            Expr::Binary(b) => {
+                walk(&mut b.lhs, at);
+                walk(&mut b.rhs, at);
+            }
+            Expr::Paren(p) => walk(&mut p.expr, at),
+            Expr::Subquery(s) if s.at.is_none() => s.at = Some(at.clone()),
+            Expr::VectorSelector(v) if v.at.is_none() => v.at = Some(at.clone()),
+            Expr::MatrixSelector(m) if m.vs.at.is_none() => m.vs.at = Some(at.clone()),
+            Expr::Call(c) => c.args.args.iter_mut().for_each(|a| walk(a, at)),
+            _ => {}
+        }
+    }
+    let mut e = promql_parser::parser::parse(&super::durations::rewrite(expr, 0, 0)).ok()?;
+    let at = AtModifier::At(std::time::UNIX_EPOCH + std::time::Duration::from_millis(t as u64));
+    walk(&mut e, &at);
+    Some(e.to_string())
 }
 
 fn assert_script(text: &str) {
@@ -618,6 +759,9 @@ eval range from 0 to 4m step 2m metric{job="a"} @ end()
 
 eval range from 1m to 4m step 1m metric{job="a"} @ start()
   metric{job="a"} 2 2 2 2
+
+eval instant at 4m59s {__name__=~"x{e}|oth[e]r"}
+  other 7
 
 eval instant at 4m59s {__name__=~"oth.*"}
   other 7
@@ -1107,6 +1251,62 @@ fn errors_and_limits() {
 }
 
 #[test]
+fn absurd_inputs_are_errors_or_results_never_panics() {
+    let store = MemStorage::new(MemOptions::default());
+    let mut app = store.appender();
+    let l = Labels::from_pairs(&[("__name__", "m"), ("le", "1")]);
+    for t in [i64::MIN + 1, -5, 0, 7, i64::MAX - 1] {
+        app.append(&l, t, t as f64).unwrap();
+    }
+    app.commit().unwrap();
+    let q = store.querier();
+    let engine = Engine::new(EngineOptions::default());
+    let queries = [
+        "m offset 100000000y",
+        "m offset -100000000y",
+        "rate(m[100000000y])",
+        "rate(m[100000000y] offset -100000000y)",
+        "m @ 9223372036854775",
+        "m @ -9223372036854775",
+        "deriv(m[100000000y])",
+        "predict_linear(m[100000000y], 1e308)",
+        "irate(m[100000000y])",
+        "max_over_time(m[1ms:1ms])",
+        "m[100000000y:1ms]",
+        "topk(1e300, m)",
+        "topk(-1, m)",
+        "topk(NaN, m)",
+        "quantile(NaN, m)",
+        "count_values(\"\", m)",
+        "label_replace(m, \"\", \"x\", \"le\", \"(.*)\")",
+        "label_replace(m, \"a\", \"$9\", \"le\", \"(\")",
+        "histogram_quantile(0.5, m)",
+        "minute(m * 1e300)",
+        "year(-m * 1e300)",
+        "round(m, 0)",
+        "m{le=~\"(\"}",
+        "{__name__=~\".+\"}[5m:] @ end()",
+        "m[5m+]",
+        "x[step()/0]",
+        "m offset (1/0)",
+    ];
+    for t in [i64::MIN, -1, 0, 1, i64::MAX] {
+        for qs in queries {
+            let _ = block_on(engine.instant(q.as_ref(), qs, t));
+        }
+    }
+    for (s, e, st) in [
+        (0, 10, 1),
+        (i64::MIN, i64::MAX, i64::MAX),
+        (i64::MAX - 10, i64::MAX, 3),
+    ] {
+        for qs in queries {
+            let _ = block_on(engine.range(q.as_ref(), qs, s, e, st));
+        }
+    }
+}
+
+#[test]
 fn evaluation_yields_to_the_executor() {
     // A query over many samples must not hog the executor: count polls of the future.
     let store = MemStorage::new(MemOptions::default());
@@ -1154,6 +1354,9 @@ fn conformance_corpus() {
         }
     }
     let only = std::env::var("PERCH_PROMQL_FILE").ok();
+    // PERCH_PROMQL_TIER=experimental|nh|all runs other tiers (native histograms are skipped by
+    // the loader, so those mostly fail; useful to show that nothing panics).
+    let tier = std::env::var("PERCH_PROMQL_TIER").unwrap_or_else(|_| "core".into());
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("corpus dir")
         .filter_map(|e| e.ok())
@@ -1171,11 +1374,11 @@ fn conformance_corpus() {
         let t = tiers.get(&name).cloned().unwrap_or_default();
         let mut n = 0;
         let (ok, fails) = run_script_with(&text, |i| {
-            let core = t.get(i).is_some_and(|t| t == "core");
-            if core {
+            let want = t.get(i).is_some_and(|t| tier == "all" || *t == tier);
+            if want {
                 n += 1;
             }
-            core
+            want
         });
         total += n;
         passed += ok;
@@ -1184,5 +1387,43 @@ fn conformance_corpus() {
             println!("  FAIL {f}");
         }
     }
-    println!("core: {passed}/{total}");
+    println!("{tier}: {passed}/{total}");
+}
+
+/// Prints how long a few range queries over 1.15M samples take (`--ignored --nocapture`).
+#[test]
+#[ignore = "a timing probe, not a check"]
+fn timing_probe() {
+    let store = MemStorage::new(MemOptions {
+        max_samples: 1 << 26,
+        ..MemOptions::default()
+    });
+    for t in 0..5760i64 {
+        let mut app = store.appender();
+        for i in 0..200 {
+            let l = Labels::from_pairs(&[
+                ("__name__", "m_total"),
+                ("i", &i.to_string()),
+                ("j", &(i % 7).to_string()),
+            ]);
+            app.append(&l, t * 15_000, (t * i) as f64).unwrap();
+        }
+        app.commit().unwrap();
+    }
+    let q = store.querier();
+    let engine = Engine::new(EngineOptions::default());
+    for qs in [
+        "sum by (j) (rate(m_total[5m]))",
+        "m_total",
+        "m_total / on(i) group_left m_total",
+        "max_over_time(m_total[1h:1m])",
+    ] {
+        let t0 = std::time::Instant::now();
+        let r = block_on(engine.range(q.as_ref(), qs, 0, 86_400_000, 60_000)).unwrap();
+        let n = match r.value {
+            Value::Matrix(m) => m.iter().map(|s| s.samples.len()).sum::<usize>(),
+            _ => 0,
+        };
+        println!("{qs}: {n} points in {:?}", t0.elapsed());
+    }
 }
