@@ -142,7 +142,9 @@ impl Backend for FileBackend {
     }
 
     fn dir_bytes(&self) -> u64 {
-        std::fs::metadata(&self.dir).map(|m| m.len()).unwrap_or(4096)
+        std::fs::metadata(&self.dir)
+            .map(|m| m.len())
+            .unwrap_or(4096)
     }
 }
 
@@ -188,7 +190,11 @@ impl MemBackend {
 
     /// Total bytes of all files.
     pub fn total_bytes(&self) -> u64 {
-        self.files.borrow().values().map(|f| f.data.len() as u64).sum()
+        self.files
+            .borrow()
+            .values()
+            .map(|f| f.data.len() as u64)
+            .sum()
     }
 }
 
@@ -220,7 +226,10 @@ impl Backend for MemBackend {
 
     fn append(&self, name: &str, data: &[u8]) -> io::Result<()> {
         if self.fail_writes.get() {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device",
+            ));
         }
         self.files
             .borrow_mut()

@@ -441,8 +441,7 @@ pub fn encode_chunk(samples: &[Sample], out: &mut Vec<u8>) {
     let exp = samples
         .iter()
         .try_fold(0usize, |e, s| decimal_exponent(s.v).map(|x| x.max(e)));
-    let ints: Option<Vec<i64>> =
-        exp.and_then(|e| samples.iter().map(|s| scaled(s.v, e)).collect());
+    let ints: Option<Vec<i64>> = exp.and_then(|e| samples.iter().map(|s| scaled(s.v, e)).collect());
     if let (Some(e), Some(ints)) = (exp, ints) {
         // Both orders of differences, sized; the smaller wins.
         let deltas: Vec<i64> = ints.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
@@ -559,8 +558,7 @@ mod tests {
 
     fn same(a: &[Sample], b: &[Sample]) -> bool {
         a.len() == b.len()
-            && a
-                .iter()
+            && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
     }
@@ -572,7 +570,10 @@ mod tests {
         let mut r = Reader::new(&buf);
         decode_chunk(&mut r, &mut out).unwrap();
         assert!(r.is_empty(), "trailing bytes");
-        assert!(same(samples, &out), "chunk round trip:\n{samples:?}\n{out:?}");
+        assert!(
+            same(samples, &out),
+            "chunk round trip:\n{samples:?}\n{out:?}"
+        );
         let mut h = HeadChunk::default();
         for s in samples {
             h.push(s.t, s.v);
@@ -600,7 +601,12 @@ mod tests {
 
     #[test]
     fn regular_constant_series_is_tiny() {
-        let s: Vec<Sample> = (0..120).map(|i| Sample { t: 1_700_000_000_000 + i * 15_000, v: 42.0 }).collect();
+        let s: Vec<Sample> = (0..120)
+            .map(|i| Sample {
+                t: 1_700_000_000_000 + i * 15_000,
+                v: 42.0,
+            })
+            .collect();
         assert!(round_trip(&s) <= 20);
     }
 
@@ -643,7 +649,15 @@ mod tests {
 
     #[test]
     fn huge_timestamp_jumps() {
-        let ts = [i64::MIN, -1, 0, 1, 1_000_000_000_000_000, i64::MAX - 1, i64::MAX];
+        let ts = [
+            i64::MIN,
+            -1,
+            0,
+            1,
+            1_000_000_000_000_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
         round_trip(&series(&ts, &[1.0; 7]));
     }
 
@@ -674,7 +688,12 @@ mod tests {
 
     #[test]
     fn corrupt_chunks_are_errors_not_panics() {
-        let s: Vec<Sample> = (0..50).map(|i| Sample { t: i * 1000, v: (i * 3) as f64 / 7.0 }).collect();
+        let s: Vec<Sample> = (0..50)
+            .map(|i| Sample {
+                t: i * 1000,
+                v: (i * 3) as f64 / 7.0,
+            })
+            .collect();
         let mut buf = Vec::new();
         encode_chunk(&s, &mut buf);
         let mut rng = Rng(7);

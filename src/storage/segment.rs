@@ -262,7 +262,10 @@ mod tests {
         let s = scan(&b, &n).unwrap();
         assert_eq!(s.corrupt, 0);
         assert_eq!(s.records.len(), 3);
-        assert_eq!(read_payload(&b, &n, &s.records[2]).unwrap().unwrap(), b"three");
+        assert_eq!(
+            read_payload(&b, &n, &s.records[2]).unwrap().unwrap(),
+            b"three"
+        );
         assert_eq!(s.records[1].min_t, 1);
         assert_eq!(s.valid_end, b.len(&n).unwrap());
     }
@@ -301,9 +304,16 @@ mod tests {
         let full = b.len(&n).unwrap();
         for cut in SEGMENT_HEADER_LEN as u64..full {
             let b2 = MemBackend::new();
-            b2.append("s", &b.read_exact_at(&n, 0, cut as usize).unwrap()).unwrap();
+            b2.append("s", &b.read_exact_at(&n, 0, cut as usize).unwrap())
+                .unwrap();
             let s = scan(&b2, "s").unwrap();
-            let complete = if cut >= full { 2 } else if cut >= (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3) as u64 { 1 } else { 0 };
+            let complete = if cut >= full {
+                2
+            } else if cut >= (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3) as u64 {
+                1
+            } else {
+                0
+            };
             assert_eq!(s.records.len(), complete, "cut at {cut}");
             assert!(s.valid_end <= cut);
         }
