@@ -150,6 +150,30 @@ impl Telemetry {
             "Approximate bytes of memory the store holds.",
             storage.memory_bytes as f64,
         );
+        gauge(
+            out,
+            "perch_storage_disk_bytes",
+            "Bytes the store keeps on disk, everything counted.",
+            storage.disk_bytes as f64,
+        );
+        counter(
+            out,
+            "perch_storage_written_bytes_total",
+            "Bytes the store wrote to disk.",
+            storage.bytes_written_total as f64,
+        );
+        counter(
+            out,
+            "perch_storage_corrupt_records_total",
+            "Torn or corrupt records found and skipped.",
+            storage.corrupt_records_total as f64,
+        );
+        counter(
+            out,
+            "perch_storage_write_errors_total",
+            "Failed writes; their samples stay in memory and are written later.",
+            storage.write_errors_total as f64,
+        );
         if let Some(t) = storage.min_time {
             gauge(
                 out,

@@ -12,7 +12,8 @@
 use crate::config::Config;
 use crate::promql::{Engine, EngineOptions};
 use crate::scrape::ScrapeManager;
-use crate::storage::memory::{MemOptions, MemStorage};
+use crate::storage::backend::FileBackend;
+use crate::storage::flash::{FlashOptions, FlashStorage};
 use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use crate::web::{self, http::Limits, WebState};
@@ -23,7 +24,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why the agent could not start.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub enum RunError {
     Listen(String, std::io::Error),
     /// Installing the signal handlers failed.
     Signals(std::io::Error),
+    /// The store could not be opened.
+    Storage(String),
 }
 
 impl fmt::Display for RunError {
@@ -45,6 +48,7 @@ impl fmt::Display for RunError {
             ),
             RunError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             RunError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            RunError::Storage(m) => write!(f, "cannot open the store: {m}"),
         }
     }
 }
@@ -86,6 +90,38 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The store options the flags ask for.
+pub fn store_options(flags: &crate::config::Flags) -> FlashOptions {
+    FlashOptions {
+        retention_ms: flags.retention_time.as_millis().min(i64::MAX as u128) as i64,
+        budget_bytes: flags.retention_size,
+        ..FlashOptions::default()
+    }
+}
+
+/// Opens (or creates) the flash store under `--storage.tsdb.path`.
+pub fn open_store(flags: &crate::config::Flags) -> Result<Rc<dyn Storage>, RunError> {
+    let backend = FileBackend::new(&flags.storage_path)
+        .map_err(|e| RunError::Storage(format!("{}: {e}", flags.storage_path.display())))?;
+    let started = std::time::Instant::now();
+    let (store, report) = FlashStorage::open(Box::new(backend), store_options(flags))
+        .map_err(|e| RunError::Storage(format!("{}: {e}", flags.storage_path.display())))?;
+    log::info!(
+        "opened the store in {:?}: {} segments, {} blocks, {} series, {} bytes{}",
+        started.elapsed(),
+        report.segments,
+        report.blocks,
+        report.series,
+        store.disk_bytes(),
+        if report.corrupt_records > 0 {
+            format!(", {} corrupt records skipped", report.corrupt_records)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Rc::new(store))
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), RunError> {
     let config = Rc::new(config);
@@ -100,12 +136,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         log::warn!("config section {section:?} is accepted but not used by Perch yet");
     }
 
-    let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions {
-        retention_ms: flags.retention_time.as_millis().min(i64::MAX as u128) as i64,
-        // The in-memory store spends about 16 bytes a sample: keep within the size budget.
-        max_samples: (flags.retention_size / 16).max(1),
-        ..MemOptions::default()
-    }));
+    let storage = open_store(flags)?;
     let telemetry = Rc::new(Telemetry::new(now_secs()));
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let state = Rc::new(WebState {
@@ -120,13 +151,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
         limits: Limits::default(),
     });
     log::info!(
-        "Perch {} listening on {} (storage: in memory, retention {} / {} bytes)",
+        "Perch {} listening on {} (storage: {}, retention {} / {} bytes)",
         env!("CARGO_PKG_VERSION"),
         listener
             .get_ref()
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
+        flags.storage_path.display(),
         crate::config::format_duration(flags.retention_time),
         flags.retention_size
     );
@@ -138,11 +170,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let flush_every = flags.flush_interval;
     ex.spawn(async move {
         loop {
-            Timer::after(flush_every.min(Duration::from_secs(60))).await;
-            hk_storage.housekeeping();
+            Timer::after(flush_every).await;
             if let Err(e) = hk_storage.flush() {
-                log::error!("flushing the store: {e}");
+                log::error!("flushing the store (the samples stay in memory): {e}");
             }
+            hk_storage.housekeeping();
         }
     })
     .detach();

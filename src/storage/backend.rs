@@ -269,6 +269,34 @@ impl Backend for MemBackend {
     }
 }
 
+/// A shared backend is a backend (tests reopen a store on the same `MemBackend`).
+impl<B: Backend + ?Sized> Backend for std::rc::Rc<B> {
+    fn list(&self) -> io::Result<Vec<String>> {
+        (**self).list()
+    }
+    fn len(&self, name: &str) -> io::Result<u64> {
+        (**self).len(name)
+    }
+    fn read_at(&self, name: &str, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(name, off, buf)
+    }
+    fn append(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        (**self).append(name, data)
+    }
+    fn sync(&self, name: &str) -> io::Result<()> {
+        (**self).sync(name)
+    }
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        (**self).truncate(name, len)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        (**self).remove(name)
+    }
+    fn dir_bytes(&self) -> u64 {
+        (**self).dir_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

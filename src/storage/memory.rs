@@ -361,6 +361,7 @@ impl Storage for MemStorage {
                 .iter()
                 .map(|s| s.labels.heap_bytes() as u64 + s.samples.capacity() as u64 * 16)
                 .sum(),
+            ..StorageStats::default()
         }
     }
 }

@@ -16,7 +16,9 @@
 //! [`memory::MemStorage`] is the in-memory implementation that the foundation runs on.
 
 pub mod backend;
+pub mod block;
 pub mod codec;
+pub mod flash;
 pub mod memory;
 pub mod segment;
 
@@ -156,6 +158,14 @@ pub struct StorageStats {
     pub min_time: Option<i64>,
     pub max_time: Option<i64>,
     pub memory_bytes: u64,
+    /// Bytes the store keeps on disk, as `du -sb` counts them (0 for a store in memory).
+    pub disk_bytes: u64,
+    /// Bytes written to disk since start.
+    pub bytes_written_total: u64,
+    /// Records found torn or corrupt (skipped, never fatal).
+    pub corrupt_records_total: u64,
+    /// Failed writes (the samples stay in memory and are written later).
+    pub write_errors_total: u64,
 }
 
 /// The store: hands out appenders and queriers. Shared as `Rc<dyn Storage>` on the executor.

@@ -1,0 +1,1279 @@
+//! The flash store: samples in a ring of append-only segment files, within a fixed byte budget.
+//!
+//! Write path: the appender batches a scrape; `commit` moves its samples into each series'
+//! [`HeadChunk`] in RAM (a few bytes a sample). Every flush interval, [`Storage::flush`] turns
+//! all heads into one compressed block record — with the definitions of series the current
+//! segment has not seen yet — and writes it with a single append and a single `fdatasync`. So a
+//! power cut loses at most one flush interval, and the device sees one large sequential write
+//! a minute instead of one per scrape.
+//!
+//! The ring: records go to the newest segment until it holds `segment_bytes`; then a new
+//! segment starts. Before any write, the oldest segments are deleted until everything — the
+//! directory entry, every segment and the record about to be written — fits in the byte budget,
+//! so `du -sb` of the data directory never exceeds it. Retention by time deletes segments whose
+//! newest sample is older than the newest sample in the store minus the retention. Sealed data
+//! is never rewritten.
+//!
+//! Every segment declares, before its first block, the series its blocks use, so deleting old
+//! segments never orphans data. Opening scans the segments' record headers (checking CRCs),
+//! loads the series definitions, and does not read or decode any block: start-up time and memory
+//! do not depend on how many samples are stored. A torn or corrupt record is skipped and counted
+//! in `corrupt_records`; the store always opens.
+//!
+//! Reads: `select` finds series through the postings index, reads and decompresses the blocks
+//! that overlap the range (the most recent one is cached), and adds the head's samples.
+//!
+//! Write errors (a full disk, a failing card) never lose the head: it stays in RAM, the error is
+//! counted, and the next flush tries again. Out-of-order and duplicate samples are rejected per
+//! sample as Prometheus does; `import_series` writes older data directly as blocks.
+
+use super::backend::Backend;
+use super::block::{self, Block, BlockBuilder};
+use super::codec::HeadChunk;
+use super::segment::{self, RecordKind, RecordRef};
+use super::{
+    AppendError, Appender, CommitStats, Querier, Series, SeriesRef, Storage, StorageError,
+    StorageStats,
+};
+use crate::model::{Labels, MatchKind, Matcher, Sample};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+
+/// Bounds and settings of the flash store.
+#[derive(Debug, Clone, Copy)]
+pub struct FlashOptions {
+    /// Samples older than the newest sample minus this are dropped, a segment at a time (ms).
+    pub retention_ms: i64,
+    /// Every byte the store keeps, directory entry included.
+    pub budget_bytes: u64,
+    /// Most series held at once.
+    pub max_series: usize,
+    /// zstd level for blocks written by flushes.
+    pub level: i32,
+    /// Most bytes of samples waiting in the heads (while writes fail); past it, new samples are
+    /// refused and counted.
+    pub max_head_bytes: usize,
+}
+
+impl Default for FlashOptions {
+    fn default() -> Self {
+        FlashOptions {
+            retention_ms: 15 * 24 * 3600 * 1000,
+            budget_bytes: 512 << 20,
+            max_series: 1 << 20,
+            level: 9,
+            max_head_bytes: 64 << 20,
+        }
+    }
+}
+
+impl FlashOptions {
+    /// The size at which a segment is full: an eighth of the budget, between 16 KiB and 64 MiB.
+    pub fn segment_bytes(&self) -> u64 {
+        (self.budget_bytes / 8).clamp(16 << 10, 64 << 20)
+    }
+}
+
+struct SeriesEntry {
+    labels: Labels,
+    head: HeadChunk,
+    /// The newest sample accepted, flushed or not (for the order check).
+    last: Option<Sample>,
+    /// The segment whose series record last declared this series (0: none).
+    declared_in: u64,
+    /// The newest segment holding data of this series (0: none).
+    data_in: u64,
+}
+
+struct SegmentInfo {
+    seq: u64,
+    name: String,
+    bytes: u64,
+    blocks: Vec<RecordRef>,
+    min_t: i64,
+    max_t: i64,
+}
+
+/// Counters of the store, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlashCounters {
+    pub corrupt_records: u64,
+    pub write_errors: u64,
+    pub bytes_written: u64,
+    pub flushes: u64,
+    pub segments_deleted: u64,
+    pub samples_refused_head_full: u64,
+}
+
+struct Store {
+    backend: Box<dyn Backend>,
+    opts: FlashOptions,
+    series: HashMap<u64, SeriesEntry>,
+    by_labels: HashMap<Labels, u64>,
+    postings: HashMap<String, HashMap<String, Vec<u64>>>,
+    next_id: u64,
+    segments: Vec<SegmentInfo>,
+    /// The segment being appended to, if one was started by this process.
+    active: Option<u64>,
+    next_seq: u64,
+    head_samples: u64,
+    head_bytes: usize,
+    appended_total: u64,
+    out_of_order_total: u64,
+    duplicate_total: u64,
+    max_time: Option<i64>,
+    counters: FlashCounters,
+    cache: Option<((u64, u64), Rc<Block>)>,
+}
+
+fn io_err(e: std::io::Error) -> StorageError {
+    StorageError::Io(e)
+}
+
+impl Store {
+    fn index(&mut self, id: u64, labels: &Labels) {
+        for l in labels {
+            let list = self
+                .postings
+                .entry(l.name.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default();
+            if let Err(i) = list.binary_search(&id) {
+                list.insert(i, id);
+            }
+        }
+    }
+
+    fn unindex(&mut self, id: u64, labels: &Labels) {
+        for l in labels {
+            if let Some(values) = self.postings.get_mut(&l.name) {
+                if let Some(list) = values.get_mut(&l.value) {
+                    if let Ok(i) = list.binary_search(&id) {
+                        list.remove(i);
+                    }
+                    if list.is_empty() {
+                        values.remove(&l.value);
+                    }
+                }
+                if values.is_empty() {
+                    self.postings.remove(&l.name);
+                }
+            }
+        }
+    }
+
+    fn get_or_create(&mut self, labels: &Labels) -> Result<(u64, bool), AppendError> {
+        if let Some(&id) = self.by_labels.get(labels) {
+            return Ok((id, false));
+        }
+        if self.series.len() >= self.opts.max_series {
+            return Err(AppendError::TooManySeries);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.index(id, labels);
+        self.by_labels.insert(labels.clone(), id);
+        self.series.insert(
+            id,
+            SeriesEntry {
+                labels: labels.clone(),
+                head: HeadChunk::default(),
+                last: None,
+                declared_in: 0,
+                data_in: 0,
+            },
+        );
+        Ok((id, true))
+    }
+
+    /// Adds a series read from disk (its id is fixed).
+    fn load_series(&mut self, id: u64, labels: Labels, seq: u64) {
+        self.next_id = self.next_id.max(id + 1);
+        if let Some(e) = self.series.get_mut(&id) {
+            e.declared_in = e.declared_in.max(seq);
+            return;
+        }
+        if let Some(&other) = self.by_labels.get(&labels) {
+            // The same labels under two ids (cannot happen by this writer): keep the first.
+            log::warn!("series {labels} stored under ids {other} and {id}; reading {other}");
+            return;
+        }
+        self.index(id, &labels);
+        self.by_labels.insert(labels.clone(), id);
+        self.series.insert(
+            id,
+            SeriesEntry {
+                labels,
+                head: HeadChunk::default(),
+                last: None,
+                declared_in: seq,
+                data_in: seq,
+            },
+        );
+    }
+
+    fn candidates(&self, matchers: &[Matcher]) -> Vec<u64> {
+        let mut lists: Vec<&Vec<u64>> = Vec::new();
+        for m in matchers {
+            if m.kind == MatchKind::Equal && !m.value.is_empty() {
+                match self.postings.get(&m.name).and_then(|v| v.get(&m.value)) {
+                    Some(list) => lists.push(list),
+                    None => return Vec::new(),
+                }
+            }
+        }
+        let mut out: Vec<u64> = if lists.is_empty() {
+            let mut all: Vec<u64> = self.series.keys().copied().collect();
+            all.sort_unstable();
+            all
+        } else {
+            lists.sort_by_key(|l| l.len());
+            let mut out = lists[0].clone();
+            for l in &lists[1..] {
+                out.retain(|r| l.binary_search(r).is_ok());
+            }
+            out
+        };
+        out.retain(|id| {
+            self.series
+                .get(id)
+                .is_some_and(|s| Matcher::all_match(matchers, &s.labels))
+        });
+        out
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.backend.dir_bytes() + self.segments.iter().map(|s| s.bytes).sum::<u64>()
+    }
+
+    fn delete_segment(&mut self, idx: usize) {
+        let seg = self.segments.remove(idx);
+        if let Err(e) = self.backend.remove(&seg.name) {
+            log::error!("removing segment {}: {e}", seg.name);
+        }
+        self.counters.segments_deleted += 1;
+        if self.active == Some(seg.seq) {
+            self.active = None;
+        }
+        self.cache = None;
+        self.forget_dataless_series();
+    }
+
+    /// Drops series that have no samples left anywhere.
+    fn forget_dataless_series(&mut self) {
+        let oldest = self.segments.first().map_or(u64::MAX, |s| s.seq);
+        let gone: Vec<u64> = self
+            .series
+            .iter()
+            .filter(|(_, s)| s.head.is_empty() && s.data_in < oldest)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(s) = self.series.remove(&id) {
+                self.unindex(id, &s.labels);
+                self.by_labels.remove(&s.labels);
+            }
+        }
+        if self.series.is_empty() {
+            self.postings.clear();
+        }
+    }
+
+    /// Makes room for `need` more bytes: deletes the oldest segments until they fit.
+    fn make_room(&mut self, need: u64) -> Result<(), StorageError> {
+        while self.total_bytes() + need > self.opts.budget_bytes {
+            if self.segments.is_empty() {
+                return Err(StorageError::Io(std::io::Error::other(format!(
+                    "a record of {need} bytes does not fit in the storage budget of {} bytes",
+                    self.opts.budget_bytes
+                ))));
+            }
+            self.delete_segment(0);
+        }
+        Ok(())
+    }
+
+    /// Writes `records` (already framed) as one append to the active segment, starting a new
+    /// segment first when needed, then syncs. `blocks` are the block records' refs relative to
+    /// the start of `records`.
+    fn write_records(
+        &mut self,
+        records: &[u8],
+        blocks: Vec<RecordRef>,
+        new_segment: bool,
+        created_ms: i64,
+    ) -> Result<(), StorageError> {
+        let seq = match (new_segment, self.active) {
+            (false, Some(seq)) => seq,
+            _ => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.active = Some(seq);
+                self.segments.push(SegmentInfo {
+                    seq,
+                    name: segment::segment_name(seq),
+                    bytes: 0,
+                    blocks: Vec::new(),
+                    min_t: i64::MAX,
+                    max_t: i64::MIN,
+                });
+                seq
+            }
+        };
+        let Some(seg) = self.segments.iter_mut().find(|s| s.seq == seq) else {
+            return Err(StorageError::Closed);
+        };
+        let mut buf = Vec::new();
+        if seg.bytes == 0 {
+            buf.extend_from_slice(&segment::segment_header(seq, created_ms));
+        }
+        let base = seg.bytes + buf.len() as u64;
+        buf.extend_from_slice(records);
+        let result = self
+            .backend
+            .append(&seg.name, &buf)
+            .and_then(|_| self.backend.sync(&seg.name));
+        match result {
+            Ok(()) => {
+                seg.bytes += buf.len() as u64;
+                for mut b in blocks {
+                    b.offset += base;
+                    seg.min_t = seg.min_t.min(b.min_t);
+                    seg.max_t = seg.max_t.max(b.max_t);
+                    seg.blocks.push(b);
+                }
+                self.counters.bytes_written += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // What reached the file is unknown: count it, and continue in a new segment.
+                seg.bytes = self.backend.len(&seg.name).unwrap_or(seg.bytes);
+                self.active = None;
+                self.counters.write_errors += 1;
+                Err(io_err(e))
+            }
+        }
+    }
+
+    /// Frames series definitions and blocks for `items` (id, samples; ids ascending) into
+    /// records for the segment `seq`, splitting blocks so none exceeds `max_record`.
+    fn frame(
+        &self,
+        items: &[(u64, Vec<Sample>)],
+        declare: &[u64],
+        max_record: usize,
+        level: i32,
+    ) -> (Vec<u8>, Vec<RecordRef>) {
+        let mut out = Vec::new();
+        let mut refs = Vec::new();
+        if !declare.is_empty() {
+            let defs: Vec<(u64, &Labels)> = declare
+                .iter()
+                .filter_map(|id| self.series.get(id).map(|s| (*id, &s.labels)))
+                .collect();
+            let payload = block::seal(&block::encode_series(&defs), level);
+            segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
+        }
+        let mut bb = BlockBuilder::new();
+        let flush = |bb: &mut BlockBuilder, out: &mut Vec<u8>, refs: &mut Vec<RecordRef>| {
+            if bb.is_empty() {
+                return;
+            }
+            let payload = block::seal(&bb.finish(), level);
+            let start = out.len();
+            segment::encode_record(out, RecordKind::Block, bb.min_t, bb.max_t, &payload);
+            refs.push(RecordRef {
+                kind: RecordKind::Block,
+                offset: (start + segment::RECORD_HEADER_LEN) as u64,
+                len: payload.len() as u32,
+                crc: crc32fast::hash(&payload),
+                min_t: bb.min_t,
+                max_t: bb.max_t,
+            });
+            *bb = BlockBuilder::new();
+        };
+        for (id, samples) in items {
+            bb.add(*id, samples);
+            // Raw chunk bytes bound the compressed size from above.
+            if bb.raw_len() >= max_record {
+                flush(&mut bb, &mut out, &mut refs);
+            }
+        }
+        flush(&mut bb, &mut out, &mut refs);
+        (out, refs)
+    }
+
+    /// Writes `items` as blocks (with the series declarations they need).
+    fn write_items(
+        &mut self,
+        items: &[(u64, Vec<Sample>)],
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let seg_bytes = self.opts.segment_bytes();
+        let max_record = (seg_bytes / 2) as usize;
+        let active_bytes = self
+            .active
+            .and_then(|a| self.segments.iter().find(|s| s.seq == a))
+            .map(|s| s.bytes);
+        // Declarations are per segment: decide the segment first, assuming it continues.
+        let mut new_segment = active_bytes.is_none();
+        for attempt in 0..2 {
+            let seq = if new_segment {
+                self.next_seq
+            } else {
+                self.active.unwrap_or(0)
+            };
+            let declare: Vec<u64> = items
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| self.series.get(id).is_some_and(|s| s.declared_in != seq))
+                .collect();
+            let (records, refs) = self.frame(items, &declare, max_record, self.opts.level);
+            let header = if new_segment {
+                segment::SEGMENT_HEADER_LEN as u64
+            } else {
+                0
+            };
+            let need = records.len() as u64 + header;
+            if !new_segment && attempt == 0 && active_bytes.unwrap_or(0) + need > seg_bytes {
+                new_segment = true;
+                continue;
+            }
+            self.make_room(need)?;
+            // make_room may have deleted the active segment itself.
+            if !new_segment && self.active.is_none() {
+                new_segment = true;
+                continue;
+            }
+            self.write_records(&records, refs, new_segment, now_ms)?;
+            let seq = self.active.unwrap_or(seq);
+            for id in &declare {
+                if let Some(s) = self.series.get_mut(id) {
+                    s.declared_in = seq;
+                }
+            }
+            for (id, _) in items {
+                if let Some(s) = self.series.get_mut(id) {
+                    s.data_in = seq;
+                }
+            }
+            return Ok(());
+        }
+        Err(StorageError::Closed)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let mut ids: Vec<u64> = self
+            .series
+            .iter()
+            .filter(|(_, s)| !s.head.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        let mut items = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(s) = self.series.get(id) {
+                let mut v = Vec::with_capacity(s.head.len());
+                s.head.decode_into(&mut v);
+                items.push((*id, v));
+            }
+        }
+        let now = self.max_time.unwrap_or(0);
+        self.write_items(&items, now)?;
+        for id in &ids {
+            if let Some(s) = self.series.get_mut(id) {
+                s.head.clear();
+            }
+        }
+        self.head_samples = 0;
+        self.head_bytes = 0;
+        self.counters.flushes += 1;
+        Ok(())
+    }
+
+    fn housekeeping(&mut self) {
+        let Some(max_time) = self.max_time else {
+            return;
+        };
+        let cutoff = max_time.saturating_sub(self.opts.retention_ms);
+        while let Some(first) = self.segments.first() {
+            let is_active = self.active == Some(first.seq);
+            if is_active
+                || first.max_t >= cutoff
+                || first.max_t == i64::MIN && self.segments.len() == 1
+            {
+                break;
+            }
+            self.delete_segment(0);
+        }
+    }
+
+    /// Loads a block (cached: the last one read).
+    fn load_block(
+        &mut self,
+        seg_idx: usize,
+        r: &RecordRef,
+    ) -> Result<Option<Rc<Block>>, StorageError> {
+        let seg = &self.segments[seg_idx];
+        let key = (seg.seq, r.offset);
+        if let Some((k, b)) = &self.cache {
+            if *k == key {
+                return Ok(Some(b.clone()));
+            }
+        }
+        let payload = match segment::read_payload(&*self.backend, &seg.name, r) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                self.counters.corrupt_records += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        match block::open(&payload).and_then(Block::parse) {
+            Ok(b) => {
+                let b = Rc::new(b);
+                self.cache = Some((key, b.clone()));
+                Ok(Some(b))
+            }
+            Err(e) => {
+                log::warn!("segment {}: block at {}: {e}", seg.name, r.offset);
+                self.counters.corrupt_records += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    fn select(
+        &mut self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, StorageError> {
+        let ids = self.candidates(matchers);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut samples: HashMap<u64, Vec<Sample>> = HashMap::new();
+        let mut tmp = Vec::new();
+        for si in 0..self.segments.len() {
+            let seg = &self.segments[si];
+            if seg.max_t < mint || seg.min_t > maxt {
+                continue;
+            }
+            let blocks: Vec<RecordRef> = seg
+                .blocks
+                .iter()
+                .filter(|b| b.max_t >= mint && b.min_t <= maxt)
+                .copied()
+                .collect();
+            for r in blocks {
+                let Some(block) = self.load_block(si, &r)? else {
+                    continue;
+                };
+                for id in &ids {
+                    tmp.clear();
+                    match block.series(*id, &mut tmp) {
+                        Ok(true) => samples
+                            .entry(*id)
+                            .or_default()
+                            .extend(tmp.iter().filter(|s| s.t >= mint && s.t <= maxt)),
+                        Ok(false) => {}
+                        Err(_) => self.counters.corrupt_records += 1,
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(s) = self.series.get(&id) else {
+                continue;
+            };
+            let mut v = samples.remove(&id).unwrap_or_default();
+            tmp.clear();
+            s.head.decode_into(&mut tmp);
+            v.extend(tmp.iter().filter(|x| x.t >= mint && x.t <= maxt));
+            if v.is_empty() {
+                continue;
+            }
+            if !v.windows(2).all(|w| w[0].t < w[1].t) {
+                // Imported blocks may overlap: order by time, first copy wins.
+                v.sort_by_key(|x| x.t);
+                v.dedup_by_key(|x| x.t);
+            }
+            out.push(Series {
+                labels: s.labels.clone(),
+                samples: Box::new(v.into_iter()),
+            });
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+}
+
+/// The flash store. Cloning shares it.
+#[derive(Clone)]
+pub struct FlashStorage {
+    store: Rc<RefCell<Store>>,
+}
+
+/// What opening found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub series: usize,
+    pub blocks: usize,
+    pub corrupt_records: u64,
+}
+
+impl FlashStorage {
+    /// Opens the store in `backend`, whatever state its files are in.
+    pub fn open(
+        backend: Box<dyn Backend>,
+        opts: FlashOptions,
+    ) -> Result<(FlashStorage, OpenReport), StorageError> {
+        let mut names: Vec<(u64, String)> = backend
+            .list()
+            .map_err(io_err)?
+            .into_iter()
+            .filter_map(|n| segment::parse_segment_name(&n).map(|s| (s, n)))
+            .collect();
+        names.sort();
+        let mut st = Store {
+            backend,
+            opts,
+            series: HashMap::new(),
+            by_labels: HashMap::new(),
+            postings: HashMap::new(),
+            next_id: 1,
+            segments: Vec::new(),
+            active: None,
+            next_seq: names.last().map_or(1, |(s, _)| s + 1),
+            head_samples: 0,
+            head_bytes: 0,
+            appended_total: 0,
+            out_of_order_total: 0,
+            duplicate_total: 0,
+            max_time: None,
+            counters: FlashCounters::default(),
+            cache: None,
+        };
+        let mut report = OpenReport::default();
+        for (seq, name) in names {
+            let scan = segment::scan(&*st.backend, &name).map_err(io_err)?;
+            st.counters.corrupt_records += scan.corrupt;
+            let bytes = st.backend.len(&name).map_err(io_err)?;
+            let mut info = SegmentInfo {
+                seq,
+                name: name.clone(),
+                bytes,
+                blocks: Vec::new(),
+                min_t: i64::MAX,
+                max_t: i64::MIN,
+            };
+            for r in &scan.records {
+                match r.kind {
+                    RecordKind::Series => {
+                        let defs = segment::read_payload(&*st.backend, &name, r)
+                            .map_err(io_err)?
+                            .ok_or(block::CorruptPayload)
+                            .and_then(|p| block::open(&p).map_err(|_| block::CorruptPayload))
+                            .and_then(|b| {
+                                block::decode_series(&b).map_err(|_| block::CorruptPayload)
+                            });
+                        match defs {
+                            Ok(defs) => {
+                                for (id, labels) in defs {
+                                    st.load_series(id, labels, seq);
+                                }
+                            }
+                            Err(_) => st.counters.corrupt_records += 1,
+                        }
+                    }
+                    RecordKind::Block => {
+                        info.min_t = info.min_t.min(r.min_t);
+                        info.max_t = info.max_t.max(r.max_t);
+                        info.blocks.push(*r);
+                    }
+                }
+            }
+            report.blocks += info.blocks.len();
+            if info.max_t != i64::MIN {
+                st.max_time = Some(st.max_time.map_or(info.max_t, |m| m.max(info.max_t)));
+            }
+            st.segments.push(info);
+        }
+        // A series' newest sample on disk is not known without reading blocks; order checks for
+        // a series start from the newest block time of the store, which is conservative.
+        let floor = st.max_time;
+        for s in st.series.values_mut() {
+            s.last = floor.map(|t| Sample { t, v: f64::NAN });
+        }
+        report.segments = st.segments.len();
+        report.series = st.series.len();
+        report.corrupt_records = st.counters.corrupt_records;
+        Ok((
+            FlashStorage {
+                store: Rc::new(RefCell::new(st)),
+            },
+            report,
+        ))
+    }
+
+    /// Counters for `/metrics`.
+    pub fn counters(&self) -> FlashCounters {
+        self.store.borrow().counters
+    }
+
+    /// Bytes of everything the store keeps (as `du -sb` counts the directory).
+    pub fn disk_bytes(&self) -> u64 {
+        self.store.borrow().total_bytes()
+    }
+
+    /// Writes whole series of older (or any) data directly as blocks, bypassing the head and the
+    /// order check — the backfill path. `items`: labels and samples ascending by time.
+    pub fn import(
+        &self,
+        items: Vec<(Labels, Vec<Sample>)>,
+        level: i32,
+    ) -> Result<usize, StorageError> {
+        let mut st = self.store.borrow_mut();
+        let mut by_id: Vec<(u64, Vec<Sample>)> = Vec::with_capacity(items.len());
+        let mut n = 0;
+        for (labels, samples) in items {
+            if samples.is_empty() {
+                continue;
+            }
+            let (id, _) = st
+                .get_or_create(&labels)
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+            if let Some(last) = samples.last() {
+                st.max_time = Some(st.max_time.map_or(last.t, |m| m.max(last.t)));
+                if let Some(s) = st.series.get_mut(&id) {
+                    if s.last.is_none_or(|l| l.t < last.t) {
+                        s.last = Some(*last);
+                    }
+                }
+            }
+            n += samples.len();
+            by_id.push((id, samples));
+        }
+        by_id.sort_by_key(|(id, _)| *id);
+        let level_before = st.opts.level;
+        st.opts.level = level;
+        let now = st.max_time.unwrap_or(0);
+        let r = st.write_items(&by_id, now);
+        st.opts.level = level_before;
+        r?;
+        st.appended_total += n as u64;
+        Ok(n)
+    }
+}
+
+struct FlashAppender {
+    store: Rc<RefCell<Store>>,
+    batch: Vec<(u64, Sample)>,
+    batch_last: HashMap<u64, Sample>,
+    series_added: usize,
+}
+
+impl FlashAppender {
+    fn push(&mut self, id: u64, t: i64, v: f64) -> Result<(), AppendError> {
+        let last = match self.batch_last.get(&id) {
+            Some(s) => Some(*s),
+            None => self.store.borrow().series.get(&id).and_then(|s| s.last),
+        };
+        let res = match last {
+            Some(l) if t < l.t => Err(AppendError::OutOfOrder),
+            Some(l) if t == l.t && l.v.to_bits() != v.to_bits() && !l.v.is_nan() => {
+                Err(AppendError::DuplicateTimestamp)
+            }
+            Some(l) if t == l.t => return Ok(()),
+            _ => Ok(()),
+        };
+        match res {
+            Ok(()) => {
+                self.batch.push((id, Sample { t, v }));
+                self.batch_last.insert(id, Sample { t, v });
+                Ok(())
+            }
+            Err(e) => {
+                let mut st = self.store.borrow_mut();
+                match e {
+                    AppendError::OutOfOrder => st.out_of_order_total += 1,
+                    AppendError::DuplicateTimestamp => st.duplicate_total += 1,
+                    _ => {}
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Appender for FlashAppender {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef, AppendError> {
+        let (id, created) = self.store.borrow_mut().get_or_create(labels)?;
+        if created {
+            self.series_added += 1;
+        }
+        self.push(id, t, v)?;
+        Ok(id)
+    }
+
+    fn append_ref(&mut self, r: SeriesRef, t: i64, v: f64) -> Result<(), AppendError> {
+        if !self.store.borrow().series.contains_key(&r) {
+            return Err(AppendError::UnknownRef);
+        }
+        self.push(r, t, v)
+    }
+
+    fn commit(self: Box<Self>) -> Result<CommitStats, StorageError> {
+        let mut st = self.store.borrow_mut();
+        let mut n = 0;
+        for (id, s) in &self.batch {
+            if st.head_bytes >= st.opts.max_head_bytes {
+                st.counters.samples_refused_head_full += 1;
+                continue;
+            }
+            let Some(series) = st.series.get_mut(id) else {
+                continue;
+            };
+            let before = series.head.heap_bytes();
+            series.head.push(s.t, s.v);
+            series.last = Some(*s);
+            let grown = series.head.heap_bytes().saturating_sub(before);
+            st.head_bytes += grown;
+            st.max_time = Some(st.max_time.map_or(s.t, |m| m.max(s.t)));
+            n += 1;
+        }
+        st.head_samples += n as u64;
+        st.appended_total += n as u64;
+        Ok(CommitStats {
+            samples: n,
+            series_added: self.series_added,
+        })
+    }
+
+    fn rollback(self: Box<Self>) {}
+}
+
+struct FlashQuerier {
+    store: Rc<RefCell<Store>>,
+}
+
+impl Querier for FlashQuerier {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, StorageError> {
+        self.store.borrow_mut().select(matchers, mint, maxt)
+    }
+
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut names = BTreeSet::new();
+        if matchers.is_empty() && self.covers_all(mint, maxt) {
+            let st = self.store.borrow();
+            names.extend(st.postings.keys().cloned());
+        } else {
+            for s in self.select(matchers, mint, maxt)? {
+                for l in &s.labels {
+                    if !names.contains(&l.name) {
+                        names.insert(l.name.clone());
+                    }
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut values = BTreeSet::new();
+        if matchers.is_empty() && self.covers_all(mint, maxt) {
+            let st = self.store.borrow();
+            if let Some(v) = st.postings.get(name) {
+                values.extend(v.keys().cloned());
+            }
+        } else {
+            for s in self.select(matchers, mint, maxt)? {
+                let v = s.labels.get(name);
+                if !v.is_empty() {
+                    values.insert(v.to_owned());
+                }
+            }
+        }
+        Ok(values.into_iter().collect())
+    }
+}
+
+impl FlashQuerier {
+    /// True if `[mint, maxt]` covers every sample, so the index alone answers label questions.
+    fn covers_all(&self, mint: i64, maxt: i64) -> bool {
+        let st = self.store.borrow();
+        let min = st
+            .segments
+            .iter()
+            .map(|s| s.min_t)
+            .min()
+            .unwrap_or(i64::MAX);
+        let min = st
+            .series
+            .values()
+            .filter_map(|s| s.head.first_t())
+            .fold(min, i64::min);
+        mint <= min && maxt >= st.max_time.unwrap_or(i64::MIN)
+    }
+}
+
+impl Storage for FlashStorage {
+    fn appender(&self) -> Box<dyn Appender> {
+        Box::new(FlashAppender {
+            store: self.store.clone(),
+            batch: Vec::new(),
+            batch_last: HashMap::new(),
+            series_added: 0,
+        })
+    }
+
+    fn querier(&self) -> Box<dyn Querier> {
+        Box::new(FlashQuerier {
+            store: self.store.clone(),
+        })
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.store.borrow_mut().flush()
+    }
+
+    fn housekeeping(&self) {
+        self.store.borrow_mut().housekeeping()
+    }
+
+    fn stats(&self) -> StorageStats {
+        let st = self.store.borrow();
+        let min_time = st
+            .segments
+            .iter()
+            .map(|s| s.min_t)
+            .chain(st.series.values().filter_map(|s| s.head.first_t()))
+            .min()
+            .filter(|t| *t != i64::MAX);
+        StorageStats {
+            series: st.series.len() as u64,
+            samples_in_memory: st.head_samples,
+            samples_appended_total: st.appended_total,
+            out_of_order_total: st.out_of_order_total,
+            duplicate_total: st.duplicate_total,
+            min_time,
+            max_time: st.max_time,
+            memory_bytes: st.head_bytes as u64
+                + st.series
+                    .values()
+                    .map(|s| s.labels.heap_bytes() as u64 + 96)
+                    .sum::<u64>(),
+            disk_bytes: st.total_bytes(),
+            bytes_written_total: st.counters.bytes_written,
+            corrupt_records_total: st.counters.corrupt_records,
+            write_errors_total: st.counters.write_errors,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{is_stale, STALE_NAN};
+    use crate::storage::backend::MemBackend;
+
+    fn open(b: &Rc<MemBackend>, opts: FlashOptions) -> FlashStorage {
+        FlashStorage::open(Box::new(b.clone()), opts).unwrap().0
+    }
+
+    fn labels(i: usize) -> Labels {
+        Labels::from_pairs(&[("__name__", "m"), ("i", &i.to_string()), ("job", "j")])
+    }
+
+    /// A value that exercises the codecs: counters, decimals, specials.
+    fn value(i: usize, t: i64) -> f64 {
+        match i % 5 {
+            0 => (t / 1000) as f64 * 3.0,
+            1 => 0.25 * (t / 1000 % 17) as f64,
+            2 => f64::from_bits(0x3ff0_0000_0000_0000 ^ (t as u64).wrapping_mul(2654435761)),
+            3 if t % 7000 == 0 => f64::from_bits(STALE_NAN),
+            3 => -0.0,
+            _ => 42.0,
+        }
+    }
+
+    fn ingest(s: &FlashStorage, series: usize, from: i64, to: i64, step: i64) {
+        let mut t = from;
+        while t < to {
+            let mut app = s.appender();
+            for i in 0..series {
+                app.append(&labels(i), t, value(i, t)).unwrap();
+            }
+            app.commit().unwrap();
+            t += step;
+        }
+    }
+
+    fn all(s: &FlashStorage) -> Vec<(Labels, Vec<Sample>)> {
+        s.querier()
+            .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|x| (x.labels, x.samples.collect()))
+            .collect()
+    }
+
+    fn check_exact(got: &[(Labels, Vec<Sample>)], series: usize, from: i64, to: i64, step: i64) {
+        assert_eq!(got.len(), series);
+        for (l, samples) in got {
+            let i: usize = l.get("i").parse().unwrap();
+            let want: Vec<i64> = (0..)
+                .map(|k| from + k * step)
+                .take_while(|t| *t < to)
+                .collect();
+            let ts: Vec<i64> = samples.iter().map(|s| s.t).collect();
+            assert_eq!(ts, want, "series {i}");
+            for s in samples {
+                assert_eq!(
+                    s.v.to_bits(),
+                    value(i, s.t).to_bits(),
+                    "series {i} at {}",
+                    s.t
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flushed_data_survives_reopen_bit_exact() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 20, 0, 60_000, 1000);
+        s.flush().unwrap();
+        ingest(&s, 20, 60_000, 90_000, 1000);
+        // Head and blocks together.
+        check_exact(&all(&s), 20, 0, 90_000, 1000);
+        s.flush().unwrap();
+        drop(s);
+        let s = open(&b, FlashOptions::default());
+        check_exact(&all(&s), 20, 0, 90_000, 1000);
+        let three = all(&s).into_iter().find(|x| x.0.get("i") == "3").unwrap();
+        assert!(three.1.iter().any(|x| is_stale(x.v)));
+        // Appending continues after a reopen.
+        ingest(&s, 20, 90_000, 100_000, 1000);
+        s.flush().unwrap();
+        let s = open(&b, FlashOptions::default());
+        check_exact(&all(&s), 20, 0, 100_000, 1000);
+        let names = s
+            .querier()
+            .label_values("i", &[], i64::MIN, i64::MAX)
+            .unwrap();
+        assert_eq!(names.len(), 20);
+    }
+
+    #[test]
+    fn power_cut_loses_at_most_the_unflushed_interval() {
+        for torn in [0usize, 1, 39, 40, 41, 100, 5000] {
+            let b = Rc::new(MemBackend::new());
+            let s = open(&b, FlashOptions::default());
+            ingest(&s, 10, 0, 30_000, 1000);
+            s.flush().unwrap();
+            ingest(&s, 10, 30_000, 60_000, 1000);
+            s.flush().unwrap();
+            // Written but not synced: a flush that the cut interrupts.
+            ingest(&s, 10, 60_000, 70_000, 1000);
+            b.fail_writes.set(false);
+            drop(s);
+            b.power_cut(torn);
+            let s = open(&b, FlashOptions::default());
+            check_exact(&all(&s), 10, 0, 60_000, 1000);
+        }
+    }
+
+    #[test]
+    fn a_torn_flush_is_detected_and_skipped() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 10, 0, 30_000, 1000);
+        s.flush().unwrap();
+        let name = b.list().unwrap()[0].clone();
+        let synced = b.len(&name).unwrap();
+        ingest(&s, 10, 30_000, 60_000, 1000);
+        s.flush().unwrap();
+        drop(s);
+        let full = b.len(&name).unwrap();
+        // Cut the second flush's write anywhere: the first one always survives.
+        for cut in (synced..full).step_by(7) {
+            let b2 = Rc::new(MemBackend::new());
+            b2.append(&name, &b.read_exact_at(&name, 0, cut as usize).unwrap())
+                .unwrap();
+            b2.sync(&name).unwrap();
+            let (s, report) =
+                FlashStorage::open(Box::new(b2.clone()), FlashOptions::default()).unwrap();
+            check_exact(&all(&s), 10, 0, 30_000, 1000);
+            assert!(report.corrupt_records <= 1);
+        }
+    }
+
+    #[test]
+    fn never_exceeds_the_byte_budget() {
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 40 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        let mut t = 0;
+        for _ in 0..400 {
+            ingest(&s, 50, t, t + 10_000, 1000);
+            t += 10_000;
+            s.flush().unwrap();
+            assert!(
+                b.total_bytes() <= opts.budget_bytes,
+                "{} bytes",
+                b.total_bytes()
+            );
+            assert_eq!(b.total_bytes(), s.disk_bytes());
+        }
+        // The oldest data went first, whole segments at a time; the newest is all there.
+        let got = all(&s);
+        assert_eq!(got.len(), 50);
+        let first = got[0].1[0].t;
+        assert!(first > 0, "{} bytes, {:?}", b.total_bytes(), s.counters());
+        check_exact(&got, 50, first, t, 1000);
+        assert!(s.counters().segments_deleted > 0);
+        // And it reopens the same.
+        let s2 = open(&b, opts);
+        assert_eq!(all(&s2).len(), 50);
+    }
+
+    #[test]
+    fn retention_time_counts_from_the_newest_sample() {
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            retention_ms: 100_000,
+            budget_bytes: 1 << 20,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        let mut t = 1_000_000;
+        for _ in 0..40 {
+            ingest(&s, 5, t, t + 10_000, 1000);
+            t += 10_000;
+            s.flush().unwrap();
+            // Seal segments often enough for retention to have whole segments to drop.
+            s.store.borrow_mut().active = None;
+            s.housekeeping();
+        }
+        let got = all(&s);
+        let oldest = got.iter().map(|x| x.1[0].t).min().unwrap();
+        assert!(
+            oldest >= t - 100_000 - 10_000,
+            "oldest {oldest}, newest {t}"
+        );
+    }
+
+    #[test]
+    fn corruption_is_counted_and_the_rest_served() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        for k in 0..5 {
+            ingest(&s, 10, k * 10_000, (k + 1) * 10_000, 1000);
+            s.flush().unwrap();
+        }
+        drop(s);
+        let name = b.list().unwrap()[0].clone();
+        let len = b.len(&name).unwrap() as usize;
+        b.corrupt(&name, |d| d[len * 2 / 3] ^= 0x55);
+        let (s, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
+        let got = all(&s);
+        let total: usize = got.iter().map(|x| x.1.len()).sum();
+        assert!((300..500).contains(&total), "{total}");
+        assert!(s.counters().corrupt_records >= 1);
+        // Truncated files, garbage files: still opens.
+        b.corrupt(&name, |d| d.truncate(len / 2));
+        b.append("seg-0000000000000099.perch", b"garbage").unwrap();
+        let (s, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
+        let _ = all(&s);
+    }
+
+    #[test]
+    fn out_of_order_and_duplicates_are_rejected() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        let mut app = s.appender();
+        app.append(&labels(1), 1000, 1.0).unwrap();
+        app.commit().unwrap();
+        let mut app = s.appender();
+        assert_eq!(
+            app.append(&labels(1), 999, 1.0),
+            Err(AppendError::OutOfOrder)
+        );
+        assert_eq!(
+            app.append(&labels(1), 1000, 2.0),
+            Err(AppendError::DuplicateTimestamp)
+        );
+        assert!(app.append(&labels(1), 1000, 1.0).is_ok());
+        app.commit().unwrap();
+        assert_eq!(s.stats().out_of_order_total, 1);
+        assert_eq!(all(&s)[0].1.len(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_keeps_the_head_and_recovers() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 10, 0, 20_000, 1000);
+        b.fail_writes.set(true);
+        assert!(s.flush().is_err());
+        ingest(&s, 10, 20_000, 30_000, 1000);
+        check_exact(&all(&s), 10, 0, 30_000, 1000);
+        b.fail_writes.set(false);
+        s.flush().unwrap();
+        let s = open(&b, FlashOptions::default());
+        check_exact(&all(&s), 10, 0, 30_000, 1000);
+        assert_eq!(s.counters().write_errors, 0);
+    }
+
+    #[test]
+    fn import_writes_older_data() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 3, 100_000, 110_000, 1000);
+        s.flush().unwrap();
+        let old: Vec<Sample> = (0..50)
+            .map(|k| Sample {
+                t: k * 1000,
+                v: k as f64,
+            })
+            .collect();
+        s.import(vec![(labels(0), old.clone())], 19).unwrap();
+        let s = open(&b, FlashOptions::default());
+        let got = all(&s);
+        let s0 = &got.iter().find(|x| x.0.get("i") == "0").unwrap().1;
+        assert_eq!(&s0[..50], &old[..]);
+        assert_eq!(s0.len(), 60);
+    }
+}
