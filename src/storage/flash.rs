@@ -62,7 +62,7 @@ impl Default for FlashOptions {
             retention_ms: 15 * 24 * 3600 * 1000,
             budget_bytes: 512 << 20,
             max_series: 1 << 20,
-            level: 9,
+            level: 19,
             max_head_bytes: 64 << 20,
         }
     }

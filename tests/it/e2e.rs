@@ -5,7 +5,7 @@ use crate::support::{data_dir, wait_until, Fixture, Perch};
 use std::time::Duration;
 
 /// The cases of tests/data/e2e/queries.tsv: (name, endpoint, check, form parameters).
-fn cases() -> Vec<(String, String, String, String)> {
+pub fn cases() -> Vec<(String, String, String, String)> {
     let text = std::fs::read_to_string(data_dir().join("e2e/queries.tsv")).unwrap();
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -17,20 +17,20 @@ fn cases() -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn fixture_bodies() -> Vec<Vec<u8>> {
+pub fn fixture_bodies() -> Vec<Vec<u8>> {
     (1..=3)
         .map(|i| std::fs::read(data_dir().join(format!("e2e/scrape-{i}.prom"))).unwrap())
         .collect()
 }
 
-fn config_for(target: &str) -> String {
+pub fn config_for(target: &str) -> String {
     format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fixture\n    honor_labels: true\n    static_configs:\n      - targets: [\"{target}\"]\n"
     )
 }
 
 /// Checks one answer; returns a description of the mismatch, if any.
-fn check(name: &str, check: &str, status: u16, body: &str) -> Option<String> {
+pub fn check(name: &str, check: &str, status: u16, body: &str) -> Option<String> {
     if check == "exact" {
         let want = std::fs::read_to_string(data_dir().join(format!("e2e/{name}.json"))).unwrap();
         if status != 200 || body != want.trim_end() {

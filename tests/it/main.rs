@@ -4,4 +4,5 @@ mod support;
 
 mod config;
 mod e2e;
+mod storage;
 mod threads;

@@ -87,7 +87,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
 impl Perch {
     /// Starts perch with `config` (None: the built-in default) and waits until it is ready.
     pub fn start(name: &str, config: Option<&str>) -> Perch {
-        let dir = temp_dir(name);
+        Perch::start_in(temp_dir(name), config, &[])
+    }
+
+    /// Starts perch on the data under `dir` (kept across restarts), with extra flags.
+    pub fn start_in(dir: PathBuf, config: Option<&str>, extra: &[&str]) -> Perch {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_perch"));
         if let Some(c) = config {
@@ -99,6 +103,7 @@ impl Perch {
             .arg(dir.join("data"))
             .arg("--web.listen-address")
             .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("start perch");
@@ -124,11 +129,25 @@ impl Perch {
     }
 }
 
+impl Perch {
+    /// Sends SIGTERM and waits; returns the exit code. The data directory is kept.
+    pub fn stop(mut self) -> (Option<i32>, PathBuf) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        let dir = std::mem::take(&mut self.dir);
+        (code, dir)
+    }
+}
+
 impl Drop for Perch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
