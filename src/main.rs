@@ -6,6 +6,25 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let flags = match Flags::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(f)) => f,
+        Ok(Command::Import(f, file)) => {
+            env_logger::Builder::new().filter_level(f.log_level).init();
+            return match perch::runtime::import::run(&file, &f) {
+                Ok(r) => {
+                    println!(
+                        "imported {} samples of {} series from {} into {}",
+                        r.samples,
+                        r.series,
+                        file.display(),
+                        f.storage_path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("perch import: error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Ok(Command::Help) => {
             print!("{}", help_text());
             return ExitCode::SUCCESS;

@@ -96,6 +96,8 @@ pub enum Command {
     Help,
     /// Print the version and exit.
     Version,
+    /// `perch import FILE`: backfill an OpenMetrics file into the store.
+    Import(Flags, PathBuf),
 }
 
 /// The flags, their value names and help, in the order `--help` lists them.
@@ -117,7 +119,7 @@ pub const FLAG_HELP: &[(&str, &str, &str)] = &[
 pub fn help_text() -> String {
     let mut s = String::from(
         "perch: a Prometheus-compatible monitoring agent for small devices\n\n\
-         Usage: perch [FLAGS]\n\nFlags:\n  -h, --help     Show this help.\n      --version  Show the version.\n",
+         Usage: perch [FLAGS]\n       perch import FILE [FLAGS]   backfill an OpenMetrics file (.zst too) into the store\n\nFlags:\n  -h, --help     Show this help.\n      --version  Show the version.\n",
     );
     for (name, value, help) in FLAG_HELP {
         s.push_str(&format!("      --{name}={value}\n          {help}\n"));
@@ -163,7 +165,35 @@ impl Flags {
         I: IntoIterator,
         I::Item: Into<std::ffi::OsString>,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        if args.first().is_some_and(|a| a == "import") {
+            args.remove(0);
+            // Every flag but --help/--version takes a value: the FILE is the first word that
+            // is neither a flag nor a flag's value.
+            let mut pos = None;
+            let mut i = 0;
+            while i < args.len() {
+                let a = args[i].to_string_lossy();
+                if a == "--help" || a == "-h" || a == "--version" || a.contains('=') {
+                    i += 1;
+                } else if a.starts_with('-') {
+                    i += 2;
+                } else {
+                    pos = Some(i);
+                    break;
+                }
+            }
+            let pos = pos.ok_or_else(|| {
+                ConfigError::Flag(
+                    "import: missing FILE (perch import FILE [--storage.tsdb.path DIR])".into(),
+                )
+            })?;
+            let file = PathBuf::from(args.remove(pos));
+            return match Self::parse(args)? {
+                Command::Run(f) => Ok(Command::Import(f, file)),
+                other => Ok(other),
+            };
+        }
         let mut all: Vec<std::ffi::OsString> = Vec::new();
         let mut rest: Vec<std::ffi::OsString> = Vec::new();
         let mut i = 0;
@@ -648,6 +678,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nope"));
+    }
+
+    #[test]
+    fn import_takes_a_file_anywhere() {
+        for args in [
+            &["import", "x.om", "--storage.tsdb.path", "d"][..],
+            &["import", "--storage.tsdb.path", "d", "x.om"][..],
+            &["import", "--storage.tsdb.path=d", "x.om"][..],
+        ] {
+            match Flags::parse(args.iter().copied()).unwrap() {
+                Command::Import(f, file) => {
+                    assert_eq!(file, PathBuf::from("x.om"));
+                    assert_eq!(f.storage_path, PathBuf::from("d"));
+                }
+                c => panic!("{c:?}"),
+            }
+        }
+        assert!(Flags::parse(["import"]).is_err());
     }
 
     #[test]

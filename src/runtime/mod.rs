@@ -9,6 +9,8 @@
 //! idle while `block_on` runs here). Nothing else starts a thread: no `blocking` pool, no signal
 //! thread (`async-signal` uses a self-pipe), no name lookups through `getaddrinfo`.
 
+pub mod import;
+
 use crate::config::Config;
 use crate::promql::{Engine, EngineOptions};
 use crate::scrape::ScrapeManager;

@@ -1,14 +1,18 @@
-//! Pull parser for the Prometheus text exposition format, version 0.0.4.
+//! Pull parsers for the Prometheus text exposition format, version 0.0.4, and for
+//! OpenMetrics 1.0 text.
 //!
 //! # Role
 //!
-//! The scrape loop fetches a target's `/metrics` body into one buffer and walks it with a
-//! [`TextParser`]. Each call to [`TextParser::next_entry`] yields the next `# HELP` line, `# TYPE`
-//! line or sample; other comments and blank lines are skipped. The first error ends the walk: a
-//! scrape is accepted or failed as a whole, as in Prometheus.
+//! The scrape loop fetches a target's `/metrics` body into one buffer, picks the format from the
+//! response's `Content-Type` with [`Format::from_content_type`] and walks the body with a
+//! [`TextParser`]. Each call to [`TextParser::next_entry`] yields the next `# HELP`, `# TYPE` or
+//! (OpenMetrics) `# UNIT` line or sample; in 0.0.4 other comments and blank lines are skipped.
+//! The first error ends the walk: a scrape is accepted or failed as a whole, as in Prometheus.
 //!
 //! What is accepted follows Prometheus 2.42's `model/textparse/promparse.go` (and its lexer
-//! `promlex.l`), with the few deliberate differences listed below.
+//! `promlex.l`) and `openmetricsparse.go` (with `openmetricslex.l`), with the few deliberate
+//! differences listed below. Both formats yield the same [`Entry`], [`Sample`], [`MetricType`]
+//! and [`ParseError`] types, so the scrape loop does not otherwise care which one it parses.
 //!
 //! # Input and output
 //!
@@ -29,21 +33,22 @@
 //! * **What is validated where.** `next_entry` validates the whole line structure: the metric
 //!   name, the extent of the label block (quoted values with escapes, unterminated values and
 //!   blocks), the value, the timestamp, nothing trailing, the `TYPE` keyword and the UTF-8 of
-//!   `HELP` texts. It does *not* look inside the label block. [`Sample::parse_labels`] does the
-//!   label syntax, label-name rules, UTF-8 of label values, unescaping and duplicate label names.
-//!   A caller must call it (or know the `series` bytes from an earlier successful call) before
-//!   trusting a sample.
+//!   `HELP` texts. It does *not* look inside the label block (OpenMetrics: beyond its strict
+//!   punctuation, see below). [`Sample::parse_labels`] does the label syntax, label-name rules,
+//!   UTF-8 of label values, unescaping and duplicate label names. A caller must call it (or know
+//!   the `series` bytes from an earlier successful call) before trusting a sample.
 //! * Line numbers in errors are 1-based and count every `\n` in the body, including raw newlines
 //!   inside label values.
 //! * `NaN` values are returned with Prometheus's canonical bit pattern (`0x7ff8000000000001`),
 //!   so a scraped value can never collide with the staleness marker.
 //!
-//! # Grammar accepted (as promparse does)
+//! # Grammar accepted for 0.0.4 (as promparse does)
 //!
 //! * Blank lines; leading spaces and tabs before any line.
 //! * `#` lines: `# HELP name text` and `# TYPE name type` (one or more spaces/tabs after `#`,
 //!   after the keyword, and exactly the first blank after the name is a separator, so
-//!   `# HELP x  text` has the help text `" text"`). Anything else starting with `#` is a comment.
+//!   `# HELP x  text` has the help text `" text"`). Anything else starting with `#` is a comment
+//!   (`# UNIT` and `# EOF` included).
 //!   `TYPE` must be exactly one of `counter`, `gauge`, `histogram`, `summary`, `untyped`.
 //!   `HELP` text is unescaped for `\\` and `\n` only; other backslash pairs stay as written.
 //! * Samples: `name[ ]{labels} value [timestamp]` with spaces/tabs as separators and trailing
@@ -61,25 +66,55 @@
 //! * `\r\n` line endings are rejected on sample and blank lines, as in promparse (the `\r`
 //!   becomes part of the value); comments tolerate them and a `HELP` text keeps the `\r`.
 //!
-//! # Deliberate differences from promparse 2.42
+//! # Grammar accepted for OpenMetrics (as openmetricsparse 2.42 does)
 //!
-//! * Negative timestamps (`-123`) are accepted; promparse's lexer only takes digits.
-//! * A metric name must be followed by a blank, `{` or the end of the line. promparse lets a
-//!   value start right after the name (`foo-1 2` is `foo` = -1 at ts 2); that is rejected here.
-//!   The same goes for the name in `HELP`/`TYPE` lines. A value directly after `}` is accepted,
-//!   as in promparse.
-//! * A NUL byte where promparse would end the input silently (at the start of a line) is an
-//!   error. NUL bytes inside comments, help texts and label values are accepted.
+//! Much stricter than 0.0.4: every line is one of the following, fields are separated by exactly
+//! one space (no tabs, no leading or trailing blanks), and there are no blank lines and no other
+//! comments.
+//!
+//! * `# HELP name text`, `# TYPE name type`, `# UNIT name unit`: exactly one space after `#`,
+//!   after the keyword and after the name; the rest of the line is the text, which may be empty
+//!   but needs the space before it (`# HELP name` alone is an error). `HELP` text must be UTF-8
+//!   and is unescaped like a label value (`\\`, `\"`, `\n`). `TYPE` is exactly one of
+//!   `counter`, `gauge`, `histogram`, `gaugehistogram`, `summary`, `info`, `stateset`, `unknown`
+//!   (not `untyped`). A non-empty unit must be a suffix of the name after a `_`
+//!   (`# UNIT foo_seconds seconds`); 2.42 checks this.
+//! * `# EOF` must be the last line (a final newline is optional). A body that ends without it
+//!   is an error, and so is anything after it, even a blank line.
+//! * Samples: `name{labels} value [timestamp] [exemplar]`. No blank between the name and `{`.
+//!   The label block is `{}` or `{n="v",n="v"}`: no blanks, a comma between pairs and none
+//!   after the last one, no raw newlines in values (escapes as in 0.0.4). Values as in 0.0.4
+//!   (so `+Inf`, `-Inf`, `NaN`, integers, exponents). Timestamps are float seconds, parsed like
+//!   values, not NaN or infinite, and turned into milliseconds as Prometheus does, `int64(s *
+//!   1000)`: the product is truncated toward zero, so `1795544805.895` gives
+//!   `1795544805895` but `1.005` gives `1004` (the double nearest 1.005, times 1000, is
+//!   1004.99…), exactly the millisecond Prometheus stores.
+//! * Exemplars, ` # {labels} value [timestamp]` after the value or timestamp, are checked and
+//!   dropped: the sample's name must end in `_total` or `_bucket`, the label block follows the
+//!   sample rules and its values must be UTF-8, the value and timestamp follow the sample rules.
+//! * `_created`, `_info`, stateset and gauge-histogram series are ordinary samples: 2.42 has no
+//!   created-timestamp handling and stores `foo_created` as a series like any other.
+//!
+//! # Deliberate differences from promparse and openmetricsparse 2.42
+//!
+//! * 0.0.4: negative timestamps (`-123`) are accepted; promparse's lexer only takes digits.
+//! * 0.0.4: a metric name must be followed by a blank, `{` or the end of the line. promparse
+//!   lets a value start right after the name (`foo-1 2` is `foo` = -1 at ts 2); that is rejected
+//!   here. The same goes for the name in `HELP`/`TYPE` lines. A value directly after `}` is
+//!   accepted, as in promparse.
+//! * 0.0.4: a NUL byte where promparse would end the input silently (at the start of a line) is
+//!   an error. NUL bytes inside comments, help texts and label values are accepted (also in
+//!   OpenMetrics, as there). The OpenMetrics lexer of 2.42 also skips NUL bytes inside the
+//!   `HELP`/`TYPE`/`UNIT`/`EOF` keywords (`# HE\0LP`); here that is an error.
 //! * Duplicate label names are reported by [`Sample::parse_labels`] (Prometheus reports them
-//!   later, in the scrape loop).
+//!   later, in the scrape loop). For OpenMetrics, invalid UTF-8 in a sample's label value is
+//!   also reported there, not by `next_entry` as openmetricsparse does.
+//! * OpenMetrics: a timestamp whose millisecond value does not fit in `i64` is an error; Go's
+//!   conversion gives a platform-dependent value.
 //!
 //! # Not supported (yet)
 //!
-//! * OpenMetrics (`application/openmetrics-text`): `# UNIT`, `# EOF`, exemplars, created
-//!   timestamps, quoted UTF-8 metric and label names. An OpenMetrics parser is meant to sit beside
-//!   this one as another pull parser yielding the same [`Entry`], [`Sample`], [`MetricType`] and
-//!   [`ParseError`] types (adding variants where it needs them), so the scrape loop can pick a
-//!   parser by content type and otherwise not care.
+//! * Quoted UTF-8 metric and label names (neither format of 2.42 has them).
 //! * The protobuf exposition format and native histograms.
 #![deny(unsafe_code)]
 
@@ -92,9 +127,40 @@ const NORMAL_NAN_BITS: u64 = 0x7ff8_0000_0000_0001;
 /// The longest excerpt of the input quoted in an error message, in bytes.
 const MAX_SNIPPET: usize = 64;
 
-/// A pull parser over one scrape body in the Prometheus text format 0.0.4.
+/// The exposition format of a scrape body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
+    Text004,
+    /// OpenMetrics 1.0 text (`application/openmetrics-text`).
+    OpenMetrics,
+}
+
+impl Format {
+    /// Chooses the format from a scrape response's Content-Type as Prometheus 2.42 does
+    /// (`textparse.New`): `application/openmetrics-text` (any case, any valid parameters, blanks
+    /// around it) is OpenMetrics; anything else, a missing header (empty string) and a value Go's
+    /// `mime.ParseMediaType` rejects (bad or duplicate parameters) are [`Format::Text004`].
+    pub fn from_content_type(ct: &str) -> Format {
+        let (media, params) = ct.split_at(ct.find(';').unwrap_or(ct.len()));
+        // Go lowercases with simple case mapping, under which two non-ASCII letters become ASCII.
+        let lower = media.trim().chars().map(|c| match c {
+            '\u{130}' => 'i',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        });
+        if lower.eq("application/openmetrics-text".chars()) && media_params_valid(params) {
+            Format::OpenMetrics
+        } else {
+            Format::Text004
+        }
+    }
+}
+
+/// A pull parser over one scrape body in the Prometheus text format 0.0.4 or OpenMetrics.
 pub struct TextParser<'a> {
     body: &'a [u8],
+    format: Format,
     /// Offset of the next unread byte.
     pos: usize,
     /// 1-based line number of `pos`.
@@ -110,7 +176,14 @@ pub enum MetricType {
     Gauge,
     Histogram,
     Summary,
+    /// 0.0.4 only.
     Untyped,
+    /// OpenMetrics only, as are the types below.
+    Info,
+    Stateset,
+    GaugeHistogram,
+    /// OpenMetrics's `unknown`, its counterpart of `untyped`.
+    Unknown,
 }
 
 /// One meaningful line of a scrape body.
@@ -120,6 +193,9 @@ pub enum Entry<'a> {
     Help { metric: &'a str, text: Cow<'a, str> },
     /// `# TYPE metric kind`.
     Type { metric: &'a str, kind: MetricType },
+    /// `# UNIT metric unit` (OpenMetrics only); the unit is empty or a `_`-separated suffix of
+    /// the metric name.
+    Unit { metric: &'a str, unit: &'a str },
     /// A sample line.
     Sample(Sample<'a>),
 }
@@ -188,6 +264,27 @@ pub enum ParseErrorKind {
     CarriageReturn,
     /// A NUL byte outside of comments, help texts and label values.
     NulByte,
+    /// OpenMetrics: the body does not end with a `# EOF` line.
+    MissingEof,
+    /// OpenMetrics: something (even a blank line) follows `# EOF`.
+    TextAfterEof(String),
+    /// OpenMetrics: a blank line.
+    BlankLine,
+    /// OpenMetrics: a blank that is not exactly one space between two fields (a tab, two
+    /// spaces, a blank at the start or end of a line, or no space before a `HELP` text).
+    InvalidSeparator,
+    /// OpenMetrics: a `#` line other than `# HELP`, `# TYPE`, `# UNIT` and `# EOF`.
+    InvalidComment(String),
+    /// OpenMetrics: a `TYPE` line names a type OpenMetrics does not have.
+    InvalidOpenMetricsType(String),
+    /// OpenMetrics: a `UNIT` line's unit is not a suffix of the metric name (after a `_`).
+    UnitNotSuffix(String),
+    /// OpenMetrics: a label value is followed by neither `,` nor `}`.
+    MissingComma,
+    /// OpenMetrics: an exemplar (`# {labels} value [timestamp]`) is malformed.
+    InvalidExemplar(String),
+    /// OpenMetrics: an exemplar on a sample whose name ends in neither `_total` nor `_bucket`.
+    ExemplarNotAllowed(String),
 }
 
 impl fmt::Display for ParseErrorKind {
@@ -220,6 +317,31 @@ impl fmt::Display for ParseErrorKind {
                 f.write_str("unexpected carriage return (CRLF line endings are not allowed)")
             }
             Self::NulByte => f.write_str("unexpected NUL byte"),
+            Self::MissingEof => f.write_str("data does not end with # EOF"),
+            Self::TextAfterEof(t) => write!(f, "unexpected data {t:?} after # EOF"),
+            Self::BlankLine => f.write_str("blank line (OpenMetrics allows none)"),
+            Self::InvalidSeparator => f.write_str(
+                "expected exactly one space (OpenMetrics separates fields by a single space)",
+            ),
+            Self::InvalidComment(t) => write!(
+                f,
+                "invalid comment {t:?} (OpenMetrics allows only # HELP, # TYPE, # UNIT and # EOF)"
+            ),
+            Self::InvalidOpenMetricsType(t) => write!(
+                f,
+                "invalid metric type {t:?} (expected counter, gauge, histogram, gaugehistogram, \
+                 summary, info, stateset or unknown)"
+            ),
+            Self::UnitNotSuffix(m) => write!(f, "unit not a suffix of metric {m:?}"),
+            Self::MissingComma => f.write_str("expected ',' or '}' after a label value"),
+            Self::InvalidExemplar(t) => write!(
+                f,
+                "invalid exemplar {t:?} (expected `# {{labels}} value [timestamp]`)"
+            ),
+            Self::ExemplarNotAllowed(m) => write!(
+                f,
+                "metric name {m:?} does not support exemplars (only _total and _bucket do)"
+            ),
         }
     }
 }
@@ -233,18 +355,24 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 impl<'a> TextParser<'a> {
-    /// A parser over a whole scrape body.
+    /// A parser over a whole scrape body in the text format 0.0.4.
     pub fn new(body: &'a [u8]) -> Self {
+        Self::with_format(body, Format::Text004)
+    }
+
+    /// A parser over a whole scrape body in the given format.
+    pub fn with_format(body: &'a [u8], format: Format) -> Self {
         TextParser {
             body,
+            format,
             pos: 0,
             line: 1,
             done: false,
         }
     }
 
-    /// Next entry; None at end of input. After an Err, the parser yields None (the scrape is
-    /// failed as a whole).
+    /// Next entry; None at end of input (OpenMetrics: after `# EOF`). After an Err, the parser
+    /// yields None (the scrape is failed as a whole).
     pub fn next_entry(&mut self) -> Option<Result<Entry<'a>, ParseError>> {
         if self.done {
             return None;
@@ -268,6 +396,9 @@ impl<'a> TextParser<'a> {
     /// Reads up to and including the next HELP, TYPE or sample line; `None` at end of input.
     /// On error, `self.line` is the line of the offending byte.
     fn entry(&mut self) -> Result<Option<Entry<'a>>, ParseErrorKind> {
+        if self.format == Format::OpenMetrics {
+            return self.om_entry();
+        }
         loop {
             self.skip_blanks();
             match self.peek() {
@@ -493,6 +624,359 @@ impl<'a> TextParser<'a> {
             self.line += 1;
         }
     }
+}
+
+/// OpenMetrics. Every line is checked where it is read, so errors carry the line they are on:
+/// no OpenMetrics token spans a line break.
+impl<'a> TextParser<'a> {
+    /// Reads the next HELP, TYPE, UNIT or sample line; `None` after `# EOF`.
+    fn om_entry(&mut self) -> Result<Option<Entry<'a>>, ParseErrorKind> {
+        match self.peek() {
+            None => Err(ParseErrorKind::MissingEof),
+            Some(b'\n') => Err(ParseErrorKind::BlankLine),
+            Some(b'#') => self.om_comment(),
+            Some(c) if is_metric_start(c) => self.om_sample().map(Some),
+            Some(c) if is_blank(c) => Err(ParseErrorKind::InvalidSeparator),
+            Some(c) => Err(unexpected(c, ParseErrorKind::InvalidMetricName)),
+        }
+    }
+
+    /// A line starting with `#`: `# EOF` (then `None`) or a HELP, TYPE or UNIT entry.
+    fn om_comment(&mut self) -> Result<Option<Entry<'a>>, ParseErrorKind> {
+        let rest = self.rest();
+        if rest.starts_with(b"# EOF") {
+            // As in openmetricslex, the keyword may be followed by one line break only.
+            self.pos += 5;
+            self.consume_newline();
+            return match self.peek() {
+                None => Ok(None),
+                Some(c) => {
+                    let end = self.line_end(self.pos);
+                    let text = snippet(self.slice(self.pos, end));
+                    Err(unexpected(c, ParseErrorKind::TextAfterEof(text)))
+                }
+            };
+        }
+        let keyword = match rest.get(..7) {
+            Some(b"# HELP ") => MetaKind::Help,
+            Some(b"# TYPE ") => MetaKind::Type,
+            Some(b"# UNIT ") => MetaKind::Unit,
+            _ => {
+                let line = self.slice(self.pos, self.line_end(self.pos));
+                return Err(ParseErrorKind::InvalidComment(snippet(line)));
+            }
+        };
+        self.pos += 7;
+        self.om_metadata(keyword).map(Some)
+    }
+
+    /// The rest of a HELP, TYPE or UNIT line after the keyword and its space.
+    fn om_metadata(&mut self, keyword: MetaKind) -> Result<Entry<'a>, ParseErrorKind> {
+        let metric = self.metric_name()?;
+        match self.peek() {
+            Some(b' ') => self.pos += 1,
+            None | Some(b'\n' | b'\t') => return Err(ParseErrorKind::InvalidSeparator),
+            Some(c) => return Err(unexpected(c, ParseErrorKind::InvalidMetricName)),
+        }
+        let start = self.pos;
+        let end = self.line_end(start);
+        if end == self.body.len() {
+            // openmetricslex wants the line break; without one there is no `# EOF` either.
+            return Err(ParseErrorKind::MissingEof);
+        }
+        self.pos = end;
+        let text = self.slice(start, end);
+        let entry = match keyword {
+            MetaKind::Help => {
+                let text = std::str::from_utf8(text).map_err(|_| ParseErrorKind::InvalidUtf8)?;
+                Entry::Help {
+                    metric,
+                    text: unescape(text, true),
+                }
+            }
+            MetaKind::Type => Entry::Type {
+                metric,
+                kind: om_type(text)?,
+            },
+            MetaKind::Unit => {
+                let suffix_ok = text.is_empty()
+                    || metric.len() > text.len()
+                        && metric.as_bytes().ends_with(text)
+                        && metric.as_bytes().get(metric.len() - text.len() - 1) == Some(&b'_');
+                if !suffix_ok {
+                    return Err(if text.contains(&b'\r') {
+                        ParseErrorKind::CarriageReturn
+                    } else {
+                        ParseErrorKind::UnitNotSuffix(metric.to_owned())
+                    });
+                }
+                // A suffix of a metric name, so ASCII.
+                Entry::Unit {
+                    metric,
+                    unit: ascii_str(text)?,
+                }
+            }
+        };
+        self.consume_newline();
+        Ok(entry)
+    }
+
+    /// A sample line, starting at the first byte of the metric name.
+    fn om_sample(&mut self) -> Result<Entry<'a>, ParseErrorKind> {
+        let line = self.line;
+        let start = self.pos;
+        let name = self.metric_name()?;
+        let mut labels = &[][..];
+        if self.peek() == Some(b'{') {
+            let block_start = self.pos;
+            self.om_label_block()?;
+            labels = self.slice(block_start, self.pos);
+        } else if let Some(c) = self.peek().filter(|&c| !matches!(c, b' ' | b'\t' | b'\n')) {
+            return Err(unexpected(c, ParseErrorKind::InvalidMetricName));
+        }
+        let series = self.slice(start, self.pos);
+        let value = parse_value(self.om_field()?.ok_or(ParseErrorKind::MissingValue)?)?;
+
+        let mut timestamp = None;
+        if !self.om_exemplar(name)? {
+            if let Some(token) = self.om_field()? {
+                timestamp = Some(om_timestamp(token)?);
+                if !self.om_exemplar(name)? {
+                    if let Some(extra) = self.om_field()? {
+                        return Err(bad_token(extra, ParseErrorKind::UnexpectedText));
+                    }
+                }
+            }
+        }
+        if self.peek().is_none() {
+            return Err(ParseErrorKind::MissingEof);
+        }
+        self.consume_newline();
+        Ok(Entry::Sample(Sample {
+            series,
+            name,
+            value,
+            timestamp,
+            labels,
+            line,
+        }))
+    }
+
+    /// The next field: `None` at the end of the line (or input), else a single space and the
+    /// bytes up to the next space, line break or end of input.
+    fn om_field(&mut self) -> Result<Option<&'a [u8]>, ParseErrorKind> {
+        match self.peek() {
+            None | Some(b'\n') => return Ok(None),
+            Some(b' ') => self.pos += 1,
+            Some(c) => return Err(unexpected(c, ParseErrorKind::InvalidSeparator)),
+        }
+        let start = self.pos;
+        while self.peek().is_some_and(|c| c != b' ' && c != b'\n') {
+            self.pos += 1;
+        }
+        if start == self.pos {
+            return Err(ParseErrorKind::InvalidSeparator);
+        }
+        Ok(Some(self.slice(start, self.pos)))
+    }
+
+    /// An exemplar (` # {labels} value [timestamp]`) ending the line of a sample named `name`;
+    /// checked and skipped up to the line break. `false` if none starts at `pos`.
+    fn om_exemplar(&mut self, name: &str) -> Result<bool, ParseErrorKind> {
+        if !self.rest().starts_with(b" # {") {
+            return Ok(false);
+        }
+        if !name.ends_with("_total") && !name.ends_with("_bucket") {
+            return Err(ParseErrorKind::ExemplarNotAllowed(name.to_owned()));
+        }
+        let start = self.pos + 1;
+        let end = self.line_end(start);
+        self.pos += 3;
+        self.om_exemplar_rest()
+            .map_err(|_| bad_token(self.slice(start, end), ParseErrorKind::InvalidExemplar))?;
+        Ok(true)
+    }
+
+    /// The work of `om_exemplar` from the `{`; the caller words the error.
+    fn om_exemplar_rest(&mut self) -> Result<(), ParseErrorKind> {
+        let block_start = self.pos;
+        self.om_label_block()?;
+        let block = self.slice(block_start, self.pos);
+        // Only the values can be non-ASCII. Unlike in a sample's label values, openmetricslex
+        // takes no NUL bytes here.
+        std::str::from_utf8(block).map_err(|_| ParseErrorKind::InvalidUtf8)?;
+        if block.contains(&0) {
+            return Err(ParseErrorKind::NulByte);
+        }
+        parse_value(self.om_field()?.ok_or(ParseErrorKind::MissingValue)?)?;
+        if let Some(token) = self.om_field()? {
+            om_timestamp(token)?;
+        }
+        match self.peek() {
+            None | Some(b'\n') => Ok(()),
+            Some(c) => Err(unexpected(c, ParseErrorKind::InvalidSeparator)),
+        }
+    }
+
+    /// A label block from its `{` to just past its `}`, in OpenMetrics's strict form:
+    /// `{}` or `{n="v",n="v"}` with no blanks and no raw line breaks.
+    fn om_label_block(&mut self) -> Result<(), ParseErrorKind> {
+        self.pos += 1;
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            match self.peek() {
+                Some(c) if is_label_start(c) => {}
+                None | Some(b'\n') => return Err(ParseErrorKind::UnterminatedLabelBlock),
+                Some(c) => return Err(unexpected(c, ParseErrorKind::InvalidLabelName)),
+            }
+            let name_start = self.pos;
+            while self.peek().is_some_and(is_label_char) {
+                self.pos += 1;
+            }
+            let name = self.slice(name_start, self.pos);
+            if self.peek() != Some(b'=') {
+                return Err(ParseErrorKind::MissingEquals(snippet(name)));
+            }
+            self.pos += 1;
+            if self.peek() != Some(b'"') {
+                return Err(ParseErrorKind::MissingLabelValue(snippet(name)));
+            }
+            self.pos += 1;
+            loop {
+                match self.peek() {
+                    None | Some(b'\n') => return Err(ParseErrorKind::UnterminatedLabelValue),
+                    Some(b'"') => break,
+                    Some(b'\\') => match self.body.get(self.pos + 1) {
+                        None => {
+                            self.pos += 1;
+                            return Err(ParseErrorKind::UnterminatedLabelValue);
+                        }
+                        Some(b'\n') => return Err(ParseErrorKind::InvalidEscape),
+                        Some(_) => self.pos += 2,
+                    },
+                    Some(_) => self.pos += 1,
+                }
+            }
+            self.pos += 1;
+            match self.peek() {
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(b',') => self.pos += 1,
+                None | Some(b'\n') => return Err(ParseErrorKind::UnterminatedLabelBlock),
+                Some(c) => return Err(unexpected(c, ParseErrorKind::MissingComma)),
+            }
+        }
+    }
+
+    /// The unread rest of the body.
+    fn rest(&self) -> &'a [u8] {
+        self.body.get(self.pos..).unwrap_or_default()
+    }
+}
+
+/// Which metadata line an OpenMetrics `#` line is.
+#[derive(Clone, Copy)]
+enum MetaKind {
+    Help,
+    Type,
+    Unit,
+}
+
+/// The type word of an OpenMetrics `TYPE` line.
+fn om_type(text: &[u8]) -> Result<MetricType, ParseErrorKind> {
+    Ok(match text {
+        b"counter" => MetricType::Counter,
+        b"gauge" => MetricType::Gauge,
+        b"histogram" => MetricType::Histogram,
+        b"gaugehistogram" => MetricType::GaugeHistogram,
+        b"summary" => MetricType::Summary,
+        b"info" => MetricType::Info,
+        b"stateset" => MetricType::Stateset,
+        b"unknown" => MetricType::Unknown,
+        _ => return Err(bad_token(text, ParseErrorKind::InvalidOpenMetricsType)),
+    })
+}
+
+/// An OpenMetrics timestamp: float seconds, parsed like a value but finite, as milliseconds the
+/// way openmetricsparse makes them, `int64(ts * 1000)`, which truncates toward zero.
+fn om_timestamp(token: &[u8]) -> Result<i64, ParseErrorKind> {
+    // -2^63 and 2^63, both exact in f64.
+    const MIN: f64 = -9_223_372_036_854_775_808.0;
+    const MAX: f64 = 9_223_372_036_854_775_808.0;
+    let invalid = || bad_token(token, ParseErrorKind::InvalidTimestamp);
+    let ms = parse_value(token).map_err(|_| invalid())? * 1000.0;
+    // NaN fails both comparisons; Go's conversion out of range is platform-dependent.
+    if (MIN..MAX).contains(&ms) {
+        Ok(ms as i64)
+    } else {
+        Err(invalid())
+    }
+}
+
+/// Whether the parameters after a media type (from the first `;`, or empty) parse without
+/// error in Go's `mime.ParseMediaType`: `; key=value` pairs, keys being tokens compared
+/// case-insensitively and never repeated, values tokens or non-empty quoted strings, blanks
+/// around everything, and one trailing `;` allowed.
+fn media_params_valid(mut rest: &str) -> bool {
+    let mut keys: Vec<&str> = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return true;
+        }
+        match media_param(rest) {
+            Some((key, after)) => {
+                if keys.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                    return false;
+                }
+                keys.push(key);
+                rest = after;
+            }
+            None => return rest.trim() == ";",
+        }
+    }
+}
+
+/// One `; key=value` parameter at the start of `s`: the key and the rest after the value.
+fn media_param(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start().strip_prefix(';')?.trim_start();
+    let (key, s) = media_token(s)?;
+    let s = s.trim_start().strip_prefix('=')?.trim_start();
+    if let Some(quoted) = s.strip_prefix('"') {
+        // A quoted string: `\` takes the next character literally; CR and LF end it badly.
+        let mut literal = false;
+        let mut empty = true;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if literal => {
+                    literal = false;
+                    empty = false;
+                }
+                '"' if empty => return None,
+                '"' => return Some((key, quoted.get(i + 1..).unwrap_or_default())),
+                '\\' => literal = true,
+                '\r' | '\n' => return None,
+                _ => empty = false,
+            }
+        }
+        None
+    } else {
+        let (_, rest) = media_token(s)?;
+        Some((key, rest))
+    }
+}
+
+/// A non-empty RFC 2045 token at the start of `s`, and the rest.
+fn media_token(s: &str) -> Option<(&str, &str)> {
+    let end = s
+        .find(|c: char| !c.is_ascii_graphic() || "()<>@,;:\\\"/[]?=".contains(c))
+        .unwrap_or(s.len());
+    (end > 0).then(|| s.split_at(end))
 }
 
 impl<'a> Sample<'a> {
@@ -764,7 +1248,12 @@ mod tests {
 
     /// The first error of a body, including label errors of its samples.
     fn first_error(body: &[u8]) -> Option<ParseError> {
-        let mut p = TextParser::new(body);
+        first_error_in(Format::Text004, body)
+    }
+
+    /// The first error of a body in `format`, including label errors of its samples.
+    fn first_error_in(format: Format, body: &[u8]) -> Option<ParseError> {
+        let mut p = TextParser::with_format(body, format);
         let mut out = Labels::new();
         while let Some(e) = p.next_entry() {
             match e {
@@ -1221,6 +1710,7 @@ mod tests {
                     assert_eq!(kind, MetricType::Gauge);
                     types += 1;
                 }
+                Entry::Unit { .. } => panic!("UNIT is a comment in 0.0.4"),
                 Entry::Sample(s) => {
                     s.parse_labels(&mut out).unwrap();
                     if let Some((_, path)) = out.iter().find(|(n, _)| *n == "path") {
@@ -1305,6 +1795,7 @@ node_textfile_scrape_error 0
                 }
                 Entry::Help { .. } => help += 1,
                 Entry::Type { .. } => types += 1,
+                Entry::Unit { .. } => panic!("UNIT is a comment in 0.0.4"),
             }
         }
         let lines = NODE_LIKE
@@ -1335,16 +1826,11 @@ node_textfile_scrape_error 0
         }
     }
 
-    #[test]
-    fn garbage_never_panics() {
+    /// Mutates the seeds at random and checks the parser never panics, always advances, ends
+    /// after an error and reports lines within the body; returns how many bodies had an error.
+    fn fuzz(format: Format, seeds: &[&[u8]], seed: u64) -> usize {
         const SPECIAL: &[u8] = b"{}\"\\=, \t\n\r\0#:_aZ9.-+eEInfNa\xff\xc3";
-        let seeds: [&[u8]; 4] = [
-            NODE_LIKE.as_bytes(),
-            b"# HELP m a\\\\b\\n\n# TYPE m counter\nm{a=\"x\\\"y\",b=\"z\"} 1e3 -12\nm 2\n",
-            b"m{a=\"x\ny\", b = \"}\" ,} NaN 5\n# comment\r\nn -Inf\n",
-            b"",
-        ];
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift(seed);
         let mut errors = 0;
         for iter in 0..4000 {
             let mut body = seeds[iter % seeds.len()].to_vec();
@@ -1367,9 +1853,10 @@ node_textfile_scrape_error 0
                 }
             }
             let total_lines = body.iter().filter(|&&c| c == b'\n').count() + 1;
-            let mut p = TextParser::new(&body);
+            let mut p = TextParser::with_format(&body, format);
             let mut out = Labels::new();
             let mut count = 0;
+            let mut failed = false;
             while let Some(e) = p.next_entry() {
                 count += 1;
                 assert!(count <= body.len() + 1, "parser does not advance");
@@ -1385,6 +1872,7 @@ node_textfile_scrape_error 0
                     }
                     Ok(_) => {}
                     Err(err) => {
+                        failed = true;
                         errors += 1;
                         assert!(err.line >= 1 && err.line <= total_lines, "{err:?}");
                         let _ = err.to_string();
@@ -1392,7 +1880,27 @@ node_textfile_scrape_error 0
                 }
             }
             assert!(p.next_entry().is_none());
+            if format == Format::OpenMetrics && !failed {
+                let end = body.strip_suffix(b"\n").unwrap_or(&body);
+                assert!(
+                    end.ends_with(b"# EOF"),
+                    "{:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
         }
+        errors
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let seeds: [&[u8]; 4] = [
+            NODE_LIKE.as_bytes(),
+            b"# HELP m a\\\\b\\n\n# TYPE m counter\nm{a=\"x\\\"y\",b=\"z\"} 1e3 -12\nm 2\n",
+            b"m{a=\"x\ny\", b = \"}\" ,} NaN 5\n# comment\r\nn -Inf\n",
+            b"",
+        ];
+        let errors = fuzz(Format::Text004, &seeds, 0x9e37_79b9_7f4a_7c15);
         // The mutations must actually exercise the error paths.
         assert!(errors > 500, "{errors}");
     }
@@ -1442,5 +1950,590 @@ node_textfile_scrape_error 0
     #[ignore = "needs ../shared"]
     fn recorded_victoriametrics_self() {
         check_recorded("victoriametrics-self.prom");
+    }
+
+    // OpenMetrics.
+
+    /// All entries of an OpenMetrics body; panics (test only) on a parse error.
+    fn om_entries(body: &str) -> Vec<Entry<'_>> {
+        let mut p = TextParser::with_format(body.as_bytes(), Format::OpenMetrics);
+        let mut out = Vec::new();
+        while let Some(e) = p.next_entry() {
+            match e {
+                Ok(e) => out.push(e),
+                Err(e) => panic!("unexpected error {e} in {body:?}"),
+            }
+        }
+        out
+    }
+
+    fn om_samples(body: &str) -> Vec<Sample<'_>> {
+        om_entries(body)
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Sample(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn om_one_sample(body: &str) -> Sample<'_> {
+        let mut s = om_samples(body);
+        assert_eq!(s.len(), 1, "{body:?}");
+        s.remove(0)
+    }
+
+    fn om_error_of(body: &str) -> ParseError {
+        first_error_in(Format::OpenMetrics, body.as_bytes())
+            .unwrap_or_else(|| panic!("no error in {body:?}"))
+    }
+
+    const OM_BODY: &str = r#"# TYPE acme_http_router_request_seconds summary
+# UNIT acme_http_router_request_seconds seconds
+# HELP acme_http_router_request_seconds Latency though all of ACME's HTTP request router.
+acme_http_router_request_seconds_sum{path="/api/v1",method="GET"} 9036.32
+acme_http_router_request_seconds_count{path="/api/v1",method="GET"} 807283.0
+acme_http_router_request_seconds_created{path="/api/v1",method="GET"} 1605281325.0
+acme_http_router_request_seconds{path="/api/v1",method="GET",quantile="0.5"} NaN
+# TYPE go_goroutines gauge
+# HELP go_goroutines Number of goroutines that currently exist.
+go_goroutines 69
+# TYPE process_cpu_seconds counter
+# UNIT process_cpu_seconds seconds
+# HELP process_cpu_seconds Total user and system CPU time spent in seconds.
+process_cpu_seconds_total 4.20072246e+06 1795544805.895 # {trace_id="KOO5S4vxi0o"} 0.67
+process_cpu_seconds_created 1.6e9
+# TYPE http_request_duration_seconds histogram
+# HELP http_request_duration_seconds A "histogram" with \\ and \n and \" escapes.
+http_request_duration_seconds_bucket{le="0.05"} 24054 # {trace_id="a",span="b"} 0.04 1795544805.5
+http_request_duration_seconds_bucket{le="+Inf"} 144320 # {} +Inf
+http_request_duration_seconds_sum 53423
+http_request_duration_seconds_count 144320
+# TYPE queue_size gaugehistogram
+queue_size_bucket{le="1"} 5
+queue_size_bucket{le="+Inf"} 7
+queue_size_gcount 7
+queue_size_gsum -3.5
+# TYPE build info
+build_info{version="1.2.\"3\""} 1
+# TYPE feature stateset
+feature{feature="a"} 1
+feature{feature="b"} 0
+# TYPE mystery unknown
+# UNIT mystery 
+mystery{} -Inf -1.5
+# EOF
+"#;
+
+    #[test]
+    fn openmetrics_every_type() {
+        let e = om_entries(OM_BODY);
+        let types: Vec<_> = e
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Type { metric, kind } => Some((*metric, *kind)),
+                _ => None,
+            })
+            .collect();
+        use MetricType::*;
+        assert_eq!(
+            types,
+            [
+                ("acme_http_router_request_seconds", Summary),
+                ("go_goroutines", Gauge),
+                ("process_cpu_seconds", Counter),
+                ("http_request_duration_seconds", Histogram),
+                ("queue_size", GaugeHistogram),
+                ("build", Info),
+                ("feature", Stateset),
+                ("mystery", Unknown),
+            ]
+        );
+        let units: Vec<_> = e
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Unit { metric, unit } => Some((*metric, *unit)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            units,
+            [
+                ("acme_http_router_request_seconds", "seconds"),
+                ("process_cpu_seconds", "seconds"),
+                ("mystery", ""),
+            ]
+        );
+        let helps: Vec<_> = e
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Help { metric, text } => Some((*metric, text.to_string())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(helps.len(), 4);
+        // OpenMetrics unescapes help texts like label values.
+        assert_eq!(
+            helps[3],
+            (
+                "http_request_duration_seconds",
+                "A \"histogram\" with \\ and \n and \" escapes.".into()
+            )
+        );
+
+        let s = om_samples(OM_BODY);
+        let lines = OM_BODY.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(s.len(), lines);
+        assert_eq!(s.len(), 19);
+        // `_created` series are ordinary samples.
+        assert_eq!(s[2].name, "acme_http_router_request_seconds_created");
+        assert_eq!(s[2].value, 1605281325.0);
+        assert_eq!(s[3].value.to_bits(), NORMAL_NAN_BITS);
+        assert_eq!(labels(&s[3])[2], ("quantile", "0.5".into()));
+        assert_eq!((s[4].series, s[4].value), (&b"go_goroutines"[..], 69.0));
+        // Exemplars are dropped: neither in the series nor in the value or timestamp.
+        assert_eq!(s[5].series, b"process_cpu_seconds_total");
+        assert_eq!(s[5].value, 4.20072246e+06);
+        assert_eq!(s[5].timestamp, Some(1795544805895));
+        assert_eq!(s[5].line, 14);
+        assert_eq!(s[6].value, 1.6e9);
+        assert_eq!(
+            s[7].series,
+            br#"http_request_duration_seconds_bucket{le="0.05"}"#
+        );
+        assert_eq!((s[7].value, s[7].timestamp), (24054.0, None));
+        assert_eq!(s[8].value, 144320.0);
+        assert_eq!((s[14].name, s[14].value), ("queue_size_gsum", -3.5));
+        assert_eq!(labels(&s[15]), vec![("version", "1.2.\"3\"".into())]);
+        assert_eq!(s[17].value, 0.0);
+        let last = &s[18];
+        assert_eq!(last.series, b"mystery{}");
+        assert!(labels(last).is_empty());
+        assert_eq!(
+            (last.value, last.timestamp),
+            (f64::NEG_INFINITY, Some(-1500))
+        );
+    }
+
+    #[test]
+    fn openmetrics_eof_forms() {
+        assert!(om_entries("# EOF").is_empty());
+        assert!(om_entries("# EOF\n").is_empty());
+        let s = om_one_sample("a 1\n# EOF");
+        assert_eq!((s.name, s.value, s.line), ("a", 1.0, 1));
+        // A parser ends after # EOF and stays ended.
+        let mut p = TextParser::with_format(b"a 1\n# EOF\n", Format::OpenMetrics);
+        assert!(matches!(p.next_entry(), Some(Ok(Entry::Sample(_)))));
+        assert!(p.next_entry().is_none());
+        assert!(p.next_entry().is_none());
+        // In 0.0.4, # EOF and # UNIT are plain comments and anything may follow.
+        let s = one_sample("# EOF\n# UNIT a_seconds seconds\na 1\n# EOF\n\n");
+        assert_eq!((s.name, s.line), ("a", 3));
+        assert_eq!(TextParser::new(b"x 1\n").format, Format::Text004);
+    }
+
+    #[test]
+    fn openmetrics_timestamps() {
+        let t = |s: &str| om_one_sample(&format!("m 1 {s}\n# EOF\n")).timestamp;
+        assert_eq!(t("1795544805.895"), Some(1795544805895));
+        assert_eq!(t("1795544805.5"), Some(1795544805500));
+        assert_eq!(t("1795544805"), Some(1795544805000));
+        assert_eq!(t("0"), Some(0));
+        assert_eq!(t("-0"), Some(0));
+        assert_eq!(t("1e3"), Some(1_000_000));
+        assert_eq!(t("+1.5E9"), Some(1_500_000_000_000));
+        assert_eq!(t("-1.5"), Some(-1500));
+        assert_eq!(t("0.0009"), Some(0));
+        assert_eq!(t("-0.0009"), Some(0));
+        // Truncated as Prometheus's int64(ts * 1000): 1.005 * 1000 is 1004.999….
+        assert_eq!(t("1.005"), Some(1004));
+        // Every millisecond of a recording-like second comes out as written.
+        for ms in 0..1000 {
+            let text = format!("1795544805.{ms:03}");
+            assert_eq!(t(&text), Some(1_795_544_805_000 + ms), "{text}");
+        }
+        for text in [
+            "NaN",
+            "+Inf",
+            "-Inf",
+            "inf",
+            "abc",
+            "1_0",
+            "0x10",
+            "1e400",
+            "1e17",
+            "-1e17",
+            "1,5",
+            "1.5.",
+            "\u{1F600}",
+        ] {
+            let err = om_error_of(&format!("m 1 {text}\n# EOF\n"));
+            assert_eq!(
+                (err.line, err.kind),
+                (1, ParseErrorKind::InvalidTimestamp(text.into())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn openmetrics_values_and_labels() {
+        let v = |s: &str| om_one_sample(&format!("m {s}\n# EOF\n")).value;
+        assert_eq!(v("1"), 1.0);
+        assert_eq!(v("-7"), -7.0);
+        assert_eq!(v("1.5e-3"), 0.0015);
+        assert_eq!(v("+Inf"), f64::INFINITY);
+        assert_eq!(v("-Inf"), f64::NEG_INFINITY);
+        assert_eq!(v("NaN").to_bits(), NORMAL_NAN_BITS);
+        let s = om_one_sample(
+            "m{a=\"x\\\"y\",b=\"c:\\\\d\",c=\"l1\\nl2\",d=\"\\t\",e=\"ü}{, =\"} 1\n# EOF\n",
+        );
+        assert_eq!(
+            labels(&s),
+            vec![
+                ("a", "x\"y".into()),
+                ("b", "c:\\d".into()),
+                ("c", "l1\nl2".into()),
+                ("d", "\\t".into()),
+                ("e", "ü}{, =".into()),
+            ]
+        );
+        // The series key is the same for the same series whatever the value and timestamp.
+        let v = om_samples("a{x=\"1\"} 1\na{x=\"1\"} 2 3\na{x=\"2\"} 1\n# EOF\n");
+        assert_eq!(v[0].series, v[1].series);
+        assert_ne!(v[0].series, v[2].series);
+    }
+
+    #[test]
+    fn openmetrics_errors_with_line() {
+        use ParseErrorKind::*;
+        let ex = |s: &str| InvalidExemplar(s.into());
+        let cases: &[(&[u8], usize, ParseErrorKind)] = &[
+            // # EOF
+            (b"", 1, MissingEof),
+            (b"a 1\n", 2, MissingEof),
+            (b"a 1", 1, MissingEof),
+            (b"a 1 2", 1, MissingEof),
+            (b"a_total 1 # {a=\"b\"} 1", 1, MissingEof),
+            (b"# HELP a x", 1, MissingEof),
+            (b"# EOF\na 1\n", 2, TextAfterEof("a 1".into())),
+            (b"a 1\n# EOF\n\n", 3, TextAfterEof("".into())),
+            (b"# EOF\n# EOF\n", 2, TextAfterEof("# EOF".into())),
+            (b"# EOF ", 1, TextAfterEof(" ".into())),
+            (b"# EOFX\n", 1, TextAfterEof("X".into())),
+            (b"# EOF\r\n", 1, CarriageReturn),
+            // Blank lines, blanks and comments.
+            (b"a 1\n\nb 2\n# EOF\n", 2, BlankLine),
+            (b"\n# EOF\n", 1, BlankLine),
+            (b" a 1\n# EOF\n", 1, InvalidSeparator),
+            (b"a  1\n# EOF\n", 1, InvalidSeparator),
+            (b"a\t1\n# EOF\n", 1, InvalidSeparator),
+            (b"a 1 \n# EOF\n", 1, InvalidSeparator),
+            (b"a 1  2\n# EOF\n", 1, InvalidSeparator),
+            (b"a{} \n# EOF\n", 1, InvalidSeparator),
+            (b"a{}1\n# EOF\n", 1, InvalidSeparator),
+            (b"# HELP a\n# EOF\n", 1, InvalidSeparator),
+            (b"# TYPE a\tgauge\n# EOF\n", 1, InvalidSeparator),
+            (
+                b"a 1\n# comment\n# EOF\n",
+                2,
+                InvalidComment("# comment".into()),
+            ),
+            (b"#\n# EOF\n", 1, InvalidComment("#".into())),
+            (b"#HELP a x\n# EOF\n", 1, InvalidComment("#HELP a x".into())),
+            (
+                b"#  HELP a x\n# EOF\n",
+                1,
+                InvalidComment("#  HELP a x".into()),
+            ),
+            (b"# HELP  a x\n# EOF\n", 1, InvalidMetricName),
+            (b"# HELP a-b x\n# EOF\n", 1, InvalidMetricName),
+            (b"a 1\n\r\n# EOF\n", 2, CarriageReturn),
+            (b"a 1\r\n# EOF\n", 1, CarriageReturn),
+            // Metadata.
+            (
+                b"# TYPE a untyped\n# EOF\n",
+                1,
+                InvalidOpenMetricsType("untyped".into()),
+            ),
+            (
+                b"# TYPE a gauge \n# EOF\n",
+                1,
+                InvalidOpenMetricsType("gauge ".into()),
+            ),
+            (b"# TYPE a \n# EOF\n", 1, InvalidOpenMetricsType("".into())),
+            (
+                b"# TYPE a Gauge\n# EOF\n",
+                1,
+                InvalidOpenMetricsType("Gauge".into()),
+            ),
+            (b"# TYPE a gauge\r\n# EOF\n", 1, CarriageReturn),
+            (b"# UNIT a_s x\n# EOF\n", 1, UnitNotSuffix("a_s".into())),
+            (b"# UNIT as s\n# EOF\n", 1, UnitNotSuffix("as".into())),
+            (b"# UNIT s s\n# EOF\n", 1, UnitNotSuffix("s".into())),
+            (b"# UNIT a_s _s\n# EOF\n", 1, UnitNotSuffix("a_s".into())),
+            (b"# HELP a \xff\n# EOF\n", 1, InvalidUtf8),
+            // Samples.
+            (b"a 1\n1a 2\n# EOF\n", 2, InvalidMetricName),
+            (b"a-1 2\n# EOF\n", 1, InvalidMetricName),
+            (b"a\0 1\n# EOF\n", 1, NulByte),
+            (b"a\n# EOF\n", 1, MissingValue),
+            (b"a{b=\"c\"}\n# EOF\n", 1, MissingValue),
+            (b"a x\n# EOF\n", 1, InvalidValue("x".into())),
+            (b"a 1\t2\n# EOF\n", 1, InvalidValue("1\t2".into())),
+            (b"a 1 2 3\n# EOF\n", 1, UnexpectedText("3".into())),
+            (b"a 1 2 # x\n# EOF\n", 1, UnexpectedText("#".into())),
+            (b"a 1 # x\n# EOF\n", 1, InvalidTimestamp("#".into())),
+            (
+                b"a 1 #{x=\"y\"} 1\n# EOF\n",
+                1,
+                InvalidTimestamp("#{x=\"y\"}".into()),
+            ),
+            // Label blocks are strict.
+            (
+                b"a {b=\"c\"} 1\n# EOF\n",
+                1,
+                InvalidValue("{b=\"c\"}".into()),
+            ),
+            (b"a{ b=\"c\"} 1\n# EOF\n", 1, InvalidLabelName),
+            (b"a{b=\"c\",} 1\n# EOF\n", 1, InvalidLabelName),
+            (b"a{,b=\"c\"} 1\n# EOF\n", 1, InvalidLabelName),
+            (b"a{b=\"c\" } 1\n# EOF\n", 1, MissingComma),
+            (b"a{b=\"c\"d=\"e\"} 1\n# EOF\n", 1, MissingComma),
+            (b"a{b =\"c\"} 1\n# EOF\n", 1, MissingEquals("b".into())),
+            (b"a{b= \"c\"} 1\n# EOF\n", 1, MissingLabelValue("b".into())),
+            (b"a{b=\"c\n\"} 1\n# EOF\n", 1, UnterminatedLabelValue),
+            (b"a{b=\"c\\\nd\"} 1\n# EOF\n", 1, InvalidEscape),
+            (b"a{b=\"c\"\n# EOF\n", 1, UnterminatedLabelBlock),
+            (
+                b"a{b=\"1\",b=\"2\"} 1\n# EOF\n",
+                1,
+                DuplicateLabel("b".into()),
+            ),
+            (b"a{b=\"\xff\"} 1\n# EOF\n", 1, InvalidUtf8),
+            // Exemplars.
+            (
+                b"a 1 # {x=\"y\"} 1\n# EOF\n",
+                1,
+                ExemplarNotAllowed("a".into()),
+            ),
+            (
+                b"a_count 1 2 # {x=\"y\"} 1\n# EOF\n",
+                1,
+                ExemplarNotAllowed("a_count".into()),
+            ),
+            (b"a_total 1 # {x=\"y\"}\n# EOF\n", 1, ex("# {x=\"y\"}")),
+            (b"a_total 1 # {x=\"y\"} \n# EOF\n", 1, ex("# {x=\"y\"} ")),
+            (
+                b"a_total 1 # {x=\"y\"}  1\n# EOF\n",
+                1,
+                ex("# {x=\"y\"}  1"),
+            ),
+            (b"a_total 1 # {x=\"y\"} z\n# EOF\n", 1, ex("# {x=\"y\"} z")),
+            (
+                b"a_total 1 # {x=\"y\"} 1 z\n# EOF\n",
+                1,
+                ex("# {x=\"y\"} 1 z"),
+            ),
+            (
+                b"a_total 1 # {x=\"y\"} 1 NaN\n# EOF\n",
+                1,
+                ex("# {x=\"y\"} 1 NaN"),
+            ),
+            (
+                b"a_total 1 # {x=\"y\"} 1 2 3\n# EOF\n",
+                1,
+                ex("# {x=\"y\"} 1 2 3"),
+            ),
+            (
+                b"a_total 1 # {x=\"y\",} 1\n# EOF\n",
+                1,
+                ex("# {x=\"y\",} 1"),
+            ),
+            (b"a_total 1 # {x=y} 1\n# EOF\n", 1, ex("# {x=y} 1")),
+            (b"a_total 1 # {x=\"y\" 1\n# EOF\n", 1, ex("# {x=\"y\" 1")),
+            (
+                b"a_total 1 # {x=\"\xff\"} 1\n# EOF\n",
+                1,
+                ex("# {x=\"\u{fffd}\"} 1"),
+            ),
+            (b"a_total 1 # {x=\"y\"} 1\r\n# EOF\n", 1, CarriageReturn),
+            (
+                b"a_total 1 # {x=\"y\"} 1 # {x=\"y\"} 1\n# EOF\n",
+                1,
+                ex("# {x=\"y\"} 1 # {x=\"y\"} 1"),
+            ),
+            (
+                b"ok 1\nb_bucket{le=\"1\"} 1 # {x=\"y\"} 1 2 3\n# EOF\n",
+                2,
+                ex("# {x=\"y\"} 1 2 3"),
+            ),
+        ];
+        for (body, line, kind) in cases {
+            let text = String::from_utf8_lossy(body);
+            let err = first_error_in(Format::OpenMetrics, body)
+                .unwrap_or_else(|| panic!("no error in {text:?}"));
+            assert_eq!((err.line, &err.kind), (*line, kind), "{text:?}");
+            assert!(!err.to_string().is_empty());
+        }
+        // Exemplars with or without labels and timestamps are accepted on _total and _bucket.
+        for body in [
+            "a_total 1 # {} 1\n",
+            "a_total 1 # {x=\"y\"} 1\n",
+            "a_total 1 2 # {x=\"y\",z=\"\"} -1.5 3.25\n",
+            "a_bucket{le=\"1\"} 1 # {a=\"b\\\"\"} NaN 1795544805.895\n",
+        ] {
+            let body = format!("{body}# EOF\n");
+            let s = om_one_sample(&body);
+            assert_eq!(s.value, 1.0, "{body:?}");
+            assert!(!s.series.contains(&b'#'));
+        }
+    }
+
+    #[test]
+    fn openmetrics_error_display() {
+        let err = om_error_of("a 1\n");
+        assert_eq!(err.to_string(), "line 2: data does not end with # EOF");
+        let err = om_error_of("a 1\n# EOF\nb 2\n");
+        assert_eq!(
+            err.to_string(),
+            "line 3: unexpected data \"b 2\" after # EOF"
+        );
+        let err = om_error_of("a 1\n\n# EOF\n");
+        assert_eq!(
+            err.to_string(),
+            "line 2: blank line (OpenMetrics allows none)"
+        );
+    }
+
+    #[test]
+    fn content_type_selects_format() {
+        use Format::*;
+        for (ct, want) in [
+            ("application/openmetrics-text", OpenMetrics),
+            (
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                OpenMetrics,
+            ),
+            ("application/openmetrics-text;version=0.0.1", OpenMetrics),
+            (
+                "  Application/OpenMetrics-Text ; Version = \"1.0.0\" ;",
+                OpenMetrics,
+            ),
+            (
+                "application/openmetrics-text; charset=\"utf-8\"",
+                OpenMetrics,
+            ),
+            ("applİcation/openmetrics-text", OpenMetrics),
+            ("", Text004),
+            ("text/plain; version=0.0.4; charset=utf-8", Text004),
+            ("text/plain", Text004),
+            ("application/json", Text004),
+            (
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily",
+                Text004,
+            ),
+            ("application/openmetrics-text-x", Text004),
+            ("application/openmetrics", Text004),
+            ("openmetrics-text", Text004),
+            ("application/openmetrics-text/x", Text004),
+            // Go's mime.ParseMediaType fails on these, and Prometheus falls back to 0.0.4.
+            ("application/openmetrics-text; version", Text004),
+            ("application/openmetrics-text; version=", Text004),
+            ("application/openmetrics-text; version=\"\"", Text004),
+            ("application/openmetrics-text; version=\"1.0.0", Text004),
+            ("application/openmetrics-text; a=1; A=2", Text004),
+            ("application/openmetrics-text; a=1 b=2", Text004),
+            ("application/openmetrics-text;;", Text004),
+            ("application/openmetrics-text; =1", Text004),
+        ] {
+            assert_eq!(Format::from_content_type(ct), want, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics_openmetrics() {
+        let seeds: [&[u8]; 4] = [
+            OM_BODY.as_bytes(),
+            b"# HELP m_total a\\\\b\\n\n# TYPE m counter\n# UNIT m \nm_total{a=\"x\\\"y\",b=\"z\"} 1e3 -12.5 # {t=\"1\"} 2 3\nm_created 2\n# EOF\n",
+            b"m{a=\"x\"} NaN 5\nn -Inf\n# EOF",
+            b"# EOF\n",
+        ];
+        for seed in &seeds {
+            assert!(first_error_in(Format::OpenMetrics, seed).is_none());
+        }
+        let errors = fuzz(Format::OpenMetrics, &seeds, 0x2545_f491_4f6c_dd1d);
+        assert!(errors > 2000, "{errors}");
+    }
+
+    /// Streams the first 200,000 lines of the OpenMetrics recording, ends them with `# EOF` and
+    /// checks they parse without an error and with timestamps ascending in every series.
+    #[test]
+    #[ignore = "needs ../shared"]
+    fn recorded_openmetrics() {
+        use std::io::BufRead;
+        const LINES: usize = 200_000;
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/node-1s.om.zst");
+        assert!(path.exists(), "{}", path.display());
+        let mut child = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run zstd");
+        let mut body = Vec::new();
+        let mut lines = 0;
+        {
+            let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            while lines < LINES {
+                let start = body.len();
+                let n = reader
+                    .read_until(b'\n', &mut body)
+                    .expect("read zstd output");
+                if n == 0 || body[start..] == *b"# EOF\n" || body[start..] == *b"# EOF" {
+                    body.truncate(start);
+                    break;
+                }
+                if body.last() != Some(&b'\n') {
+                    // A partial last line (no newline at the end of the file).
+                    body.truncate(start);
+                    break;
+                }
+                lines += 1;
+            }
+        }
+        // The rest of the output is not wanted: stop zstd rather than wait for it.
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(lines, LINES);
+        body.extend_from_slice(b"# EOF\n");
+
+        let mut p = TextParser::with_format(&body, Format::OpenMetrics);
+        let mut out = Labels::new();
+        let mut last: std::collections::HashMap<&[u8], i64> = std::collections::HashMap::new();
+        let (mut samples, mut meta) = (0, 0);
+        while let Some(e) = p.next_entry() {
+            match e {
+                Ok(Entry::Sample(s)) => {
+                    s.parse_labels(&mut out).unwrap_or_else(|e| panic!("{e}"));
+                    let ts = s.timestamp.expect("the recording has timestamps");
+                    if let Some(prev) = last.insert(s.series, ts) {
+                        assert!(
+                            ts > prev,
+                            "line {}: {} after {prev} in {}",
+                            s.line,
+                            ts,
+                            String::from_utf8_lossy(s.series)
+                        );
+                    }
+                    samples += 1;
+                }
+                Ok(_) => meta += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(samples + meta, LINES);
+        assert!(samples > 100_000 && !last.is_empty(), "{samples}");
     }
 }

@@ -106,15 +106,9 @@ fn own_metrics_are_served_and_scraped() {
     assert!(b.contains("\"scrapePool\":\"perch\""), "{b}");
 }
 
-#[test]
-#[ignore = "needs prometheus and promtool (Debian package prometheus)"]
-fn answers_match_prometheus() {
-    use crate::support::{free_port, get, temp_dir};
-    use std::process::{Command, Stdio};
-    // Load the same samples into a real Prometheus with promtool and compare its answers with
-    // the recorded expectations: the files are what Prometheus says, not what Perch says.
-    let dir = temp_dir("prom");
-    let om = dir.join("fixture.om");
+/// The fixture's samples as one OpenMetrics file with timestamps, as promtool and `perch import`
+/// read it.
+pub fn fixture_openmetrics() -> String {
     let mut text = String::new();
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for body in fixture_bodies() {
@@ -139,7 +133,19 @@ fn answers_match_prometheus() {
         text.push_str(&format!("{s} {v} {}.{:03}\n", ms / 1000, ms % 1000));
     }
     text.push_str("# EOF\n");
-    std::fs::write(&om, text).unwrap();
+    text
+}
+
+#[test]
+#[ignore = "needs prometheus and promtool (Debian package prometheus)"]
+fn answers_match_prometheus() {
+    use crate::support::{free_port, get, temp_dir};
+    use std::process::{Command, Stdio};
+    // Load the same samples into a real Prometheus with promtool and compare its answers with
+    // the recorded expectations: the files are what Prometheus says, not what Perch says.
+    let dir = temp_dir("prom");
+    let om = dir.join("fixture.om");
+    std::fs::write(&om, fixture_openmetrics()).unwrap();
     let st = Command::new("promtool")
         .args(["tsdb", "create-blocks-from", "openmetrics"])
         .arg(&om)

@@ -73,3 +73,59 @@ fn the_byte_budget_holds_while_scraping() {
     assert_eq!(s, 200);
     assert!(b.contains("\"1\"]"), "{b}");
 }
+
+#[test]
+fn import_then_query_gives_prometheus_answers() {
+    for compressed in [false, true] {
+        let dir = temp_dir("import");
+        let text = crate::e2e::fixture_openmetrics();
+        let file = if compressed {
+            let f = dir.join("fixture.om.zst");
+            std::fs::write(&f, zstd::encode_all(text.as_bytes(), 3).unwrap()).unwrap();
+            f
+        } else {
+            let f = dir.join("fixture.om");
+            std::fs::write(&f, &text).unwrap();
+            f
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+            .arg("import")
+            .arg(&file)
+            .arg("--storage.tsdb.path")
+            .arg(dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("imported 15 samples of 5 series"), "{said}");
+        let perch = Perch::start_in(dir, Some(""), &[]);
+        let mut failures = Vec::new();
+        for (name, endpoint, chk, params) in cases() {
+            let (s, b) = perch.get(&format!("/api/v1/{endpoint}?{params}"));
+            failures.extend(check(&name, &chk, s, &b));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
+
+#[test]
+fn import_reports_the_bad_line() {
+    let dir = temp_dir("import-bad");
+    let f = dir.join("bad.om");
+    std::fs::write(&f, "a 1 1.5\na{ 2 3\n# EOF\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .arg("import")
+        .arg(&f)
+        .arg("--storage.tsdb.path")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

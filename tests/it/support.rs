@@ -103,6 +103,7 @@ impl Perch {
             .arg(dir.join("data"))
             .arg("--web.listen-address")
             .arg(format!("127.0.0.1:{port}"))
+            .args(["--log.level", "warn"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
