@@ -3,6 +3,7 @@
 mod support;
 
 mod config;
+mod crash;
 mod e2e;
 mod storage;
 mod threads;

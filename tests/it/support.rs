@@ -142,6 +142,15 @@ impl Perch {
     }
 }
 
+impl Perch {
+    /// SIGKILL, as a power cut would; the data directory is kept.
+    pub fn kill(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.dir)
+    }
+}
+
 impl Drop for Perch {
     fn drop(&mut self) {
         let _ = self.child.kill();
