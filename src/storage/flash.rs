@@ -667,7 +667,7 @@ impl FlashStorage {
         };
         let mut report = OpenReport::default();
         for (seq, name) in names {
-            let scan = segment::scan(&*st.backend, &name).map_err(io_err)?;
+            let scan = segment::scan(&*st.backend, &name, false).map_err(io_err)?;
             st.counters.corrupt_records += scan.corrupt;
             let bytes = st.backend.len(&name).map_err(io_err)?;
             let mut info = SegmentInfo {

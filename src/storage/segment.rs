@@ -161,9 +161,13 @@ pub fn read_payload(b: &dyn Backend, name: &str, r: &RecordRef) -> io::Result<Op
     Ok((crc32fast::hash(&p) == r.crc).then_some(p))
 }
 
-/// Walks every record of segment `name`, checking headers and payloads. A segment whose header
-/// is bad yields no records (and one corrupt count).
-pub fn scan(b: &dyn Backend, name: &str) -> io::Result<Scan> {
+/// Walks the records of segment `name` by their headers, hopping over payloads, so opening a
+/// store reads a few bytes per record rather than the whole file. Payload CRCs are checked here
+/// for the last record of the file (where a torn write would be) and for every record when
+/// `verify_all`; otherwise a block's CRC is checked when it is read. A bad header makes the scan
+/// look for the next valid one byte by byte. A segment whose header is bad yields no records
+/// (and one corrupt count).
+pub fn scan(b: &dyn Backend, name: &str, verify_all: bool) -> io::Result<Scan> {
     let len = b.len(name)?;
     let mut s = Scan::default();
     let head = b.read_exact_at(name, 0, SEGMENT_HEADER_LEN.min(len as usize))?;
@@ -173,63 +177,57 @@ pub fn scan(b: &dyn Backend, name: &str) -> io::Result<Scan> {
     }
     let mut off = SEGMENT_HEADER_LEN as u64;
     s.valid_end = off;
-    // Read in windows, so scanning a segment costs a few large reads, not one per record.
-    const WINDOW: usize = 1 << 20;
-    let mut resyncing = false;
-    while off + RECORD_HEADER_LEN as u64 <= len {
-        let want = (len - off).min(WINDOW as u64) as usize;
-        let win = b.read_exact_at(name, off, want)?;
-        let mut i = 0usize;
-        while i + RECORD_HEADER_LEN <= win.len() {
-            match parse_record_header(&win[i..], off + i as u64) {
-                Some(r) if r.offset + r.len as u64 <= len => {
-                    if resyncing {
-                        resyncing = false;
-                    }
-                    let start = i + RECORD_HEADER_LEN;
-                    let end = start + r.len as usize;
-                    let ok = if end <= win.len() {
-                        crc32fast::hash(&win[start..end]) == r.crc
-                    } else {
-                        read_payload(b, name, &r)?.is_some()
-                    };
-                    if ok {
-                        s.records.push(r);
-                        s.valid_end = r.offset + r.len as u64;
-                    } else {
-                        s.corrupt += 1;
-                    }
-                    let next = r.offset + r.len as u64;
-                    if next >= off + win.len() as u64 {
-                        i = win.len();
-                        off = next;
-                        break;
-                    }
-                    i = (next - off) as usize;
-                }
-                _ => {
-                    // Not a record here: a torn tail, or a damaged header to skip past.
-                    if !resyncing {
-                        resyncing = true;
-                        s.corrupt += 1;
-                    }
-                    i += 1;
-                }
-            }
+    while off < len {
+        if off + RECORD_HEADER_LEN as u64 > len {
+            s.corrupt += 1; // a torn tail shorter than a header
+            break;
         }
-        if i >= win.len() || off + (i as u64) + (RECORD_HEADER_LEN as u64) > len {
-            if i < win.len() && off + i as u64 <= len {
-                // Fewer than a header's bytes remain: a torn tail.
-                if off + (i as u64) < len && !resyncing {
+        let h = b.read_exact_at(name, off, RECORD_HEADER_LEN)?;
+        match parse_record_header(&h, off) {
+            Some(r) if r.offset + r.len as u64 <= len => {
+                let end = r.offset + r.len as u64;
+                let ok = if verify_all || r.kind == RecordKind::Series || end == len {
+                    read_payload(b, name, &r)?.is_some()
+                } else {
+                    true
+                };
+                if ok {
+                    s.records.push(r);
+                    s.valid_end = end;
+                } else {
                     s.corrupt += 1;
                 }
-                break;
+                off = end;
             }
-            continue;
+            _ => {
+                s.corrupt += 1;
+                match resync(b, name, off + 1, len)? {
+                    Some(next) => off = next,
+                    None => break,
+                }
+            }
         }
-        off += i as u64;
     }
     Ok(s)
+}
+
+/// The offset of the next valid record header at or after `from`, searching byte by byte.
+fn resync(b: &dyn Backend, name: &str, from: u64, len: u64) -> io::Result<Option<u64>> {
+    const WINDOW: u64 = 1 << 20;
+    let mut start = from;
+    while start + RECORD_HEADER_LEN as u64 <= len {
+        let want = (len - start).min(WINDOW + RECORD_HEADER_LEN as u64) as usize;
+        let win = b.read_exact_at(name, start, want)?;
+        for i in 0..=win.len().saturating_sub(RECORD_HEADER_LEN) {
+            if let Some(r) = parse_record_header(&win[i..], start + i as u64) {
+                if r.offset + r.len as u64 <= len {
+                    return Ok(Some(start + i as u64));
+                }
+            }
+        }
+        start += WINDOW;
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -259,7 +257,7 @@ mod tests {
     fn scans_valid_records() {
         let b = MemBackend::new();
         let n = segment(&b, &[b"one", b"", b"three"]);
-        let s = scan(&b, &n).unwrap();
+        let s = scan(&b, &n, true).unwrap();
         assert_eq!(s.corrupt, 0);
         assert_eq!(s.records.len(), 3);
         assert_eq!(
@@ -271,12 +269,24 @@ mod tests {
     }
 
     #[test]
+    fn a_hopping_scan_leaves_block_checks_to_the_reader() {
+        let b = MemBackend::new();
+        let n = segment(&b, &[b"one", b"two", b"three"]);
+        let off = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3 + RECORD_HEADER_LEN;
+        b.corrupt(&n, |d| d[off] ^= 0xff);
+        let s = scan(&b, &n, false).unwrap();
+        assert_eq!(s.records.len(), 3);
+        assert!(read_payload(&b, &n, &s.records[1]).unwrap().is_none());
+        assert!(read_payload(&b, &n, &s.records[2]).unwrap().is_some());
+    }
+
+    #[test]
     fn corrupt_payload_is_skipped_and_counted() {
         let b = MemBackend::new();
         let n = segment(&b, &[b"one", b"two", b"three"]);
         let off = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3 + RECORD_HEADER_LEN;
         b.corrupt(&n, |d| d[off] ^= 0xff);
-        let s = scan(&b, &n).unwrap();
+        let s = scan(&b, &n, true).unwrap();
         assert_eq!(s.records.len(), 2);
         assert_eq!(s.corrupt, 1);
     }
@@ -287,7 +297,7 @@ mod tests {
         let n = segment(&b, &[b"one", b"two", b"three"]);
         let off = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3 + 9;
         b.corrupt(&n, |d| d[off] ^= 0x01);
-        let s = scan(&b, &n).unwrap();
+        let s = scan(&b, &n, true).unwrap();
         let got: Vec<Vec<u8>> = s
             .records
             .iter()
@@ -306,7 +316,7 @@ mod tests {
             let b2 = MemBackend::new();
             b2.append("s", &b.read_exact_at(&n, 0, cut as usize).unwrap())
                 .unwrap();
-            let s = scan(&b2, "s").unwrap();
+            let s = scan(&b2, "s", true).unwrap();
             let complete = if cut >= full {
                 2
             } else if cut >= (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3) as u64 {
@@ -333,7 +343,7 @@ mod tests {
             let k = (x as usize) % d.len();
             d[k] ^= (x >> 32) as u8 | 1;
             b2.append("s", &d).unwrap();
-            let s = scan(&b2, "s").unwrap();
+            let s = scan(&b2, "s", true).unwrap();
             assert!(s.records.len() <= 4);
         }
     }
