@@ -443,7 +443,15 @@ pub fn is_label_name(n: &str) -> bool {
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
     use promql_parser::label::MatchOp;
     use promql_parser::parser::{self, Expr};
-    let expr = parser::parse(s)?;
+    // promql-parser checks a selector as part of a query, which Prometheus's selector parser
+    // does not: give the API's own message for an all-empty selector, as Prometheus does.
+    let expr = parser::parse(s).map_err(|e| {
+        if e.contains("at least one non-empty matcher") {
+            "match[] must contain at least one non-empty matcher".to_owned()
+        } else {
+            e
+        }
+    })?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(format!(
             "1:1: parse error: expected a series selector, got {s:?}"

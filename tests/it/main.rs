@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod config;
 mod e2e;
 mod threads;

@@ -87,6 +87,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
 impl Perch {
     /// Starts perch with `config` (None: the built-in default) and waits until it is ready.
     pub fn start(name: &str, config: Option<&str>) -> Perch {
+        Perch::start_with(name, config, &[])
+    }
+
+    /// As [`Perch::start`], with extra command-line arguments.
+    pub fn start_with(name: &str, config: Option<&str>, args: &[&str]) -> Perch {
         let dir = temp_dir(name);
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_perch"));
@@ -99,6 +104,7 @@ impl Perch {
             .arg(dir.join("data"))
             .arg("--web.listen-address")
             .arg(format!("127.0.0.1:{port}"))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("start perch");
