@@ -750,3 +750,166 @@ fn lifecycle_reload_and_quit_when_enabled() {
     });
     assert!(exited.unwrap().success(), "{exited:?}");
 }
+
+/// The node fixture's samples as OpenMetrics for `promtool tsdb create-blocks-from openmetrics`.
+fn node_openmetrics() -> String {
+    let mut rows: Vec<(String, String, i64)> = Vec::new();
+    for i in 0..3 {
+        let body = String::from_utf8(node_body(i, 1_759_999_960_000 + 15_000 * i)).unwrap();
+        for line in body.lines() {
+            let mut f = line.rsplitn(3, ' ');
+            let (t, v, s) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            rows.push((s.to_owned(), v.to_owned(), t.parse().unwrap()));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+    let mut text = String::new();
+    let mut family = String::new();
+    for (s, v, t) in rows {
+        let fam = s.split('{').next().unwrap().to_owned();
+        if fam != family {
+            text.push_str(&format!("# TYPE {fam} gauge\n"));
+            family = fam;
+        }
+        text.push_str(&format!("{s} {v} {}.{:03}\n", t / 1000, t % 1000));
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
+#[test]
+#[ignore = "needs promtool (Debian package prometheus)"]
+fn promtool_answers_match_prometheus() {
+    use crate::support::{free_port, get, temp_dir};
+    use std::process::{Command, Stdio};
+    let (_fixture, perch) = node_perch("promtool", &[]);
+    let dir = temp_dir("promtool-prom");
+    std::fs::write(dir.join("node.om"), node_openmetrics()).unwrap();
+    let st = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(dir.join("node.om"))
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("promtool must be installed");
+    assert!(st.success());
+    std::fs::write(dir.join("p.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
+    let port = free_port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("p.yml").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--storage.tsdb.retention.time=100y")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus must be installed");
+    wait_until(Duration::from_secs(30), || {
+        get(port, "/-/ready")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    });
+    // Only the fixture's series: Perch also holds its scrape's own series (`up`, …).
+    let runs: &[&[&str]] = &[
+        &[
+            "instant",
+            "--time=1760000000",
+            "{}",
+            "node_cpu_seconds_total",
+        ],
+        &[
+            "instant",
+            "--time=1759999990",
+            "{}",
+            "sum by (mode) (rate(node_cpu_seconds_total[1m]))",
+        ],
+        &[
+            "instant",
+            "--time=1760000000.123",
+            "{}",
+            "node_memory_MemTotal_bytes - node_memory_MemFree_bytes",
+        ],
+        &["instant", "--time=4", "{}", "1+1"],
+        &[
+            "instant",
+            "--time=1760000000",
+            "{}",
+            "node_uname_info{job=\"node\"}",
+        ],
+        &[
+            "range",
+            "--start=1759999900",
+            "--end=1760000000",
+            "--step=15s",
+            "{}",
+            "rate(node_context_switches_total[1m])",
+        ],
+        &[
+            "range",
+            "--start=1759999900",
+            "--end=1760000000",
+            "--step=5s",
+            "{}",
+            "node_network_receive_bytes_total * 8",
+        ],
+        &[
+            "series",
+            "--match=node_cpu_seconds_total",
+            "--start=1759999000",
+            "--end=1760000000",
+            "{}",
+        ],
+        &[
+            "series",
+            "--match={__name__=~\"node_memory.*\"}",
+            "--match=node_uname_info",
+            "{}",
+        ],
+        &["labels", "{}", "mode"],
+        &[
+            "labels",
+            "--match=node_cpu_seconds_total",
+            "--start=1759999000",
+            "--end=1760000000",
+            "{}",
+            "cpu",
+        ],
+        &["labels", "{}", "device"],
+    ];
+    let run = |port: u16, args: &[&str]| {
+        let server = format!("http://127.0.0.1:{port}");
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "{}" { server.as_str() } else { a })
+            .collect();
+        let out = Command::new("promtool")
+            .arg("query")
+            .args(&args)
+            .output()
+            .expect("promtool");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut failures = Vec::new();
+    for args in runs {
+        let want = run(port, args);
+        let got = run(perch.port, args);
+        if want.0 != Some(0) || want.1.trim().is_empty() {
+            failures.push(format!("{args:?}: Prometheus itself answered {want:?}"));
+        } else if got != want {
+            failures.push(format!(
+                "{args:?}:\n  perch      {got:?}\n  prometheus {want:?}"
+            ));
+        }
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
