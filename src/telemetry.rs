@@ -38,6 +38,8 @@ impl ScrapeResult {
 pub struct Telemetry {
     scrapes: RefCell<BTreeMap<(String, ScrapeResult), u64>>,
     http_requests: RefCell<BTreeMap<(&'static str, u16), u64>>,
+    /// Request durations and response sizes by handler.
+    http_histograms: RefCell<BTreeMap<&'static str, HttpHistograms>>,
     /// Samples a scrape wanted to store but the store refused (out of order, duplicates, limits).
     pub samples_rejected: Cell<u64>,
     /// Process start, Unix seconds.
@@ -65,6 +67,14 @@ impl Telemetry {
             .borrow_mut()
             .entry((handler, code))
             .or_default() += 1;
+    }
+
+    /// Records one request's duration (seconds) and response body size (bytes).
+    pub fn http_observe(&self, handler: &'static str, seconds: f64, bytes: u64) {
+        let mut h = self.http_histograms.borrow_mut();
+        let e = h.entry(handler).or_default();
+        e.duration.observe(seconds);
+        e.size.observe(bytes as f64);
     }
 
     /// Renders everything in the text format 0.0.4.
@@ -209,6 +219,85 @@ impl Telemetry {
                 "perch_http_requests_total{{code=\"{code}\",handler=\"{handler}\"}} {n}"
             );
         }
+        let hists = self.http_histograms.borrow();
+        let _ = writeln!(out, "# HELP perch_http_request_duration_seconds Latencies of HTTP requests by handler.\n# TYPE perch_http_request_duration_seconds histogram");
+        for (handler, h) in hists.iter() {
+            h.duration
+                .render(out, "perch_http_request_duration_seconds", handler);
+        }
+        let _ = writeln!(out, "# HELP perch_http_response_size_bytes Sizes of HTTP response bodies (as sent, after compression) by handler.\n# TYPE perch_http_response_size_bytes histogram");
+        for (handler, h) in hists.iter() {
+            h.size
+                .render(out, "perch_http_response_size_bytes", handler);
+        }
+    }
+}
+
+/// Prometheus's buckets for `prometheus_http_request_duration_seconds`.
+const DURATION_BUCKETS: &[f64] = &[0.1, 0.2, 0.4, 1.0, 3.0, 8.0, 20.0, 60.0, 120.0];
+/// Prometheus's buckets for `prometheus_http_response_size_bytes` (100 × 10^i).
+const SIZE_BUCKETS: &[f64] = &[1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// A fixed-bucket histogram (cumulative counts are computed when rendered).
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Per-bucket counts (not cumulative); one more than `bounds` for `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        let i = self.bounds.partition_point(|b| *b < v);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += v;
+    }
+
+    fn render(&self, out: &mut String, name: &str, handler: &str) {
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c;
+            let le = self
+                .bounds
+                .get(i)
+                .map(|b| fmt_value(*b))
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{handler=\"{handler}\",le=\"{le}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{{handler=\"{handler}\"}} {}\n{name}_count{{handler=\"{handler}\"}} {cum}",
+            fmt_value(self.sum)
+        );
+    }
+}
+
+#[derive(Debug)]
+struct HttpHistograms {
+    duration: Histogram,
+    size: Histogram,
+}
+
+impl Default for HttpHistograms {
+    fn default() -> Self {
+        HttpHistograms {
+            duration: Histogram::new(DURATION_BUCKETS),
+            size: Histogram::new(SIZE_BUCKETS),
+        }
     }
 }
 
@@ -294,6 +383,8 @@ mod tests {
         t.scrape_done("node", ScrapeResult::Success);
         t.scrape_done("node", ScrapeResult::Success);
         t.http_request("query", 200);
+        t.http_observe("query", 0.15, 120);
+        t.http_observe("query", 0.05, 20);
         let mut out = String::new();
         t.render(&StorageStats::default(), &mut out);
         assert!(
@@ -302,6 +393,16 @@ mod tests {
         );
         assert!(out.contains("perch_http_requests_total{code=\"200\",handler=\"query\"} 1\n"));
         assert!(out.contains("process_start_time_seconds 1.5\n"));
+        for line in [
+            "perch_http_request_duration_seconds_bucket{handler=\"query\",le=\"0.1\"} 1\n",
+            "perch_http_request_duration_seconds_bucket{handler=\"query\",le=\"0.2\"} 2\n",
+            "perch_http_request_duration_seconds_count{handler=\"query\"} 2\n",
+            "perch_http_response_size_bytes_bucket{handler=\"query\",le=\"100\"} 1\n",
+            "perch_http_response_size_bytes_bucket{handler=\"query\",le=\"+Inf\"} 2\n",
+            "perch_http_response_size_bytes_sum{handler=\"query\"} 140\n",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
         let p = ProcessStats::read();
         assert!(p.rss_bytes > 0 && p.threads >= 1 && p.open_fds > 0);
     }

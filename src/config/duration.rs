@@ -54,7 +54,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total))
 }
 
-/// Formats a duration as Prometheus does (`1h30m`, `15s`, `0s`).
+/// Formats a duration as Prometheus does (`1h30m`, `15s`, `0s`, `15d`, `2w`): years and weeks
+/// only when they divide the duration exactly, as `model.Duration.String` writes them.
 pub fn format_duration(d: Duration) -> String {
     let mut ms = d.as_millis() as u64;
     if ms == 0 {
@@ -70,6 +71,9 @@ pub fn format_duration(d: Duration) -> String {
         ("s", 1000),
         ("ms", 1),
     ] {
+        if (u == "y" || u == "w") && ms % m != 0 {
+            continue;
+        }
         if ms >= m {
             out.push_str(&format!("{}{}", ms / m, u));
             ms %= m;
@@ -126,6 +130,12 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(15)), "15s");
         assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_secs(15 * 86400)), "15d");
+        assert_eq!(format_duration(Duration::from_secs(14 * 86400)), "2w");
+        assert_eq!(
+            format_duration(Duration::from_secs(365 * 86400 + 3600)),
+            "365d1h"
+        );
     }
 
     #[test]

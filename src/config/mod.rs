@@ -68,6 +68,12 @@ pub struct Flags {
     pub lookback_delta: Duration,
     pub query_timeout: Duration,
     pub query_max_samples: usize,
+    /// `/-/reload` and `/-/quit` are served (`--web.enable-lifecycle`).
+    pub enable_lifecycle: bool,
+    /// `/api/v1/admin/...` is served (`--web.enable-admin-api`).
+    pub enable_admin_api: bool,
+    /// The CORS origin regex as given (`--web.cors.origin`); anchored when compiled.
+    pub cors_origin: String,
 }
 
 impl Default for Flags {
@@ -83,6 +89,9 @@ impl Default for Flags {
             lookback_delta: Duration::from_secs(300),
             query_timeout: Duration::from_secs(120),
             query_max_samples: 50_000_000,
+            enable_lifecycle: false,
+            enable_admin_api: false,
+            cors_origin: ".*".into(),
         }
     }
 }
@@ -111,6 +120,9 @@ pub const FLAG_HELP: &[(&str, &str, &str)] = &[
     ("query.lookback-delta", "DURATION", "How far back an instant vector selector looks for a sample. [default: 5m]"),
     ("query.timeout", "DURATION", "Maximum time a query may take before it is aborted. [default: 2m]"),
     ("query.max-samples", "N", "Maximum number of samples a single query can load into memory. [default: 50000000]"),
+    ("web.enable-lifecycle", "", "Enable shutdown and reload via HTTP request (POST /-/quit, /-/reload). [default: off]"),
+    ("web.enable-admin-api", "", "Enable the API endpoints for admin control actions (/api/v1/admin/...). [default: off]"),
+    ("web.cors.origin", "REGEX", "Regex for CORS origin. It is fully anchored. [default: .*]"),
     ("board", "NAME", "Apply a board preset first (rpi-zero-2w, rpi3, rpi4, rpi5, generic; see boards/); flags given here win."),
     ("log.level", "LEVEL", "Only log messages with the given severity or above: debug, info, warn, error. [default: info]"),
 ];
@@ -122,7 +134,11 @@ pub fn help_text() -> String {
          Usage: perch [FLAGS]\n       perch import FILE [FLAGS]   backfill an OpenMetrics file (.zst too) into the store\n\nFlags:\n  -h, --help     Show this help.\n      --version  Show the version.\n",
     );
     for (name, value, help) in FLAG_HELP {
-        s.push_str(&format!("      --{name}={value}\n          {help}\n"));
+        if value.is_empty() {
+            s.push_str(&format!("      --[no-]{name}\n          {help}\n"));
+        } else {
+            s.push_str(&format!("      --{name}={value}\n          {help}\n"));
+        }
     }
     s
 }
@@ -238,7 +254,39 @@ impl Flags {
                     )))
                 }
             };
-            if !FLAG_HELP.iter().any(|(n, _, _)| *n == name) {
+            // Boolean flags, as kingpin reads them: `--x`, `--no-x`, `--x=true|false`.
+            let (bool_name, negated) = match name.strip_prefix("no-") {
+                Some(n) => (n.to_owned(), true),
+                None => (name.clone(), false),
+            };
+            if let Some((n, _, _)) = FLAG_HELP
+                .iter()
+                .find(|(n, v, _)| *n == bool_name && v.is_empty())
+            {
+                let on = match p.optional_value() {
+                    None => !negated,
+                    Some(v) => match (v.to_str(), negated) {
+                        (Some("true"), false) => true,
+                        (Some("false"), false) => false,
+                        _ => {
+                            return Err(ConfigError::Flag(format!(
+                                "--{name}: expected true or false, got {:?}",
+                                v.to_string_lossy()
+                            )))
+                        }
+                    },
+                };
+                match *n {
+                    "web.enable-lifecycle" => f.enable_lifecycle = on,
+                    "web.enable-admin-api" => f.enable_admin_api = on,
+                    _ => unreachable!("boolean flag listed in FLAG_HELP but not handled"),
+                }
+                continue;
+            }
+            if !FLAG_HELP
+                .iter()
+                .any(|(n, v, _)| *n == name && !v.is_empty())
+            {
                 return Err(ConfigError::Flag(format!("unknown flag --{name}")));
             }
             let value = p.value().map_err(err)?;
@@ -263,6 +311,11 @@ impl Flags {
                     }
                 }
                 "web.listen-address" => f.listen_address = value,
+                "web.cors.origin" => {
+                    regex::Regex::new(&format!("^(?:{value})$"))
+                        .map_err(|e| bad(format!("not a valid regex: {e}")))?;
+                    f.cors_origin = value
+                }
                 "query.lookback-delta" => f.lookback_delta = parse_duration(&value).map_err(bad)?,
                 "query.timeout" => f.query_timeout = parse_duration(&value).map_err(bad)?,
                 "query.max-samples" => {
@@ -663,6 +716,26 @@ mod tests {
         assert_eq!(f.retention_size, 300 * 1024);
         assert_eq!(f.listen_address, "127.0.0.1:1234");
         assert_eq!(f.flush_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn boolean_and_cors_flags() {
+        let f = run(&["--web.enable-lifecycle", "--web.enable-admin-api=true"]).unwrap();
+        assert!(f.enable_lifecycle && f.enable_admin_api);
+        assert_eq!(f.cors_origin, ".*");
+        let f = run(&["--web.enable-lifecycle", "--no-web.enable-lifecycle"]).unwrap();
+        assert!(!f.enable_lifecycle);
+        let f = run(&[
+            "--web.enable-admin-api=false",
+            "--web.cors.origin",
+            "https?://x",
+        ])
+        .unwrap();
+        assert!(!f.enable_admin_api);
+        assert_eq!(f.cors_origin, "https?://x");
+        assert!(run(&["--web.enable-lifecycle=yes"]).is_err());
+        assert!(run(&["--web.cors.origin", "("]).is_err());
+        assert!(run(&["--no-web.listen-address"]).is_err());
     }
 
     #[test]

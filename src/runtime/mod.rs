@@ -2,7 +2,9 @@
 //!
 //! [`run`] builds the store, starts the scrapers and the HTTP server as tasks on an
 //! `async_executor::LocalExecutor` driven by `async-io`'s reactor, and runs until SIGINT or
-//! SIGTERM; then it stops scraping, flushes the store and returns.
+//! SIGTERM or a `/-/quit` request (the web state's [`crate::web::QuitSignal`]); then it stops
+//! scraping, flushes the store and returns. A `/-/reload` request calls the hook set here,
+//! which loads the config file again and restarts scraping with it.
 //!
 //! Threads: the executor's thread, plus async-io's "async-io" fallback thread, which async-io
 //! starts once and which only drives the reactor while the main thread is busy elsewhere (it is
@@ -21,7 +23,7 @@ use crate::telemetry::Telemetry;
 use crate::web::{self, http::Limits, WebState};
 use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
-use futures_lite::StreamExt;
+use futures_lite::{FutureExt, StreamExt};
 use std::cell::RefCell;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -124,7 +126,7 @@ pub fn open_store(flags: &crate::config::Flags) -> Result<Rc<dyn Storage>, RunEr
     Ok(Rc::new(store))
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
+/// Runs the agent until SIGINT, SIGTERM or `/-/quit`.
 pub fn run(config: Config) -> Result<(), RunError> {
     let config = Rc::new(config);
     let flags = &config.flags;
@@ -141,17 +143,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let storage = open_store(flags)?;
     let telemetry = Rc::new(Telemetry::new(now_secs()));
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
-    let state = Rc::new(WebState {
-        config: config.clone(),
-        storage: storage.clone(),
-        engine: Engine::new(EngineOptions {
+    let state = Rc::new(WebState::new(
+        config.clone(),
+        storage.clone(),
+        Engine::new(EngineOptions {
             lookback_delta_ms: flags.lookback_delta.as_millis() as i64,
             max_samples: flags.query_max_samples,
         }),
-        telemetry: telemetry.clone(),
-        targets: RefCell::new(Vec::new()),
-        limits: Limits::default(),
-    });
+        telemetry.clone(),
+        Limits::default(),
+    ));
     log::info!(
         "Perch {} listening on {} (storage: {}, retention {} / {} bytes)",
         env!("CARGO_PKG_VERSION"),
@@ -165,8 +166,31 @@ pub fn run(config: Config) -> Result<(), RunError> {
         flags.retention_size
     );
 
-    let mut scrapers = ScrapeManager::start(&ex, &config.file, storage.clone(), telemetry);
-    *state.targets.borrow_mut() = scrapers.status.clone();
+    let scrapers = Rc::new(RefCell::new(ScrapeManager::start(
+        &ex,
+        &config.file,
+        storage.clone(),
+        telemetry.clone(),
+    )));
+    *state.targets.borrow_mut() = scrapers.borrow().status.clone();
+    // `/-/reload`: load the config file again with the same flags; on success restart
+    // scraping with it. The web state is held weakly: it owns this hook.
+    {
+        let (ex, storage, scrapers) = (ex.clone(), storage.clone(), scrapers.clone());
+        let web = Rc::downgrade(&state);
+        *state.reload.borrow_mut() = Some(Box::new(move || {
+            let web = web.upgrade().ok_or("shutting down")?;
+            let new = Config::load(web.config().flags.clone()).map_err(|e| e.to_string())?;
+            let mut s = scrapers.borrow_mut();
+            s.stop();
+            *s = ScrapeManager::start(&ex, &new.file, storage.clone(), telemetry.clone());
+            *web.targets.borrow_mut() = s.status.clone();
+            *web.config.borrow_mut() = Rc::new(new);
+            log::info!("configuration reloaded");
+            Ok(())
+        }));
+    }
+    let quit = state.quit.clone();
     ex.spawn(web::serve(listener, state, ex.clone())).detach();
     let hk_storage = storage.clone();
     let flush_every = flags.flush_interval;
@@ -182,9 +206,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
     .detach();
 
     let mut signals = signals;
-    let sig = futures_lite::future::block_on(ex.run(async { signals.next().await }));
-    log::info!("received {sig:?}: stopping scrapes and flushing");
-    scrapers.stop();
+    let why = futures_lite::future::block_on(ex.run(
+        async { format!("{:?}", signals.next().await) }.or(async {
+            quit.wait().await;
+            "a /-/quit request".to_owned()
+        }),
+    ));
+    log::info!("received {why}: stopping scrapes and flushing");
+    scrapers.borrow_mut().stop();
     if let Err(e) = storage.flush() {
         log::error!("flushing the store on shutdown: {e}");
     }

@@ -20,6 +20,8 @@ pub enum ApiError {
     Execution(String),
     Timeout(String),
     Internal(String),
+    /// Served with 500, as Prometheus does (e.g. the admin API when disabled).
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             ApiError::Execution(m) => (422, "execution", m),
             ApiError::Timeout(m) => (503, "timeout", m),
             ApiError::Internal(m) => (500, "internal", m),
+            ApiError::Unavailable(m) => (500, "unavailable", m),
         }
     }
 
@@ -49,9 +52,11 @@ fn bad_param(name: &str, msg: impl std::fmt::Display) -> ApiError {
 }
 
 /// Maps an engine error to its API error (one place, as in Prometheus's `returnAPIError`).
-fn query_error(e: QueryError) -> ApiError {
+/// Prometheus names the `query` parameter in parse errors of instant queries only.
+fn query_error(e: QueryError, instant: bool) -> ApiError {
     match e {
-        QueryError::Parse(m) => bad_param("query", m),
+        QueryError::Parse(m) if instant => bad_param("query", m),
+        QueryError::Parse(m) => ApiError::BadData(m),
         QueryError::Execution(m) => ApiError::Execution(m),
         QueryError::TooManySamples => ApiError::Execution(e.to_string()),
         QueryError::Storage(s) => ApiError::Internal(s.to_string()),
@@ -59,16 +64,57 @@ fn query_error(e: QueryError) -> ApiError {
 }
 
 /// The success envelope around `data`, with warnings where there are any.
-fn success(data: &str, warnings: &[String]) -> Response {
+pub fn success(data: &str, warnings: &[String]) -> Response {
+    success_with_infos(data, warnings, &[])
+}
+
+/// The success envelope with warnings and infos (Prometheus 3's annotations), each omitted
+/// when empty.
+fn success_with_infos(data: &str, warnings: &[String], infos: &[String]) -> Response {
     let mut s = String::with_capacity(data.len() + 40);
     s.push_str("{\"status\":\"success\",\"data\":");
     s.push_str(data);
-    if !warnings.is_empty() {
-        s.push_str(",\"warnings\":");
-        json::string_array(&mut s, warnings);
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
+        if !list.is_empty() {
+            s.push_str(",\"");
+            s.push_str(key);
+            s.push_str("\":");
+            json::string_array(&mut s, list);
+        }
     }
     s.push('}');
     Response::json(200, s)
+}
+
+/// The warning Prometheus adds when `limit` cut a list short.
+const TRUNCATED: &str = "results truncated due to limit";
+
+/// `limit` of labels, label values and series as Prometheus 3 reads it: absent or 0 means no
+/// limit (`None`).
+fn parse_limit(p: &Params) -> Result<Option<usize>, ApiError> {
+    match p.get("limit") {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => Err(bad_param("limit", "limit must be non-negative")),
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            Err(_) => Err(bad_param(
+                "limit",
+                format!("strconv.Atoi: parsing {v:?}: invalid syntax"),
+            )),
+        },
+    }
+}
+
+/// Cuts `items` to `limit`; returns the warnings to send.
+fn truncate<T>(items: &mut Vec<T>, limit: Option<usize>) -> Vec<String> {
+    match limit {
+        Some(n) if items.len() > n => {
+            items.truncate(n);
+            vec![TRUNCATED.to_owned()]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Form parameters with the first value of a name, as Go's `FormValue`.
@@ -94,7 +140,7 @@ impl Params {
             .collect()
     }
 
-    fn time(&self, name: &str, default: i64) -> Result<i64, ApiError> {
+    pub fn time(&self, name: &str, default: i64) -> Result<i64, ApiError> {
         match self.get(name) {
             None | Some("") => Ok(default),
             Some(v) => parse_time(v)
@@ -160,7 +206,7 @@ fn write_value(out: &mut String, v: &Value) {
 impl WebState {
     /// The effective timeout of a query: the `timeout` parameter, bounded by `--query.timeout`.
     fn query_timeout(&self, p: &Params) -> Result<std::time::Duration, ApiError> {
-        let max = self.config.flags.query_timeout;
+        let max = self.config().flags.query_timeout;
         match p.get("timeout") {
             None | Some("") => Ok(max),
             Some(v) => {
@@ -170,12 +216,12 @@ impl WebState {
         }
     }
 
-    async fn run_query<F>(&self, p: &Params, fut: F) -> Result<Response, ApiError>
+    async fn run_query<F>(&self, p: &Params, fut: F, instant: bool) -> Result<Response, ApiError>
     where
         F: std::future::Future<Output = Result<QueryResult, QueryError>>,
     {
         let timeout = self.query_timeout(p)?;
-        let res = async { fut.await.map_err(query_error) }
+        let res = async { fut.await.map_err(|e| query_error(e, instant)) }
             .or(async {
                 async_io::Timer::after(timeout).await;
                 Err(ApiError::Timeout(
@@ -185,7 +231,7 @@ impl WebState {
             .await?;
         let mut data = String::new();
         write_value(&mut data, &res.value);
-        Ok(success(&data, &res.warnings))
+        Ok(success_with_infos(&data, &res.warnings, &res.infos))
     }
 
     /// `/api/v1/query`
@@ -193,7 +239,7 @@ impl WebState {
         let t = p.time("time", now)?;
         let q = p.get("query").unwrap_or("");
         let querier = self.storage.querier();
-        self.run_query(p, self.engine.instant(&*querier, q, t))
+        self.run_query(p, self.engine.instant(&*querier, q, t), true)
             .await
     }
 
@@ -221,22 +267,31 @@ impl WebState {
                 "zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end - start) / step > 11_000 {
+        if end.saturating_sub(start) / step > 11_000 {
             return Err(ApiError::BadData(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
             ));
         }
         let q = p.get("query").unwrap_or("");
         let querier = self.storage.querier();
-        self.run_query(p, self.engine.range(&*querier, q, start, end, step))
+        self.run_query(p, self.engine.range(&*querier, q, start, end, step), false)
             .await
     }
 
-    /// The `match[]` selectors of a request, each as a list of matchers.
-    fn match_sets(&self, p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    /// The `match[]` selectors of a request, each as a list of matchers. Prometheus names the
+    /// parameter in the error for `/series` only.
+    fn match_sets(&self, p: &Params, name_param: bool) -> Result<Vec<Vec<Matcher>>, ApiError> {
         p.all("match[]")
             .into_iter()
-            .map(|s| parse_selector(s).map_err(|e| bad_param("match[]", e)))
+            .map(|s| {
+                parse_selector(s).map_err(|e| {
+                    if name_param {
+                        bad_param("match[]", e)
+                    } else {
+                        ApiError::BadData(e)
+                    }
+                })
+            })
             .collect()
     }
 
@@ -246,9 +301,10 @@ impl WebState {
 
     /// `/api/v1/labels`
     pub fn api_labels(&self, p: &Params) -> Result<Response, ApiError> {
+        let limit = parse_limit(p)?;
         let (mint, maxt) = self.range(p)?;
         let q = self.storage.querier();
-        let mut sets = self.match_sets(p)?;
+        let mut sets = self.match_sets(p, false)?;
         if sets.is_empty() {
             sets.push(Vec::new());
         }
@@ -259,20 +315,21 @@ impl WebState {
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             names.extend(found);
         }
-        let names: Vec<String> = names.into_iter().collect();
+        let mut names: Vec<String> = names.into_iter().collect();
+        let warnings = truncate(&mut names, limit);
         let mut data = String::new();
         json::string_array(&mut data, &names);
-        Ok(success(&data, &[]))
+        Ok(success(&data, &warnings))
     }
 
     /// `/api/v1/label/<name>/values`
-    pub fn api_label_values(&self, name: &str, p: &Params) -> Result<Response, ApiError> {
-        if !is_label_name(name) {
-            return Err(ApiError::BadData(format!("invalid label name: {name:?}")));
-        }
+    pub fn api_label_values(&self, raw_name: &str, p: &Params) -> Result<Response, ApiError> {
+        let name = label_name_from_path(raw_name)?;
+        let name = name.as_str();
+        let limit = parse_limit(p)?;
         let (mint, maxt) = self.range(p)?;
         let q = self.storage.querier();
-        let mut sets = self.match_sets(p)?;
+        let mut sets = self.match_sets(p, false)?;
         if sets.is_empty() {
             sets.push(Vec::new());
         }
@@ -283,19 +340,21 @@ impl WebState {
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             values.extend(found);
         }
-        let values: Vec<String> = values.into_iter().collect();
+        let mut values: Vec<String> = values.into_iter().collect();
+        let warnings = truncate(&mut values, limit);
         let mut data = String::new();
         json::string_array(&mut data, &values);
-        Ok(success(&data, &[]))
+        Ok(success(&data, &warnings))
     }
 
     /// `/api/v1/series`
     pub fn api_series(&self, p: &Params) -> Result<Response, ApiError> {
-        let sets = self.match_sets(p)?;
-        if sets.is_empty() {
+        let limit = parse_limit(p)?;
+        if p.all("match[]").is_empty() {
             return Err(ApiError::BadData("no match[] parameter provided".into()));
         }
         let (mint, maxt) = self.range(p)?;
+        let sets = self.match_sets(p, true)?;
         let q = self.storage.querier();
         let mut all: std::collections::BTreeSet<Labels> = std::collections::BTreeSet::new();
         for m in &sets {
@@ -306,6 +365,8 @@ impl WebState {
                 all.insert(s.labels);
             }
         }
+        let mut all: Vec<Labels> = all.into_iter().collect();
+        let warnings = truncate(&mut all, limit);
         let mut data = String::from("[");
         for (i, l) in all.iter().enumerate() {
             if i > 0 {
@@ -314,7 +375,7 @@ impl WebState {
             json::labels(&mut data, l);
         }
         data.push(']');
-        Ok(success(&data, &[]))
+        Ok(success(&data, &warnings))
     }
 
     /// `/api/v1/targets`
@@ -382,7 +443,15 @@ pub fn is_label_name(n: &str) -> bool {
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
     use promql_parser::label::MatchOp;
     use promql_parser::parser::{self, Expr};
-    let expr = parser::parse(s)?;
+    // promql-parser checks a selector as part of a query, which Prometheus's selector parser
+    // does not: give the API's own message for an all-empty selector, as Prometheus does.
+    let expr = parser::parse(s).map_err(|e| {
+        if e.contains("at least one non-empty matcher") {
+            "match[] must contain at least one non-empty matcher".to_owned()
+        } else {
+            e
+        }
+    })?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(format!(
             "1:1: parse error: expected a series selector, got {s:?}"
@@ -408,4 +477,179 @@ pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
         return Err("match[] must contain at least one non-empty matcher".into());
     }
     Ok(out)
+}
+
+/// Decodes `%XX` escapes of a URL path segment; `None` for a bad escape or invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Undoes Prometheus's `U__` value-encoding escaping of a label name (`U__a_2e_b` is `a.b`,
+/// `__` is `_`), as `model.UnescapeName` does; `None` if `s` is not validly escaped.
+fn unescape_name(s: &str) -> Option<String> {
+    let rest = s.strip_prefix("U__")?;
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            if !(c.is_ascii_alphanumeric()) {
+                return None;
+            }
+            out.push(c);
+            continue;
+        }
+        let mut hex = String::new();
+        loop {
+            match chars.next()? {
+                '_' => break,
+                h if h.is_ascii_hexdigit() && hex.len() < 8 => hex.push(h),
+                _ => return None,
+            }
+        }
+        if hex.is_empty() {
+            out.push('_');
+        } else {
+            out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+        }
+    }
+    Some(out)
+}
+
+/// The label name of `/api/v1/label/<name>/values`: percent-decoded, then `U__`-unescaped.
+/// A plain name must be a classic label name, as in Prometheus 2.42; an escaped one may hold
+/// any UTF-8, as in Prometheus 3.
+fn label_name_from_path(raw: &str) -> Result<String, ApiError> {
+    let invalid = |n: &str| ApiError::BadData(format!("invalid label name: {n:?}"));
+    let name = percent_decode(raw).ok_or_else(|| invalid(raw))?;
+    if name.starts_with("U__") {
+        if let Some(n) = unescape_name(&name).filter(|n| !n.is_empty()) {
+            return Ok(n);
+        }
+    }
+    if is_label_name(&name) {
+        Ok(name)
+    } else {
+        Err(invalid(&name))
+    }
+}
+
+/// Whether an expression selects any series (Prometheus's `ExtractSelectors` is not empty).
+fn has_selector(e: &promql_parser::parser::Expr) -> bool {
+    use promql_parser::parser::Expr;
+    match e {
+        Expr::VectorSelector(_) | Expr::MatrixSelector(_) => true,
+        Expr::Aggregate(a) => has_selector(&a.expr) || a.param.as_deref().is_some_and(has_selector),
+        Expr::Unary(u) => has_selector(&u.expr),
+        Expr::Binary(b) => has_selector(&b.lhs) || has_selector(&b.rhs),
+        Expr::Paren(p) => has_selector(&p.expr),
+        Expr::Subquery(s) => has_selector(&s.expr),
+        Expr::Call(c) => c.args.args.iter().any(|a| has_selector(a)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => false,
+    }
+}
+
+/// `limit` of the metadata endpoints as Prometheus 2.42 reads it: a negative one means none.
+fn metadata_limit(p: &Params, name: &str) -> Result<Option<usize>, ApiError> {
+    match p.get(name) {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => Ok(None),
+            Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            Err(_) => Err(ApiError::BadData(format!("{name} must be a number"))),
+        },
+    }
+}
+
+impl WebState {
+    /// `/api/v1/query_exemplars`: Perch stores no exemplars, so every valid query finds none.
+    pub fn api_query_exemplars(&self, p: &Params) -> Result<Response, ApiError> {
+        let start = p.time("start", MIN_TIME)?;
+        let end = p.time("end", MAX_TIME)?;
+        if end < start {
+            return Err(ApiError::BadData(
+                "end timestamp must not be before start timestamp".into(),
+            ));
+        }
+        let expr = promql_parser::parser::parse(p.get("query").unwrap_or(""))
+            .map_err(ApiError::BadData)?;
+        if !has_selector(&expr) {
+            // As Prometheus: nothing to look up, no content.
+            return Ok(Response::no_content());
+        }
+        Ok(success("[]", &[]))
+    }
+
+    /// `/api/v1/format_query`: the query as Prometheus's pretty-printer writes it.
+    pub fn api_format_query(&self, p: &Params) -> Result<Response, ApiError> {
+        let expr = promql_parser::parser::parse(p.get("query").unwrap_or(""))
+            .map_err(|e| bad_param("query", e))?;
+        let mut data = String::new();
+        json::string(&mut data, &expr.prettify());
+        Ok(success(&data, &[]))
+    }
+
+    /// `/api/v1/metadata`: the scraper does not keep metadata yet, so the map is empty.
+    pub fn api_metadata(&self, p: &Params) -> Result<Response, ApiError> {
+        metadata_limit(p, "limit")?;
+        metadata_limit(p, "limit_per_metric")?;
+        Ok(success("{}", &[]))
+    }
+
+    /// `/api/v1/targets/metadata`: no metadata kept yet, so no entries.
+    pub fn api_targets_metadata(&self, p: &Params) -> Result<Response, ApiError> {
+        metadata_limit(p, "limit")?;
+        if let Some(m) = p.get("match_target").filter(|m| !m.is_empty()) {
+            parse_target_matchers(m).map_err(|e| bad_param("match_target", e))?;
+        }
+        Ok(success("[]", &[]))
+    }
+
+    /// `/api/v1/rules`: Perch evaluates no rules yet.
+    pub fn api_rules(&self, p: &Params) -> Result<Response, ApiError> {
+        let typ = p.get("type").unwrap_or("").to_ascii_lowercase();
+        if !typ.is_empty() && typ != "alert" && typ != "record" {
+            return Err(bad_param("type", format!("not supported value {typ:?}")));
+        }
+        Ok(success("{\"groups\":[]}", &[]))
+    }
+
+    /// `/api/v1/admin/tsdb/*`, as Prometheus answers without `--web.enable-admin-api`; with
+    /// it, cleaning tombstones is a no-op (Perch keeps none) and the rest are not supported by
+    /// the store yet.
+    pub fn api_admin(&self, rest: &str) -> Result<Response, ApiError> {
+        if !self.config().flags.enable_admin_api {
+            return Err(ApiError::Unavailable("admin APIs disabled".into()));
+        }
+        match rest {
+            "admin/tsdb/clean_tombstones" => Ok(Response::no_content()),
+            _ => Err(ApiError::Internal(format!(
+                "{} is not supported by Perch's store yet",
+                rest.trim_start_matches("admin/tsdb/")
+            ))),
+        }
+    }
+}
+
+/// Parses `match_target` (`{job="x"}`) as Prometheus's `ParseMetricSelector` would.
+fn parse_target_matchers(s: &str) -> Result<(), String> {
+    use promql_parser::parser::{self, Expr};
+    match parser::parse(s)? {
+        Expr::VectorSelector(_) => Ok(()),
+        _ => Err(format!(
+            "1:1: parse error: expected a series selector, got {s:?}"
+        )),
+    }
 }

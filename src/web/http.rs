@@ -58,6 +58,27 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the client accepts a gzip-encoded response (`Accept-Encoding` lists `gzip`), the
+    /// one encoding Perch answers with, as Prometheus's compression handler reads the header.
+    pub fn accepts_gzip(&self) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("accept-encoding"))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|e| {
+                let mut parts = e.split(';');
+                let name = parts.next().unwrap_or("").trim();
+                // `gzip;q=0` refuses gzip.
+                let refused = parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                name.eq_ignore_ascii_case("gzip") && !refused
+            })
+    }
+
     /// The form parameters: a form-encoded POST body's first, then the query string's, as Go's
     /// `Request.Form` orders them (so the first value of a name is what Prometheus reads).
     pub fn params(&self) -> Vec<(String, String)> {
@@ -99,12 +120,43 @@ impl Response {
     pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
         Response::new(status, "application/json", body)
     }
+
+    /// 204 No Content: no body, no content type.
+    pub fn no_content() -> Self {
+        Response::new(204, "", Vec::new())
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Compresses the body with gzip and marks it so (a no-op for an empty body). Compression
+    /// is fast at level 1 and the bodies are in memory already; on failure the body stays as it
+    /// was, uncompressed.
+    pub fn gzip(&mut self) {
+        use std::io::Write;
+        if self.body.is_empty() || self.headers.iter().any(|(n, _)| *n == "Content-Encoding") {
+            return;
+        }
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(self.body.len() / 4 + 32),
+            flate2::Compression::fast(),
+        );
+        if enc.write_all(&self.body).is_ok() {
+            if let Ok(z) = enc.finish() {
+                self.body = z;
+                self.headers.push(("Content-Encoding", "gzip".into()));
+            }
+        }
+    }
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
+        403 => "Forbidden",
         302 => "Found",
         400 => "Bad Request",
         404 => "Not Found",
@@ -245,13 +297,14 @@ pub async fn write_response(
     keep_alive: bool,
     limits: &Limits,
 ) -> bool {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
+    let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    if resp.status != 204 {
+        head.push_str(&format!(
+            "Content-Type: {}\r\nContent-Length: {}\r\n",
+            resp.content_type,
+            resp.body.len()
+        ));
+    }
     for (n, v) in &resp.headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }

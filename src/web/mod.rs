@@ -1,14 +1,24 @@
-//! The HTTP server: the Prometheus API, Perch's own `/metrics`, health and readiness.
+//! The HTTP server: the Prometheus API, Perch's own `/metrics`, health, readiness and lifecycle.
 //!
 //! Runs on the same executor as the scrapers: an accept loop spawns one task per connection
 //! ([`http`] reads requests and writes responses with bounds and timeouts), a router maps the
-//! path to a handler ([`api`]), and every request is counted by handler and status code.
-//! Queries are evaluated by the cooperative PromQL engine and raced against their timeout, so a
-//! heavy query yields to scrapes and a slow client holds up nothing but its own connection.
+//! path and method to a handler ([`api`], [`status`]), and every request is counted by handler
+//! and status code, with its duration and response size. Queries are evaluated by the
+//! cooperative PromQL engine and raced against their timeout, so a heavy query yields to scrapes
+//! and a slow client holds up nothing but its own connection.
+//!
+//! Routing follows Prometheus 2.42: `/api/v1/*` answers `OPTIONS` with 204 and CORS headers, a
+//! known path with a wrong method gets 405 with an `Allow` header, an unknown path 404
+//! (`404 page not found`). API answers carry CORS headers when the request has an `Origin`
+//! (per `--web.cors.origin`) and are gzip-compressed when the client accepts gzip. Where Grafana
+//! may send POST to an endpoint Prometheus serves only with GET (label values, metadata, rules,
+//! alerts, buildinfo), Perch accepts POST too. `/-/reload` and `/-/quit` need
+//! `--web.enable-lifecycle` (403 otherwise), `/api/v1/admin/*` needs `--web.enable-admin-api`.
 
 pub mod api;
 pub mod http;
 pub mod json;
+pub mod status;
 pub mod time;
 
 use crate::config::Config;
@@ -22,77 +32,289 @@ use http::{Limits, ReadError, Request, Response};
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::task::{Poll, Waker};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A reload of the config, done by the runtime: `Err` carries the reason it failed.
+pub type ReloadFn = Box<dyn Fn() -> Result<(), String>>;
+
+/// A one-way "stop" signal from the web server (`/-/quit`) to the runtime's main loop.
+#[derive(Default)]
+pub struct QuitSignal {
+    requested: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl QuitSignal {
+    /// Asks the runtime to stop; wakes its main loop.
+    pub fn request(&self) {
+        self.requested.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.get()
+    }
+
+    /// Completes once [`QuitSignal::request`] was called.
+    pub async fn wait(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.requested.get() {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
 
 /// What the handlers share.
 pub struct WebState {
-    pub config: Rc<Config>,
+    /// The config in force; replaced by a successful reload.
+    pub config: RefCell<Rc<Config>>,
     pub storage: Rc<dyn Storage>,
     pub engine: Engine,
     pub telemetry: Rc<Telemetry>,
     /// The scrapers' target states, replaced when scraping is (re)started.
     pub targets: RefCell<Vec<Rc<RefCell<TargetStatus>>>>,
     pub limits: Limits,
+    /// `--web.cors.origin`, anchored.
+    pub cors_origin: regex::Regex,
+    /// Set by `/-/quit`; the runtime's main loop waits on it.
+    pub quit: Rc<QuitSignal>,
+    /// Set by the runtime: reloads the config file and restarts scraping.
+    pub reload: RefCell<Option<ReloadFn>>,
+    /// When the config was last (re)loaded successfully, ms since the epoch.
+    pub last_config_ms: Cell<i64>,
+    /// Whether the last reload attempt succeeded.
+    pub reload_success: Cell<bool>,
+    /// Connections open right now.
+    pub connections: Cell<usize>,
+}
+
+/// The allowed methods of an API route, as Go's router lists them in `Allow`.
+const GET: &[&str] = &["GET"];
+const GET_POST: &[&str] = &["GET", "POST"];
+const GET_POST_DELETE: &[&str] = &["DELETE", "GET", "POST"];
+const POST_PUT: &[&str] = &["POST", "PUT"];
+
+/// The API v1 routes: (path after `/api/v1/`, handler name for telemetry, methods).
+const API_ROUTES: &[(&str, &str, &[&str])] = &[
+    ("query", "query", GET_POST),
+    ("query_range", "query_range", GET_POST),
+    ("query_exemplars", "query_exemplars", GET_POST),
+    ("format_query", "format_query", GET_POST),
+    ("labels", "labels", GET_POST),
+    ("series", "series", GET_POST_DELETE),
+    ("metadata", "metadata", GET_POST),
+    ("targets", "targets", GET),
+    ("targets/metadata", "targets_metadata", GET),
+    ("alertmanagers", "alertmanagers", GET),
+    ("rules", "rules", GET_POST),
+    ("alerts", "alerts", GET_POST),
+    ("status/config", "status_config", GET),
+    ("status/flags", "status_flags", GET),
+    ("status/runtimeinfo", "status_runtimeinfo", GET),
+    ("status/buildinfo", "buildinfo", GET_POST),
+    ("status/tsdb", "status_tsdb", GET),
+    ("status/walreplay", "status_walreplay", GET),
+    ("admin/tsdb/delete_series", "admin", POST_PUT),
+    ("admin/tsdb/clean_tombstones", "admin", POST_PUT),
+    ("admin/tsdb/snapshot", "admin", POST_PUT),
+];
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn method_not_allowed(allowed: &[&str]) -> Response {
+    let mut list: Vec<&str> = allowed.to_vec();
+    list.push("OPTIONS");
+    list.sort_unstable();
+    Response::text(405, "Method Not Allowed\n").with_header("Allow", list.join(", "))
+}
+
+fn not_found() -> Response {
+    Response::text(404, "404 page not found\n")
 }
 
 impl WebState {
+    /// The web state for `config`, before the runtime sets the reload hook and targets.
+    pub fn new(
+        config: Rc<Config>,
+        storage: Rc<dyn Storage>,
+        engine: Engine,
+        telemetry: Rc<Telemetry>,
+        limits: Limits,
+    ) -> WebState {
+        // Validated when the flags were parsed; `.*` if it somehow is not.
+        let cors_origin = regex::Regex::new(&format!("^(?:{})$", config.flags.cors_origin))
+            .unwrap_or_else(|_| regex::Regex::new("^(?:.*)$").expect("a valid regex"));
+        WebState {
+            config: RefCell::new(config),
+            storage,
+            engine,
+            telemetry,
+            targets: RefCell::new(Vec::new()),
+            limits,
+            cors_origin,
+            quit: Rc::new(QuitSignal::default()),
+            reload: RefCell::new(None),
+            last_config_ms: Cell::new(now_ms()),
+            reload_success: Cell::new(true),
+            connections: Cell::new(0),
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Rc<Config> {
+        self.config.borrow().clone()
+    }
+
     fn scrape_status(&self) -> Vec<Rc<RefCell<TargetStatus>>> {
         self.targets.borrow().clone()
     }
 
     /// Routes one request; returns the handler name (for telemetry) and the response.
     pub async fn route(&self, req: &Request) -> (&'static str, Response) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let get_post = req.method == "GET" || req.method == "POST";
-        let get = req.method == "GET" || req.method == "HEAD";
         let path = req.path.as_str();
-        let params = || Params::new(req.params());
-        let api = |r: Result<Response, ApiError>| r.unwrap_or_else(|e| e.response());
-        let not_allowed = || Response::text(405, "Method Not Allowed\n");
+        if let Some(rest) = path.strip_prefix("/api/v1/") {
+            let (handler, mut resp) = self.route_api(rest, req).await;
+            self.set_cors(req, &mut resp);
+            if req.accepts_gzip() {
+                resp.gzip();
+            }
+            return (handler, resp);
+        }
+        let get = req.method == "GET" || req.method == "HEAD";
+        let get_only = || {
+            Response::text(405, "Method Not Allowed\n").with_header("Allow", "GET, HEAD, OPTIONS")
+        };
         match path {
             "/metrics" if get => {
                 let mut out = String::with_capacity(8192);
                 self.telemetry.render(&self.storage.stats(), &mut out);
-                (
-                    "metrics",
-                    Response::new(200, "text/plain; version=0.0.4; charset=utf-8", out),
-                )
+                let mut resp = Response::new(200, "text/plain; version=0.0.4; charset=utf-8", out);
+                if req.accepts_gzip() {
+                    resp.gzip();
+                }
+                ("metrics", resp)
             }
             "/-/healthy" if get => ("healthy", Response::text(200, "Perch is Healthy.\n")),
             "/-/ready" if get => ("ready", Response::text(200, "Perch is Ready.\n")),
-            "/api/v1/query" if get_post => ("query", api(self.api_query(&params(), now).await)),
-            "/api/v1/query_range" if get_post => {
-                ("query_range", api(self.api_query_range(&params()).await))
+            "/metrics" | "/-/healthy" | "/-/ready" => ("other", get_only()),
+            "/-/reload" | "/-/quit" => {
+                let handler = if path == "/-/quit" { "quit" } else { "reload" };
+                (handler, self.lifecycle(handler, req))
             }
-            "/api/v1/labels" if get_post => ("labels", api(self.api_labels(&params()))),
-            "/api/v1/series" if get_post => ("series", api(self.api_series(&params()))),
-            "/api/v1/targets" if get => ("targets", api(self.api_targets(&params()))),
-            "/api/v1/status/buildinfo" if get => ("buildinfo", api(self.api_buildinfo())),
-            "/metrics"
-            | "/-/healthy"
-            | "/-/ready"
-            | "/api/v1/query"
-            | "/api/v1/query_range"
-            | "/api/v1/labels"
-            | "/api/v1/series"
-            | "/api/v1/targets"
-            | "/api/v1/status/buildinfo" => ("other", not_allowed()),
-            _ => {
-                if let Some(name) = path
-                    .strip_prefix("/api/v1/label/")
-                    .and_then(|r| r.strip_suffix("/values"))
-                {
-                    if !get {
-                        return ("label_values", not_allowed());
-                    }
-                    return ("label_values", api(self.api_label_values(name, &params())));
-                }
-                ("other", Response::text(404, "404 page not found\n"))
-            }
+            _ => ("other", not_found()),
         }
+    }
+
+    /// `/-/reload` and `/-/quit`, with Prometheus's answers. The quit itself happens after the
+    /// answer is written (see [`connection`]).
+    fn lifecycle(&self, handler: &str, req: &Request) -> Response {
+        if req.method != "POST" && req.method != "PUT" {
+            return Response::text(405, "Only POST or PUT requests allowed\n");
+        }
+        if !self.config().flags.enable_lifecycle {
+            return Response::text(403, "Lifecycle API is not enabled.\n");
+        }
+        if handler == "quit" {
+            return Response::text(200, "Requesting termination... Goodbye!\n");
+        }
+        let result = match &*self.reload.borrow() {
+            Some(f) => f(),
+            None => Err("reloading is not available".into()),
+        };
+        self.reload_success.set(result.is_ok());
+        match result {
+            Ok(()) => {
+                self.last_config_ms.set(now_ms());
+                Response::text(200, "")
+            }
+            Err(e) => Response::text(500, format!("failed to reload config: {e}\n")),
+        }
+    }
+
+    /// Prometheus's `SetCORS`: only for requests with an `Origin`.
+    fn set_cors(&self, req: &Request, resp: &mut Response) {
+        let Some(origin) = req.header("origin") else {
+            return;
+        };
+        resp.headers.extend([
+            (
+                "Access-Control-Allow-Headers",
+                "Accept, Authorization, Content-Type, Origin".to_owned(),
+            ),
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()),
+            ("Access-Control-Expose-Headers", "Date".into()),
+            ("Vary", "Origin".into()),
+        ]);
+        if self.config().flags.cors_origin == ".*" {
+            resp.headers
+                .push(("Access-Control-Allow-Origin", "*".into()));
+        } else if self.cors_origin.is_match(origin) {
+            resp.headers
+                .push(("Access-Control-Allow-Origin", origin.to_owned()));
+        }
+    }
+
+    async fn route_api(&self, rest: &str, req: &Request) -> (&'static str, Response) {
+        let m = req.method.as_str();
+        let label_name = rest
+            .strip_prefix("label/")
+            .and_then(|r| r.strip_suffix("/values"))
+            .filter(|n| !n.contains('/'));
+        let (name, handler, allowed) = match API_ROUTES.iter().find(|(p, _, _)| *p == rest) {
+            Some(&(p, h, a)) => (p, h, a),
+            None if label_name.is_some() => ("label_values", "label_values", GET_POST),
+            None if m == "OPTIONS" => return ("options", Response::no_content()),
+            None => return ("other", not_found()),
+        };
+        if m == "OPTIONS" {
+            return ("options", Response::no_content());
+        }
+        let m = if m == "HEAD" { "GET" } else { m };
+        if !allowed.contains(&m) {
+            return (handler, method_not_allowed(allowed));
+        }
+        let p = Params::new(req.params());
+        let now = now_ms();
+        let r = match name {
+            "query" => self.api_query(&p, now).await,
+            "query_range" => self.api_query_range(&p).await,
+            "query_exemplars" => self.api_query_exemplars(&p),
+            "format_query" => self.api_format_query(&p),
+            "labels" => self.api_labels(&p),
+            "label_values" => self.api_label_values(label_name.unwrap_or(""), &p),
+            "series" if m == "DELETE" => Err(ApiError::Internal("not implemented".into())),
+            "series" => self.api_series(&p),
+            "metadata" => self.api_metadata(&p),
+            "targets" => self.api_targets(&p),
+            "targets/metadata" => self.api_targets_metadata(&p),
+            "alertmanagers" => Ok(api::success(
+                "{\"activeAlertmanagers\":[],\"droppedAlertmanagers\":[]}",
+                &[],
+            )),
+            "rules" => self.api_rules(&p),
+            "alerts" => Ok(api::success("{\"alerts\":[]}", &[])),
+            "status/config" => self.api_status_config(),
+            "status/flags" => self.api_status_flags(),
+            "status/runtimeinfo" => self.api_status_runtimeinfo(),
+            "status/buildinfo" => self.api_buildinfo(),
+            "status/tsdb" => self.api_status_tsdb(&p),
+            "status/walreplay" => Ok(api::success("{\"min\":0,\"max\":0,\"current\":0}", &[])),
+            _ => self.api_admin(rest),
+        };
+        (handler, r.unwrap_or_else(|e| e.response()))
     }
 }
 
@@ -102,7 +324,6 @@ pub async fn serve(
     state: Rc<WebState>,
     ex: Rc<async_executor::LocalExecutor<'static>>,
 ) {
-    let active = Rc::new(Cell::new(0usize));
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(c) => c,
@@ -113,20 +334,19 @@ pub async fn serve(
                 continue;
             }
         };
-        if active.get() >= state.limits.max_connections {
-            log::warn!(
-                "refusing a connection: {} connections are open",
-                active.get()
-            );
+        let active = state.connections.get();
+        if active >= state.limits.max_connections {
+            log::warn!("refusing a connection: {active} connections are open");
             drop(stream);
             continue;
         }
-        active.set(active.get() + 1);
+        state.connections.set(active + 1);
         let state = state.clone();
-        let active = active.clone();
         ex.spawn(async move {
             connection(stream, &state).await;
-            active.set(active.get() - 1);
+            state
+                .connections
+                .set(state.connections.get().saturating_sub(1));
         })
         .detach();
     }
@@ -146,14 +366,25 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
                 return;
             }
         };
+        let started = Instant::now();
         let (handler, mut resp) = state.route(&req).await;
         state.telemetry.http_request(handler, resp.status);
+        state.telemetry.http_observe(
+            handler,
+            started.elapsed().as_secs_f64(),
+            resp.body.len() as u64,
+        );
         if req.method == "HEAD" {
             resp.body.clear();
         }
-        if !http::write_response(&mut stream, &resp, req.keep_alive, &state.limits).await
-            || !req.keep_alive
-        {
+        let quit = handler == "quit" && resp.status == 200;
+        let written =
+            http::write_response(&mut stream, &resp, req.keep_alive && !quit, &state.limits).await;
+        if quit {
+            state.quit.request();
+            return;
+        }
+        if !written || !req.keep_alive {
             return;
         }
     }

@@ -106,8 +106,21 @@ pub fn format_rfc3339(t_ms: i64) -> String {
     s
 }
 
+/// Prometheus's `MinTime` and `MaxTime` as its clients format them (years beyond RFC 3339's
+/// four digits), and the millisecond timestamps Prometheus reads them as.
+const MIN_TIME_FORMATTED: &str = "-292273086-05-16T16:47:06Z";
+const MAX_TIME_FORMATTED: &str = "292277025-08-18T07:12:54.999999999Z";
+pub const MIN_TIME_MS: i64 = -9_223_309_901_257_974_000;
+pub const MAX_TIME_MS: i64 = 9_223_309_901_257_974_999;
+
 /// Parses a time parameter as Prometheus does: float seconds (rounded to ms) or RFC 3339.
+/// A time beyond what milliseconds in an `i64` hold is an error, never an overflow.
 pub fn parse_time(s: &str) -> Result<i64, String> {
+    match s {
+        MIN_TIME_FORMATTED => return Ok(MIN_TIME_MS),
+        MAX_TIME_FORMATTED => return Ok(MAX_TIME_MS),
+        _ => {}
+    }
     if let Ok(f) = s.parse::<f64>() {
         if f.is_finite() {
             let ms = (f * 1000.0).round();
@@ -164,6 +177,19 @@ mod tests {
         assert_eq!(parse_time("1700000000.123").unwrap(), 1_700_000_000_123);
         assert_eq!(parse_time("1.5").unwrap(), 1500);
         assert!(parse_time("abc").unwrap_err().contains("\"abc\""));
+        // Milliseconds by mistake are still a time (far in the future); absurd ones an error.
+        assert_eq!(parse_time("1759998200123").unwrap(), 1_759_998_200_123_000);
+        assert!(parse_time("1e30").is_err());
+        assert!(parse_time("-1e30").is_err());
+        assert!(parse_time("NaN").is_err());
+        assert_eq!(
+            parse_time("-292273086-05-16T16:47:06Z").unwrap(),
+            MIN_TIME_MS
+        );
+        assert_eq!(
+            parse_time("292277025-08-18T07:12:54.999999999Z").unwrap(),
+            MAX_TIME_MS
+        );
         assert_eq!(parse_duration_param("15").unwrap(), 15_000);
         assert_eq!(parse_duration_param("0.5").unwrap(), 500);
         assert_eq!(parse_duration_param("1m").unwrap(), 60_000);

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod config;
 mod crash;
 mod e2e;

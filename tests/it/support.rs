@@ -90,6 +90,11 @@ impl Perch {
         Perch::start_in(temp_dir(name), config, &[])
     }
 
+    /// As [`Perch::start`], with extra command-line arguments.
+    pub fn start_with(name: &str, config: Option<&str>, args: &[&str]) -> Perch {
+        Perch::start_in(temp_dir(name), config, args)
+    }
+
     /// Starts perch on the data under `dir` (kept across restarts), with extra flags.
     pub fn start_in(dir: PathBuf, config: Option<&str>, extra: &[&str]) -> Perch {
         let port = free_port();

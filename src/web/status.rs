@@ -1,0 +1,248 @@
+//! The status API (`/api/v1/status/*`): config, flags, runtime and build information, and the
+//! store's cardinality figures, in Prometheus 2.42's JSON layout.
+//!
+//! `status/tsdb` is computed through the storage seam's `Querier`, one metric name at a time,
+//! so the samples a `select` copies are bounded by the largest metric, not the whole store.
+
+use super::api::{success, ApiError, Params};
+use super::http::Response;
+use super::json;
+use super::time::format_rfc3339;
+use super::WebState;
+use crate::config::{format_duration, Flags};
+use crate::model::{Matcher, METRIC_NAME};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+/// A size as Go's `units.Base2Bytes` writes it: `512MiB`, `1GiB512MiB`, `0B`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 6] = [
+        ("EiB", 1 << 60),
+        ("PiB", 1 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    if n == 0 {
+        return "0B".into();
+    }
+    let mut s = String::new();
+    let mut rest = n;
+    for (name, size) in UNITS {
+        if rest >= size {
+            let _ = write!(s, "{}{name}", rest / size);
+            rest %= size;
+        }
+    }
+    if rest > 0 {
+        let _ = write!(s, "{rest}B");
+    }
+    s
+}
+
+/// The flags as `status/flags` lists them: Prometheus's names, every value a string.
+pub fn flag_map(f: &Flags) -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    let path = |p: &std::path::Path| p.display().to_string();
+    m.insert(
+        "config.file",
+        f.config_file.as_deref().map(path).unwrap_or_default(),
+    );
+    m.insert("storage.tsdb.path", path(&f.storage_path));
+    m.insert(
+        "storage.tsdb.retention.time",
+        format_duration(f.retention_time),
+    );
+    m.insert(
+        "storage.tsdb.retention.size",
+        format_bytes(f.retention_size),
+    );
+    m.insert("storage.flush-interval", format_duration(f.flush_interval));
+    m.insert("web.listen-address", f.listen_address.clone());
+    m.insert("web.enable-lifecycle", f.enable_lifecycle.to_string());
+    m.insert("web.enable-admin-api", f.enable_admin_api.to_string());
+    m.insert("web.cors.origin", f.cors_origin.clone());
+    m.insert("query.lookback-delta", format_duration(f.lookback_delta));
+    m.insert("query.timeout", format_duration(f.query_timeout));
+    m.insert("query.max-samples", f.query_max_samples.to_string());
+    m.insert("log.level", f.log_level.to_string().to_ascii_lowercase());
+    m
+}
+
+/// Appends `[{"name":…,"value":…},…]`, the `limit` largest by value (ties by name).
+fn top(out: &mut String, counts: HashMap<String, u64>, limit: usize) {
+    let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(limit);
+    out.push('[');
+    for (i, (name, value)) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        json::string(out, name);
+        let _ = write!(out, ",\"value\":{value}}}");
+    }
+    out.push(']');
+}
+
+impl WebState {
+    /// `/api/v1/status/config`: the YAML text as loaded.
+    pub fn api_status_config(&self) -> Result<Response, ApiError> {
+        let mut s = String::from("{\"yaml\":");
+        json::string(&mut s, &self.config().file.source);
+        s.push('}');
+        Ok(success(&s, &[]))
+    }
+
+    /// `/api/v1/status/flags`
+    pub fn api_status_flags(&self) -> Result<Response, ApiError> {
+        let mut s = String::from("{");
+        for (i, (k, v)) in flag_map(&self.config().flags).iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            json::string(&mut s, k);
+            s.push(':');
+            json::string(&mut s, v);
+        }
+        s.push('}');
+        Ok(success(&s, &[]))
+    }
+
+    /// `/api/v1/status/runtimeinfo`, with Go's fields answered for Perch: one executor thread
+    /// (`GOMAXPROCS` 1) and the number of tasks as the "goroutines".
+    pub fn api_status_runtimeinfo(&self) -> Result<Response, ApiError> {
+        let start_ms = (self.telemetry.start_time.get() * 1000.0).round() as i64;
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|e| format!("<error retrieving current working directory: {e}>"));
+        let flags = &self.config().flags;
+        let retention = format!(
+            "{} or {}",
+            format_duration(flags.retention_time),
+            format_bytes(flags.retention_size)
+        );
+        // The accept loop, housekeeping, one task per target and one per connection.
+        let tasks = 2 + self.targets.borrow().len() + self.connections.get();
+        let mut s = String::from("{\"startTime\":");
+        json::string(&mut s, &format_rfc3339(start_ms));
+        s.push_str(",\"CWD\":");
+        json::string(&mut s, &cwd);
+        let _ = write!(
+            s,
+            ",\"reloadConfigSuccess\":{},\"lastConfigTime\":",
+            self.reload_success.get()
+        );
+        json::string(
+            &mut s,
+            &format_rfc3339(self.last_config_ms.get() / 1000 * 1000),
+        );
+        let _ = write!(
+            s,
+            ",\"corruptionCount\":0,\"goroutineCount\":{tasks},\"GOMAXPROCS\":1,\"GOGC\":\"\",\"GODEBUG\":\"\",\"storageRetention\":"
+        );
+        json::string(&mut s, &retention);
+        s.push('}');
+        Ok(success(&s, &[]))
+    }
+
+    /// `/api/v1/status/tsdb`: head statistics and the top cardinalities (`limit`, default 10).
+    pub fn api_status_tsdb(&self, p: &Params) -> Result<Response, ApiError> {
+        let limit = match p.get("limit") {
+            None | Some("") => 10,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::BadData(
+                        "limit must be a positive number less than or equal to 10000".into(),
+                    ))
+                }
+            },
+        };
+        let stats = self.storage.stats();
+        let q = self.storage.querier();
+        let storage_err = |e: crate::storage::StorageError| ApiError::Internal(e.to_string());
+        let (mint, maxt) = (i64::MIN, i64::MAX);
+        let mut by_metric: HashMap<String, u64> = HashMap::new();
+        let mut by_pair: HashMap<String, u64> = HashMap::new();
+        let mut values_by_name: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        let mut num_series = 0u64;
+        for name in q
+            .label_values(METRIC_NAME, &[], mint, maxt)
+            .map_err(storage_err)?
+        {
+            // One metric at a time keeps the samples `select` copies bounded.
+            let series = q
+                .select(&[Matcher::equal(METRIC_NAME, &name)], mint, maxt)
+                .map_err(storage_err)?;
+            by_metric.insert(name, series.len() as u64);
+            for s in series {
+                num_series += 1;
+                for l in &s.labels {
+                    *by_pair
+                        .entry(format!("{}={}", l.name, l.value))
+                        .or_default() += 1;
+                    let vals = values_by_name.entry(l.name.to_string()).or_default();
+                    if !vals.contains(l.value.as_str()) {
+                        vals.insert(l.value.to_string());
+                    }
+                }
+            }
+        }
+        let num_pairs: usize = values_by_name.values().map(|v| v.len()).sum();
+        let value_counts: HashMap<String, u64> = values_by_name
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len() as u64))
+            .collect();
+        let memory: HashMap<String, u64> = values_by_name
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|x| x.len() as u64).sum()))
+            .collect();
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "{{\"headStats\":{{\"numSeries\":{num_series},\"numLabelPairs\":{num_pairs},\"chunkCount\":{},\"minTime\":{},\"maxTime\":{}}}",
+            // Perch's store has no head chunks; this is the number of 120-sample chunks its
+            // samples would fill.
+            stats.samples_in_memory.div_ceil(120),
+            stats.min_time.unwrap_or(i64::MAX),
+            stats.max_time.unwrap_or(i64::MIN),
+        );
+        s.push_str(",\"seriesCountByMetricName\":");
+        top(&mut s, by_metric, limit);
+        s.push_str(",\"labelValueCountByLabelName\":");
+        top(&mut s, value_counts, limit);
+        s.push_str(",\"memoryInBytesByLabelName\":");
+        top(&mut s, memory, limit);
+        s.push_str(",\"seriesCountByLabelValuePair\":");
+        top(&mut s, by_pair, limit);
+        s.push('}');
+        Ok(success(&s, &[]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_as_go_writes_them() {
+        assert_eq!(format_bytes(0), "0B");
+        assert_eq!(format_bytes(512 << 20), "512MiB");
+        assert_eq!(format_bytes(300 << 10), "300KiB");
+        assert_eq!(format_bytes((1 << 30) + (512 << 20)), "1GiB512MiB");
+        assert_eq!(format_bytes(1000), "1000B");
+    }
+
+    #[test]
+    fn flags_use_prometheus_names() {
+        let m = flag_map(&Flags::default());
+        assert_eq!(m["storage.tsdb.retention.time"], "15d");
+        assert_eq!(m["query.timeout"], "2m");
+        assert_eq!(m["web.enable-lifecycle"], "false");
+        assert_eq!(m["web.cors.origin"], ".*");
+        assert_eq!(m["log.level"], "info");
+    }
+}
