@@ -165,57 +165,158 @@ impl BlockBuilder {
         self.chunks.len() + self.dir.len() * 4
     }
 
-    /// The block body.
-    pub fn finish(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.chunks.len() + self.dir.len() * 4 + 8);
-        put_uvarint(&mut out, self.dir.len() as u64);
+    /// The block payload: a compressed directory, then the chunks in independently compressed
+    /// frames of about [`FRAME_BYTES`], so a reader decompresses only the frames of the series
+    /// it wants, and the compressor's memory stays small whatever the block's size.
+    pub fn finish(&self, level: i32) -> Vec<u8> {
+        let mut dir = Vec::with_capacity(self.dir.len() * 3 + 8);
+        put_uvarint(&mut dir, self.dir.len() as u64);
         let mut prev = 0u64;
         for (id, len) in &self.dir {
-            put_uvarint(&mut out, id.wrapping_sub(prev));
-            put_uvarint(&mut out, *len as u64);
+            put_uvarint(&mut dir, id.wrapping_sub(prev));
+            put_uvarint(&mut dir, *len as u64);
             prev = *id;
         }
-        out.extend_from_slice(&self.chunks);
+        // Cut frames at chunk boundaries.
+        let mut frames: Vec<(usize, usize)> = Vec::new();
+        let (mut start, mut off) = (0usize, 0usize);
+        for (_, len) in &self.dir {
+            off += len;
+            if off - start >= FRAME_BYTES {
+                frames.push((start, off));
+                start = off;
+            }
+        }
+        if off > start {
+            frames.push((start, off));
+        }
+        let dir_payload = seal(&dir, level);
+        let frame_payloads: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|(a, b)| seal(&self.chunks[*a..*b], level))
+            .collect();
+        let mut out = Vec::with_capacity(
+            dir_payload.len() + frame_payloads.iter().map(Vec::len).sum::<usize>() + 32,
+        );
+        out.push(BLOCK_VERSION);
+        put_uvarint(&mut out, dir_payload.len() as u64);
+        put_uvarint(&mut out, frame_payloads.len() as u64);
+        for f in &frame_payloads {
+            put_uvarint(&mut out, f.len() as u64);
+        }
+        out.extend_from_slice(&dir_payload);
+        for f in &frame_payloads {
+            out.extend_from_slice(f);
+        }
         out
     }
 }
 
-/// A decoded block directory over its body: find a series' chunk without decoding the others.
+/// Uncompressed bytes of chunks per frame (a frame ends at the first chunk boundary past it).
+pub const FRAME_BYTES: usize = 64 << 10;
+/// Marks the framed block payload.
+pub const BLOCK_VERSION: u8 = 2;
+
+/// A block read from disk: its directory decoded, its frames decompressed when first needed.
 #[derive(Debug)]
 pub struct Block {
-    body: Vec<u8>,
-    /// (id, offset in body, length), ascending by id.
+    payload: Vec<u8>,
+    /// (start, end) of each frame's payload within `payload`, and its start in chunk space.
+    frames: Vec<(usize, usize, usize)>,
+    /// (id, offset in chunk space, length), ascending by id.
     dir: Vec<(u64, usize, usize)>,
+    /// Decompressed frames, by index.
+    open: std::cell::RefCell<Vec<Option<std::rc::Rc<Vec<u8>>>>>,
 }
 
 impl Block {
-    pub fn parse(body: Vec<u8>) -> Result<Block, CodecError> {
-        let mut r = Reader::new(&body);
-        let n = r.uvarint()?;
+    /// Parses a block payload (checks the directory; frames are checked when opened).
+    pub fn parse(payload: Vec<u8>) -> Result<Block, CodecError> {
+        let mut r = Reader::new(&payload);
+        if r.u8()? != BLOCK_VERSION {
+            return Err(CodecError("unknown block version"));
+        }
+        let dir_len = r.uvarint()? as usize;
+        let nframes = r.uvarint()?;
+        if nframes > payload.len() as u64 {
+            return Err(CodecError("frame count larger than block"));
+        }
+        let mut lens = Vec::with_capacity(nframes as usize);
+        for _ in 0..nframes {
+            lens.push(r.uvarint()? as usize);
+        }
+        let dir_start = r.pos;
+        let dir_end = dir_start.checked_add(dir_len).ok_or(CodecError("directory length"))?;
+        let dir_bytes = payload
+            .get(dir_start..dir_end)
+            .ok_or(CodecError("directory past the end"))?;
+        let body = open(dir_bytes)?;
+        let mut d = Reader::new(&body);
+        let n = d.uvarint()?;
         if n > body.len() as u64 {
             return Err(CodecError("directory larger than block"));
         }
-        let mut entries = Vec::with_capacity(n as usize);
-        let mut id = 0u64;
+        let mut dir = Vec::with_capacity(n as usize);
+        let (mut id, mut off) = (0u64, 0usize);
         for _ in 0..n {
-            id = id.wrapping_add(r.uvarint()?);
-            let len = r.uvarint()? as usize;
-            entries.push((id, len));
-        }
-        let mut off = r.pos;
-        let mut dir = Vec::with_capacity(entries.len());
-        for (id, len) in entries {
-            let end = off.checked_add(len).ok_or(CodecError("chunk length"))?;
-            if end > body.len() {
-                return Err(CodecError("chunk past the end of the block"));
-            }
+            id = id.wrapping_add(d.uvarint()?);
+            let len = d.uvarint()? as usize;
             dir.push((id, off, len));
-            off = end;
+            off = off.checked_add(len).ok_or(CodecError("chunk length"))?;
         }
         if !dir.windows(2).all(|w| w[0].0 < w[1].0) {
             return Err(CodecError("block directory not sorted"));
         }
-        Ok(Block { body, dir })
+        let mut frames = Vec::with_capacity(lens.len());
+        let mut at = dir_end;
+        for len in lens {
+            let end = at.checked_add(len).ok_or(CodecError("frame length"))?;
+            if end > payload.len() {
+                return Err(CodecError("frame past the end of the block"));
+            }
+            frames.push((at, end, 0));
+            at = end;
+        }
+        let open_frames = std::cell::RefCell::new(vec![None; frames.len()]);
+        let mut b = Block {
+            payload,
+            frames,
+            dir,
+            open: open_frames,
+        };
+        b.locate_frames()?;
+        Ok(b)
+    }
+
+    /// Fills in each frame's start in chunk space from the frames' uncompressed lengths, read
+    /// from their preambles (no decompression).
+    fn locate_frames(&mut self) -> Result<(), CodecError> {
+        let mut start = 0usize;
+        for f in &mut self.frames {
+            let pre = self
+                .payload
+                .get(f.0..f.0 + 6)
+                .ok_or(CodecError("truncated frame"))?;
+            f.2 = start;
+            start += u32::from_le_bytes([pre[2], pre[3], pre[4], pre[5]]) as usize;
+        }
+        let total = self.dir.last().map_or(0, |e| e.1 + e.2);
+        if total > start {
+            return Err(CodecError("directory points past the frames"));
+        }
+        Ok(())
+    }
+
+    fn frame(&self, i: usize) -> Result<std::rc::Rc<Vec<u8>>, CodecError> {
+        if let Some(Some(f)) = self.open.borrow().get(i) {
+            return Ok(f.clone());
+        }
+        let (a, b, _) = self.frames[i];
+        let body = std::rc::Rc::new(open(&self.payload[a..b])?);
+        if let Some(slot) = self.open.borrow_mut().get_mut(i) {
+            *slot = Some(body.clone());
+        }
+        Ok(body)
     }
 
     /// Appends the samples of series `id` to `out`; false if the block has none.
@@ -224,17 +325,19 @@ impl Block {
             return Ok(false);
         };
         let (_, off, len) = self.dir[i];
-        codec::decode_chunk(&mut Reader::new(&self.body[off..off + len]), out)?;
+        let fi = self.frames.partition_point(|f| f.2 <= off).saturating_sub(1);
+        let frame = self.frame(fi)?;
+        let start = off - self.frames.get(fi).map_or(0, |f| f.2);
+        let bytes = frame
+            .get(start..start + len)
+            .ok_or(CodecError("chunk past the end of its frame"))?;
+        codec::decode_chunk(&mut Reader::new(bytes), out)?;
         Ok(true)
     }
 
     /// The ids in this block.
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.dir.iter().map(|e| e.0)
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.body.capacity() + self.dir.capacity() * 24
     }
 }
 
@@ -265,8 +368,7 @@ mod tests {
         bb.add(3, &s1);
         bb.add(70, &s2);
         assert_eq!((bb.min_t, bb.max_t, bb.samples), (0, 59_000, 63));
-        let payload = seal(&bb.finish(), 3);
-        let block = Block::parse(open(&payload).unwrap()).unwrap();
+        let block = Block::parse(bb.finish(3)).unwrap();
         let mut out = Vec::new();
         assert!(block.series(70, &mut out).unwrap());
         assert_eq!(out, s2);
@@ -278,12 +380,35 @@ mod tests {
     }
 
     #[test]
+    fn big_blocks_are_framed_and_read_frame_by_frame() {
+        let mut bb = BlockBuilder::new();
+        let mut want = Vec::new();
+        for id in 0..400u64 {
+            let s: Vec<Sample> = (0..100)
+                .map(|i| Sample { t: i * 1000, v: f64::from_bits((id * 7919 + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) })
+                .collect();
+            bb.add(id + 1, &s);
+            want.push(s);
+        }
+        let block = Block::parse(bb.finish(1)).unwrap();
+        assert!(block.frames.len() > 3, "{} frames", block.frames.len());
+        for (k, s) in want.iter().enumerate().rev() {
+            let mut out = Vec::new();
+            assert!(block.series(k as u64 + 1, &mut out).unwrap());
+            assert_eq!(out.len(), s.len());
+            assert!(out.iter().zip(s).all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits()));
+        }
+    }
+
+    #[test]
     fn damaged_payloads_are_errors() {
         let mut bb = BlockBuilder::new();
         bb.add(1, &[Sample { t: 1, v: 1.0 }, Sample { t: 2, v: 2.5 }]);
-        let payload = seal(&bb.finish(), 3);
+        let payload = bb.finish(3);
         for cut in 0..payload.len() {
-            let _ = open(&payload[..cut]).and_then(Block::parse);
+            if let Ok(b) = Block::parse(payload[..cut].to_vec()) {
+                let _ = b.series(1, &mut Vec::new());
+            }
         }
         let mut x = 99u64;
         for _ in 0..500 {
@@ -293,7 +418,7 @@ mod tests {
             let mut p = payload.clone();
             let k = (x as usize) % p.len();
             p[k] ^= 1 << (x % 8);
-            if let Ok(b) = open(&p).and_then(Block::parse) {
+            if let Ok(b) = Block::parse(p) {
                 let mut out = Vec::new();
                 let _ = b.series(1, &mut out);
             }

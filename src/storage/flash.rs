@@ -49,7 +49,8 @@ pub struct FlashOptions {
     pub budget_bytes: u64,
     /// Most series held at once.
     pub max_series: usize,
-    /// zstd level for blocks written by flushes.
+    /// zstd level for blocks written by flushes (9: measured about 3 % larger than 19 on 60 s
+    /// blocks of the shared recording, at a tenth of the CPU; imports use 19).
     pub level: i32,
     /// Most bytes of samples waiting in the heads (while writes fail); past it, new samples are
     /// refused and counted.
@@ -62,7 +63,7 @@ impl Default for FlashOptions {
             retention_ms: 15 * 24 * 3600 * 1000,
             budget_bytes: 512 << 20,
             max_series: 1 << 20,
-            level: 19,
+            level: 9,
             max_head_bytes: 64 << 20,
         }
     }
@@ -381,7 +382,7 @@ impl Store {
             if bb.is_empty() {
                 return;
             }
-            let payload = block::seal(&bb.finish(), level);
+            let payload = bb.finish(level);
             let start = out.len();
             segment::encode_record(out, RecordKind::Block, bb.min_t, bb.max_t, &payload);
             refs.push(RecordRef {
@@ -537,7 +538,7 @@ impl Store {
             }
             Err(e) => return Err(io_err(e)),
         };
-        match block::open(&payload).and_then(Block::parse) {
+        match Block::parse(payload) {
             Ok(b) => {
                 let b = Rc::new(b);
                 self.cache = Some((key, b.clone()));
