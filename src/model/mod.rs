@@ -11,6 +11,10 @@
 
 use std::fmt;
 
+pub mod hash;
+
+pub use hash::FastMap;
+
 /// The bit pattern of Prometheus's staleness marker (a signalling NaN).
 pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 

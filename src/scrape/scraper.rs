@@ -8,13 +8,12 @@
 
 use super::parse::{Entry, ParseError, TextParser};
 use super::{client, Health, Target, TargetStatus};
-use crate::model::{Labels, LabelsBuilder, STALE_NAN};
+use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
 use crate::telemetry::{ScrapeResult, Telemetry};
 use futures_lite::FutureExt;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +38,7 @@ pub struct Scraper {
     storage: Rc<dyn Storage>,
     telemetry: Rc<Telemetry>,
     status: Rc<RefCell<TargetStatus>>,
-    cache: HashMap<Box<[u8]>, CacheEntry>,
+    cache: FastMap<Box<[u8]>, CacheEntry>,
     /// References written by the last successful scrape, sorted; they go stale if not seen again.
     live: Vec<SeriesRef>,
     current: Vec<SeriesRef>,
@@ -77,7 +76,7 @@ impl Scraper {
             storage,
             telemetry,
             status,
-            cache: HashMap::new(),
+            cache: FastMap::default(),
             live: Vec::new(),
             current: Vec::new(),
             generation: 0,

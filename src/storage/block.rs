@@ -246,7 +246,9 @@ impl Block {
             lens.push(r.uvarint()? as usize);
         }
         let dir_start = r.pos;
-        let dir_end = dir_start.checked_add(dir_len).ok_or(CodecError("directory length"))?;
+        let dir_end = dir_start
+            .checked_add(dir_len)
+            .ok_or(CodecError("directory length"))?;
         let dir_bytes = payload
             .get(dir_start..dir_end)
             .ok_or(CodecError("directory past the end"))?;
@@ -325,7 +327,10 @@ impl Block {
             return Ok(false);
         };
         let (_, off, len) = self.dir[i];
-        let fi = self.frames.partition_point(|f| f.2 <= off).saturating_sub(1);
+        let fi = self
+            .frames
+            .partition_point(|f| f.2 <= off)
+            .saturating_sub(1);
         let frame = self.frame(fi)?;
         let start = off - self.frames.get(fi).map_or(0, |f| f.2);
         let bytes = frame
@@ -385,7 +390,10 @@ mod tests {
         let mut want = Vec::new();
         for id in 0..400u64 {
             let s: Vec<Sample> = (0..100)
-                .map(|i| Sample { t: i * 1000, v: f64::from_bits((id * 7919 + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) })
+                .map(|i| Sample {
+                    t: i * 1000,
+                    v: f64::from_bits((id * 7919 + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                })
                 .collect();
             bb.add(id + 1, &s);
             want.push(s);
@@ -396,7 +404,10 @@ mod tests {
             let mut out = Vec::new();
             assert!(block.series(k as u64 + 1, &mut out).unwrap());
             assert_eq!(out.len(), s.len());
-            assert!(out.iter().zip(s).all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits()));
+            assert!(out
+                .iter()
+                .zip(s)
+                .all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits()));
         }
     }
 

@@ -141,21 +141,25 @@ struct BitWriter {
 
 impl BitWriter {
     fn bit(&mut self, b: bool) {
-        if self.used == 0 {
-            self.bytes.push(0);
-            self.used = 8;
-        }
-        self.used -= 1;
-        if b {
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= 1 << self.used;
-            }
-        }
+        self.bits(b as u64, 1);
     }
 
+    /// Appends the low `n` bits of `v` (n ≤ 64), most significant first, a byte at a time.
     fn bits(&mut self, v: u64, n: u32) {
-        for i in (0..n).rev() {
-            self.bit((v >> i) & 1 == 1);
+        let mut n = n;
+        while n > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+                self.used = 8;
+            }
+            let take = n.min(self.used as u32);
+            let shift = n - take;
+            let chunk = ((v >> shift) & ((1u64 << take) - 1)) as u8;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= chunk << (self.used as u32 - take);
+            }
+            self.used -= take as u8;
+            n -= take;
         }
     }
 }
@@ -167,19 +171,28 @@ struct BitReader<'a> {
 
 impl BitReader<'_> {
     fn bit(&mut self) -> Result<bool, CodecError> {
-        let byte = self
-            .bytes
-            .get(self.pos / 8)
-            .ok_or(CodecError("truncated bit stream"))?;
-        let b = (byte >> (7 - self.pos % 8)) & 1 == 1;
-        self.pos += 1;
-        Ok(b)
+        Ok(self.bits(1)? == 1)
     }
 
+    /// Reads `n` bits (n ≤ 64), most significant first, a byte at a time.
     fn bits(&mut self, n: u32) -> Result<u64, CodecError> {
         let mut v = 0u64;
-        for _ in 0..n {
-            v = (v << 1) | self.bit()? as u64;
+        let mut n = n;
+        while n > 0 {
+            let byte = *self
+                .bytes
+                .get(self.pos / 8)
+                .ok_or(CodecError("truncated bit stream"))?;
+            let avail = 8 - (self.pos % 8) as u32;
+            let take = n.min(avail);
+            let chunk = (byte >> (avail - take)) as u64 & ((1u64 << take) - 1);
+            v = if take == 64 {
+                chunk
+            } else {
+                (v << take) | chunk
+            };
+            self.pos += take as usize;
+            n -= take;
         }
         Ok(v)
     }

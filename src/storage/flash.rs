@@ -35,7 +35,7 @@ use super::{
     AppendError, Appender, CommitStats, Querier, Series, SeriesRef, Storage, StorageError,
     StorageStats,
 };
-use crate::model::{Labels, MatchKind, Matcher, Sample};
+use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -85,6 +85,92 @@ struct SeriesEntry {
     declared_in: u64,
     /// The newest segment holding data of this series (0: none).
     data_in: u64,
+    /// The appender batch that last added a sample, and that sample (order checks in a batch).
+    batch: u64,
+    batch_last: Sample,
+}
+
+/// What a block is written from: the series' heads, or samples given (by import).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Ids (ascending) whose heads are written.
+    Heads(&'a [u64]),
+    /// Ids (ascending) with their samples.
+    Items(&'a [(u64, Vec<Sample>)]),
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Heads(v) => v.len(),
+            Source::Items(v) => v.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn id(&self, i: usize) -> u64 {
+        match self {
+            Source::Heads(v) => v[i],
+            Source::Items(v) => v[i].0,
+        }
+    }
+}
+
+/// The series by id: ids are small and dense (assigned in order, never reused), so a vector
+/// indexed by id beats a hash map on the append path. Its methods mirror `HashMap`'s.
+#[derive(Default)]
+struct SeriesTable {
+    slots: Vec<Option<SeriesEntry>>,
+    count: usize,
+}
+
+impl SeriesTable {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    fn get(&self, id: &u64) -> Option<&SeriesEntry> {
+        self.slots.get(*id as usize).and_then(Option::as_ref)
+    }
+    fn get_mut(&mut self, id: &u64) -> Option<&mut SeriesEntry> {
+        self.slots.get_mut(*id as usize).and_then(Option::as_mut)
+    }
+    fn insert(&mut self, id: u64, e: SeriesEntry) {
+        let i = id as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(e).is_none() {
+            self.count += 1;
+        }
+    }
+    fn remove(&mut self, id: &u64) -> Option<SeriesEntry> {
+        let e = self.slots.get_mut(*id as usize).and_then(Option::take);
+        if e.is_some() {
+            self.count -= 1;
+        }
+        e
+    }
+    fn iter(&self) -> impl Iterator<Item = (u64, &SeriesEntry)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i as u64, e)))
+    }
+    fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.iter().map(|(id, _)| id)
+    }
+    fn values(&self) -> impl Iterator<Item = &SeriesEntry> {
+        self.slots.iter().filter_map(Option::as_ref)
+    }
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut SeriesEntry> {
+        self.slots.iter_mut().filter_map(Option::as_mut)
+    }
 }
 
 struct SegmentInfo {
@@ -110,8 +196,12 @@ pub struct FlashCounters {
 struct Store {
     backend: Box<dyn Backend>,
     opts: FlashOptions,
-    series: HashMap<u64, SeriesEntry>,
-    by_labels: HashMap<Labels, u64>,
+    series: SeriesTable,
+    /// The next appender batch number.
+    next_batch: u64,
+    /// Series ids by the hash of their labels (collisions share a list), so each label set is
+    /// held once, in its entry.
+    by_hash: FastMap<u64, Vec<u64>>,
     postings: HashMap<String, HashMap<String, Vec<u64>>>,
     next_id: u64,
     segments: Vec<SegmentInfo>,
@@ -126,6 +216,11 @@ struct Store {
     max_time: Option<i64>,
     counters: FlashCounters,
     cache: Option<((u64, u64), Rc<Block>)>,
+}
+
+fn label_hash(l: &Labels) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<crate::model::hash::FastHasher>::default().hash_one(l)
 }
 
 fn io_err(e: std::io::Error) -> StorageError {
@@ -165,8 +260,17 @@ impl Store {
         }
     }
 
+    /// The id of the series with exactly these labels.
+    fn find(&self, labels: &Labels) -> Option<u64> {
+        self.by_hash
+            .get(&label_hash(labels))?
+            .iter()
+            .copied()
+            .find(|id| self.series.get(id).is_some_and(|s| s.labels == *labels))
+    }
+
     fn get_or_create(&mut self, labels: &Labels) -> Result<(u64, bool), AppendError> {
-        if let Some(&id) = self.by_labels.get(labels) {
+        if let Some(id) = self.find(labels) {
             return Ok((id, false));
         }
         if self.series.len() >= self.opts.max_series {
@@ -175,7 +279,7 @@ impl Store {
         let id = self.next_id;
         self.next_id += 1;
         self.index(id, labels);
-        self.by_labels.insert(labels.clone(), id);
+        self.by_hash.entry(label_hash(labels)).or_default().push(id);
         self.series.insert(
             id,
             SeriesEntry {
@@ -184,6 +288,8 @@ impl Store {
                 last: None,
                 declared_in: 0,
                 data_in: 0,
+                batch: 0,
+                batch_last: Sample { t: 0, v: 0.0 },
             },
         );
         Ok((id, true))
@@ -196,13 +302,16 @@ impl Store {
             e.declared_in = e.declared_in.max(seq);
             return;
         }
-        if let Some(&other) = self.by_labels.get(&labels) {
+        if let Some(other) = self.find(&labels) {
             // The same labels under two ids (cannot happen by this writer): keep the first.
             log::warn!("series {labels} stored under ids {other} and {id}; reading {other}");
             return;
         }
         self.index(id, &labels);
-        self.by_labels.insert(labels.clone(), id);
+        self.by_hash
+            .entry(label_hash(&labels))
+            .or_default()
+            .push(id);
         self.series.insert(
             id,
             SeriesEntry {
@@ -211,6 +320,8 @@ impl Store {
                 last: None,
                 declared_in: seq,
                 data_in: seq,
+                batch: 0,
+                batch_last: Sample { t: 0, v: 0.0 },
             },
         );
     }
@@ -226,9 +337,7 @@ impl Store {
             }
         }
         let mut out: Vec<u64> = if lists.is_empty() {
-            let mut all: Vec<u64> = self.series.keys().copied().collect();
-            all.sort_unstable();
-            all
+            self.series.keys().collect()
         } else {
             lists.sort_by_key(|l| l.len());
             let mut out = lists[0].clone();
@@ -269,12 +378,18 @@ impl Store {
             .series
             .iter()
             .filter(|(_, s)| s.head.is_empty() && s.data_in < oldest)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in gone {
             if let Some(s) = self.series.remove(&id) {
                 self.unindex(id, &s.labels);
-                self.by_labels.remove(&s.labels);
+                let h = label_hash(&s.labels);
+                if let Some(ids) = self.by_hash.get_mut(&h) {
+                    ids.retain(|x| *x != id);
+                    if ids.is_empty() {
+                        self.by_hash.remove(&h);
+                    }
+                }
             }
         }
         if self.series.is_empty() {
@@ -362,7 +477,7 @@ impl Store {
     /// records for the segment `seq`, splitting blocks so none exceeds `max_record`.
     fn frame(
         &self,
-        items: &[(u64, Vec<Sample>)],
+        items: Source<'_>,
         declare: &[u64],
         max_record: usize,
         level: i32,
@@ -395,8 +510,20 @@ impl Store {
             });
             *bb = BlockBuilder::new();
         };
-        for (id, samples) in items {
-            bb.add(*id, samples);
+        let mut buf = Vec::new();
+        for i in 0..items.len() {
+            let id = items.id(i);
+            let samples: &[Sample] = match items {
+                Source::Items(v) => &v[i].1,
+                Source::Heads(_) => {
+                    buf.clear();
+                    if let Some(s) = self.series.get(&id) {
+                        s.head.decode_into(&mut buf);
+                    }
+                    &buf
+                }
+            };
+            bb.add(id, samples);
             // Raw chunk bytes bound the compressed size from above.
             if bb.raw_len() >= max_record {
                 flush(&mut bb, &mut out, &mut refs);
@@ -407,11 +534,7 @@ impl Store {
     }
 
     /// Writes `items` as blocks (with the series declarations they need).
-    fn write_items(
-        &mut self,
-        items: &[(u64, Vec<Sample>)],
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
+    fn write_items(&mut self, items: Source<'_>, now_ms: i64) -> Result<(), StorageError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -429,9 +552,8 @@ impl Store {
             } else {
                 self.active.unwrap_or(0)
             };
-            let declare: Vec<u64> = items
-                .iter()
-                .map(|(id, _)| *id)
+            let declare: Vec<u64> = (0..items.len())
+                .map(|i| items.id(i))
                 .filter(|id| self.series.get(id).is_some_and(|s| s.declared_in != seq))
                 .collect();
             let (records, refs) = self.frame(items, &declare, max_record, self.opts.level);
@@ -458,8 +580,8 @@ impl Store {
                     s.declared_in = seq;
                 }
             }
-            for (id, _) in items {
-                if let Some(s) = self.series.get_mut(id) {
+            for i in 0..items.len() {
+                if let Some(s) = self.series.get_mut(&items.id(i)) {
                     s.data_in = seq;
                 }
             }
@@ -473,22 +595,15 @@ impl Store {
             .series
             .iter()
             .filter(|(_, s)| !s.head.is_empty())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         if ids.is_empty() {
             return Ok(());
         }
         ids.sort_unstable();
-        let mut items = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(s) = self.series.get(id) {
-                let mut v = Vec::with_capacity(s.head.len());
-                s.head.decode_into(&mut v);
-                items.push((*id, v));
-            }
-        }
         let now = self.max_time.unwrap_or(0);
-        self.write_items(&items, now)?;
+        // Heads are decoded one series at a time into the block: no copy of all samples.
+        self.write_items(Source::Heads(&ids), now)?;
         for id in &ids {
             if let Some(s) = self.series.get_mut(id) {
                 s.head.clear();
@@ -650,8 +765,9 @@ impl FlashStorage {
         let mut st = Store {
             backend,
             opts,
-            series: HashMap::new(),
-            by_labels: HashMap::new(),
+            series: SeriesTable::default(),
+            next_batch: 1,
+            by_hash: FastMap::default(),
             postings: HashMap::new(),
             next_id: 1,
             segments: Vec::new(),
@@ -770,7 +886,7 @@ impl FlashStorage {
         let level_before = st.opts.level;
         st.opts.level = level;
         let now = st.max_time.unwrap_or(0);
-        let r = st.write_items(&by_id, now);
+        let r = st.write_items(Source::Items(&by_id), now);
         st.opts.level = level_before;
         r?;
         st.appended_total += n as u64;
@@ -780,16 +896,22 @@ impl FlashStorage {
 
 struct FlashAppender {
     store: Rc<RefCell<Store>>,
+    /// This batch's number: series remember the last batch that touched them.
+    gen: u64,
     batch: Vec<(u64, Sample)>,
-    batch_last: HashMap<u64, Sample>,
     series_added: usize,
 }
 
 impl FlashAppender {
     fn push(&mut self, id: u64, t: i64, v: f64) -> Result<(), AppendError> {
-        let last = match self.batch_last.get(&id) {
-            Some(s) => Some(*s),
-            None => self.store.borrow().series.get(&id).and_then(|s| s.last),
+        let mut st = self.store.borrow_mut();
+        let Some(e) = st.series.get_mut(&id) else {
+            return Err(AppendError::UnknownRef);
+        };
+        let last = if e.batch == self.gen {
+            Some(e.batch_last)
+        } else {
+            e.last
         };
         let res = match last {
             Some(l) if t < l.t => Err(AppendError::OutOfOrder),
@@ -801,18 +923,18 @@ impl FlashAppender {
         };
         match res {
             Ok(()) => {
+                e.batch = self.gen;
+                e.batch_last = Sample { t, v };
                 self.batch.push((id, Sample { t, v }));
-                self.batch_last.insert(id, Sample { t, v });
                 Ok(())
             }
-            Err(e) => {
-                let mut st = self.store.borrow_mut();
-                match e {
+            Err(err) => {
+                match err {
                     AppendError::OutOfOrder => st.out_of_order_total += 1,
                     AppendError::DuplicateTimestamp => st.duplicate_total += 1,
                     _ => {}
                 }
-                Err(e)
+                Err(err)
             }
         }
     }
@@ -829,9 +951,6 @@ impl Appender for FlashAppender {
     }
 
     fn append_ref(&mut self, r: SeriesRef, t: i64, v: f64) -> Result<(), AppendError> {
-        if !self.store.borrow().series.contains_key(&r) {
-            return Err(AppendError::UnknownRef);
-        }
         self.push(r, t, v)
     }
 
@@ -947,10 +1066,15 @@ impl FlashQuerier {
 
 impl Storage for FlashStorage {
     fn appender(&self) -> Box<dyn Appender> {
+        let gen = {
+            let mut st = self.store.borrow_mut();
+            st.next_batch += 1;
+            st.next_batch
+        };
         Box::new(FlashAppender {
             store: self.store.clone(),
+            gen,
             batch: Vec::new(),
-            batch_last: HashMap::new(),
             series_added: 0,
         })
     }
