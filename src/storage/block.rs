@@ -44,8 +44,18 @@ pub fn seal(body: &[u8], level: i32) -> Vec<u8> {
     out
 }
 
+/// Most bytes zstd may look back for a match: frames are about 64 KiB, so a 128 KiB window
+/// loses nothing, and capping it (with the tables) bounds the compressor's memory to a few
+/// hundred KiB at any level — at level 19 on a large body zstd would otherwise take many MiB.
+const ZSTD_WINDOW_LOG: u32 = 17;
+
 fn zstd_compress(body: &[u8], level: i32) -> Option<Vec<u8>> {
-    zstd::bulk::compress(body, level).ok()
+    use zstd::zstd_safe::CParameter;
+    let mut c = zstd::bulk::Compressor::new(level).ok()?;
+    c.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG)).ok()?;
+    c.set_parameter(CParameter::HashLog(ZSTD_WINDOW_LOG - 1)).ok()?;
+    c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG)).ok()?;
+    c.compress(body).ok()
 }
 
 /// Decompresses a payload into its body.
