@@ -52,9 +52,12 @@ const ZSTD_WINDOW_LOG: u32 = 17;
 fn zstd_compress(body: &[u8], level: i32) -> Option<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level).ok()?;
-    c.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG)).ok()?;
-    c.set_parameter(CParameter::HashLog(ZSTD_WINDOW_LOG - 1)).ok()?;
-    c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG)).ok()?;
+    c.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))
+        .ok()?;
+    c.set_parameter(CParameter::HashLog(ZSTD_WINDOW_LOG - 1))
+        .ok()?;
+    c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG))
+        .ok()?;
     c.compress(body).ok()
 }
 

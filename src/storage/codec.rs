@@ -202,8 +202,9 @@ impl BitReader<'_> {
 #[derive(Debug, Clone, Copy, Default)]
 struct XorState {
     prev: u64,
-    leading: u32,
-    trailing: u32,
+    /// Leading and trailing zeros of the current XOR window (`u8::MAX`: none yet).
+    leading: u8,
+    trailing: u8,
     first: bool,
 }
 
@@ -211,7 +212,7 @@ impl XorState {
     fn new() -> Self {
         XorState {
             first: true,
-            leading: u32::MAX,
+            leading: u8::MAX,
             ..Default::default()
         }
     }
@@ -232,9 +233,10 @@ impl XorState {
         w.bit(true);
         let leading = x.leading_zeros().min(31);
         let trailing = x.trailing_zeros();
-        if self.leading != u32::MAX && leading >= self.leading && trailing >= self.trailing {
+        let (pl, pt) = (self.leading as u32, self.trailing as u32);
+        if self.leading != u8::MAX && leading >= pl && trailing >= pt {
             w.bit(false);
-            w.bits(x >> self.trailing, 64 - self.leading - self.trailing);
+            w.bits(x >> pt, 64 - pl - pt);
         } else {
             w.bit(true);
             let sig = 64 - leading - trailing;
@@ -242,8 +244,8 @@ impl XorState {
             // 64 significant bits are written as 0 (six bits cannot hold 64).
             w.bits((sig & 63) as u64, 6);
             w.bits(x >> trailing, sig);
-            self.leading = leading;
-            self.trailing = trailing;
+            self.leading = leading as u8;
+            self.trailing = trailing as u8;
         }
     }
 
@@ -265,12 +267,12 @@ impl XorState {
             if leading + sig > 64 {
                 return Err(CodecError("bad XOR window"));
             }
-            self.leading = leading;
-            self.trailing = 64 - leading - sig;
-        } else if self.leading == u32::MAX {
+            self.leading = leading as u8;
+            self.trailing = (64 - leading - sig) as u8;
+        } else if self.leading == u8::MAX {
             return Err(CodecError("XOR window reused before set"));
         }
-        let sig = 64 - self.leading - self.trailing;
+        let sig = 64 - self.leading as u32 - self.trailing as u32;
         let x = r.bits(sig)? << self.trailing;
         self.prev ^= x;
         Ok(self.prev)
@@ -280,30 +282,68 @@ impl XorState {
 // ---------------------------------------------------------------------------------------------
 // The head chunk.
 
-/// The samples of one series since the last flush, encoded as they arrive.
+/// Writes a timestamp delta-of-delta with Gorilla's prefix code: `0` for zero (a regular scrape),
+/// then 7, 9 or 12 bit two's-complement fields behind `10`, `110`, `1110`, and the full 64 bits
+/// behind `1111`.
+fn write_dod(w: &mut BitWriter, dod: i64) {
+    const FIELDS: [(u64, u32, u32); 3] = [(0b10, 2, 7), (0b110, 3, 9), (0b1110, 4, 12)];
+    if dod == 0 {
+        w.bit(false);
+        return;
+    }
+    for (prefix, plen, bits) in FIELDS {
+        let lo = -(1i64 << (bits - 1));
+        let hi = (1i64 << (bits - 1)) - 1;
+        if (lo..=hi).contains(&dod) {
+            w.bits(prefix, plen);
+            w.bits(dod as u64 & ((1u64 << bits) - 1), bits);
+            return;
+        }
+    }
+    w.bits(0b1111, 4);
+    w.bits(dod as u64, 64);
+}
+
+fn read_dod(r: &mut BitReader<'_>) -> Result<i64, CodecError> {
+    let mut ones = 0;
+    while ones < 4 && r.bit()? {
+        ones += 1;
+    }
+    let bits = match ones {
+        0 => return Ok(0),
+        1 => 7,
+        2 => 9,
+        3 => 12,
+        _ => return Ok(r.bits(64)? as i64),
+    };
+    let v = r.bits(bits)?;
+    // Sign-extend the field.
+    let shift = 64 - bits;
+    Ok(((v << shift) as i64) >> shift)
+}
+
+/// The samples of one series since the last flush, encoded as they arrive into one bit stream:
+/// per sample the timestamp's delta-of-delta (one bit for a regular scrape) and the value's
+/// Gorilla XOR (one bit when unchanged). Appending never re-encodes.
 #[derive(Debug, Clone)]
 pub struct HeadChunk {
-    ts: Vec<u8>,
-    vals: BitWriter,
+    bits: BitWriter,
     xor: XorState,
     count: u32,
     first_t: i64,
     last_t: i64,
     last_delta: i64,
-    last_v: f64,
 }
 
 impl Default for HeadChunk {
     fn default() -> Self {
         HeadChunk {
-            ts: Vec::new(),
-            vals: BitWriter::default(),
+            bits: BitWriter::default(),
             xor: XorState::new(),
             count: 0,
             first_t: 0,
             last_t: 0,
             last_delta: 0,
-            last_v: 0.0,
         }
     }
 }
@@ -321,7 +361,7 @@ impl HeadChunk {
     pub fn last(&self) -> Option<Sample> {
         (self.count > 0).then_some(Sample {
             t: self.last_t,
-            v: self.last_v,
+            v: f64::from_bits(self.xor.prev),
         })
     }
 
@@ -332,39 +372,41 @@ impl HeadChunk {
     /// Appends a sample; the caller keeps timestamps ascending.
     pub fn push(&mut self, t: i64, v: f64) {
         if self.count == 0 {
-            put_varint(&mut self.ts, t);
+            self.bits.bits(t as u64, 64);
             self.first_t = t;
         } else {
             let delta = t.wrapping_sub(self.last_t);
-            put_varint(&mut self.ts, delta.wrapping_sub(self.last_delta));
+            write_dod(&mut self.bits, delta.wrapping_sub(self.last_delta));
             self.last_delta = delta;
         }
-        self.xor.write(&mut self.vals, v.to_bits());
+        self.xor.write(&mut self.bits, v.to_bits());
         self.last_t = t;
-        self.last_v = v;
         self.count += 1;
     }
 
     /// Decodes every sample into `out` (appended).
     pub fn decode_into(&self, out: &mut Vec<Sample>) {
-        let mut tr = Reader::new(&self.ts);
-        let mut vr = BitReader {
-            bytes: &self.vals.bytes,
+        let mut r = BitReader {
+            bytes: &self.bits.bytes,
             pos: 0,
         };
         let mut xor = XorState::new();
         let (mut t, mut delta) = (0i64, 0i64);
         for i in 0..self.count {
-            // The chunk was written by `push`, so it always decodes; stop quietly if not.
-            let (Ok(d), Ok(v)) = (tr.varint(), xor.read(&mut vr)) else {
-                return;
+            // The stream was written by `push`, so it always decodes; stop quietly if not.
+            let d = if i == 0 {
+                r.bits(64).map(|v| v as i64)
+            } else {
+                read_dod(&mut r)
             };
+            let Ok(d) = d else { return };
             if i == 0 {
                 t = d;
             } else {
                 delta = delta.wrapping_add(d);
                 t = t.wrapping_add(delta);
             }
+            let Ok(v) = xor.read(&mut r) else { return };
             out.push(Sample {
                 t,
                 v: f64::from_bits(v),
@@ -374,11 +416,10 @@ impl HeadChunk {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.ts.capacity() + self.vals.bytes.capacity()
+        self.bits.bytes.capacity()
     }
 
-    /// Forgets every sample but keeps the last one's position, so appending continues the
-    /// out-of-order check (the caller keeps `last()` elsewhere if needed).
+    /// Forgets every sample and frees the buffer.
     pub fn clear(&mut self) {
         *self = HeadChunk::default();
     }

@@ -143,6 +143,11 @@ impl SeriesTable {
     fn insert(&mut self, id: u64, e: SeriesEntry) {
         let i = id as usize;
         if self.slots.len() <= i {
+            // Grow by a quarter, not double: entries are large and there are many.
+            if i >= self.slots.capacity() {
+                self.slots
+                    .reserve_exact(i + 1 - self.slots.len() + self.slots.len() / 4 + 64);
+            }
             self.slots.resize_with(i + 1, || None);
         }
         if self.slots[i].replace(e).is_none() {
