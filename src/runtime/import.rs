@@ -200,7 +200,7 @@ impl Importer {
         items.sort_by(|a, b| a.0.cmp(&b.0));
         let n = self
             .store
-            .import(items, 19)
+            .import(items, crate::storage::flash::IMPORT_LEVEL)
             .map_err(|e| format!("writing to the store: {e}"))?;
         self.report.samples += n as u64;
         self.pending = 0;

@@ -40,6 +40,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
+/// zstd level of blocks written by the backfill paths (measured best on the shared recording).
+pub const IMPORT_LEVEL: i32 = 19;
+
 /// Bounds and settings of the flash store.
 #[derive(Debug, Clone, Copy)]
 pub struct FlashOptions {
@@ -1096,6 +1099,10 @@ impl Storage for FlashStorage {
 
     fn housekeeping(&self) {
         self.store.borrow_mut().housekeeping()
+    }
+
+    fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError> {
+        FlashStorage::import(self, items, IMPORT_LEVEL)
     }
 
     fn stats(&self) -> StorageStats {

@@ -340,6 +340,27 @@ impl Storage for MemStorage {
         h.samples = kept;
     }
 
+    fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError> {
+        let mut h = self.head.borrow_mut();
+        let mut n = 0;
+        for (labels, samples) in items {
+            let (r, _) = h
+                .get_or_create(&labels, self.opts.max_series)
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+            let s = &mut h.series[r as usize].samples;
+            s.extend_from_slice(&samples);
+            s.sort_by_key(|x| x.t);
+            s.dedup_by_key(|x| x.t);
+            n += samples.len();
+            if let Some(last) = samples.last() {
+                h.max_time = Some(h.max_time.map_or(last.t, |m| m.max(last.t)));
+            }
+        }
+        h.samples += n as u64;
+        h.appended_total += n as u64;
+        Ok(n)
+    }
+
     fn stats(&self) -> StorageStats {
         let h = self.head.borrow();
         let min_time = h

@@ -174,7 +174,11 @@ pub trait Storage {
     fn querier(&self) -> Box<dyn Querier>;
     /// Writes out what is buffered (a no-op for a store that keeps nothing on disk).
     fn flush(&self) -> Result<(), StorageError>;
-    /// Applies retention; `now` is the newest timestamp the caller knows, in ms.
+    /// Applies retention (by time, counted back from the newest sample; and by size).
     fn housekeeping(&self);
+    /// Writes whole series directly, bypassing the order check of appends: the backfill path
+    /// (`perch import`, remote write, the import API). Samples of each series ascend by time and
+    /// may be older than what the store holds. Returns how many samples were written.
+    fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError>;
     fn stats(&self) -> StorageStats;
 }
