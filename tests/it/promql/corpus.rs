@@ -8,7 +8,8 @@
 //! `tests/data/promql/passing.tsv` lists the cases that passed once; any of them failing now
 //! fails the test. The list only grows: `PERCH_PROMQL_UPDATE_PASSING=1` adds today's new passes
 //! (it never removes a line). `PERCH_PROMQL_FILE=<substring>` runs only matching files;
-//! `PERCH_PROMQL_VERBOSE=1` lists the failures of every tier, not only `core`.
+//! `PERCH_PROMQL_VERBOSE=1` lists the failures of every tier, not only `core`, and the
+//! annotation and consistency complaints of passing evals.
 
 use super::runner::{self, Outcome, PANIC};
 use super::{report, test_files};
@@ -129,6 +130,7 @@ pub fn run(dir: &Path) {
     let mut passed_now: BTreeMap<Case, (String, String)> = BTreeMap::new();
     let mut seen: BTreeSet<Case> = BTreeSet::new();
     let mut failures = Vec::new();
+    let mut side_notes = Vec::new();
     let mut panics = Vec::new();
     let mut ran_files = BTreeSet::new();
     for path in test_files(dir) {
@@ -180,6 +182,15 @@ pub fn run(dir: &Path) {
                 file_ann.add(o.annotations.is_none());
                 file_cons.add(o.consistency.is_none());
             }
+            if o.passed() && verbose {
+                for why in [&o.annotations, &o.consistency].into_iter().flatten() {
+                    let why: String = why.chars().take(300).collect();
+                    side_notes.push(format!(
+                        "{name}:{} [{}] {}: {why}",
+                        row.line, row.tier, o.expr
+                    ));
+                }
+            }
             if !o.passed() && (verbose || row.tier == "core") {
                 failures.push(describe(&name, row, o, delayed.contains_key(&case)));
             }
@@ -228,6 +239,13 @@ pub fn run(dir: &Path) {
         let _ = writeln!(out, "failing {}evals:", if verbose { "" } else { "core " });
         for f in &failures {
             let _ = writeln!(out, "  {f}");
+        }
+    }
+
+    if !side_notes.is_empty() {
+        let _ = writeln!(out, "passing evals with other complaints:");
+        for n in &side_notes {
+            let _ = writeln!(out, "  {n}");
         }
     }
 
