@@ -55,10 +55,11 @@
 //! `promql-parser` as the character U+00NN, not as a raw byte, so `label_replace(v, "\xff", …)`
 //! is accepted where Prometheus rejects an invalid UTF-8 label name.
 //!
-//! Tests (`tests.rs`): scripts in Prometheus's promqltest language with exact expected values,
-//! and an ignored test that runs the shared conformance corpus (`../shared/promql`, or
-//! `$PERCH_PROMQL_CORPUS`; `PERCH_PROMQL_TIER`, `PERCH_PROMQL_FILE` select), including the
-//! reference runner's range-mode and `@`-invariance re-runs.
+//! Tests: `tests.rs` holds the Rust-only ones (limits, absurd inputs, yielding); scripts in
+//! Prometheus's promqltest language (`tests/data/promql/*.test`) and the shared conformance
+//! corpus (`$PERCH_PROMQL_CORPUS`, with pass rates per tier and a list of cases that must keep
+//! passing) run from `tests/it/promql.rs` through the public API; `benches/promql.rs` times
+//! dashboard queries over the shared recording.
 
 mod aggregate;
 mod binary;
@@ -93,6 +94,14 @@ impl Default for EngineOptions {
 /// The step of a subquery without an explicit one (`x[5m:]`): Prometheus uses the global
 /// evaluation interval, 1m by default.
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// `q` with its duration expressions (`x[5m+1m]`, `offset step()`) written out as plain
+/// durations, the text the engine hands to `promql-parser`; `step_ms`/`range_ms` stand for
+/// `step()`/`range()` (0 for an instant query). For tools that rewrite a query through
+/// `promql-parser` (the conformance runner pins selectors with `@`).
+pub fn expand_durations(q: &str, step_ms: i64, range_ms: i64) -> String {
+    durations::rewrite(q, step_ms, range_ms)
+}
 
 /// The PromQL engine. Holds no state between queries.
 #[derive(Debug, Clone)]
