@@ -6,5 +6,6 @@ mod api;
 mod config;
 mod crash;
 mod e2e;
+mod ingest;
 mod storage;
 mod threads;
