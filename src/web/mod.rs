@@ -2,8 +2,8 @@
 //!
 //! Runs on the same executor as the scrapers: an accept loop spawns one task per connection
 //! ([`http`] reads requests and writes responses with bounds and timeouts), a router maps the
-//! path and method to a handler ([`api`], [`status`]), and every request is counted by handler
-//! and status code, with its duration and response size. Queries are evaluated by the
+//! path and method to a handler ([`api`], [`status`], [`ingest`]), and every request is counted
+//! by handler and status code, with its duration and response size. Queries are evaluated by the
 //! cooperative PromQL engine and raced against their timeout, so a heavy query yields to scrapes
 //! and a slow client holds up nothing but its own connection.
 //!
@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod http;
+pub mod ingest;
 pub mod json;
 pub mod status;
 pub mod time;
@@ -100,6 +101,7 @@ pub struct WebState {
 const GET: &[&str] = &["GET"];
 const GET_POST: &[&str] = &["GET", "POST"];
 const GET_POST_DELETE: &[&str] = &["DELETE", "GET", "POST"];
+const POST: &[&str] = &["POST"];
 const POST_PUT: &[&str] = &["POST", "PUT"];
 
 /// The API v1 routes: (path after `/api/v1/`, handler name for telemetry, methods).
@@ -122,6 +124,8 @@ const API_ROUTES: &[(&str, &str, &[&str])] = &[
     ("status/buildinfo", "buildinfo", GET_POST),
     ("status/tsdb", "status_tsdb", GET),
     ("status/walreplay", "status_walreplay", GET),
+    ("write", "remote_write", POST),
+    ("import/prometheus", "import_prometheus", POST),
     ("admin/tsdb/delete_series", "admin", POST_PUT),
     ("admin/tsdb/clean_tombstones", "admin", POST_PUT),
     ("admin/tsdb/snapshot", "admin", POST_PUT),
@@ -285,6 +289,12 @@ impl WebState {
         let m = if m == "HEAD" { "GET" } else { m };
         if !allowed.contains(&m) {
             return (handler, method_not_allowed(allowed));
+        }
+        // The ingest bodies are not forms: answer before reading parameters.
+        match name {
+            "write" => return (handler, self.remote_write(req)),
+            "import/prometheus" => return (handler, self.import_prometheus(req, now_ms())),
+            _ => {}
         }
         let p = Params::new(req.params());
         let now = now_ms();

@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod crash;
 mod e2e;
+mod ingest;
 mod promql;
 mod storage;
 mod threads;
