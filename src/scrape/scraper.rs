@@ -17,6 +17,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How far a scrape may start from its slot and still be stamped with the slot's time.
+const TIMESTAMP_TOLERANCE_MS: i64 = 2;
+
 /// Cache entries not seen for this many scrapes are dropped.
 const CACHE_KEEP_SCRAPES: u64 = 10;
 
@@ -102,13 +105,20 @@ impl Scraper {
             let now = now_ms();
             let slot = self.next_slot(now);
             async_io::Timer::after(Duration::from_millis((slot - now) as u64)).await;
-            self.scrape_once().await;
+            self.scrape_once(Some(slot)).await;
         }
     }
 
-    /// One scrape: fetch, append, report, commit.
-    pub async fn scrape_once(&mut self) {
-        let start_ms = now_ms();
+    /// One scrape: fetch, append, report, commit. `slot` is the scheduled start (ms), if any.
+    pub async fn scrape_once(&mut self, slot: Option<i64>) {
+        let now = now_ms();
+        // As Prometheus (`scrape.timestamp-tolerance`): a scrape that starts within a few ms of
+        // its slot is stamped with the slot, so a target's timestamps are exactly one interval
+        // apart and cost nothing to store.
+        let start_ms = match slot {
+            Some(s) if (now - s).abs() <= TIMESTAMP_TOLERANCE_MS => s,
+            _ => now,
+        };
         let started = Instant::now();
         let timeout = self.target.timeout;
         let headers = format!(

@@ -137,22 +137,34 @@ pub fn decode_series(body: &[u8]) -> Result<Vec<(u64, Labels)>, CodecError> {
 // ---------------------------------------------------------------------------------------------
 // Blocks.
 
-/// Builds a block body from per-series samples, given in ascending id order.
-#[derive(Debug, Default)]
+/// Builds a block from per-series samples, given in ascending id order. Frames are compressed
+/// as soon as they fill, so building a block holds one raw frame, not the whole block.
+#[derive(Debug)]
 pub struct BlockBuilder {
     dir: Vec<(u64, usize)>,
+    /// The raw chunks of the frame being filled.
     chunks: Vec<u8>,
+    /// Compressed frames so far.
+    frames: Vec<Vec<u8>>,
+    level: i32,
+    raw_total: usize,
     pub min_t: i64,
     pub max_t: i64,
     pub samples: usize,
 }
 
 impl BlockBuilder {
-    pub fn new() -> Self {
+    /// A builder whose frames are compressed at zstd `level`.
+    pub fn new(level: i32) -> Self {
         BlockBuilder {
+            dir: Vec::new(),
+            chunks: Vec::new(),
+            frames: Vec::new(),
+            level,
+            raw_total: 0,
             min_t: i64::MAX,
             max_t: i64::MIN,
-            ..Default::default()
+            samples: 0,
         }
     }
 
@@ -163,10 +175,17 @@ impl BlockBuilder {
         };
         let before = self.chunks.len();
         codec::encode_chunk(samples, &mut self.chunks);
-        self.dir.push((id, self.chunks.len() - before));
+        let len = self.chunks.len() - before;
+        self.dir.push((id, len));
+        self.raw_total += len;
         self.min_t = self.min_t.min(first.t);
         self.max_t = self.max_t.max(last.t);
         self.samples += samples.len();
+        // Frames end at chunk boundaries.
+        if self.chunks.len() >= FRAME_BYTES {
+            self.frames.push(seal(&self.chunks, self.level));
+            self.chunks.clear();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,13 +194,17 @@ impl BlockBuilder {
 
     /// Bytes of the chunks so far (before compression).
     pub fn raw_len(&self) -> usize {
-        self.chunks.len() + self.dir.len() * 4
+        self.raw_total + self.dir.len() * 4
     }
 
     /// The block payload: a compressed directory, then the chunks in independently compressed
     /// frames of about [`FRAME_BYTES`], so a reader decompresses only the frames of the series
     /// it wants, and the compressor's memory stays small whatever the block's size.
-    pub fn finish(&self, level: i32) -> Vec<u8> {
+    pub fn finish(mut self) -> Vec<u8> {
+        if !self.chunks.is_empty() {
+            self.frames.push(seal(&self.chunks, self.level));
+            self.chunks = Vec::new();
+        }
         let mut dir = Vec::with_capacity(self.dir.len() * 3 + 8);
         put_uvarint(&mut dir, self.dir.len() as u64);
         let mut prev = 0u64;
@@ -190,35 +213,18 @@ impl BlockBuilder {
             put_uvarint(&mut dir, *len as u64);
             prev = *id;
         }
-        // Cut frames at chunk boundaries.
-        let mut frames: Vec<(usize, usize)> = Vec::new();
-        let (mut start, mut off) = (0usize, 0usize);
-        for (_, len) in &self.dir {
-            off += len;
-            if off - start >= FRAME_BYTES {
-                frames.push((start, off));
-                start = off;
-            }
-        }
-        if off > start {
-            frames.push((start, off));
-        }
-        let dir_payload = seal(&dir, level);
-        let frame_payloads: Vec<Vec<u8>> = frames
-            .iter()
-            .map(|(a, b)| seal(&self.chunks[*a..*b], level))
-            .collect();
+        let dir_payload = seal(&dir, self.level);
         let mut out = Vec::with_capacity(
-            dir_payload.len() + frame_payloads.iter().map(Vec::len).sum::<usize>() + 32,
+            dir_payload.len() + self.frames.iter().map(Vec::len).sum::<usize>() + 32,
         );
         out.push(BLOCK_VERSION);
         put_uvarint(&mut out, dir_payload.len() as u64);
-        put_uvarint(&mut out, frame_payloads.len() as u64);
-        for f in &frame_payloads {
+        put_uvarint(&mut out, self.frames.len() as u64);
+        for f in &self.frames {
             put_uvarint(&mut out, f.len() as u64);
         }
         out.extend_from_slice(&dir_payload);
-        for f in &frame_payloads {
+        for f in &self.frames {
             out.extend_from_slice(f);
         }
         out
@@ -375,7 +381,7 @@ mod tests {
 
     #[test]
     fn block_round_trip() {
-        let mut bb = BlockBuilder::new();
+        let mut bb = BlockBuilder::new(3);
         let s1: Vec<Sample> = (0..60)
             .map(|i| Sample {
                 t: 1000 * i,
@@ -386,7 +392,7 @@ mod tests {
         bb.add(3, &s1);
         bb.add(70, &s2);
         assert_eq!((bb.min_t, bb.max_t, bb.samples), (0, 59_000, 63));
-        let block = Block::parse(bb.finish(3)).unwrap();
+        let block = Block::parse(bb.finish()).unwrap();
         let mut out = Vec::new();
         assert!(block.series(70, &mut out).unwrap());
         assert_eq!(out, s2);
@@ -399,7 +405,7 @@ mod tests {
 
     #[test]
     fn big_blocks_are_framed_and_read_frame_by_frame() {
-        let mut bb = BlockBuilder::new();
+        let mut bb = BlockBuilder::new(3);
         let mut want = Vec::new();
         for id in 0..400u64 {
             let s: Vec<Sample> = (0..100)
@@ -411,7 +417,7 @@ mod tests {
             bb.add(id + 1, &s);
             want.push(s);
         }
-        let block = Block::parse(bb.finish(1)).unwrap();
+        let block = Block::parse(bb.finish()).unwrap();
         assert!(block.frames.len() > 3, "{} frames", block.frames.len());
         for (k, s) in want.iter().enumerate().rev() {
             let mut out = Vec::new();
@@ -426,9 +432,9 @@ mod tests {
 
     #[test]
     fn damaged_payloads_are_errors() {
-        let mut bb = BlockBuilder::new();
+        let mut bb = BlockBuilder::new(3);
         bb.add(1, &[Sample { t: 1, v: 1.0 }, Sample { t: 2, v: 2.5 }]);
-        let payload = bb.finish(3);
+        let payload = bb.finish();
         for cut in 0..payload.len() {
             if let Ok(b) = Block::parse(payload[..cut].to_vec()) {
                 let _ = b.series(1, &mut Vec::new());

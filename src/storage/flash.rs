@@ -500,23 +500,24 @@ impl Store {
             let payload = block::seal(&block::encode_series(&defs), level);
             segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
         }
-        let mut bb = BlockBuilder::new();
+        let mut bb = BlockBuilder::new(level);
         let flush = |bb: &mut BlockBuilder, out: &mut Vec<u8>, refs: &mut Vec<RecordRef>| {
             if bb.is_empty() {
                 return;
             }
-            let payload = bb.finish(level);
+            let full = std::mem::replace(bb, BlockBuilder::new(level));
+            let (min_t, max_t) = (full.min_t, full.max_t);
+            let payload = full.finish();
             let start = out.len();
-            segment::encode_record(out, RecordKind::Block, bb.min_t, bb.max_t, &payload);
+            segment::encode_record(out, RecordKind::Block, min_t, max_t, &payload);
             refs.push(RecordRef {
                 kind: RecordKind::Block,
                 offset: (start + segment::RECORD_HEADER_LEN) as u64,
                 len: payload.len() as u32,
                 crc: crc32fast::hash(&payload),
-                min_t: bb.min_t,
-                max_t: bb.max_t,
+                min_t,
+                max_t,
             });
-            *bb = BlockBuilder::new();
         };
         let mut buf = Vec::new();
         for i in 0..items.len() {
