@@ -1,0 +1,679 @@
+//! Flash store benchmark (issue 3, "Targets" and "Fast start"): append throughput, select+decode,
+//! and start-up time on stores of growing size.
+//!
+//! `cargo bench --bench storage` prints one table per part; every figure is the median of several
+//! runs, and each table states its setup. Files go to a temporary directory under `target/`
+//! (`CARGO_TARGET_TMPDIR`), removed afterwards.
+//!
+//! 1. Append: 10,000 series, one `append_ref` per series and one `commit` per scrape (all series
+//!    at one timestamp), counters with small increments and gauges moving by 4 significant
+//!    digits; with `Storage::flush` every 60 simulated seconds (to files, fdatasync included, and
+//!    to memory) and without (head only). Samples/s of wall time and of CPU time (the thread's
+//!    on-CPU time from `/proc/thread-self/schedstat`).
+//! 2. Select+decode: a store written by live appends and flushes every 60 simulated seconds,
+//!    then `Querier::select` over the whole hour and every sample iterated.
+//! 3. Start-up: a synthetic generator fills one store to 64, 256 and 1024 MiB through
+//!    `FlashStorage::import` (zstd level 1, values with random mantissas, which barely
+//!    compress); at each size a fresh child process (this binary again) times
+//!    `FlashStorage::open` and reads its RSS before and after, so the figures are not
+//!    flattered or spoiled by the generator's heap. Warm: page cache as the generator left it
+//!    (after one untimed open). Cold: `sync; echo 3 > /proc/sys/vm/drop_caches` before each
+//!    open (needs root; skipped with a note otherwise).
+
+use perch::model::{Labels, Matcher, Sample};
+use perch::storage::backend::{Backend, FileBackend, MemBackend};
+use perch::storage::flash::{FlashOptions, FlashStorage};
+use perch::storage::{SeriesRef, Storage};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The environment variable that makes this binary the start-up child (value: the store dir).
+const CHILD_ENV: &str = "PERCH_STORAGE_BENCH_OPEN";
+const T0: i64 = 1_700_000_000_000;
+/// The byte budget of the start-up stores: above the largest, so nothing is deleted.
+const STARTUP_BUDGET: u64 = 2 << 30;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// splitmix64: a small, fast, seeded generator (no dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The thread's time on a CPU so far (schedstat), or `None` where the kernel does not keep it.
+fn cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Resident set size in bytes (`/proc/self/statm`).
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Peak resident set size in bytes (`VmHWM` of `/proc/self/status`).
+fn hwm_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("perch-storage-bench-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn file_backend(dir: &Path) -> Box<dyn Backend> {
+    Box::new(FileBackend::new(dir).expect("scratch directory"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Realistic series: counters with small increments, gauges with 4 significant digits.
+
+fn labels(i: usize, series: usize) -> Labels {
+    let name = if i % 2 == 0 {
+        format!("bench_metric_{}_total", i % 97)
+    } else {
+        format!("bench_gauge_{}", i % 89)
+    };
+    Labels::from_pairs(&[
+        ("__name__", name.as_str()),
+        ("group", &(i % 10).to_string()),
+        (
+            "instance",
+            &format!("10.0.{}.{}:9100", i / 250 % 250, i % 250),
+        ),
+        ("job", "bench"),
+        ("series", &format!("{i:0w$}", w = series.to_string().len())),
+    ])
+}
+
+/// The values of one series over time: even series are counters, odd ones gauges.
+struct Values {
+    rng: Rng,
+    /// Counters: the count; gauges: the integer mantissa (1000..=9999).
+    state: Vec<i64>,
+    /// Gauges' decimal exponent (value = mantissa / 10^e).
+    exp: Vec<i32>,
+}
+
+impl Values {
+    fn new(series: usize, seed: u64) -> Values {
+        let mut rng = Rng(seed);
+        let state = (0..series)
+            .map(|i| {
+                if i % 2 == 0 {
+                    rng.below(1 << 30) as i64
+                } else {
+                    1000 + rng.below(9000) as i64
+                }
+            })
+            .collect();
+        let exp = (0..series).map(|_| rng.below(5) as i32).collect();
+        Values { rng, state, exp }
+    }
+
+    /// The next value of every series (one scrape).
+    fn scrape(&mut self, out: &mut Vec<f64>) {
+        out.clear();
+        for i in 0..self.state.len() {
+            let r = self.rng.next();
+            let v = if i % 2 == 0 {
+                // A counter: often unchanged, else a small increment.
+                if r % 4 != 0 {
+                    self.state[i] += (r >> 8) as i64 % 20;
+                }
+                self.state[i] as f64
+            } else {
+                // A gauge: a random walk in 4 significant digits, e.g. 12.34 or 0.5678.
+                let m = &mut self.state[i];
+                *m = (*m + ((r >> 8) % 41) as i64 - 20).clamp(1000, 9999);
+                *m as f64 / 10f64.powi(self.exp[i])
+            };
+            out.push(v);
+        }
+    }
+}
+
+/// Appends one scrape by reference and commits it.
+fn scrape_into(s: &dyn Storage, refs: &[SeriesRef], t: i64, values: &[f64]) {
+    let mut app = s.appender();
+    for (r, v) in refs.iter().zip(values) {
+        app.append_ref(*r, t, *v).expect("in-order sample");
+    }
+    app.commit().expect("commit");
+}
+
+/// Creates the series with one scrape by labels; returns their refs.
+fn create_series(s: &dyn Storage, series: usize, t: i64, values: &[f64]) -> Vec<SeriesRef> {
+    let mut app = s.appender();
+    let refs = (0..series)
+        .map(|i| app.append(&labels(i, series), t, values[i]).unwrap())
+        .collect();
+    app.commit().unwrap();
+    refs
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1: append throughput.
+
+#[derive(Clone, Copy, PartialEq)]
+enum FlushTo {
+    Nothing,
+    Memory,
+    Files,
+}
+
+fn part_append() {
+    const SERIES: usize = 10_000;
+    const RUNS: usize = 5;
+    println!("== 1. Append throughput (one core, single-threaded) ==");
+    println!(
+        "setup: {SERIES} series (half counters with small increments, half gauges in 4 significant \
+         digits), one append_ref per series and one commit per scrape; series created by labels \
+         in an untimed first scrape; a fresh store per run, default FlashOptions (zstd 9 on \
+         flush); flush = Storage::flush every 60 simulated s, to a FileBackend (fdatasync) or a \
+         MemBackend; median of {RUNS} runs (min..max in brackets)"
+    );
+    println!(
+        "{:<10} {:<26} {:>8} {:>10} {:>8} {:>22} {:>14} {:>11} {:>10}",
+        "interval",
+        "flush",
+        "scrapes",
+        "samples",
+        "flushes",
+        "wall samples/s",
+        "CPU samples/s",
+        "CPU ns/smp",
+        "disk B/smp"
+    );
+    for (interval_s, scrapes) in [(15i64, 480usize), (1, 600)] {
+        // The same values for every run and mode, generated before any timing.
+        let mut gen = Values::new(SERIES, 1);
+        let mut first = Vec::new();
+        gen.scrape(&mut first);
+        let mut all = Vec::with_capacity(scrapes);
+        for _ in 0..scrapes {
+            let mut v = Vec::with_capacity(SERIES);
+            gen.scrape(&mut v);
+            all.push(v);
+        }
+        for mode in [FlushTo::Nothing, FlushTo::Memory, FlushTo::Files] {
+            let mut wall = Vec::new();
+            let mut cpu = Vec::new();
+            let mut flushes = 0;
+            let mut disk_per_sample = 0.0;
+            for run in 0..RUNS {
+                let dir = scratch(&format!("append-{interval_s}-{run}"));
+                let backend: Box<dyn Backend> = match mode {
+                    FlushTo::Files => file_backend(&dir),
+                    _ => Box::new(MemBackend::new()),
+                };
+                let opts = FlashOptions {
+                    budget_bytes: 2 << 30,
+                    ..FlashOptions::default()
+                };
+                let (store, _) = FlashStorage::open(backend, opts).unwrap();
+                let s: &dyn Storage = &store;
+                let refs = create_series(s, SERIES, T0, &first);
+                s.flush().unwrap();
+                let step = interval_s * 1000;
+                let per_flush = (60 / interval_s) as usize;
+                flushes = 0;
+                let c0 = cpu_time();
+                let w0 = Instant::now();
+                for (k, values) in all.iter().enumerate() {
+                    let t = T0 + (k as i64 + 1) * step;
+                    scrape_into(s, &refs, t, values);
+                    if mode != FlushTo::Nothing && (k + 1) % per_flush == 0 {
+                        s.flush().unwrap();
+                        flushes += 1;
+                    }
+                }
+                let w = w0.elapsed();
+                let c = match (c0, cpu_time()) {
+                    (Some(a), Some(b)) => b - a,
+                    _ => w,
+                };
+                let n = (scrapes * SERIES) as f64;
+                wall.push(n / w.as_secs_f64());
+                cpu.push(n / c.as_secs_f64());
+                let st = s.stats();
+                assert_eq!(st.samples_appended_total as usize, (scrapes + 1) * SERIES);
+                if mode != FlushTo::Nothing {
+                    disk_per_sample = st.disk_bytes as f64 / (scrapes + 1) as f64 / SERIES as f64;
+                }
+                drop(store);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let flush_label = match mode {
+                FlushTo::Nothing => "none (head only)",
+                FlushTo::Memory => "every 60 s, MemBackend",
+                FlushTo::Files => "every 60 s, files+fdatasync",
+            };
+            let cpu_med = median(cpu.clone());
+            println!(
+                "{:<10} {:<26} {:>8} {:>10} {:>8} {:>9.2}M [{:.2}..{:.2}] {:>13.2}M {:>11.0} {:>10}",
+                format!("{interval_s} s"),
+                flush_label,
+                scrapes,
+                scrapes * SERIES,
+                flushes,
+                median(wall.clone()) / 1e6,
+                min(&wall) / 1e6,
+                max(&wall) / 1e6,
+                cpu_med / 1e6,
+                1e9 / cpu_med,
+                if mode == FlushTo::Nothing {
+                    "-".to_owned()
+                } else {
+                    format!("{disk_per_sample:.3}")
+                }
+            );
+        }
+    }
+    println!("goal (issue 3): >= 1M samples/s on one core\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: select + decode.
+
+/// A store of `series` series × 1 h at 15 s, written by live appends and a flush every 60 s.
+fn live_store(dir: &Path, series: usize) -> FlashStorage {
+    let (store, _) = FlashStorage::open(file_backend(dir), FlashOptions::default()).unwrap();
+    let mut gen = Values::new(series, 2);
+    let mut v = Vec::new();
+    gen.scrape(&mut v);
+    let refs = create_series(&store, series, T0, &v);
+    for k in 1..240 {
+        gen.scrape(&mut v);
+        scrape_into(&store, &refs, T0 + k * 15_000, &v);
+        if (k + 1) % 4 == 0 {
+            store.flush().unwrap();
+        }
+    }
+    store.flush().unwrap();
+    store
+}
+
+fn part_select() {
+    const WARMUP: usize = 3;
+    const RUNS: usize = 21;
+    println!("== 2. Select + decode ==");
+    println!(
+        "setup: stores written by live appends (15 s scrapes, one commit per scrape) and \
+         Storage::flush every 60 simulated s to a FileBackend (default FlashOptions: zstd 9), \
+         1 h of data, everything flushed (no head samples); files in the page cache; then \
+         Querier::select over the whole hour and every sample of every series iterated; \
+         median of {RUNS} selects after {WARMUP} untimed (min..max in brackets)"
+    );
+    println!(
+        "{:<20} {:<22} {:>7} {:>8} {:>7} {:>22} {:>10}",
+        "store", "selector", "blocks", "series", "samples", "ms per select", "ns/sample"
+    );
+    for (store_series, selections) in [
+        (
+            1000usize,
+            vec![
+                ("{job=\"bench\"}", "job", "bench"),
+                ("{group=\"3\"}", "group", "3"),
+            ],
+        ),
+        (100, vec![("{job=\"bench\"}", "job", "bench")]),
+    ] {
+        let dir = scratch(&format!("select-{store_series}"));
+        let store = live_store(&dir, store_series);
+        let blocks = store.counters().flushes;
+        for (shown, name, value) in selections {
+            let matchers = [Matcher::equal(name, value)];
+            let q = store.querier();
+            let mut times = Vec::new();
+            let mut got = (0usize, 0usize);
+            for run in 0..WARMUP + RUNS {
+                let t = Instant::now();
+                let sel = q.select(&matchers, T0, T0 + 3600 * 1000).unwrap();
+                let mut n = 0usize;
+                let mut sum = 0.0f64;
+                let series = sel.len();
+                for s in sel {
+                    for x in s.samples {
+                        n += 1;
+                        sum += x.v;
+                    }
+                }
+                black_box(sum);
+                let el = t.elapsed();
+                got = (series, n);
+                if run >= WARMUP {
+                    times.push(el.as_secs_f64() * 1e3);
+                }
+            }
+            let expect_series = if name == "group" {
+                store_series / 10
+            } else {
+                store_series
+            };
+            assert_eq!(got, (expect_series, expect_series * 240), "{shown}");
+            let med = median(times.clone());
+            println!(
+                "{:<20} {:<22} {:>7} {:>8} {:>7} {:>9.2} [{:.2}..{:.2}] {:>10.1}",
+                format!("{store_series} series x 1 h"),
+                shown,
+                blocks,
+                got.0,
+                got.1,
+                med,
+                min(&times),
+                max(&times),
+                med * 1e6 / got.1 as f64
+            );
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!("goal (issue 3): 1k series x 1 h at 15 s in <= 5 ms\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 3: start-up.
+
+/// The child: opens the store in `dir` once and prints one line of figures.
+fn child_open(dir: &str) {
+    let opts = FlashOptions {
+        budget_bytes: STARTUP_BUDGET,
+        ..FlashOptions::default()
+    };
+    let rss0 = rss_bytes();
+    let hwm0 = hwm_bytes();
+    let t = Instant::now();
+    let (store, r) = FlashStorage::open(file_backend(Path::new(dir)), opts).unwrap();
+    let el = t.elapsed();
+    let rss1 = rss_bytes();
+    let hwm1 = hwm_bytes();
+    black_box(&store);
+    println!(
+        "{} {} {} {} {} {} {} {} {}",
+        el.as_secs_f64() * 1e3,
+        rss0,
+        rss1,
+        hwm0,
+        hwm1,
+        r.segments,
+        r.blocks,
+        r.series,
+        r.corrupt_records
+    );
+}
+
+struct OpenRun {
+    ms: f64,
+    rss_growth: f64,
+    hwm_growth: f64,
+    rss_after: f64,
+    segments: usize,
+    blocks: usize,
+    series: usize,
+    corrupt: u64,
+}
+
+fn run_child(dir: &Path) -> OpenRun {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, dir)
+        .output()
+        .expect("start-up child");
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    OpenRun {
+        ms: f[0],
+        rss_growth: f[2] - f[1],
+        hwm_growth: f[4] - f[3],
+        rss_after: f[2],
+        segments: f[5] as usize,
+        blocks: f[6] as usize,
+        series: f[7] as usize,
+        corrupt: f[8] as u64,
+    }
+}
+
+fn drop_caches() -> Result<(), String> {
+    Command::new("sync").status().map_err(|e| e.to_string())?;
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| e.to_string())
+}
+
+/// The generator: one import per simulated minute, every series with 4 samples at 15 s whose
+/// values have random mantissas (about 9 bytes a sample after zstd 1).
+struct Generator {
+    series: Vec<Labels>,
+    rng: Rng,
+    t: i64,
+    samples: u64,
+    elapsed: Duration,
+}
+
+const GEN_SERIES: usize = 2000;
+const GEN_SAMPLES_PER_IMPORT: i64 = 4;
+
+impl Generator {
+    fn fill(&mut self, store: &FlashStorage, dir: &Path, target: u64) {
+        let start = Instant::now();
+        while store.disk_bytes() < target {
+            let items: Vec<(Labels, Vec<Sample>)> = self
+                .series
+                .iter()
+                .map(|l| {
+                    let samples = (0..GEN_SAMPLES_PER_IMPORT)
+                        .map(|k| Sample {
+                            t: self.t + k * 15_000,
+                            v: f64::from_bits((0x3ffu64 << 52) | (self.rng.next() >> 12)),
+                        })
+                        .collect();
+                    (l.clone(), samples)
+                })
+                .collect();
+            self.samples += store.import(items, 1).unwrap() as u64;
+            self.t += GEN_SAMPLES_PER_IMPORT * 15_000;
+        }
+        self.elapsed += start.elapsed();
+        debug_assert!(dir_bytes(dir) <= target + (1 << 20));
+    }
+}
+
+fn part_startup() {
+    const RUNS: usize = 3;
+    const MIB: u64 = 1 << 20;
+    const GEN_LIMIT: Duration = Duration::from_secs(180);
+    println!("== 3. Start-up (FlashStorage::open) ==");
+    println!(
+        "setup: one store grown by a synthetic generator through FlashStorage::import at zstd \
+         level 1: {GEN_SERIES} series, one import per simulated minute ({GEN_SAMPLES_PER_IMPORT} \
+         samples per series at 15 s, values with random mantissas) = one block record of about \
+         70 KiB and one fdatasync each, as a live flush of poorly compressible data would write; \
+         budget {} MiB (segments of 64 MiB, nothing deleted); FileBackend under target/. At \
+         64, 256 and 1024 MiB a fresh child process opens the store; median of {RUNS} opens; \
+         warm = page cache as left by the generator plus one untimed open, cold = sync + \
+         drop_caches before each open; RSS from /proc/self/statm, peak from VmHWM, read in the \
+         child just before and after open",
+        STARTUP_BUDGET / MIB
+    );
+    let dir = scratch("startup");
+    let opts = FlashOptions {
+        budget_bytes: STARTUP_BUDGET,
+        ..FlashOptions::default()
+    };
+    let (store, _) = FlashStorage::open(file_backend(&dir), opts).unwrap();
+    let mut gen = Generator {
+        series: (0..GEN_SERIES).map(|i| labels(i, GEN_SERIES)).collect(),
+        rng: Rng(3),
+        t: T0,
+        samples: 0,
+        elapsed: Duration::ZERO,
+    };
+    println!(
+        "{:>9} {:>8} {:>7} {:>7} {:>11} {:>9} {:>9} {:>14} {:>13} {:>10}",
+        "store MiB",
+        "segments",
+        "blocks",
+        "series",
+        "samples",
+        "warm ms",
+        "cold ms",
+        "RSS growth KiB",
+        "peak grow KiB",
+        "RSS KiB"
+    );
+    let mut notes = Vec::new();
+    for target_mib in [64u64, 256, 1024] {
+        let target = target_mib * MIB;
+        if gen.elapsed > Duration::ZERO {
+            let rate = store.disk_bytes() as f64 / gen.elapsed.as_secs_f64();
+            let projected = Duration::from_secs_f64(target as f64 / rate);
+            if projected > GEN_LIMIT {
+                notes.push(format!(
+                    "{target_mib} MiB skipped: generating it would take {:.0} s (> {} s) at {:.1} MiB/s",
+                    projected.as_secs_f64(),
+                    GEN_LIMIT.as_secs(),
+                    rate / MIB as f64
+                ));
+                continue;
+            }
+        }
+        gen.fill(&store, &dir, target);
+        // Warm: one untimed open, then the timed ones.
+        let _ = run_child(&dir);
+        let warm: Vec<OpenRun> = (0..RUNS).map(|_| run_child(&dir)).collect();
+        let mut cold_err = None;
+        let mut cold = Vec::new();
+        for _ in 0..RUNS {
+            if let Err(e) = drop_caches() {
+                cold_err = Some(e);
+                break;
+            }
+            cold.push(run_child(&dir));
+        }
+        let last = &warm[RUNS - 1];
+        assert_eq!(last.corrupt, 0);
+        let all: Vec<&OpenRun> = warm.iter().chain(&cold).collect();
+        let rss_growth = median(all.iter().map(|r| r.rss_growth).collect());
+        let hwm_growth = median(all.iter().map(|r| r.hwm_growth).collect());
+        let rss_after = median(all.iter().map(|r| r.rss_after).collect());
+        println!(
+            "{:>9.1} {:>8} {:>7} {:>7} {:>11} {:>9.1} {:>9} {:>14.0} {:>13.0} {:>10.0}",
+            store.disk_bytes() as f64 / MIB as f64,
+            last.segments,
+            last.blocks,
+            last.series,
+            gen.samples,
+            median(warm.iter().map(|r| r.ms).collect()),
+            if cold.is_empty() {
+                "n/a".to_owned()
+            } else {
+                format!("{:.1}", median(cold.iter().map(|r| r.ms).collect()))
+            },
+            rss_growth / 1024.0,
+            hwm_growth / 1024.0,
+            rss_after / 1024.0
+        );
+        if let Some(e) = cold_err {
+            notes.push(format!("cold opens not measured: drop_caches: {e}"));
+        }
+    }
+    println!(
+        "generator: {:.0} MiB, {} samples in {:.1} s = {:.1} MiB/s, {:.2} M samples/s, {:.2} B/sample on disk",
+        store.disk_bytes() as f64 / MIB as f64,
+        gen.samples,
+        gen.elapsed.as_secs_f64(),
+        store.disk_bytes() as f64 / MIB as f64 / gen.elapsed.as_secs_f64(),
+        gen.samples as f64 / gen.elapsed.as_secs_f64() / 1e6,
+        store.disk_bytes() as f64 / gen.samples as f64
+    );
+    for n in notes {
+        println!("note: {n}");
+    }
+    println!("goal (issue 3, CONTRACT): start-up to ready < 2 s, flat as the store grows; memory after start-up does not grow with data");
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        child_open(&dir);
+        return;
+    }
+    // `cargo bench --bench storage -- startup` runs one part (append, select, startup).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |p: &str| only.is_empty() || only.iter().any(|o| o == p);
+    if run("append") {
+        part_append();
+    }
+    if run("select") {
+        part_select();
+    }
+    if run("startup") {
+        part_startup();
+    }
+    if let Some(parent) = scratch("x").parent() {
+        let _ = std::fs::remove_dir_all(parent);
+    }
+}
