@@ -12,7 +12,6 @@
 
 use super::codec::{self, put_uvarint, CodecError, Reader};
 use crate::model::{Labels, LabelsBuilder, Sample};
-use std::io::Read;
 
 pub const PAYLOAD_VERSION: u8 = 1;
 /// Largest uncompressed body accepted when reading (a bound against a corrupt length).
@@ -27,20 +26,33 @@ pub enum Compression {
 
 /// Compresses `body` into a payload (preamble + compressed body).
 pub fn seal(body: &[u8], level: i32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() / 4 + 16);
-    out.push(PAYLOAD_VERSION);
-    match zstd_compress(body, level) {
-        Some(c) if c.len() < body.len() => {
+    match compressor(level) {
+        Some(mut c) => seal_with(&mut c, body),
+        None => seal_raw(body),
+    }
+}
+
+/// As [`seal`], with a compressor that is reused across calls.
+pub fn seal_with(c: &mut zstd::bulk::Compressor<'static>, body: &[u8]) -> Vec<u8> {
+    match c.compress(body) {
+        Ok(z) if z.len() < body.len() => {
+            let mut out = Vec::with_capacity(z.len() + 6);
+            out.push(PAYLOAD_VERSION);
             out.push(Compression::Zstd as u8);
             out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            out.extend_from_slice(&c);
+            out.extend_from_slice(&z);
+            out
         }
-        _ => {
-            out.push(Compression::None as u8);
-            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            out.extend_from_slice(body);
-        }
+        _ => seal_raw(body),
     }
+}
+
+fn seal_raw(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 6);
+    out.push(PAYLOAD_VERSION);
+    out.push(Compression::None as u8);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -49,7 +61,8 @@ pub fn seal(body: &[u8], level: i32) -> Vec<u8> {
 /// hundred KiB at any level — at level 19 on a large body zstd would otherwise take many MiB.
 const ZSTD_WINDOW_LOG: u32 = 17;
 
-fn zstd_compress(body: &[u8], level: i32) -> Option<Vec<u8>> {
+/// A zstd compressor at `level` with the window capped.
+pub fn compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
     use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level).ok()?;
     c.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))
@@ -58,7 +71,13 @@ fn zstd_compress(body: &[u8], level: i32) -> Option<Vec<u8>> {
         .ok()?;
     c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG))
         .ok()?;
-    c.compress(body).ok()
+    Some(c)
+}
+
+thread_local! {
+    /// One decompression context, reused: payloads are decompressed often and are small.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Decompresses a payload into its body.
@@ -77,16 +96,25 @@ pub fn open(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
     match comp {
         0 if rest.len() == len => Ok(rest.to_vec()),
         1 => {
-            let mut out = Vec::with_capacity(len);
-            let mut dec = zstd::stream::read::Decoder::with_buffer(rest)
-                .map_err(|_| CodecError("bad compressed body"))?
-                .take(len as u64 + 1);
-            dec.read_to_end(&mut out)
-                .map_err(|_| CodecError("bad compressed body"))?;
-            if out.len() != len {
-                return Err(CodecError("compressed body has the wrong length"));
+            // The frame states its size too; both must agree before anything is allocated.
+            match zstd::zstd_safe::get_frame_content_size(rest) {
+                Ok(Some(n)) if n == len as u64 => {}
+                _ => return Err(CodecError("compressed body has the wrong length")),
             }
-            Ok(out)
+            let out = DECOMPRESSOR.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = zstd::bulk::Decompressor::new().ok();
+                }
+                match d.as_mut() {
+                    Some(d) => d.decompress(rest, len).ok(),
+                    None => zstd::bulk::decompress(rest, len).ok(),
+                }
+            });
+            match out {
+                Some(out) if out.len() == len => Ok(out),
+                _ => Err(CodecError("bad compressed body")),
+            }
         }
         _ => Err(CodecError("unknown compression")),
     }
@@ -139,14 +167,13 @@ pub fn decode_series(body: &[u8]) -> Result<Vec<(u64, Labels)>, CodecError> {
 
 /// Builds a block from per-series samples, given in ascending id order. Frames are compressed
 /// as soon as they fill, so building a block holds one raw frame, not the whole block.
-#[derive(Debug)]
 pub struct BlockBuilder {
     dir: Vec<(u64, usize)>,
     /// The raw chunks of the frame being filled.
     chunks: Vec<u8>,
     /// Compressed frames so far.
     frames: Vec<Vec<u8>>,
-    level: i32,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
     raw_total: usize,
     pub min_t: i64,
     pub max_t: i64,
@@ -160,7 +187,7 @@ impl BlockBuilder {
             dir: Vec::new(),
             chunks: Vec::new(),
             frames: Vec::new(),
-            level,
+            compressor: compressor(level),
             raw_total: 0,
             min_t: i64::MAX,
             max_t: i64::MIN,
@@ -183,13 +210,21 @@ impl BlockBuilder {
         self.samples += samples.len();
         // Frames end at chunk boundaries.
         if self.chunks.len() >= FRAME_BYTES {
-            self.frames.push(seal(&self.chunks, self.level));
+            let frame = self.seal(&self.chunks.clone());
+            self.frames.push(frame);
             self.chunks.clear();
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.dir.is_empty()
+    }
+
+    fn seal(&mut self, body: &[u8]) -> Vec<u8> {
+        match self.compressor.as_mut() {
+            Some(c) => seal_with(c, body),
+            None => seal_raw(body),
+        }
     }
 
     /// Bytes of the chunks so far (before compression).
@@ -202,8 +237,9 @@ impl BlockBuilder {
     /// it wants, and the compressor's memory stays small whatever the block's size.
     pub fn finish(mut self) -> Vec<u8> {
         if !self.chunks.is_empty() {
-            self.frames.push(seal(&self.chunks, self.level));
-            self.chunks = Vec::new();
+            let chunks = std::mem::take(&mut self.chunks);
+            let frame = self.seal(&chunks);
+            self.frames.push(frame);
         }
         let mut dir = Vec::with_capacity(self.dir.len() * 3 + 8);
         put_uvarint(&mut dir, self.dir.len() as u64);
@@ -213,7 +249,7 @@ impl BlockBuilder {
             put_uvarint(&mut dir, *len as u64);
             prev = *id;
         }
-        let dir_payload = seal(&dir, self.level);
+        let dir_payload = self.seal(&dir);
         let mut out = Vec::with_capacity(
             dir_payload.len() + self.frames.iter().map(Vec::len).sum::<usize>() + 32,
         );
