@@ -40,6 +40,8 @@ pub struct Telemetry {
     http_requests: RefCell<BTreeMap<(&'static str, u16), u64>>,
     /// Request durations and response sizes by handler.
     http_histograms: RefCell<BTreeMap<&'static str, HttpHistograms>>,
+    /// How much later than its slot each scrape started, every job together.
+    scrape_lateness: RefCell<ScrapeLateness>,
     /// Samples a scrape wanted to store but the store refused (out of order, duplicates, limits).
     pub samples_rejected: Cell<u64>,
     /// Process start, Unix seconds.
@@ -59,6 +61,14 @@ impl Telemetry {
             .borrow_mut()
             .entry((job.to_owned(), result))
             .or_default() += 1;
+    }
+
+    /// Records how late (seconds) a scrape started after its scheduled slot.
+    pub fn scrape_late(&self, seconds: f64) {
+        self.scrape_lateness
+            .borrow_mut()
+            .0
+            .observe(seconds.max(0.0));
     }
 
     pub fn http_request(&self, handler: &'static str, code: u16) {
@@ -212,6 +222,11 @@ impl Telemetry {
             let _ = crate::model::write_escaped(out, job);
             let _ = writeln!(out, "\",result=\"{}\"}} {n}", result.as_str());
         }
+        let _ = writeln!(out, "# HELP perch_scrape_lateness_seconds How much later than its scheduled slot a scrape started (a skipped slot counts from the slot missed).\n# TYPE perch_scrape_lateness_seconds histogram");
+        self.scrape_lateness
+            .borrow()
+            .0
+            .render_labels(out, "perch_scrape_lateness_seconds", "");
         let _ = writeln!(out, "# HELP perch_http_requests_total HTTP requests by handler and status code.\n# TYPE perch_http_requests_total counter");
         for ((handler, code), n) in self.http_requests.borrow().iter() {
             let _ = writeln!(
@@ -237,6 +252,11 @@ impl Telemetry {
 const DURATION_BUCKETS: &[f64] = &[0.1, 0.2, 0.4, 1.0, 3.0, 8.0, 20.0, 60.0, 120.0];
 /// Prometheus's buckets for `prometheus_http_response_size_bytes` (100 × 10^i).
 const SIZE_BUCKETS: &[f64] = &[1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// Buckets for `perch_scrape_lateness_seconds`: 1 ms to 10 s.
+const LATENESS_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// A fixed-bucket histogram (cumulative counts are computed when rendered).
 #[derive(Debug)]
@@ -265,6 +285,20 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, handler: &str) {
+        let mut labels = String::from("handler=\"");
+        let _ = crate::model::write_escaped(&mut labels, handler);
+        labels.push('"');
+        self.render_labels(out, name, &labels);
+    }
+
+    /// Renders `_bucket`, `_sum` and `_count` with `labels` (`a="x",b="y"`, or empty) on each.
+    fn render_labels(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let mut cum = 0;
         for (i, c) in self.counts.iter().enumerate() {
             cum += c;
@@ -273,14 +307,11 @@ impl Histogram {
                 .get(i)
                 .map(|b| fmt_value(*b))
                 .unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{handler=\"{handler}\",le=\"{le}\"}} {cum}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
         }
         let _ = writeln!(
             out,
-            "{name}_sum{{handler=\"{handler}\"}} {}\n{name}_count{{handler=\"{handler}\"}} {cum}",
+            "{name}_sum{braces} {}\n{name}_count{braces} {cum}",
             fmt_value(self.sum)
         );
     }
@@ -298,6 +329,16 @@ impl Default for HttpHistograms {
             duration: Histogram::new(DURATION_BUCKETS),
             size: Histogram::new(SIZE_BUCKETS),
         }
+    }
+}
+
+/// The lateness histogram, in a type of its own so [`Telemetry`] keeps its `Default`.
+#[derive(Debug)]
+struct ScrapeLateness(Histogram);
+
+impl Default for ScrapeLateness {
+    fn default() -> Self {
+        ScrapeLateness(Histogram::new(LATENESS_BUCKETS))
     }
 }
 
@@ -405,5 +446,43 @@ mod tests {
         }
         let p = ProcessStats::read();
         assert!(p.rss_bytes > 0 && p.threads >= 1 && p.open_fds > 0);
+    }
+
+    #[test]
+    fn renders_scrape_lateness_histogram() {
+        let t = Telemetry::new(0.0);
+        let mut out = String::new();
+        t.render(&StorageStats::default(), &mut out);
+        // Served from the start, with zeros, so a rate or a difference never misses a series.
+        assert!(
+            out.contains("perch_scrape_lateness_seconds_count 0\n"),
+            "{out}"
+        );
+        for v in [0.0004, 0.003, 0.003, 0.07, 1.5, 42.0, -0.002] {
+            t.scrape_late(v);
+        }
+        let mut out = String::new();
+        t.render(&StorageStats::default(), &mut out);
+        for line in [
+            "# TYPE perch_scrape_lateness_seconds histogram\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"0.001\"} 2\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"0.005\"} 4\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"0.05\"} 4\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"0.1\"} 5\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"1\"} 5\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"2.5\"} 6\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"10\"} 6\n",
+            "perch_scrape_lateness_seconds_bucket{le=\"+Inf\"} 7\n",
+            "perch_scrape_lateness_seconds_count 7\n",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("perch_scrape_lateness_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 43.5764).abs() < 1e-9, "{sum}");
     }
 }

@@ -57,6 +57,14 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock now in µs.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// A stable 64-bit FNV-1a hash, for the scrape offset (the same on every platform and run).
 fn fnv64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -100,13 +108,34 @@ impl Scraper {
     }
 
     /// Scrapes forever; cancelled by dropping the task.
+    ///
+    /// Each scrape's lateness goes to `perch_scrape_lateness_seconds`: how long after its slot
+    /// it started. Its slot is the one after the slot of the previous scrape; when the previous
+    /// scrape overran (or the thread was held up past a slot) that slot was skipped and the
+    /// scraper waits for the next, and the lateness counts from the skipped one, so a missed
+    /// slot shows as a lateness of at least one interval, once.
     pub async fn run(mut self) {
+        // The slot (ms) of the last scrape: the latest slot at or before its start.
+        let mut last_slot: Option<i64> = None;
         loop {
-            let now = now_ms();
-            let slot = self.next_slot(now);
-            async_io::Timer::after(Duration::from_millis((slot - now) as u64)).await;
+            let now = now_us();
+            // Strictly after `now`, so the sleep is never negative.
+            let slot = self.next_slot(now.div_euclid(1000));
+            async_io::Timer::after(Duration::from_micros((slot * 1000 - now) as u64)).await;
+            let (late_us, this_slot) = self.lateness(last_slot, slot, now_us());
+            self.telemetry.scrape_late(late_us as f64 / 1e6);
+            last_slot = Some(this_slot);
             self.scrape_once(Some(slot)).await;
         }
+    }
+
+    /// The lateness (µs) of a scrape that waited for `slot` (ms) and starts at `start` (µs), the
+    /// previous one having had `last_slot`; and the slot of this one, for the next call.
+    fn lateness(&self, last_slot: Option<i64>, slot: i64, start: i64) -> (i64, i64) {
+        let interval = self.target.interval.as_millis().max(1) as i64;
+        let due = last_slot.map_or(slot, |l| (l + interval).min(slot));
+        let late_us = (start - due * 1000).max(0);
+        (late_us, self.next_slot(start.div_euclid(1000)) - interval)
     }
 
     /// One scrape: fetch, append, report, commit. `slot` is the scheduled start (ms), if any.
@@ -388,6 +417,39 @@ mod tests {
     }
 
     const D: Duration = Duration::from_millis(5);
+
+    #[test]
+    fn lateness_counts_from_the_slot_and_a_skipped_slot_once() {
+        let (s, _) = scraper(false);
+        let i = s.target.interval.as_millis() as i64;
+        let slot = s.next_slot(1_700_000_000_000);
+        // On time, then 3 ms late: measured from the slot waited for.
+        assert_eq!(s.lateness(None, slot, slot * 1000), (0, slot));
+        assert_eq!(s.lateness(None, slot, slot * 1000 + 3_000), (3_000, slot));
+        let next = slot + i;
+        assert_eq!(s.lateness(Some(slot), next, next * 1000 + 250), (250, next));
+        // The previous scrape overran its interval: the slot after it was skipped, and this
+        // scrape, which waited for the one after, is late by one interval and a bit.
+        let after = slot + 2 * i;
+        assert_eq!(
+            s.lateness(Some(slot), after, after * 1000 + 40),
+            (i * 1000 + 40, after)
+        );
+        // The thread was held up for 2.5 intervals past the slot waited for: late by that, and
+        // the slots passed are not counted again by the next scrape.
+        let start = slot * 1000 + 5 * i * 500;
+        assert_eq!(
+            s.lateness(Some(slot - i), slot, start),
+            (5 * i * 500, slot + 2 * i)
+        );
+        let next = slot + 3 * i;
+        assert_eq!(
+            s.lateness(Some(slot + 2 * i), next, next * 1000 + 10),
+            (10, next)
+        );
+        // A clock stepped back never gives a negative lateness.
+        assert_eq!(s.lateness(Some(slot), slot + i, slot * 1000).0, 0);
+    }
 
     #[test]
     fn stores_samples_with_target_labels_and_synthetic_series() {

@@ -7,6 +7,7 @@ mod config;
 mod crash;
 mod e2e;
 mod ingest;
+mod lateness;
 mod promql;
 mod storage;
 mod threads;

@@ -1,0 +1,307 @@
+//! Scrape lateness under query load: how late scrapes start while heavy queries run.
+//!
+//! `cargo bench --bench lateness` starts the release binary (built by cargo for the bench) with
+//! two jobs scraped every second: a one-series fixture and a target of 20k counters. After about
+//! ten seconds of data it runs a heavy range query (`sum by (g) (rate(...[30s]))` over every big
+//! series, the whole stretch, a 10 ms step) back to back from two clients for 30 s, then prints
+//! the distribution of `perch_scrape_lateness_seconds` over that phase (p50/p90/p99 interpolated
+//! within the buckets as `histogram_quantile` does, the largest bucket reached, the count), and
+//! over the quiet warm-up for comparison. The goal (issue 5): p99 under 100 ms.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIG_SERIES: usize = 20_000;
+const GROUPS: usize = 20;
+const LOAD: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 2;
+const QUERY: &str = r#"sum by (g) (rate({__name__=~"big.*"}[30s]))"#;
+const STEP: f64 = 0.01;
+
+/// Serves `body(n)` to the n-th request (from 1); returns the address and the hit count.
+fn serve(body: impl Fn(usize) -> String + Send + 'static) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let b = body(h.fetch_add(1, Ordering::SeqCst) + 1);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(b.as_bytes());
+        }
+    });
+    (addr, hits)
+}
+
+fn big_body(n: usize) -> String {
+    let mut body = String::with_capacity(BIG_SERIES * 48);
+    body.push_str("# TYPE big_requests_total counter\n");
+    for i in 0..BIG_SERIES {
+        let v = n * (i % 7 + 1);
+        body.push_str(&format!(
+            "big_requests_total{{g=\"{}\",i=\"{i}\"}} {v}\n",
+            i % GROUPS
+        ));
+    }
+    body
+}
+
+/// One HTTP/1.1 request with `Connection: close`; status and body.
+fn request(port: u16, method: &str, path: &str, form: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let ctype = if method == "POST" {
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The cumulative buckets of `perch_scrape_lateness_seconds`: (upper bound, count), `+Inf` last.
+fn buckets(metrics: &str) -> Vec<(f64, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("perch_scrape_lateness_seconds_bucket{le=\""))
+        .map(|rest| {
+            let (le, count) = rest.split_once("\"} ").expect("bucket line");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().expect("bucket bound")
+            };
+            (le, count.parse().expect("bucket count"))
+        })
+        .collect()
+}
+
+fn lateness_sum(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("perch_scrape_lateness_seconds_sum "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `histogram_quantile(q, …)` over cumulative buckets: linear within the bucket of the rank; in
+/// `+Inf`, the largest finite bound.
+fn quantile(q: f64, b: &[(f64, u64)]) -> f64 {
+    let total = b.last().map_or(0, |x| x.1);
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = q * total as f64;
+    let mut prev = (0.0, 0u64);
+    for &(le, c) in b {
+        if c as f64 >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let in_bucket = (c - prev.1) as f64;
+            let frac = if in_bucket > 0.0 {
+                (rank - prev.1 as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return prev.0 + (le - prev.0) * frac;
+        }
+        prev = (le, c);
+    }
+    prev.0
+}
+
+fn report(name: &str, before: &str, after: &str) {
+    let (b0, b1) = (buckets(before), buckets(after));
+    let d: Vec<(f64, u64)> = b1.iter().zip(&b0).map(|(a, b)| (a.0, a.1 - b.1)).collect();
+    let count = d.last().map_or(0, |x| x.1);
+    let sum = lateness_sum(after) - lateness_sum(before);
+    // The largest observation lies in the first bucket holding every observation.
+    let max_le = d.iter().find(|x| x.1 == count).map_or(f64::NAN, |x| x.0);
+    let lower = d.iter().rev().find(|x| x.1 < count).map_or(0.0, |x| x.0);
+    let ms = |s: f64| s * 1000.0;
+    println!(
+        "{name}: {count} scrapes, lateness p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max in ({:.0} ms, {:.0} ms], mean {:.2} ms",
+        ms(quantile(0.5, &d)),
+        ms(quantile(0.9, &d)),
+        ms(quantile(0.99, &d)),
+        ms(lower),
+        ms(max_le),
+        ms(sum / count.max(1) as f64),
+    );
+    let line: Vec<String> = d
+        .iter()
+        .map(|(le, c)| {
+            let le = if le.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                format!("{le}")
+            };
+            format!("le={le}:{c}")
+        })
+        .collect();
+    println!("  buckets (cumulative): {}", line.join(" "));
+}
+
+struct Perch(Child, PathBuf);
+
+impl Drop for Perch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn main() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_perch"));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo bench --bench lateness`, which builds it",
+        bin.display()
+    );
+    let (fixture, fixture_hits) = serve(|_| "lateness_fixture_value 1\n".to_owned());
+    let (big, big_hits) = serve(big_body);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lateness-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fixture\n    static_configs:\n      - targets: [\"{fixture}\"]\n  - job_name: big\n    static_configs:\n      - targets: [\"{big}\"]\n"),
+    )
+    .unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data_start = unix_now();
+    let child = Command::new(bin)
+        .arg("--config.file")
+        .arg(&config)
+        .arg("--storage.tsdb.path")
+        .arg(dir.join("data"))
+        .arg("--web.listen-address")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--log.level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start perch");
+    let _perch = Perch(child, dir);
+    println!(
+        "{} on :{port}: 2 targets every 1 s, one of {BIG_SERIES} series",
+        bin.display()
+    );
+    wait_until(Duration::from_secs(20), || {
+        request(port, "GET", "/-/ready", "").is_ok_and(|r| r.0 == 200)
+    });
+    let metrics = || {
+        request(port, "GET", "/metrics", "")
+            .expect("GET /metrics")
+            .1
+    };
+    let start_metrics = metrics();
+    wait_until(Duration::from_secs(60), || {
+        big_hits.load(Ordering::SeqCst) >= 11
+    });
+    let quiet = metrics();
+    report("quiet (warm-up, no queries)", &start_metrics, &quiet);
+
+    let end = unix_now();
+    let q: String = form_urlencoded::byte_serialize(QUERY.as_bytes()).collect();
+    let form = format!("query={q}&start={data_start:.3}&end={end:.3}&step={STEP}");
+    println!(
+        "load: {CLIENTS} clients running `{QUERY}` over {:.0} s at a {STEP} s step ({} steps), back to back for {LOAD:?}",
+        end - data_start,
+        ((end - data_start) / STEP) as u64
+    );
+    let hits0 = fixture_hits.load(Ordering::SeqCst);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_start = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (form, stop) = (form.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut times = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let t = Instant::now();
+                    let (s, b) =
+                        request(port, "POST", "/api/v1/query_range", &form).expect("query");
+                    assert_eq!(s, 200, "{}", &b[..b.len().min(300)]);
+                    times.push(t.elapsed());
+                }
+                times
+            })
+        })
+        .collect();
+    std::thread::sleep(LOAD);
+    stop.store(true, Ordering::SeqCst);
+    let mut times: Vec<Duration> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let loaded = metrics();
+    let elapsed = load_start.elapsed();
+    let fixture_scrapes = fixture_hits.load(Ordering::SeqCst) - hits0;
+    times.sort();
+    println!(
+        "{} queries in {elapsed:.1?}: median {:.2?}, slowest {:.2?}; the 1 s fixture was scraped {fixture_scrapes} times",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    report("under query load", &quiet, &loaded);
+}
