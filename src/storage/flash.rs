@@ -686,7 +686,8 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut samples: HashMap<u64, Vec<Sample>> = HashMap::new();
+        // Samples per wanted series, by position in `ids` (ascending).
+        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
         let mut tmp = Vec::new();
         for si in 0..self.segments.len() {
             let seg = &self.segments[si];
@@ -703,25 +704,29 @@ impl Store {
                 let Some(block) = self.load_block(si, &r)? else {
                     continue;
                 };
-                for id in &ids {
-                    tmp.clear();
-                    match block.series(*id, &mut tmp) {
-                        Ok(true) => samples
-                            .entry(*id)
-                            .or_default()
-                            .extend(tmp.iter().filter(|s| s.t >= mint && s.t <= maxt)),
-                        Ok(false) => {}
-                        Err(_) => self.counters.corrupt_records += 1,
+                // A block inside the range needs no filtering: decode straight into place.
+                let inside = r.min_t >= mint && r.max_t <= maxt;
+                for (k, id) in ids.iter().enumerate() {
+                    let res = if inside {
+                        block.series(*id, &mut per[k])
+                    } else {
+                        tmp.clear();
+                        let res = block.series(*id, &mut tmp);
+                        per[k].extend(tmp.iter().filter(|s| s.t >= mint && s.t <= maxt));
+                        res
+                    };
+                    if res.is_err() {
+                        self.counters.corrupt_records += 1;
                     }
                 }
             }
         }
         let mut out = Vec::new();
-        for id in ids {
+        for (k, id) in ids.into_iter().enumerate() {
             let Some(s) = self.series.get(&id) else {
                 continue;
             };
-            let mut v = samples.remove(&id).unwrap_or_default();
+            let mut v = std::mem::take(&mut per[k]);
             tmp.clear();
             s.head.decode_into(&mut tmp);
             v.extend(tmp.iter().filter(|x| x.t >= mint && x.t <= maxt));
