@@ -186,6 +186,8 @@ struct SegmentInfo {
     name: String,
     bytes: u64,
     blocks: Vec<RecordRef>,
+    /// Series records, for the index written when the segment is sealed.
+    series_records: Vec<RecordRef>,
     min_t: i64,
     max_t: i64,
 }
@@ -440,6 +442,7 @@ impl Store {
                     name: segment::segment_name(seq),
                     bytes: 0,
                     blocks: Vec::new(),
+                    series_records: Vec::new(),
                     min_t: i64::MAX,
                     max_t: i64::MIN,
                 });
@@ -464,6 +467,10 @@ impl Store {
                 seg.bytes += buf.len() as u64;
                 for mut b in blocks {
                     b.offset += base;
+                    if b.kind == RecordKind::Series {
+                        seg.series_records.push(b);
+                        continue;
+                    }
                     seg.min_t = seg.min_t.min(b.min_t);
                     seg.max_t = seg.max_t.max(b.max_t);
                     seg.blocks.push(b);
@@ -477,6 +484,53 @@ impl Store {
                 self.active = None;
                 self.counters.write_errors += 1;
                 Err(io_err(e))
+            }
+        }
+    }
+
+    /// Ends the active segment with an index of its records and the trailer, so opening the
+    /// store reads it in a few reads. Failing that (no room, a write error) the segment is
+    /// simply left unsealed: opening then walks its record headers instead.
+    fn seal_active(&mut self) {
+        let Some(seq) = self.active.take() else {
+            return;
+        };
+        let Some(i) = self.segments.iter().position(|s| s.seq == seq) else {
+            return;
+        };
+        let seg = &self.segments[i];
+        if seg.bytes == 0 {
+            return;
+        }
+        let mut records: Vec<RecordRef> = seg
+            .series_records
+            .iter()
+            .chain(seg.blocks.iter())
+            .copied()
+            .collect();
+        records.sort_by_key(|r| r.offset);
+        let payload = block::seal(&segment::encode_index(&records), 3);
+        let mut buf = Vec::with_capacity(payload.len() + 64);
+        segment::encode_record(&mut buf, RecordKind::Index, seg.min_t, seg.max_t, &payload);
+        let index_at = seg.bytes;
+        buf.extend_from_slice(&segment::trailer(index_at));
+        if self.total_bytes() + buf.len() as u64 > self.opts.budget_bytes {
+            return;
+        }
+        let name = seg.name.clone();
+        match self
+            .backend
+            .append(&name, &buf)
+            .and_then(|_| self.backend.sync(&name))
+        {
+            Ok(()) => {
+                self.segments[i].bytes += buf.len() as u64;
+                self.counters.bytes_written += buf.len() as u64;
+            }
+            Err(e) => {
+                log::warn!("sealing segment {name}: {e}");
+                self.counters.write_errors += 1;
+                self.segments[i].bytes = self.backend.len(&name).unwrap_or(index_at);
             }
         }
     }
@@ -499,6 +553,14 @@ impl Store {
                 .collect();
             let payload = block::seal(&block::encode_series(&defs), level);
             segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
+            refs.push(RecordRef {
+                kind: RecordKind::Series,
+                offset: segment::RECORD_HEADER_LEN as u64,
+                len: payload.len() as u32,
+                crc: crc32fast::hash(&payload),
+                min_t: 0,
+                max_t: 0,
+            });
         }
         let mut bb = BlockBuilder::new(level);
         let flush = |bb: &mut BlockBuilder, out: &mut Vec<u8>, refs: &mut Vec<RecordRef>| {
@@ -575,6 +637,9 @@ impl Store {
             if !new_segment && attempt == 0 && active_bytes.unwrap_or(0) + need > seg_bytes {
                 new_segment = true;
                 continue;
+            }
+            if new_segment {
+                self.seal_active();
             }
             self.make_room(need)?;
             // make_room may have deleted the active segment itself.
@@ -798,18 +863,25 @@ impl FlashStorage {
         };
         let mut report = OpenReport::default();
         for (seq, name) in names {
-            let scan = segment::scan(&*st.backend, &name, false).map_err(io_err)?;
-            st.counters.corrupt_records += scan.corrupt;
+            let records = match segment::read_index(&*st.backend, &name).map_err(io_err)? {
+                Some(r) => r,
+                None => {
+                    let scan = segment::scan(&*st.backend, &name, false).map_err(io_err)?;
+                    st.counters.corrupt_records += scan.corrupt;
+                    scan.records
+                }
+            };
             let bytes = st.backend.len(&name).map_err(io_err)?;
             let mut info = SegmentInfo {
                 seq,
                 name: name.clone(),
                 bytes,
                 blocks: Vec::new(),
+                series_records: Vec::new(),
                 min_t: i64::MAX,
                 max_t: i64::MIN,
             };
-            for r in &scan.records {
+            for r in &records {
                 match r.kind {
                     RecordKind::Series => {
                         let defs = segment::read_payload(&*st.backend, &name, r)
@@ -833,6 +905,7 @@ impl FlashStorage {
                         info.max_t = info.max_t.max(r.max_t);
                         info.blocks.push(*r);
                     }
+                    RecordKind::Index => {}
                 }
             }
             report.blocks += info.blocks.len();
@@ -1310,6 +1383,46 @@ mod tests {
         // And it reopens the same.
         let s2 = open(&b, opts);
         assert_eq!(all(&s2).len(), 50);
+    }
+
+    #[test]
+    fn sealed_segments_open_from_their_index() {
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 128 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        let mut t = 0;
+        for _ in 0..300 {
+            ingest(&s, 50, t, t + 10_000, 1000);
+            t += 10_000;
+            s.flush().unwrap();
+        }
+        drop(s);
+        let mut names = b.list().unwrap();
+        names.sort();
+        assert!(names.len() > 2, "{names:?} {} bytes", b.total_bytes());
+        let indexed = names
+            .iter()
+            .filter(|n| segment::read_index(&*b, n).unwrap().is_some())
+            .count();
+        assert_eq!(
+            indexed,
+            names.len() - 1,
+            "every segment but the newest is sealed"
+        );
+        let (s2, report) = FlashStorage::open(Box::new(b.clone()), opts).unwrap();
+        assert_eq!(report.corrupt_records, 0);
+        check_exact(&all(&s2), 50, 0, t, 1000);
+        drop(s2);
+        // A damaged trailer or index only costs a walk over the headers.
+        let first = names[0].clone();
+        let len = b.len(&first).unwrap() as usize;
+        b.corrupt(&first, |d| d[len - 20] ^= 0xff);
+        assert!(segment::read_index(&*b, &first).unwrap().is_none());
+        let (s3, _) = FlashStorage::open(Box::new(b.clone()), opts).unwrap();
+        check_exact(&all(&s3), 50, 0, t, 1000);
     }
 
     #[test]

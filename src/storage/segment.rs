@@ -33,6 +33,8 @@ pub enum RecordKind {
     Series = 1,
     /// Samples of many series over a time range.
     Block = 2,
+    /// The directory of a sealed segment's records (followed by the trailer).
+    Index = 3,
 }
 
 impl RecordKind {
@@ -40,6 +42,7 @@ impl RecordKind {
         match b {
             1 => Some(RecordKind::Series),
             2 => Some(RecordKind::Block),
+            3 => Some(RecordKind::Index),
             _ => None,
         }
     }
@@ -121,6 +124,96 @@ pub struct RecordRef {
     pub max_t: i64,
 }
 
+/// The 16 bytes that end a sealed segment: magic, then the offset of its index record.
+pub const TRAILER_MAGIC: &[u8; 8] = b"PCHRIDX1";
+pub const TRAILER_LEN: usize = 16;
+
+/// The trailer pointing at an index record that starts at `index_offset`.
+pub fn trailer(index_offset: u64) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[0..8].copy_from_slice(TRAILER_MAGIC);
+    t[8..16].copy_from_slice(&index_offset.to_le_bytes());
+    t
+}
+
+/// Encodes the records of a segment as an index payload body.
+pub fn encode_index(records: &[RecordRef]) -> Vec<u8> {
+    use super::codec::{put_uvarint, put_varint};
+    let mut out = Vec::with_capacity(records.len() * 24 + 4);
+    put_uvarint(&mut out, records.len() as u64);
+    for r in records {
+        out.push(r.kind as u8);
+        put_uvarint(&mut out, r.offset);
+        put_uvarint(&mut out, r.len as u64);
+        out.extend_from_slice(&r.crc.to_le_bytes());
+        put_varint(&mut out, r.min_t);
+        put_varint(&mut out, r.max_t);
+    }
+    out
+}
+
+/// Reads a sealed segment's records from its index, if it has a valid one: a few reads instead
+/// of a walk over every record header. None means "scan instead".
+pub fn read_index(b: &dyn Backend, name: &str) -> io::Result<Option<Vec<RecordRef>>> {
+    use super::codec::Reader;
+    let len = b.len(name)?;
+    let min = (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + TRAILER_LEN) as u64;
+    if len < min {
+        return Ok(None);
+    }
+    let t = b.read_exact_at(name, len - TRAILER_LEN as u64, TRAILER_LEN)?;
+    if &t[0..8] != TRAILER_MAGIC {
+        return Ok(None);
+    }
+    let off = le_u64(&t[8..16]);
+    if off < SEGMENT_HEADER_LEN as u64 || off + (RECORD_HEADER_LEN + TRAILER_LEN) as u64 > len {
+        return Ok(None);
+    }
+    let h = b.read_exact_at(name, off, RECORD_HEADER_LEN)?;
+    let Some(r) = parse_record_header(&h, off) else {
+        return Ok(None);
+    };
+    if r.kind != RecordKind::Index || r.offset + r.len as u64 + TRAILER_LEN as u64 != len {
+        return Ok(None);
+    }
+    let Some(payload) = read_payload(b, name, &r)? else {
+        return Ok(None);
+    };
+    let Ok(body) = super::block::open(&payload) else {
+        return Ok(None);
+    };
+    let mut rd = Reader::new(&body);
+    let parse = |rd: &mut Reader<'_>| -> Option<Vec<RecordRef>> {
+        let n = rd.uvarint().ok()?;
+        if n > body.len() as u64 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let kind = RecordKind::from_u8(rd.u8().ok()?)?;
+            let offset = rd.uvarint().ok()?;
+            let rlen = u32::try_from(rd.uvarint().ok()?).ok()?;
+            let c = rd.bytes(4).ok()?;
+            let crc = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let min_t = rd.varint().ok()?;
+            let max_t = rd.varint().ok()?;
+            if offset + rlen as u64 > off {
+                return None;
+            }
+            out.push(RecordRef {
+                kind,
+                offset,
+                len: rlen,
+                crc,
+                min_t,
+                max_t,
+            });
+        }
+        Some(out)
+    };
+    Ok(parse(&mut rd))
+}
+
 /// A parsed record header, if `h` is a valid one.
 fn parse_record_header(h: &[u8], offset: u64) -> Option<RecordRef> {
     if h.len() < RECORD_HEADER_LEN || le_u32(&h[0..4]) != RECORD_MAGIC {
@@ -179,7 +272,11 @@ pub fn scan(b: &dyn Backend, name: &str, verify_all: bool) -> io::Result<Scan> {
     s.valid_end = off;
     while off < len {
         if off + RECORD_HEADER_LEN as u64 > len {
-            s.corrupt += 1; // a torn tail shorter than a header
+            let rest = b.read_exact_at(name, off, (len - off) as usize)?;
+            let sealed = rest.len() == TRAILER_LEN && &rest[0..8] == TRAILER_MAGIC;
+            if !sealed {
+                s.corrupt += 1; // a torn tail shorter than a header
+            }
             break;
         }
         let h = b.read_exact_at(name, off, RECORD_HEADER_LEN)?;
