@@ -9,8 +9,11 @@
 //!   `getaddrinfo`: IP literals, `localhost`, and `/etc/hosts` (a small local file). DNS comes
 //!   with LAN discovery.
 //! - The timeout bounds the whole exchange, connect to last byte (the caller races it).
-//! - Responses: `Content-Length`, `Transfer-Encoding: chunked`, or read-to-close bodies; any
-//!   status but 200 is an error. The body is never larger than `body_limit`.
+//! - Responses: `Content-Length`, `Transfer-Encoding: chunked`, or read-to-close bodies, gzip
+//!   or not (`Accept-Encoding: gzip`, as Prometheus); any status but 200 is an error. The body,
+//!   decompressed, is never larger than `body_limit`.
+//! - `Accept` prefers OpenMetrics as Prometheus 2.42 does; the caller picks the parser from the
+//!   returned `Content-Type`.
 
 use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -114,7 +117,7 @@ pub async fn fetch(
         .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
     let req = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Perch/{}\r\n\
-         Accept: text/plain;version=0.0.4;q=1,*/*;q=0.1\r\nAccept-Encoding: identity\r\n\
+         Accept: {ACCEPT}\r\nAccept-Encoding: gzip\r\n\
          {extra_headers}Connection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
@@ -126,7 +129,7 @@ pub async fn fetch(
     // Read until the head is complete; what follows it is the start of the body.
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
-    let (head_len, status, reason, content_type, length, chunked) = loop {
+    let (head_len, status, reason, content_type, length, chunked, gzip) = loop {
         let n = stream
             .read(&mut chunk)
             .await
@@ -144,6 +147,7 @@ pub async fn fetch(
                 let mut ctype = String::new();
                 let mut length = None;
                 let mut chunked = false;
+                let mut gzip = false;
                 for h in resp.headers.iter() {
                     let v = String::from_utf8_lossy(h.value);
                     if h.name.eq_ignore_ascii_case("content-type") {
@@ -154,6 +158,8 @@ pub async fn fetch(
                         })?);
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                         chunked = v.to_ascii_lowercase().contains("chunked");
+                    } else if h.name.eq_ignore_ascii_case("content-encoding") {
+                        gzip = v.trim().eq_ignore_ascii_case("gzip");
                     }
                 }
                 break (
@@ -163,6 +169,7 @@ pub async fn fetch(
                     ctype,
                     length,
                     chunked,
+                    gzip,
                 );
             }
             Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => {
@@ -214,7 +221,7 @@ pub async fn fetch(
         }
         raw.extend_from_slice(&chunk[..n]);
         if chunked && raw.ends_with(b"0\r\n\r\n") && dechunk(&raw, body, usize::MAX).is_ok() {
-            return finish(body, body_limit, content_type);
+            return finish(body, body_limit, content_type, gzip);
         }
     }
     if chunked {
@@ -222,15 +229,33 @@ pub async fn fetch(
     } else {
         *body = raw;
     }
-    finish(body, body_limit, content_type)
+    finish(body, body_limit, content_type, gzip)
 }
 
-fn finish(body: &[u8], limit: usize, content_type: String) -> Result<String, FetchError> {
+fn finish(
+    body: &mut Vec<u8>,
+    limit: usize,
+    content_type: String,
+    gzip: bool,
+) -> Result<String, FetchError> {
+    if gzip {
+        // The limit bounds the body as the parser sees it, decompressed.
+        use std::io::Read;
+        let mut out = Vec::with_capacity(body.len() * 4);
+        flate2::read::GzDecoder::new(body.as_slice())
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| FetchError::BadResponse(format!("bad gzip body: {e}")))?;
+        *body = out;
+    }
     if body.len() > limit {
         return Err(FetchError::BodyTooLarge(limit));
     }
     Ok(content_type)
 }
+
+/// The `Accept` header, as Prometheus 2.42 sends it: OpenMetrics preferred, then the text format.
+pub const ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// Decodes a complete chunked body into `out`.
 fn dechunk(mut raw: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), FetchError> {

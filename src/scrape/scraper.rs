@@ -6,7 +6,7 @@
 //! series of the last good scrape gets a staleness marker and only the synthetic series are
 //! written.
 
-use super::parse::{Entry, ParseError, TextParser};
+use super::parse::{Entry, Format, ParseError, TextParser};
 use super::{client, Health, Target, TargetStatus};
 use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
@@ -168,8 +168,12 @@ impl Scraper {
         })
         .await;
         let duration = started.elapsed();
-        let fetched = fetched.map(|_content_type| body.as_slice());
-        self.ingest(fetched, start_ms, duration);
+        let format = match &fetched {
+            Ok(content_type) => Format::from_content_type(content_type),
+            Err(_) => Format::Text004,
+        };
+        let fetched = fetched.map(|_| body.as_slice());
+        self.ingest_format(fetched, format, start_ms, duration);
         self.body = body;
     }
 
@@ -182,10 +186,21 @@ impl Scraper {
         ts: i64,
         duration: Duration,
     ) -> ScrapeResult {
+        self.ingest_format(fetched, Format::Text004, ts, duration)
+    }
+
+    /// As [`Scraper::ingest`], for a body in `format`.
+    pub fn ingest_format(
+        &mut self,
+        fetched: Result<&[u8], client::FetchError>,
+        format: Format,
+        ts: i64,
+        duration: Duration,
+    ) -> ScrapeResult {
         self.generation += 1;
         let mut app = self.storage.appender();
         let (result, error, counts) = match fetched {
-            Ok(body) => match self.append_body(&mut *app, body, ts) {
+            Ok(body) => match self.append_body(&mut *app, body, format, ts) {
                 Ok(c) => (ScrapeResult::Success, String::new(), c),
                 Err(e) => {
                     app.rollback();
@@ -231,10 +246,11 @@ impl Scraper {
         &mut self,
         app: &mut dyn Appender,
         body: &[u8],
+        format: Format,
         ts: i64,
     ) -> Result<Counts, ParseError> {
         let mut counts = Counts::default();
-        let mut parser = TextParser::new(body);
+        let mut parser = TextParser::with_format(body, format);
         self.current.clear();
         // Borrows from `body`, so it lives for this call only (one allocation per scrape).
         let mut pairs: Vec<(&str, Cow<'_, str>)> = Vec::new();
@@ -517,6 +533,19 @@ mod tests {
         s.ingest(Err(client::FetchError::Timeout), 4000, D);
         assert_eq!(series(&st, "a")[0].1.len(), 3);
         assert_eq!(s.status.borrow().last_error, "context deadline exceeded");
+    }
+
+    #[test]
+    fn openmetrics_bodies_with_second_timestamps() {
+        let (mut s, st) = scraper(false);
+        let body = b"# TYPE a counter\na_total 3 1.5\nb 2\n# EOF\n";
+        let r = s.ingest_format(Ok(body), Format::OpenMetrics, 1000, D);
+        assert_eq!(r, ScrapeResult::Success);
+        assert_eq!(series(&st, "a_total")[0].1, vec![(1500, 3.0)]);
+        assert_eq!(series(&st, "b")[0].1, vec![(1000, 2.0)]);
+        // Without `# EOF` an OpenMetrics body fails whole.
+        let r = s.ingest_format(Ok(b"b 3\n"), Format::OpenMetrics, 2000, D);
+        assert_eq!(r, ScrapeResult::ParseError);
     }
 
     #[test]

@@ -87,6 +87,25 @@ fn scrape_store_query_serve() {
 }
 
 #[test]
+fn openmetrics_and_gzip_bodies_are_scraped() {
+    let body = b"# TYPE om_requests counter\nom_requests_total{path=\"/a\"} 7 1700000000.5\nom_requests_created{path=\"/a\"} 1600000000 1700000000.5\n# EOF\n".to_vec();
+    let fixture = Fixture::start_with(
+        vec![body],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        true,
+    );
+    let perch = Perch::start("om", Some(&config_for(&fixture.addr)));
+    wait_until(Duration::from_secs(20), || {
+        let (_, b) = perch.get("/api/v1/query?query=om_requests_total&time=1700000001");
+        b.contains("\"7\"")
+    });
+    let (_, b) = perch.get("/api/v1/query?query=om_requests_total&time=1700000001");
+    assert!(b.contains("[1700000001,\"7\"]"), "{b}");
+    let (_, b) = perch.get("/api/v1/query?query=up");
+    assert!(b.contains("\"1\"]"), "{b}");
+}
+
+#[test]
 fn own_metrics_are_served_and_scraped() {
     let perch = Perch::start("self", None);
     let (s, m) = perch.get("/metrics");

@@ -32,6 +32,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn start(bodies: Vec<Vec<u8>>) -> Fixture {
+        Fixture::start_with(bodies, "text/plain; version=0.0.4", false)
+    }
+
+    /// A target with a given `Content-Type`, gzip-compressing its bodies if asked.
+    pub fn start_with(bodies: Vec<Vec<u8>>, content_type: &'static str, gzip: bool) -> Fixture {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -48,9 +53,19 @@ impl Fixture {
                     }
                 }
                 let n = h.fetch_add(1, Ordering::SeqCst);
-                let body = &bodies[n.min(bodies.len() - 1)];
+                let plain = &bodies[n.min(bodies.len() - 1)];
+                let (body, encoding) = if gzip {
+                    use std::io::Write as _;
+                    let mut e =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    e.write_all(plain).unwrap();
+                    (e.finish().unwrap(), "Content-Encoding: gzip\r\n")
+                } else {
+                    (plain.clone(), "")
+                };
+                let body = &body;
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = s.write_all(head.as_bytes());
