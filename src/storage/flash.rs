@@ -37,7 +37,7 @@ use super::{
 };
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 
 /// zstd level of blocks written by the backfill paths (measured best on the shared recording).
@@ -80,7 +80,8 @@ impl FlashOptions {
 }
 
 struct SeriesEntry {
-    labels: Labels,
+    /// The labels as interned symbols: name, value, name, value… in label order.
+    labels: Box<[u32]>,
     head: HeadChunk,
     /// The newest sample accepted, flushed or not (for the order check).
     last: Option<Sample>,
@@ -119,6 +120,69 @@ impl Source<'_> {
             Source::Heads(v) => v[i],
             Source::Items(v) => v[i].0,
         }
+    }
+}
+
+/// Interned label strings: each distinct name or value is held once, and a series' labels are a
+/// few `u32`s. Strings stay interned for the life of the process (they are bounded by the label
+/// pairs ever seen, which the series bound limits).
+#[derive(Default)]
+struct Symbols {
+    strings: Vec<Rc<str>>,
+    ids: FastMap<Rc<str>, u32>,
+}
+
+impl Symbols {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        let rc: Rc<str> = Rc::from(s);
+        self.strings.push(rc.clone());
+        self.ids.insert(rc, id);
+        id
+    }
+
+    fn lookup(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map_or("", |s| s)
+    }
+
+    fn intern_labels(&mut self, l: &Labels) -> Box<[u32]> {
+        l.iter()
+            .flat_map(|x| [x.name.as_str(), x.value.as_str()])
+            .map(|s| self.intern(s))
+            .collect()
+    }
+
+    fn labels(&self, syms: &[u32]) -> Labels {
+        let pairs: Vec<(&str, &str)> = syms
+            .chunks_exact(2)
+            .map(|p| (self.get(p[0]), self.get(p[1])))
+            .collect();
+        Labels::from_pairs(&pairs)
+    }
+
+    /// The value of label `name` ("" when absent).
+    fn value(&self, syms: &[u32], name: &str) -> &str {
+        let Some(n) = self.lookup(name) else {
+            return "";
+        };
+        syms.chunks_exact(2)
+            .find(|p| p[0] == n)
+            .map_or("", |p| self.get(p[1]))
+    }
+
+    fn equal(&self, syms: &[u32], l: &Labels) -> bool {
+        syms.len() == l.len() * 2
+            && syms
+                .chunks_exact(2)
+                .zip(l.iter())
+                .all(|(p, x)| self.get(p[0]) == x.name && self.get(p[1]) == x.value)
     }
 }
 
@@ -207,12 +271,14 @@ struct Store {
     backend: Box<dyn Backend>,
     opts: FlashOptions,
     series: SeriesTable,
+    symbols: Symbols,
     /// The next appender batch number.
     next_batch: u64,
     /// Series ids by the hash of their labels (collisions share a list), so each label set is
     /// held once, in its entry.
     by_hash: FastMap<u64, Vec<u64>>,
-    postings: HashMap<String, HashMap<String, Vec<u64>>>,
+    /// name symbol → value symbol → series ids (ascending).
+    postings: FastMap<u32, FastMap<u32, Vec<u64>>>,
     next_id: u64,
     segments: Vec<SegmentInfo>,
     /// The segment being appended to, if one was started by this process.
@@ -238,13 +304,14 @@ fn io_err(e: std::io::Error) -> StorageError {
 }
 
 impl Store {
-    fn index(&mut self, id: u64, labels: &Labels) {
-        for l in labels {
+    /// Adds series `id` with interned labels `syms` to the postings.
+    fn index(&mut self, id: u64, syms: &[u32]) {
+        for p in syms.chunks_exact(2) {
             let list = self
                 .postings
-                .entry(l.name.clone())
+                .entry(p[0])
                 .or_default()
-                .entry(l.value.clone())
+                .entry(p[1])
                 .or_default();
             if let Err(i) = list.binary_search(&id) {
                 list.insert(i, id);
@@ -252,19 +319,19 @@ impl Store {
         }
     }
 
-    fn unindex(&mut self, id: u64, labels: &Labels) {
-        for l in labels {
-            if let Some(values) = self.postings.get_mut(&l.name) {
-                if let Some(list) = values.get_mut(&l.value) {
+    fn unindex(&mut self, id: u64, syms: &[u32]) {
+        for p in syms.chunks_exact(2) {
+            if let Some(values) = self.postings.get_mut(&p[0]) {
+                if let Some(list) = values.get_mut(&p[1]) {
                     if let Ok(i) = list.binary_search(&id) {
                         list.remove(i);
                     }
                     if list.is_empty() {
-                        values.remove(&l.value);
+                        values.remove(&p[1]);
                     }
                 }
                 if values.is_empty() {
-                    self.postings.remove(&l.name);
+                    self.postings.remove(&p[0]);
                 }
             }
         }
@@ -276,7 +343,11 @@ impl Store {
             .get(&label_hash(labels))?
             .iter()
             .copied()
-            .find(|id| self.series.get(id).is_some_and(|s| s.labels == *labels))
+            .find(|id| {
+                self.series
+                    .get(id)
+                    .is_some_and(|s| self.symbols.equal(&s.labels, labels))
+            })
     }
 
     fn get_or_create(&mut self, labels: &Labels) -> Result<(u64, bool), AppendError> {
@@ -288,12 +359,13 @@ impl Store {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.index(id, labels);
         self.by_hash.entry(label_hash(labels)).or_default().push(id);
+        let syms = self.symbols.intern_labels(labels);
+        self.index(id, &syms);
         self.series.insert(
             id,
             SeriesEntry {
-                labels: labels.clone(),
+                labels: syms,
                 head: HeadChunk::default(),
                 last: None,
                 declared_in: 0,
@@ -317,15 +389,16 @@ impl Store {
             log::warn!("series {labels} stored under ids {other} and {id}; reading {other}");
             return;
         }
-        self.index(id, &labels);
         self.by_hash
             .entry(label_hash(&labels))
             .or_default()
             .push(id);
+        let syms = self.symbols.intern_labels(&labels);
+        self.index(id, &syms);
         self.series.insert(
             id,
             SeriesEntry {
-                labels,
+                labels: syms,
                 head: HeadChunk::default(),
                 last: None,
                 declared_in: seq,
@@ -340,7 +413,12 @@ impl Store {
         let mut lists: Vec<&Vec<u64>> = Vec::new();
         for m in matchers {
             if m.kind == MatchKind::Equal && !m.value.is_empty() {
-                match self.postings.get(&m.name).and_then(|v| v.get(&m.value)) {
+                let found = self
+                    .symbols
+                    .lookup(&m.name)
+                    .zip(self.symbols.lookup(&m.value))
+                    .and_then(|(n, v)| self.postings.get(&n)?.get(&v));
+                match found {
                     Some(list) => lists.push(list),
                     None => return Vec::new(),
                 }
@@ -357,9 +435,11 @@ impl Store {
             out
         };
         out.retain(|id| {
-            self.series
-                .get(id)
-                .is_some_and(|s| Matcher::all_match(matchers, &s.labels))
+            self.series.get(id).is_some_and(|s| {
+                matchers
+                    .iter()
+                    .all(|m| m.matches(self.symbols.value(&s.labels, &m.name)))
+            })
         });
         out
     }
@@ -392,8 +472,9 @@ impl Store {
             .collect();
         for id in gone {
             if let Some(s) = self.series.remove(&id) {
+                let labels = self.symbols.labels(&s.labels);
                 self.unindex(id, &s.labels);
-                let h = label_hash(&s.labels);
+                let h = label_hash(&labels);
                 if let Some(ids) = self.by_hash.get_mut(&h) {
                     ids.retain(|x| *x != id);
                     if ids.is_empty() {
@@ -547,10 +628,15 @@ impl Store {
         let mut out = Vec::new();
         let mut refs = Vec::new();
         if !declare.is_empty() {
-            let defs: Vec<(u64, &Labels)> = declare
+            let owned: Vec<(u64, Labels)> = declare
                 .iter()
-                .filter_map(|id| self.series.get(id).map(|s| (*id, &s.labels)))
+                .filter_map(|id| {
+                    self.series
+                        .get(id)
+                        .map(|s| (*id, self.symbols.labels(&s.labels)))
+                })
                 .collect();
+            let defs: Vec<(u64, &Labels)> = owned.iter().map(|(id, l)| (*id, l)).collect();
             let payload = block::seal(&block::encode_series(&defs), level);
             segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
             refs.push(RecordRef {
@@ -804,7 +890,7 @@ impl Store {
                 v.dedup_by_key(|x| x.t);
             }
             out.push(Series {
-                labels: s.labels.clone(),
+                labels: self.symbols.labels(&s.labels),
                 samples: Box::new(v.into_iter()),
             });
         }
@@ -845,9 +931,10 @@ impl FlashStorage {
             backend,
             opts,
             series: SeriesTable::default(),
+            symbols: Symbols::default(),
             next_batch: 1,
             by_hash: FastMap::default(),
-            postings: HashMap::new(),
+            postings: FastMap::default(),
             next_id: 1,
             segments: Vec::new(),
             active: None,
@@ -1094,7 +1181,7 @@ impl Querier for FlashQuerier {
         let mut names = BTreeSet::new();
         if matchers.is_empty() && self.covers_all(mint, maxt) {
             let st = self.store.borrow();
-            names.extend(st.postings.keys().cloned());
+            names.extend(st.postings.keys().map(|n| st.symbols.get(*n).to_owned()));
         } else {
             for s in self.select(matchers, mint, maxt)? {
                 for l in &s.labels {
@@ -1117,8 +1204,8 @@ impl Querier for FlashQuerier {
         let mut values = BTreeSet::new();
         if matchers.is_empty() && self.covers_all(mint, maxt) {
             let st = self.store.borrow();
-            if let Some(v) = st.postings.get(name) {
-                values.extend(v.keys().cloned());
+            if let Some(v) = st.symbols.lookup(name).and_then(|n| st.postings.get(&n)) {
+                values.extend(v.keys().map(|v| st.symbols.get(*v).to_owned()));
             }
         } else {
             for s in self.select(matchers, mint, maxt)? {
@@ -1204,7 +1291,7 @@ impl Storage for FlashStorage {
             memory_bytes: st.head_bytes as u64
                 + st.series
                     .values()
-                    .map(|s| s.labels.heap_bytes() as u64 + 96)
+                    .map(|s| s.labels.len() as u64 * 4 + 96)
                     .sum::<u64>(),
             disk_bytes: st.total_bytes(),
             bytes_written_total: st.counters.bytes_written,
