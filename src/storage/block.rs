@@ -67,9 +67,9 @@ pub fn compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
     let mut c = zstd::bulk::Compressor::new(level).ok()?;
     c.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))
         .ok()?;
-    c.set_parameter(CParameter::HashLog(ZSTD_WINDOW_LOG - 1))
+    c.set_parameter(CParameter::HashLog(ZSTD_WINDOW_LOG - 2))
         .ok()?;
-    c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG))
+    c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG - 1))
         .ok()?;
     Some(c)
 }
@@ -123,21 +123,47 @@ pub fn open(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
 // ---------------------------------------------------------------------------------------------
 // Series definitions.
 
+/// Writes a series body piece by piece: `count` series, each an id, a label count and that many
+/// name and value texts, in label order.
+pub struct SeriesWriter {
+    body: Vec<u8>,
+}
+
+impl SeriesWriter {
+    pub fn new(count: usize) -> Self {
+        let mut body = Vec::with_capacity(count * 64 + 8);
+        put_uvarint(&mut body, count as u64);
+        SeriesWriter { body }
+    }
+
+    /// Starts a series with `labels` label pairs.
+    pub fn series(&mut self, id: u64, labels: usize) {
+        put_uvarint(&mut self.body, id);
+        put_uvarint(&mut self.body, labels as u64);
+    }
+
+    /// One name or value.
+    pub fn text(&mut self, t: &str) {
+        put_uvarint(&mut self.body, t.len() as u64);
+        self.body.extend_from_slice(t.as_bytes());
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.body
+    }
+}
+
 /// Encodes series definitions (id, labels) as a body.
 pub fn encode_series(defs: &[(u64, &Labels)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_uvarint(&mut out, defs.len() as u64);
+    let mut w = SeriesWriter::new(defs.len());
     for (id, labels) in defs {
-        put_uvarint(&mut out, *id);
-        put_uvarint(&mut out, labels.len() as u64);
+        w.series(*id, labels.len());
         for l in labels.iter() {
-            put_uvarint(&mut out, l.name.len() as u64);
-            out.extend_from_slice(l.name.as_bytes());
-            put_uvarint(&mut out, l.value.len() as u64);
-            out.extend_from_slice(l.value.as_bytes());
+            w.text(&l.name);
+            w.text(&l.value);
         }
     }
-    out
+    w.finish()
 }
 
 /// Decodes a series body.

@@ -628,16 +628,16 @@ impl Store {
         let mut out = Vec::new();
         let mut refs = Vec::new();
         if !declare.is_empty() {
-            let owned: Vec<(u64, Labels)> = declare
-                .iter()
-                .filter_map(|id| {
-                    self.series
-                        .get(id)
-                        .map(|s| (*id, self.symbols.labels(&s.labels)))
-                })
-                .collect();
-            let defs: Vec<(u64, &Labels)> = owned.iter().map(|(id, l)| (*id, l)).collect();
-            let payload = block::seal(&block::encode_series(&defs), level);
+            // Written straight from the symbols: no copy of every label set.
+            let mut w = block::SeriesWriter::new(declare.len());
+            for id in declare {
+                let syms: &[u32] = self.series.get(id).map_or(&[], |s| &s.labels);
+                w.series(*id, syms.len() / 2);
+                for sym in syms {
+                    w.text(self.symbols.get(*sym));
+                }
+            }
+            let payload = block::seal(&w.finish(), level);
             segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
             refs.push(RecordRef {
                 kind: RecordKind::Series,
