@@ -8,7 +8,7 @@
 
 use perch::scrape::parse::{Entry, TextParser};
 use perch::scrape::scraper::Scraper;
-use perch::scrape::{targets_of, Health, TargetStatus};
+use perch::scrape::{targets_of, TargetStatus};
 use perch::storage::memory::{MemOptions, MemStorage};
 use perch::storage::Storage;
 use perch::telemetry::Telemetry;
@@ -44,14 +44,7 @@ fn scraper(storage: Rc<dyn Storage>) -> Scraper {
     )
     .unwrap();
     let target = targets_of(&cfg.scrape_configs[0]).remove(0);
-    let status = Rc::new(RefCell::new(TargetStatus {
-        target: target.clone(),
-        health: Health::Unknown,
-        last_error: String::new(),
-        last_scrape_ms: 0,
-        last_scrape_duration: Duration::ZERO,
-        last_samples: 0,
-    }));
+    let status = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
     Scraper::new(target, storage, Rc::new(Telemetry::new(0.0)), status)
 }
 

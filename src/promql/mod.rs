@@ -99,6 +99,17 @@ pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 /// durations, the text the engine hands to `promql-parser`; `step_ms`/`range_ms` stand for
 /// `step()`/`range()` (0 for an instant query). For tools that rewrite a query through
 /// `promql-parser` (the conformance runner pins selectors with `@`).
+/// Parses a series selector (`up{job="x"}`, as `match[]` takes it) into storage matchers, the
+/// selector's metric name included, exactly as the engine reads selectors in a query.
+pub fn selector_matchers(s: &str) -> Result<Vec<crate::model::Matcher>, QueryError> {
+    match promql_parser::parser::parse(s).map_err(QueryError::Parse)? {
+        promql_parser::parser::Expr::VectorSelector(vs) => eval::selector_matchers(&vs),
+        _ => Err(QueryError::Parse(format!(
+            "1:1: parse error: expected a series selector, got {s:?}"
+        ))),
+    }
+}
+
 pub fn expand_durations(q: &str, step_ms: i64, range_ms: i64) -> String {
     durations::rewrite(q, step_ms, range_ms)
 }

@@ -84,6 +84,20 @@ pub struct TargetStatus {
     pub last_samples: usize,
 }
 
+impl TargetStatus {
+    /// The state of a target not scraped yet.
+    pub fn new(target: Target) -> Self {
+        TargetStatus {
+            target,
+            health: Health::Unknown,
+            last_error: String::new(),
+            last_scrape_ms: 0,
+            last_scrape_duration: Duration::ZERO,
+            last_samples: 0,
+        }
+    }
+}
+
 /// Default bound on a scrape body until `body_size_limit` is configurable.
 pub const DEFAULT_BODY_LIMIT: usize = 64 << 20;
 
@@ -180,14 +194,7 @@ impl ScrapeManager {
         let mut tasks = Vec::new();
         for job in &cfg.scrape_configs {
             for target in targets_of(job) {
-                let st = Rc::new(RefCell::new(TargetStatus {
-                    target: target.clone(),
-                    health: Health::Unknown,
-                    last_error: String::new(),
-                    last_scrape_ms: 0,
-                    last_scrape_duration: Duration::ZERO,
-                    last_samples: 0,
-                }));
+                let st = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
                 status.push(st.clone());
                 let s = scraper::Scraper::new(target, storage.clone(), telemetry.clone(), st);
                 tasks.push(ex.spawn(s.run()));

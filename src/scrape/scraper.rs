@@ -401,14 +401,7 @@ mod tests {
         let cfg = crate::config::parse_yaml(&yaml, "t").unwrap();
         let target = super::super::targets_of(&cfg.scrape_configs[0]).remove(0);
         let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions::default()));
-        let status = Rc::new(RefCell::new(TargetStatus {
-            target: target.clone(),
-            health: Health::Unknown,
-            last_error: String::new(),
-            last_scrape_ms: 0,
-            last_scrape_duration: Duration::ZERO,
-            last_samples: 0,
-        }));
+        let status = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
         let telemetry = Rc::new(Telemetry::new(0.0));
         (
             Scraper::new(target, storage.clone(), telemetry, status),

@@ -8,7 +8,7 @@ use super::http::Response;
 use super::json;
 use super::time::{parse_duration_param, parse_time};
 use super::WebState;
-use crate::model::{Labels, MatchKind, Matcher, METRIC_NAME};
+use crate::model::{Labels, Matcher};
 use crate::promql::{QueryError, QueryResult, Value};
 use futures_lite::FutureExt;
 use std::fmt::Write;
@@ -441,40 +441,21 @@ pub fn is_label_name(n: &str) -> bool {
 
 /// Parses a series selector (`up{job="x"}`) into matchers, as `match[]` wants it.
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
-    use promql_parser::label::MatchOp;
-    use promql_parser::parser::{self, Expr};
     // promql-parser checks a selector as part of a query, which Prometheus's selector parser
     // does not: give the API's own message for an all-empty selector, as Prometheus does.
-    let expr = parser::parse(s).map_err(|e| {
-        if e.contains("at least one non-empty matcher") {
-            "match[] must contain at least one non-empty matcher".to_owned()
-        } else {
-            e
+    let empty = || "match[] must contain at least one non-empty matcher".to_owned();
+    let out = crate::promql::selector_matchers(s).map_err(|e| match e {
+        QueryError::Parse(m) | QueryError::Execution(m) => {
+            if m.contains("at least one non-empty matcher") {
+                empty()
+            } else {
+                m
+            }
         }
+        other => other.to_string(),
     })?;
-    let Expr::VectorSelector(vs) = expr else {
-        return Err(format!(
-            "1:1: parse error: expected a series selector, got {s:?}"
-        ));
-    };
-    if !vs.matchers.or_matchers.is_empty() {
-        return Err("selectors with `or` are not supported yet".into());
-    }
-    let mut out = Vec::new();
-    if let Some(name) = &vs.name {
-        out.push(Matcher::equal(METRIC_NAME, name));
-    }
-    for m in &vs.matchers.matchers {
-        let kind = match m.op {
-            MatchOp::Equal => MatchKind::Equal,
-            MatchOp::NotEqual => MatchKind::NotEqual,
-            MatchOp::Re(_) => MatchKind::Regex,
-            MatchOp::NotRe(_) => MatchKind::NotRegex,
-        };
-        out.push(Matcher::new(kind, &m.name, &m.value).map_err(|e| e.to_string())?);
-    }
     if out.iter().all(|m| m.matches_empty()) {
-        return Err("match[] must contain at least one non-empty matcher".into());
+        return Err(empty());
     }
     Ok(out)
 }
