@@ -206,12 +206,21 @@ pub fn run(config: Config) -> Result<(), RunError> {
     .detach();
 
     let mut signals = signals;
-    let why = futures_lite::future::block_on(ex.run(
-        async { format!("{:?}", signals.next().await) }.or(async {
-            quit.wait().await;
-            "a /-/quit request".to_owned()
-        }),
-    ));
+    let why = futures_lite::future::block_on(
+        ex.run(
+            async {
+                match signals.next().await {
+                    Some(Ok(async_signal::Signal::Term)) => "SIGTERM".to_owned(),
+                    Some(Ok(async_signal::Signal::Int)) => "SIGINT".to_owned(),
+                    other => format!("{other:?}"),
+                }
+            }
+            .or(async {
+                quit.wait().await;
+                "a /-/quit request".to_owned()
+            }),
+        ),
+    );
     log::info!("received {why}: stopping scrapes and flushing");
     scrapers.borrow_mut().stop();
     if let Err(e) = storage.flush() {
