@@ -1172,6 +1172,22 @@ impl Querier for FlashQuerier {
         self.store.borrow_mut().select(matchers, mint, maxt)
     }
 
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        if self.covers_all(mint, maxt) {
+            return Ok(self.series_from_index(matchers));
+        }
+        Ok(self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .map(|s| s.labels)
+            .collect())
+    }
+
     fn label_names(
         &self,
         matchers: &[Matcher],
@@ -1183,8 +1199,8 @@ impl Querier for FlashQuerier {
             let st = self.store.borrow();
             names.extend(st.postings.keys().map(|n| st.symbols.get(*n).to_owned()));
         } else {
-            for s in self.select(matchers, mint, maxt)? {
-                for l in &s.labels {
+            for labels in self.series(matchers, mint, maxt)? {
+                for l in &labels {
                     if !names.contains(&l.name) {
                         names.insert(l.name.clone());
                     }
@@ -1208,8 +1224,8 @@ impl Querier for FlashQuerier {
                 values.extend(v.keys().map(|v| st.symbols.get(*v).to_owned()));
             }
         } else {
-            for s in self.select(matchers, mint, maxt)? {
-                let v = s.labels.get(name);
+            for labels in self.series(matchers, mint, maxt)? {
+                let v = labels.get(name);
                 if !v.is_empty() {
                     values.insert(v.to_owned());
                 }
@@ -1220,6 +1236,19 @@ impl Querier for FlashQuerier {
 }
 
 impl FlashQuerier {
+    /// The labels of the matching series from the index alone (no block read): right when
+    /// `[mint, maxt]` covers every sample, since every indexed series has samples.
+    fn series_from_index(&self, matchers: &[Matcher]) -> Vec<Labels> {
+        let st = self.store.borrow();
+        let mut out: Vec<Labels> = st
+            .candidates(matchers)
+            .into_iter()
+            .filter_map(|id| st.series.get(&id).map(|s| st.symbols.labels(&s.labels)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// True if `[mint, maxt]` covers every sample, so the index alone answers label questions.
     fn covers_all(&self, mint: i64, maxt: i64) -> bool {
         let st = self.store.borrow();
@@ -1560,6 +1589,34 @@ mod tests {
         b.append("seg-0000000000000099.perch", b"garbage").unwrap();
         let (s, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
         let _ = all(&s);
+    }
+
+    #[test]
+    fn series_lists_labels_from_the_index_or_the_data() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 5, 0, 10_000, 1000);
+        s.flush().unwrap();
+        ingest(&s, 2, 10_000, 20_000, 1000);
+        let q = s.querier();
+        let m = [Matcher::equal("__name__", "m")];
+        let from_select: Vec<Labels> = q
+            .select(&m, i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.labels)
+            .collect();
+        assert_eq!(q.series(&m, i64::MIN, i64::MAX).unwrap(), from_select);
+        assert_eq!(from_select.len(), 5);
+        // Only two series have samples after 10 s.
+        assert_eq!(q.series(&m, 10_000, 30_000).unwrap().len(), 2);
+        let i = Matcher::equal("i", "3");
+        assert_eq!(
+            q.series(&[m[0].clone(), i], i64::MIN, i64::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

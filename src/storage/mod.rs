@@ -128,6 +128,21 @@ pub trait Querier {
         maxt: i64,
     ) -> Result<Vec<Series>, StorageError>;
 
+    /// The label sets of the series matching `matchers` that have samples in `[mint, maxt]`,
+    /// sorted, without their samples. Stores that can answer from their index override this.
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        Ok(self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .map(|s| s.labels)
+            .collect())
+    }
+
     /// The sorted label names of the series matching `matchers` (all series when empty) with
     /// samples in `[mint, maxt]`.
     fn label_names(

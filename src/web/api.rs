@@ -358,11 +358,11 @@ impl WebState {
         let q = self.storage.querier();
         let mut all: std::collections::BTreeSet<Labels> = std::collections::BTreeSet::new();
         for m in &sets {
-            for s in q
-                .select(m, mint, maxt)
+            for labels in q
+                .series(m, mint, maxt)
                 .map_err(|e| ApiError::Internal(e.to_string()))?
             {
-                all.insert(s.labels);
+                all.insert(labels);
             }
         }
         let mut all: Vec<Labels> = all.into_iter().collect();

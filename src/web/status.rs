@@ -173,14 +173,14 @@ impl WebState {
             .label_values(METRIC_NAME, &[], mint, maxt)
             .map_err(storage_err)?
         {
-            // One metric at a time keeps the samples `select` copies bounded.
+            // One metric at a time keeps what a store without an index answer copies bounded.
             let series = q
-                .select(&[Matcher::equal(METRIC_NAME, &name)], mint, maxt)
+                .series(&[Matcher::equal(METRIC_NAME, &name)], mint, maxt)
                 .map_err(storage_err)?;
             by_metric.insert(name, series.len() as u64);
-            for s in series {
+            for labels in series {
                 num_series += 1;
-                for l in &s.labels {
+                for l in &labels {
                     *by_pair
                         .entry(format!("{}={}", l.name, l.value))
                         .or_default() += 1;
