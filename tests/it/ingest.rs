@@ -517,3 +517,87 @@ fn remote_write_from_prometheus() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// The shared recording's text: every sample line as (series, value text, ms timestamp).
+fn recording_samples() -> Vec<(String, String, i64)> {
+    let path = crate::support::data_dir().join("../../../shared/data/node-1s.om.zst");
+    let file = std::fs::File::open(&path).expect("needs ../shared/data/node-1s.om.zst");
+    let mut text = String::new();
+    zstd::stream::read::Decoder::new(file)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let mut f = l.rsplitn(3, ' ');
+            let (ts, v, s) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            // Seconds with up to three decimals, read exactly (no float rounding).
+            let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+            let ms = secs.parse::<i64>().unwrap() * 1000
+                + format!("{frac:0<3}")[..3].parse::<i64>().unwrap();
+            (s.to_owned(), v.to_owned(), ms)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs ../shared (the shared recording)"]
+fn import_endpoint_round_trips_the_shared_recording() {
+    let samples = recording_samples();
+    assert_eq!(samples.len(), 1_871_927);
+    let perch = Perch::start("import-recording", Some(""));
+    // In slices of whole lines, as a backfill script would send them.
+    // Bodies stay under the server's 8 MiB request bound.
+    for chunk in samples.chunks(40_000) {
+        let mut body = String::with_capacity(chunk.len() * 120);
+        for (s, v, t) in chunk {
+            body.push_str(&format!("{s} {v} {t}\n"));
+        }
+        let (status, _, b) = post(
+            perch.port,
+            "/api/v1/import/prometheus",
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 204, "{b}");
+    }
+    // Every sample back, bit for bit, one metric at a time.
+    let mut want: std::collections::BTreeMap<String, Vec<(i64, u64)>> = Default::default();
+    for (s, v, t) in &samples {
+        let v: f64 = match v.as_str() {
+            "NaN" => f64::NAN,
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap(),
+        };
+        want.entry(s.split('{').next().unwrap().to_owned())
+            .or_default()
+            .push((*t, v.to_bits()));
+    }
+    let end = samples.iter().map(|s| s.2).max().unwrap();
+    let start = samples.iter().map(|s| s.2).min().unwrap();
+    let window = (end - start) / 1000 + 10;
+    let mut total = 0;
+    for (name, mut expected) in want {
+        let v = json(
+            &perch,
+            &format!(
+                "/api/v1/query?query=%7B__name__%3D%22{name}%22%7D%5B{window}s%5D&time={}",
+                (end + 1) as f64 / 1000.0
+            ),
+        );
+        let mut got: Vec<(i64, u64)> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(points)
+            .collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got.len(), expected.len(), "{name}");
+        assert!(got == expected, "{name}: values differ");
+        total += got.len();
+    }
+    assert_eq!(total, 1_871_927);
+}
