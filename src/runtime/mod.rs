@@ -133,9 +133,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let addr = listen_addr(&flags.listen_address)?;
     let listener = Async::<TcpListener>::bind(addr)
         .map_err(|e| RunError::Listen(flags.listen_address.clone(), e))?;
-    let signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-            .map_err(RunError::Signals)?;
+    let signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(RunError::Signals)?;
     for section in &config.file.ignored_sections {
         log::warn!("config section {section:?} is accepted but not used by Perch yet");
     }
@@ -191,6 +194,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }));
     }
     let quit = state.quit.clone();
+    let web_state = state.clone();
     ex.spawn(web::serve(listener, state, ex.clone())).detach();
     let hk_storage = storage.clone();
     let flush_every = flags.flush_interval;
@@ -209,10 +213,18 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let why = futures_lite::future::block_on(
         ex.run(
             async {
-                match signals.next().await {
-                    Some(Ok(async_signal::Signal::Term)) => "SIGTERM".to_owned(),
-                    Some(Ok(async_signal::Signal::Int)) => "SIGINT".to_owned(),
-                    other => format!("{other:?}"),
+                loop {
+                    match signals.next().await {
+                        // SIGHUP reloads the config, as in Prometheus; the others stop.
+                        Some(Ok(async_signal::Signal::Hup)) => {
+                            if let Err(e) = web_state.reload_config() {
+                                log::error!("reloading the config on SIGHUP: {e}");
+                            }
+                        }
+                        Some(Ok(async_signal::Signal::Term)) => break "SIGTERM".to_owned(),
+                        Some(Ok(async_signal::Signal::Int)) => break "SIGINT".to_owned(),
+                        other => break format!("{other:?}"),
+                    }
                 }
             }
             .or(async {

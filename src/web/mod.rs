@@ -234,18 +234,24 @@ impl WebState {
         if handler == "quit" {
             return Response::text(200, "Requesting termination... Goodbye!\n");
         }
+        match self.reload_config() {
+            Ok(()) => Response::text(200, ""),
+            Err(e) => Response::text(500, format!("failed to reload config: {e}\n")),
+        }
+    }
+
+    /// Reloads the config through the runtime's hook (for `/-/reload` and SIGHUP), keeping the
+    /// status API's record of the attempt.
+    pub fn reload_config(&self) -> Result<(), String> {
         let result = match &*self.reload.borrow() {
             Some(f) => f(),
             None => Err("reloading is not available".into()),
         };
         self.reload_success.set(result.is_ok());
-        match result {
-            Ok(()) => {
-                self.last_config_ms.set(now_ms());
-                Response::text(200, "")
-            }
-            Err(e) => Response::text(500, format!("failed to reload config: {e}\n")),
+        if result.is_ok() {
+            self.last_config_ms.set(now_ms());
         }
+        result
     }
 
     /// Prometheus's `SetCORS`: only for requests with an `Origin`.

@@ -74,3 +74,45 @@ fn help_lists_every_flag() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn sighup_reloads_the_config() {
+    let perch = crate::support::Perch::start(
+        "sighup",
+        Some("scrape_configs:\n  - job_name: before\n    static_configs: [{targets: ['127.0.0.1:1']}]\n"),
+    );
+    let (_, b) = perch.get("/api/v1/targets");
+    assert!(b.contains("\"scrapePool\":\"before\""), "{b}");
+    std::fs::write(
+        perch.dir.join("prometheus.yml"),
+        "scrape_configs:\n  - job_name: after\n    static_configs: [{targets: ['127.0.0.1:1']}]\n",
+    )
+    .unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", &perch.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        perch
+            .get("/api/v1/targets")
+            .1
+            .contains("\"scrapePool\":\"after\"")
+    });
+    // A broken file keeps the running config, and the agent keeps running.
+    std::fs::write(
+        perch.dir.join("prometheus.yml"),
+        "scrape_configs: [{job_nam: x}]\n",
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &perch.pid().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (s, b) = perch.get("/api/v1/targets");
+    assert_eq!(s, 200);
+    assert!(b.contains("\"scrapePool\":\"after\""), "{b}");
+    let (_, b) = perch.get("/api/v1/status/runtimeinfo");
+    assert!(b.contains("\"reloadConfigSuccess\":false"), "{b}");
+}
