@@ -82,7 +82,22 @@ pub struct TargetStatus {
     pub last_scrape_ms: i64,
     pub last_scrape_duration: Duration,
     pub last_samples: usize,
+    /// TYPE, HELP and UNIT per metric family, as the target last exposed them.
+    pub metadata: std::collections::BTreeMap<String, MetricMetadata>,
 }
+
+/// What a target says about one metric family.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricMetadata {
+    /// As the API names it: counter, gauge, histogram, gaugehistogram, summary, info,
+    /// stateset or unknown (the text format's `untyped` included, as Prometheus does).
+    pub kind: &'static str,
+    pub help: String,
+    pub unit: String,
+}
+
+/// Most metric families whose metadata is kept per target.
+pub const MAX_METADATA_PER_TARGET: usize = 10_000;
 
 impl TargetStatus {
     /// The state of a target not scraped yet.
@@ -94,6 +109,7 @@ impl TargetStatus {
             last_scrape_ms: 0,
             last_scrape_duration: Duration::ZERO,
             last_samples: 0,
+            metadata: std::collections::BTreeMap::new(),
         }
     }
 }

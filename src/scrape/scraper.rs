@@ -259,7 +259,10 @@ impl Scraper {
         while let Some(entry) = parser.next_entry() {
             let s = match entry {
                 Ok(Entry::Sample(s)) => s,
-                Ok(_) => continue,
+                Ok(other) => {
+                    self.note_metadata(other);
+                    continue;
+                }
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -322,6 +325,49 @@ impl Scraper {
             }
         }
         result.map(|_| counts)
+    }
+
+    /// Keeps a TYPE, HELP or UNIT line in the target's metadata (changed entries only, so a
+    /// scrape that repeats them allocates nothing).
+    fn note_metadata(&self, e: Entry<'_>) {
+        use super::parse::MetricType;
+        let mut st = self.status.borrow_mut();
+        let (metric, set): (&str, &dyn Fn(&mut super::MetricMetadata)) = match &e {
+            Entry::Type { metric, kind } => {
+                let k = match kind {
+                    MetricType::Counter => "counter",
+                    MetricType::Gauge => "gauge",
+                    MetricType::Histogram => "histogram",
+                    MetricType::GaugeHistogram => "gaugehistogram",
+                    MetricType::Summary => "summary",
+                    MetricType::Info => "info",
+                    MetricType::Stateset => "stateset",
+                    MetricType::Untyped | MetricType::Unknown => "unknown",
+                };
+                (metric, &move |m| m.kind = k)
+            }
+            Entry::Help { metric, text } => (metric, &|m: &mut super::MetricMetadata| {
+                if m.help != *text {
+                    m.help = text.to_string();
+                }
+            }),
+            Entry::Unit { metric, unit } => (metric, &|m: &mut super::MetricMetadata| {
+                if m.unit != *unit {
+                    m.unit = unit.to_string();
+                }
+            }),
+            Entry::Sample(_) => return,
+        };
+        if let Some(m) = st.metadata.get_mut(metric) {
+            set(m);
+        } else if st.metadata.len() < super::MAX_METADATA_PER_TARGET {
+            let mut m = super::MetricMetadata {
+                kind: "unknown",
+                ..Default::default()
+            };
+            set(&mut m);
+            st.metadata.insert(metric.to_owned(), m);
+        }
     }
 
     /// The stored labels of a scraped series: its own plus the target's, with conflicts resolved

@@ -542,6 +542,22 @@ fn has_selector(e: &promql_parser::parser::Expr) -> bool {
     }
 }
 
+/// `{"type":…,"help":…,"unit":…}`
+fn write_metadata(out: &mut String, m: &crate::scrape::MetricMetadata) {
+    out.push('{');
+    write_metadata_fields(out, m);
+    out.push('}');
+}
+
+fn write_metadata_fields(out: &mut String, m: &crate::scrape::MetricMetadata) {
+    out.push_str("\"type\":");
+    json::string(out, m.kind);
+    out.push_str(",\"help\":");
+    json::string(out, &m.help);
+    out.push_str(",\"unit\":");
+    json::string(out, &m.unit);
+}
+
 /// `limit` of the metadata endpoints as Prometheus 2.42 reads it: a negative one means none.
 fn metadata_limit(p: &Params, name: &str) -> Result<Option<usize>, ApiError> {
     match p.get(name) {
@@ -582,20 +598,94 @@ impl WebState {
         Ok(success(&data, &[]))
     }
 
-    /// `/api/v1/metadata`: the scraper does not keep metadata yet, so the map is empty.
+    /// `/api/v1/metadata`: per metric family, the distinct TYPE/HELP/UNIT the targets exposed,
+    /// sorted by name (as Go's JSON writes a map); `limit` metrics, `limit_per_metric` entries.
     pub fn api_metadata(&self, p: &Params) -> Result<Response, ApiError> {
-        metadata_limit(p, "limit")?;
-        metadata_limit(p, "limit_per_metric")?;
-        Ok(success("{}", &[]))
+        let limit = metadata_limit(p, "limit")?;
+        let per_metric = metadata_limit(p, "limit_per_metric")?;
+        let only = p.get("metric").filter(|m| !m.is_empty());
+        let mut all: std::collections::BTreeMap<String, Vec<crate::scrape::MetricMetadata>> =
+            std::collections::BTreeMap::new();
+        for st in self.scrape_status() {
+            let st = st.borrow();
+            for (name, m) in &st.metadata {
+                if only.is_some_and(|o| o != name) {
+                    continue;
+                }
+                let list = all.entry(name.clone()).or_default();
+                if !list.contains(m) {
+                    list.push(m.clone());
+                }
+            }
+        }
+        let mut data = String::from("{");
+        for (i, (name, list)) in all.iter().take(limit.unwrap_or(usize::MAX)).enumerate() {
+            if i > 0 {
+                data.push(',');
+            }
+            json::string(&mut data, name);
+            data.push_str(":[");
+            for (j, m) in list
+                .iter()
+                .take(per_metric.unwrap_or(usize::MAX))
+                .enumerate()
+            {
+                if j > 0 {
+                    data.push(',');
+                }
+                write_metadata(&mut data, m);
+            }
+            data.push(']');
+        }
+        data.push('}');
+        Ok(success(&data, &[]))
     }
 
-    /// `/api/v1/targets/metadata`: no metadata kept yet, so no entries.
+    /// `/api/v1/targets/metadata`: the metadata of each target matching `match_target`, for
+    /// every metric or the one named by `metric` (then without the `metric` field, as 2.42).
     pub fn api_targets_metadata(&self, p: &Params) -> Result<Response, ApiError> {
-        metadata_limit(p, "limit")?;
-        if let Some(m) = p.get("match_target").filter(|m| !m.is_empty()) {
-            parse_target_matchers(m).map_err(|e| bad_param("match_target", e))?;
+        let limit = metadata_limit(p, "limit")?;
+        let matchers = match p.get("match_target").filter(|m| !m.is_empty()) {
+            Some(m) => {
+                parse_target_matchers(m).map_err(|e| bad_param("match_target", e))?;
+                crate::promql::selector_matchers(m).map_err(|e| bad_param("match_target", e))?
+            }
+            None => Vec::new(),
+        };
+        let metric = p.get("metric").filter(|m| !m.is_empty());
+        let mut data = String::from("[");
+        let mut n = 0usize;
+        for st in self.scrape_status() {
+            // As 2.42: the limit is checked before each target.
+            if limit.is_some_and(|l| n >= l) {
+                break;
+            }
+            let st = st.borrow();
+            if !Matcher::all_match(&matchers, &st.target.labels) {
+                continue;
+            }
+            let entries: Vec<(&String, &crate::scrape::MetricMetadata)> = match metric {
+                Some(m) => st.metadata.get_key_value(m).into_iter().collect(),
+                None => st.metadata.iter().collect(),
+            };
+            for (name, m) in entries {
+                if n > 0 {
+                    data.push(',');
+                }
+                n += 1;
+                data.push_str("{\"target\":");
+                json::labels(&mut data, &st.target.labels);
+                if metric.is_none() {
+                    data.push_str(",\"metric\":");
+                    json::string(&mut data, name);
+                }
+                data.push(',');
+                write_metadata_fields(&mut data, m);
+                data.push('}');
+            }
         }
-        Ok(success("[]", &[]))
+        data.push(']');
+        Ok(success(&data, &[]))
     }
 
     /// `/api/v1/rules`: Perch evaluates no rules yet.

@@ -84,6 +84,26 @@ fn scrape_store_query_serve() {
     }
     let (_, b) = perch.get("/api/v1/query?query=scrape_samples_scraped");
     assert!(b.contains("\"5\"]"), "five samples per scrape: {b}");
+
+    // The metadata the target exposed, in Prometheus 2.42's shapes.
+    let (s, b) = perch.get("/api/v1/metadata?metric=fixture_requests_total");
+    assert_eq!(s, 200);
+    assert_eq!(
+        b,
+        r#"{"status":"success","data":{"fixture_requests_total":[{"type":"counter","help":"Requests handled.","unit":""}]}}"#
+    );
+    let (_, b) = perch.get("/api/v1/metadata");
+    assert!(b.contains(r#""fixture_temperature_celsius":[{"type":"gauge","help":"Temperature of a sensor.","unit":""}]"#), "{b}");
+    let (_, b) = perch.get("/api/v1/targets/metadata?metric=fixture_temperature_celsius&match_target=%7Bjob%3D%22fixture%22%7D");
+    assert_eq!(
+        b,
+        format!(
+            r#"{{"status":"success","data":[{{"target":{{"instance":"{}","job":"fixture"}},"type":"gauge","help":"Temperature of a sensor.","unit":""}}]}}"#,
+            fixture.addr
+        )
+    );
+    let (_, b) = perch.get("/api/v1/targets/metadata?match_target=%7Bjob%3D%22other%22%7D");
+    assert_eq!(b, r#"{"status":"success","data":[]}"#);
 }
 
 #[test]
