@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod parse;
+pub mod relabel;
 pub mod scraper;
 
 use crate::config::{FileConfig, ScrapeConfig};
