@@ -36,6 +36,55 @@ pub fn hash_mod(val: &str, modulus: u64) -> u64 {
     u64::from_be_bytes(last) % modulus.max(1)
 }
 
+/// Appends `template` to `dst` with `$1`, `${1}`, `$name`, `${name}` replaced by the groups of
+/// `caps`, exactly as Go's `regexp.Expand`: a name is the longest run of Unicode letters, digits
+/// and `_`; all digits without a leading zero is a group number, anything else a group name;
+/// absent or unmatched groups give nothing; `$$` is `$`; a malformed reference is kept as written.
+pub fn expand(caps: &regex::Captures<'_>, template: &str, dst: &mut String) {
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        dst.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            dst.push('$');
+            rest = r;
+            continue;
+        }
+        let (braced, body) = match rest.strip_prefix('{') {
+            Some(b) => (true, b),
+            None => (false, rest),
+        };
+        let len = body
+            .find(|c: char| !(c.is_alphabetic() || c.is_numeric() || c == '_'))
+            .unwrap_or(body.len());
+        let name = &body[..len];
+        let after = &body[len..];
+        let after = if braced {
+            after.strip_prefix('}')
+        } else {
+            Some(after)
+        };
+        let (true, Some(after)) = (!name.is_empty(), after) else {
+            dst.push('$');
+            continue;
+        };
+        rest = after;
+        let number = (name.bytes().all(|b| b.is_ascii_digit())
+            && (name.len() == 1 || !name.starts_with('0'))
+            && name.len() <= 8)
+            .then(|| name.parse::<usize>().ok())
+            .flatten();
+        let group = match number {
+            Some(n) => caps.get(n),
+            None => caps.name(name),
+        };
+        if let Some(m) = group {
+            dst.push_str(m.as_str());
+        }
+    }
+    dst.push_str(rest);
+}
+
 fn apply(labels: Labels, rule: &RelabelConfig) -> Option<Labels> {
     let val = joined(&labels, rule);
     let mut b: LabelsBuilder;
@@ -51,12 +100,12 @@ fn apply(labels: Labels, rule: &RelabelConfig) -> Option<Labels> {
             };
             b = labels.builder();
             let mut target = String::new();
-            caps.expand(&rule.target_label, &mut target);
+            expand(&caps, &rule.target_label, &mut target);
             if !crate::config::relabel::is_label_name(&target) {
                 b.del(&rule.target_label);
             } else {
                 let mut res = String::new();
-                caps.expand(&rule.replacement, &mut res);
+                expand(&caps, &rule.replacement, &mut res);
                 if res.is_empty() {
                     b.del(&rule.target_label);
                 } else {
@@ -84,7 +133,7 @@ fn apply(labels: Labels, rule: &RelabelConfig) -> Option<Labels> {
             for l in &labels {
                 if let Some(caps) = rule.regex.captures(&l.name) {
                     let mut name = String::new();
-                    caps.expand(&rule.replacement, &mut name);
+                    expand(&caps, &rule.replacement, &mut name);
                     b.set(&name, &l.value);
                 }
             }
@@ -240,6 +289,34 @@ mod tests {
             process(ls(&[("a", "host:1")]), &[r]).unwrap(),
             ls(&[("a", "host:1"), ("h", "$host")])
         );
+    }
+
+    #[test]
+    fn expand_as_go() {
+        let re = regex::Regex::new(r"^(?:(?P<h>[a-z]+)-(\d+))$").unwrap();
+        let caps = re.captures("ab-12").unwrap();
+        for (t, want) in [
+            ("$1", "ab"),
+            ("${1}x", "abx"),
+            ("$1x", ""),
+            ("$2$h", "12ab"),
+            ("${h}_${2}", "ab_12"),
+            ("$01", ""),
+            ("$0", "ab-12"),
+            ("$$1", "$1"),
+            ("$", "$"),
+            ("a$-b", "a$-b"),
+            ("${a-b}", "${a-b}"),
+            ("${}", "${}"),
+            ("${1", "${1"),
+            ("$9", ""),
+            ("$999999999", ""),
+            ("x$h\u{e9}y", "x"),
+        ] {
+            let mut out = String::new();
+            expand(&caps, t, &mut out);
+            assert_eq!(out, want, "{t}");
+        }
     }
 
     #[test]
