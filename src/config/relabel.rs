@@ -108,15 +108,39 @@ pub fn is_label_name(n: &str) -> bool {
 /// A `target_label` (or labelmap `replacement`) that may contain `$1`, `${name}` references.
 fn is_relabel_target(s: &str) -> bool {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"^(?:(?:[a-zA-Z_]|\$(?:\{\w+\}|\w+))+\w*)+$").expect("static regex")
-    })
-    .is_match(s)
+    RE.get_or_init(|| anchored(r"(?:(?:[a-zA-Z_]|\$(?:\{\w+\}|\w+))+\w*)+").expect("static regex"))
+        .is_match(s)
 }
 
-/// Compiles `s` fully anchored, as Prometheus's `relabel.NewRegexp`.
+/// Compiles `s` fully anchored, as Prometheus's `relabel.NewRegexp`. Go's `\d`, `\w`, `\s`
+/// and `\b` are ASCII-only where Rust's are Unicode: they are rewritten to Go's meaning.
 pub fn anchored(s: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{s})$"))
+    let mut p = String::with_capacity(s.len() + 8);
+    p.push_str("^(?:");
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            p.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => p.push_str("[0-9]"),
+            Some('D') => p.push_str("[^0-9]"),
+            Some('w') => p.push_str("[0-9A-Za-z_]"),
+            Some('W') => p.push_str("[^0-9A-Za-z_]"),
+            Some('s') => p.push_str(r"[\t\n\f\r ]"),
+            Some('S') => p.push_str(r"[^\t\n\f\r ]"),
+            Some('b') => p.push_str(r"(?-u:\b)"),
+            Some('B') => p.push_str(r"(?-u:\B)"),
+            Some(o) => {
+                p.push('\\');
+                p.push(o);
+            }
+            None => p.push('\\'),
+        }
+    }
+    p.push_str(")$");
+    Regex::new(&p)
 }
 
 impl RelabelConfig {
@@ -255,6 +279,18 @@ mod tests {
     }
 
     #[test]
+    fn perl_classes_are_ascii_as_in_go() {
+        let re = |s: &str| anchored(s).unwrap();
+        assert!(re(r"\d+").is_match("123") && !re(r"\d").is_match("٣"));
+        assert!(!re(r"\w+").is_match("é") && re(r"\W").is_match("é"));
+        assert!(re(r"[\w.]+").is_match("a.b_1") && !re(r"[^\d]").is_match("1"));
+        assert!(re(r"a\sb").is_match("a b") && !re(r"a\sb").is_match("a\u{a0}b"));
+        assert!(re(r"\\d").is_match(r"\d"));
+        assert!(re(r".*\bx").is_match("éx"));
+        assert!(re(r"\p{Greek}+").is_match("αβ"));
+    }
+
+    #[test]
     fn validation_errors_as_prometheus() {
         for (y, want) in [
             ("action: replace", "relabel configuration for replace action requires 'target_label' value"),
@@ -267,6 +303,7 @@ mod tests {
             ("{action: uppercase, target_label: -x}", "\"-x\" is invalid 'target_label' for uppercase action"),
             ("{action: lowercase, target_label: x, replacement: y}", "'replacement' can not be set for lowercase action"),
             ("{action: labelmap, replacement: -x}", "\"-x\" is invalid 'replacement' for labelmap action"),
+            ("{target_label: 'é'}", "\"é\" is invalid 'target_label' for replace action"),
             ("{action: keepequal, target_label: x, regex: '(.*)'}", "keepequal action requires only 'source_labels' and `target_label`, and no other fields"),
             ("{action: dropequal, target_label: x, separator: ','}", "dropequal action requires only 'source_labels' and `target_label`, and no other fields"),
             ("{action: labeldrop, regex: a, source_labels: [b]}", "labeldrop action requires only 'regex', and no other fields"),
