@@ -7,14 +7,17 @@
 //!
 //! The YAML follows Prometheus 2.42: `global` (scrape_interval, scrape_timeout,
 //! evaluation_interval, external_labels) and `scrape_configs` (job_name, scrape_interval,
-//! scrape_timeout, metrics_path, scheme, params, honor_labels, honor_timestamps, static_configs).
+//! scrape_timeout, metrics_path, scheme, params, honor_labels, honor_timestamps, static_configs,
+//! relabel_configs, metric_relabel_configs — see [`relabel`]).
 //! Unknown fields are errors; sections of Prometheus that Perch does not use yet (`rule_files`,
 //! `alerting`, `remote_write`, `remote_read`, `storage`, `tracing`) are accepted with one warning
 //! each, listed in [`FileConfig::ignored_sections`].
 
 pub mod duration;
+pub mod relabel;
 
 pub use duration::{format_duration, parse_duration, parse_size};
+pub use relabel::{Action, RelabelConfig};
 
 use crate::model::{Labels, LabelsBuilder};
 use serde::Deserialize;
@@ -400,6 +403,10 @@ struct RawScrapeConfig {
     honor_timestamps: Option<bool>,
     #[serde(default)]
     static_configs: Option<Vec<RawStaticConfig>>,
+    #[serde(default)]
+    relabel_configs: Option<Vec<Option<relabel::RawRelabelConfig>>>,
+    #[serde(default)]
+    metric_relabel_configs: Option<Vec<Option<relabel::RawRelabelConfig>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,6 +450,10 @@ pub struct ScrapeConfig {
     pub honor_labels: bool,
     pub honor_timestamps: bool,
     pub static_configs: Vec<TargetGroup>,
+    /// Applied to each target's discovered labels.
+    pub relabel_configs: Vec<RelabelConfig>,
+    /// Applied to each scraped series before it is stored.
+    pub metric_relabel_configs: Vec<RelabelConfig>,
 }
 
 /// The validated config file.
@@ -638,6 +649,29 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
                 )?,
             });
         }
+        let rules = |field: &str,
+                     what: &str,
+                     raw: Option<Vec<Option<relabel::RawRelabelConfig>>>| {
+            let mut out = Vec::new();
+            for (k, r) in raw.unwrap_or_default().into_iter().enumerate() {
+                let r = r.ok_or_else(|| {
+                    invalid(format!(
+                        "{at}.{field}[{k}]: empty or null {what} relabeling rule in scrape config with job name {:?}",
+                        sc.job_name
+                    ))
+                })?;
+                out.push(RelabelConfig::from_raw(r).map_err(|e| {
+                    invalid(format!("{at}.{field}[{k}]: {e} (job {:?})", sc.job_name))
+                })?);
+            }
+            Ok::<_, ConfigError>(out)
+        };
+        let relabel_configs = rules("relabel_configs", "target", sc.relabel_configs)?;
+        let metric_relabel_configs = rules(
+            "metric_relabel_configs",
+            "metric",
+            sc.metric_relabel_configs,
+        )?;
         jobs.push(ScrapeConfig {
             job_name: sc.job_name,
             scrape_interval: interval,
@@ -648,6 +682,8 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             honor_labels: sc.honor_labels.unwrap_or(false),
             honor_timestamps: sc.honor_timestamps.unwrap_or(true),
             static_configs: groups,
+            relabel_configs,
+            metric_relabel_configs,
         });
     }
     Ok(FileConfig {
@@ -860,6 +896,27 @@ scrape_configs:
         .unwrap_err()
         .to_string();
         assert!(e.contains("targets"), "{e}");
+    }
+
+    #[test]
+    fn relabel_configs_are_validated_with_field_and_job() {
+        let y = "scrape_configs:\n  - job_name: node\n    relabel_configs:\n      - {source_labels: [a], target_label: b}\n    metric_relabel_configs:\n      - {source_labels: [__name__], regex: 'go_.*', action: drop}\n      - {action: replace}\n";
+        let e = parse_yaml(y, "t.yml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid config file \"t.yml\": scrape_configs[0].metric_relabel_configs[1]: relabel configuration for replace action requires 'target_label' value (job \"node\")"
+        );
+        let y = "scrape_configs:\n  - job_name: node\n    relabel_configs:\n      -\n";
+        let e = parse_yaml(y, "t.yml").unwrap_err().to_string();
+        assert!(
+            e.contains("relabel_configs[0]: empty or null target relabeling rule"),
+            "{e}"
+        );
+        let y = "scrape_configs:\n  - job_name: node\n    relabel_configs:\n      - {source_labels: [a], target_label: b}\n    metric_relabel_configs:\n      - {source_labels: [__name__], regex: 'go_.*', action: drop}\n";
+        let j = &parse_yaml(y, "t.yml").unwrap().scrape_configs[0];
+        assert_eq!(j.relabel_configs[0].action, Action::Replace);
+        assert_eq!(j.metric_relabel_configs[0].action, Action::Drop);
+        assert_eq!(j.metric_relabel_configs[0].regex_source, "go_.*");
     }
 
     #[test]

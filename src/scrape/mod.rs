@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod parse;
+pub mod relabel;
 pub mod scraper;
 
 use crate::config::{FileConfig, ScrapeConfig};
@@ -63,6 +64,8 @@ pub struct Target {
     pub discovered_labels: Labels,
     /// Largest body accepted, in bytes.
     pub body_limit: usize,
+    /// The job's `metric_relabel_configs`, applied to each new series.
+    pub metric_relabel_configs: Rc<Vec<crate::config::RelabelConfig>>,
 }
 
 impl Target {
@@ -130,62 +133,149 @@ fn encode_query(s: &str) -> String {
     out
 }
 
-/// The targets of one scrape job.
+/// `host:port` has a port: as Go's `net.SplitHostPort` succeeding (IPv6 hosts in brackets).
+fn has_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => h.starts_with('[') && h.ends_with(']'),
+        Some((h, _)) => !h.contains('[') && !h.contains(']'),
+        None => false,
+    }
+}
+
+/// The target for one discovered label set, as Prometheus's `PopulateLabels`: the job's
+/// defaults fill in what discovery did not set, `relabel_configs` run, and the result gives the
+/// URL (`__scheme__`, `__address__`, `__metrics_path__`, `__param_*`), the schedule
+/// (`__scrape_interval__`, `__scrape_timeout__`) and the target labels (those not starting with
+/// `__`, `instance` defaulting to the address). `Ok(None)`: dropped by relabeling; `Err`: the
+/// labels left cannot be scraped (the reason, for the log).
+pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Option<Target>, String> {
+    let mut disc = discovered.builder();
+    for (name, value) in [
+        ("job", job.job_name.clone()),
+        (
+            "__scrape_interval__",
+            crate::config::format_duration(job.scrape_interval),
+        ),
+        (
+            "__scrape_timeout__",
+            crate::config::format_duration(job.scrape_timeout),
+        ),
+        ("__metrics_path__", job.metrics_path.clone()),
+        ("__scheme__", job.scheme.clone()),
+    ] {
+        if discovered.get(name).is_empty() {
+            disc.set(name, &value);
+        }
+    }
+    // The first value of each parameter (the others still go into the URL).
+    for (i, (k, v)) in job.params.iter().enumerate() {
+        if i == 0 || job.params[i - 1].0 != *k {
+            disc.set(&format!("__param_{k}"), v);
+        }
+    }
+    let discovered_labels = disc.build();
+    let Some(lset) = relabel::process(discovered_labels.clone(), &job.relabel_configs) else {
+        return Ok(None);
+    };
+    let mut address = lset.get("__address__").to_owned();
+    if address.is_empty() {
+        return Err("no address".into());
+    }
+    let scheme = lset.get("__scheme__");
+    if !has_port(&address) {
+        match scheme {
+            "http" | "" => address.push_str(":80"),
+            "https" => address.push_str(":443"),
+            _ => return Err(format!("invalid scheme: {scheme:?}")),
+        }
+    }
+    if scheme == "https" {
+        return Err("scheme \"https\" is not supported (only \"http\")".into());
+    }
+    if address.contains('/') || address.chars().any(char::is_whitespace) {
+        return Err(format!("{address:?} is not a valid hostname"));
+    }
+    let dur = |name: &str, what: &str| -> Result<Duration, String> {
+        let d = crate::config::parse_duration(lset.get(name))
+            .map_err(|e| format!("error parsing scrape {what}: {e}"))?;
+        if d.is_zero() {
+            return Err(format!("scrape {what} cannot be 0"));
+        }
+        Ok(d)
+    };
+    let interval = dur("__scrape_interval__", "interval")?;
+    let timeout = dur("__scrape_timeout__", "timeout")?;
+    if timeout > interval {
+        return Err(format!(
+            "scrape timeout cannot be greater than scrape interval ({:?} > {:?})",
+            lset.get("__scrape_timeout__"),
+            lset.get("__scrape_interval__")
+        ));
+    }
+    // The query: the job's params, the first value of each replaced by its `__param_` label,
+    // plus `__param_` labels for names the job does not have; in name order, as Go's
+    // `url.Values.Encode`.
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (i, (k, v)) in job.params.iter().enumerate() {
+        let first = i == 0 || job.params[i - 1].0 != *k;
+        let v = match lset.get(&format!("__param_{k}")) {
+            p if first && !p.is_empty() => p,
+            _ => v,
+        };
+        params.push((k.clone(), v.to_owned()));
+    }
+    for l in &lset {
+        if let Some(k) = l.name.strip_prefix("__param_") {
+            if !job.params.iter().any(|(n, _)| n == k) {
+                params.push((k.to_owned(), l.value.clone()));
+            }
+        }
+    }
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut path_and_query = lset.get("__metrics_path__").to_owned();
+    for (i, (k, v)) in params.iter().enumerate() {
+        path_and_query.push(if i == 0 { '?' } else { '&' });
+        path_and_query.push_str(&encode_query(k));
+        path_and_query.push('=');
+        path_and_query.push_str(&encode_query(v));
+    }
+    let mut labels = LabelsBuilder::new();
+    for l in &lset {
+        if !l.name.starts_with("__") {
+            labels.set(&l.name, &l.value);
+        }
+    }
+    if lset.get("instance").is_empty() {
+        labels.set("instance", &address);
+    }
+    Ok(Some(Target {
+        job: job.job_name.clone(),
+        address,
+        path_and_query,
+        interval,
+        timeout,
+        honor_labels: job.honor_labels,
+        honor_timestamps: job.honor_timestamps,
+        labels: labels.build(),
+        discovered_labels,
+        body_limit: DEFAULT_BODY_LIMIT,
+        metric_relabel_configs: Rc::new(job.metric_relabel_configs.clone()),
+    }))
+}
+
+/// The targets of one scrape job; targets dropped by `relabel_configs` are left out, and those
+/// that cannot be scraped are left out with a warning.
 pub fn targets_of(job: &ScrapeConfig) -> Vec<Target> {
     let mut out = Vec::new();
-    let mut path = job.metrics_path.clone();
-    for (i, (k, v)) in job.params.iter().enumerate() {
-        path.push(if i == 0 { '?' } else { '&' });
-        path.push_str(&encode_query(k));
-        path.push('=');
-        path.push_str(&encode_query(v));
-    }
     for group in &job.static_configs {
         for addr in &group.targets {
-            // As Prometheus 2.x: an address without a port gets the scheme's default port.
-            let address = if addr.rsplit_once(':').is_some_and(|(h, p)| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
-            }) {
-                addr.clone()
-            } else {
-                format!("{addr}:80")
-            };
-            let mut disc = LabelsBuilder::new();
-            for l in &group.labels {
-                disc.set(&l.name, &l.value);
+            let mut disc = group.labels.builder();
+            disc.set("__address__", addr);
+            match populate(job, &disc.build()) {
+                Ok(Some(t)) => out.push(t),
+                Ok(None) => {}
+                Err(e) => log::warn!("job {:?}: target {addr:?} dropped: {e}", job.job_name),
             }
-            disc.set("__address__", addr)
-                .set("__metrics_path__", &job.metrics_path)
-                .set("__scheme__", &job.scheme)
-                .set(
-                    "__scrape_interval__",
-                    &crate::config::format_duration(job.scrape_interval),
-                )
-                .set(
-                    "__scrape_timeout__",
-                    &crate::config::format_duration(job.scrape_timeout),
-                )
-                .set("job", &job.job_name);
-            for (k, v) in &job.params {
-                disc.set(&format!("__param_{k}"), v);
-            }
-            let mut labels = LabelsBuilder::new();
-            for l in &group.labels {
-                labels.set(&l.name, &l.value);
-            }
-            labels.set("job", &job.job_name).set("instance", &address);
-            out.push(Target {
-                job: job.job_name.clone(),
-                address,
-                path_and_query: path.clone(),
-                interval: job.scrape_interval,
-                timeout: job.scrape_timeout,
-                honor_labels: job.honor_labels,
-                honor_timestamps: job.honor_timestamps,
-                labels: labels.build(),
-                discovered_labels: disc.build(),
-                body_limit: DEFAULT_BODY_LIMIT,
-            });
         }
     }
     out
@@ -247,5 +337,81 @@ mod tests {
         assert_eq!(t[1].address, "h2:80");
         assert_eq!(t[0].url(), "http://h1:9100/metrics?m=a%20b");
         assert_eq!(t[0].discovered_labels.get("__param_m"), "a b");
+    }
+
+    #[test]
+    fn relabel_configs_rewrite_address_path_params_and_labels() {
+        let y = r#"
+scrape_configs:
+  - job_name: blackbox
+    params: {module: [http_2xx]}
+    relabel_configs:
+      - source_labels: [__address__]
+        target_label: __param_target
+      - source_labels: [__param_target]
+        target_label: instance
+      - target_label: __address__
+        replacement: 127.0.0.1:9115
+      - source_labels: [env]
+        regex: prod
+        target_label: __metrics_path__
+        replacement: /probe
+      - source_labels: [__tmp_x, env]
+        regex: ';(.*)'
+        target_label: stage
+        replacement: s-$1
+      - source_labels: [__address__]
+        regex: '([^:]+):.*'
+        target_label: __tmp_host
+      - {source_labels: [__scrape_interval__], target_label: every}
+      - {regex: 'drop-me', action: drop, source_labels: [__param_target]}
+    static_configs:
+      - targets: [example.com, 'drop-me']
+        labels: {env: prod}
+      - targets: ['10.0.0.1:80']
+        labels: {env: dev}
+"#;
+        let c = parse_yaml(y, "t").unwrap();
+        let t = targets_of(&c.scrape_configs[0]);
+        assert_eq!(t.len(), 2, "drop-me is dropped");
+        assert_eq!(t[0].address, "127.0.0.1:9115");
+        assert_eq!(
+            t[0].url(),
+            "http://127.0.0.1:9115/probe?module=http_2xx&target=example.com"
+        );
+        assert_eq!(
+            t[0].labels.to_string(),
+            r#"{env="prod", every="1m", instance="example.com", job="blackbox", stage="s-prod"}"#
+        );
+        assert_eq!(t[0].discovered_labels.get("__address__"), "example.com");
+        assert_eq!(t[0].discovered_labels.get("__param_module"), "http_2xx");
+        assert_eq!(
+            t[1].url(),
+            "http://127.0.0.1:9115/metrics?module=http_2xx&target=10.0.0.1%3A80"
+        );
+        assert_eq!(t[1].labels.get("instance"), "10.0.0.1:80");
+
+        // Relabeling the schedule; a target left without an address is not scraped.
+        let y = r#"
+scrape_configs:
+  - job_name: j
+    relabel_configs:
+      - {target_label: __scrape_interval__, replacement: 30s}
+      - {target_label: __scrape_timeout__, replacement: 5s}
+      - {source_labels: [gone], regex: yes, target_label: __address__, replacement: ''}
+    static_configs:
+      - targets: [h]
+      - targets: [g]
+        labels: {gone: yes}
+"#;
+        let c = parse_yaml(y, "t").unwrap();
+        let t = targets_of(&c.scrape_configs[0]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].interval, Duration::from_secs(30));
+        assert_eq!(t[0].timeout, Duration::from_secs(5));
+        assert_eq!(t[0].labels.to_string(), r#"{instance="h:80", job="j"}"#);
+        // Keep with no match drops every target.
+        let y = "scrape_configs:\n  - job_name: j\n    relabel_configs: [{source_labels: [job], regex: other, action: keep}]\n    static_configs: [{targets: [h]}]\n";
+        assert!(targets_of(&parse_yaml(y, "t").unwrap().scrape_configs[0]).is_empty());
     }
 }

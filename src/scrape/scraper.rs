@@ -6,8 +6,8 @@
 //! series of the last good scrape gets a staleness marker and only the synthetic series are
 //! written.
 
-use super::parse::{Entry, Format, ParseError, TextParser};
-use super::{client, Health, Target, TargetStatus};
+use super::parse::{Entry, Format, TextParser};
+use super::{client, relabel, Health, Target, TargetStatus};
 use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
 use crate::telemetry::{ScrapeResult, Telemetry};
@@ -24,7 +24,8 @@ const TIMESTAMP_TOLERANCE_MS: i64 = 2;
 const CACHE_KEEP_SCRAPES: u64 = 10;
 
 struct CacheEntry {
-    r: SeriesRef,
+    /// `None`: the series is dropped by `metric_relabel_configs`.
+    r: Option<SeriesRef>,
     last_seen: u64,
 }
 
@@ -32,6 +33,8 @@ struct CacheEntry {
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     scraped: usize,
+    /// Samples left after `metric_relabel_configs`.
+    post_relabel: usize,
     added: usize,
 }
 
@@ -205,7 +208,7 @@ impl Scraper {
                 Err(e) => {
                     app.rollback();
                     app = self.storage.appender();
-                    (ScrapeResult::ParseError, e.to_string(), Counts::default())
+                    (ScrapeResult::ParseError, e, Counts::default())
                 }
             },
             Err(client::FetchError::Timeout) => (
@@ -241,14 +244,18 @@ impl Scraper {
         result
     }
 
-    /// Parses `body` and appends every sample; an error leaves the batch to be rolled back.
+    /// Parses `body` and appends every sample; an error (the body does not parse, or
+    /// `metric_relabel_configs` removed a series' name) leaves the batch to be rolled back.
+    ///
+    /// `metric_relabel_configs` run only for series not in the cache; a series they drop is
+    /// cached as dropped, so it costs one lookup on later scrapes.
     fn append_body(
         &mut self,
         app: &mut dyn Appender,
         body: &[u8],
         format: Format,
         ts: i64,
-    ) -> Result<Counts, ParseError> {
+    ) -> Result<Counts, String> {
         let mut counts = Counts::default();
         let mut parser = TextParser::with_format(body, format);
         self.current.clear();
@@ -264,7 +271,7 @@ impl Scraper {
                     continue;
                 }
                 Err(e) => {
-                    result = Err(e);
+                    result = Err(e.to_string());
                     break;
                 }
             };
@@ -277,7 +284,10 @@ impl Scraper {
                 e.last_seen = self.generation;
                 e.r
             });
-            let appended = match cached {
+            if let Some(None) = cached {
+                continue;
+            }
+            let appended = match cached.flatten() {
                 Some(r) => match app.append_ref(r, t, s.value) {
                     Err(AppendError::UnknownRef) => None,
                     other => Some(other.map(|_| r)),
@@ -288,21 +298,26 @@ impl Scraper {
                 Some(a) => a,
                 None => {
                     if let Err(e) = s.parse_labels(&mut pairs) {
-                        result = Err(e);
+                        result = Err(e.to_string());
                         break;
                     }
-                    let labels = self.series_labels(&mut builder, s.name, &pairs);
+                    let mut labels = self.series_labels(&mut builder, s.name, &pairs);
+                    if !self.target.metric_relabel_configs.is_empty() {
+                        match relabel::process(labels, &self.target.metric_relabel_configs) {
+                            Some(l) if !l.is_empty() => labels = l,
+                            _ => {
+                                self.cache_insert(s.series, None);
+                                continue;
+                            }
+                        }
+                        if labels.metric_name().is_empty() {
+                            result = Err("__name__ label is missing".into());
+                            break;
+                        }
+                    }
                     match app.append(&labels, t, s.value) {
                         Ok(r) => {
-                            if self.cache.len() < 4 * 1024 * 1024 {
-                                self.cache.insert(
-                                    s.series.into(),
-                                    CacheEntry {
-                                        r,
-                                        last_seen: self.generation,
-                                    },
-                                );
-                            }
+                            self.cache_insert(s.series, Some(r));
                             counts.added += 1;
                             Ok(r)
                         }
@@ -310,6 +325,7 @@ impl Scraper {
                     }
                 }
             };
+            counts.post_relabel += 1;
             match appended {
                 // As Prometheus: series with their own timestamps are not tracked for staleness.
                 Ok(r) if s.timestamp.is_none() || !self.target.honor_timestamps => {
@@ -370,6 +386,19 @@ impl Scraper {
         }
     }
 
+    /// Remembers the reference of the series written `series` in the body (`None`: dropped).
+    fn cache_insert(&mut self, series: &[u8], r: Option<SeriesRef>) {
+        if self.cache.len() < 4 * 1024 * 1024 {
+            self.cache.insert(
+                series.into(),
+                CacheEntry {
+                    r,
+                    last_seen: self.generation,
+                },
+            );
+        }
+    }
+
     /// The stored labels of a scraped series: its own plus the target's, with conflicts resolved
     /// as Prometheus does (`honor_labels`, or the scraped one renamed to `exported_<name>`).
     fn series_labels(
@@ -418,7 +447,10 @@ impl Scraper {
             ("up", if up { 1.0 } else { 0.0 }),
             ("scrape_duration_seconds", d.as_secs_f64()),
             ("scrape_samples_scraped", c.scraped as f64),
-            ("scrape_samples_post_metric_relabeling", c.scraped as f64),
+            (
+                "scrape_samples_post_metric_relabeling",
+                c.post_relabel as f64,
+            ),
             ("scrape_series_added", c.added as f64),
         ];
         for (name, v) in values {
@@ -441,8 +473,13 @@ mod tests {
     use crate::storage::memory::{MemOptions, MemStorage};
 
     fn scraper(honor_labels: bool) -> (Scraper, Rc<dyn Storage>) {
+        scraper_with(&format!("    honor_labels: {honor_labels}\n"))
+    }
+
+    /// A scraper of a job with `extra` (indented YAML fields) added.
+    fn scraper_with(extra: &str) -> (Scraper, Rc<dyn Storage>) {
         let yaml = format!(
-            "scrape_configs:\n  - job_name: j\n    honor_labels: {honor_labels}\n    static_configs: [{{targets: ['h:1'], labels: {{env: lab}}}}]\n"
+            "scrape_configs:\n  - job_name: j\n{extra}    static_configs: [{{targets: ['h:1'], labels: {{env: lab}}}}]\n"
         );
         let cfg = crate::config::parse_yaml(&yaml, "t").unwrap();
         let target = super::super::targets_of(&cfg.scrape_configs[0]).remove(0);
@@ -601,5 +638,67 @@ mod tests {
             series(&st, "a")[0].0,
             r#"a{env="lab", instance="h:1", job="other"}"#
         );
+    }
+
+    #[test]
+    fn metric_relabel_configs_drop_keep_and_rewrite() {
+        let (mut s, st) = scraper_with(
+            r#"    metric_relabel_configs:
+      - {source_labels: [__name__], regex: 'go_.*', action: drop}
+      - {source_labels: [__name__, mode], regex: 'cpu;(idle|user)', action: keep}
+      - {source_labels: [mode], regex: '(.*)', target_label: state, replacement: 'cpu_$1'}
+      - {regex: 'mode|env', action: labeldrop}
+"#,
+        );
+        let body = b"go_gc 1\ncpu{mode=\"idle\"} 2\ncpu{mode=\"user\"} 3\ncpu{mode=\"iowait\"} 4\n";
+        assert_eq!(s.ingest(Ok(body), 1000, D), ScrapeResult::Success);
+        assert!(series(&st, "go_gc").is_empty());
+        let cpu: Vec<String> = series(&st, "cpu").into_iter().map(|x| x.0).collect();
+        assert_eq!(
+            cpu,
+            vec![
+                r#"cpu{instance="h:1", job="j", state="cpu_idle"}"#,
+                r#"cpu{instance="h:1", job="j", state="cpu_user"}"#,
+            ]
+        );
+        assert_eq!(
+            series(&st, "scrape_samples_scraped")[0].1,
+            vec![(1000, 4.0)]
+        );
+        assert_eq!(
+            series(&st, "scrape_samples_post_metric_relabeling")[0].1,
+            vec![(1000, 2.0)]
+        );
+        assert_eq!(series(&st, "scrape_series_added")[0].1, vec![(1000, 2.0)]);
+        // Dropped series are remembered as dropped; kept ones by reference.
+        assert!(s.cache.get(&b"go_gc"[..]).is_some_and(|e| e.r.is_none()));
+        assert!(s
+            .cache
+            .get(&b"cpu{mode=\"iowait\"}"[..])
+            .is_some_and(|e| e.r.is_none()));
+        assert!(s
+            .cache
+            .get(&b"cpu{mode=\"idle\"}"[..])
+            .is_some_and(|e| e.r.is_some()));
+        // The second scrape is served from the cache, with the same outcome.
+        s.ingest(Ok(body), 2000, D);
+        assert!(series(&st, "go_gc").is_empty());
+        assert_eq!(series(&st, "cpu")[0].1, vec![(1000, 2.0), (2000, 2.0)]);
+        assert_eq!(
+            series(&st, "scrape_samples_post_metric_relabeling")[0].1[1],
+            (2000, 2.0)
+        );
+        assert_eq!(series(&st, "scrape_series_added")[0].1[1], (2000, 0.0));
+        // No staleness markers for the kept series.
+        assert_eq!(series(&st, "cpu")[1].1.len(), 2);
+    }
+
+    #[test]
+    fn metric_relabeling_that_removes_the_name_fails_the_scrape() {
+        let (mut s, st) =
+            scraper_with("    metric_relabel_configs: [{regex: __name__, action: labeldrop}]\n");
+        assert_eq!(s.ingest(Ok(b"a 1\n"), 1000, D), ScrapeResult::ParseError);
+        assert_eq!(s.status.borrow().last_error, "__name__ label is missing");
+        assert_eq!(series(&st, "up")[0].1, vec![(1000, 0.0)]);
     }
 }
