@@ -7,16 +7,21 @@
 //! 2. [`scrape`] fetches each target on its schedule over HTTP, parses the exposition text with a
 //!    zero-copy pull parser, adds `job`/`instance` and the synthetic series (`up`, …), and writes
 //!    one scrape as one batch through the storage seam's `Appender`.
-//! 3. [`storage`] is that seam (`Appender`, `Querier`) and the stores behind it.
+//! 3. [`storage`] is that seam (`Appender`, `Querier`) and the store behind it: per-series heads
+//!    in RAM, flushed as compressed blocks into a ring of CRC-framed segment files on flash under
+//!    a hard byte budget (`docs/format.md`).
 //! 4. [`promql`] evaluates PromQL (parsed by the `promql-parser` crate) over a `Querier`.
-//! 5. [`web`] serves the Prometheus HTTP API and Perch's own `/metrics`.
+//! 5. [`web`] serves the Prometheus HTTP API (queries, metadata, status, remote write, import)
+//!    and Perch's own `/metrics`.
 //! 6. [`runtime`] runs all of it on one OS thread: a `smol` local executor (async-io's reactor),
 //!    the clock, signals and the wiring of the tasks.
 //!
 //! [`model`] holds the shared vocabulary (labels, samples, matchers) and [`telemetry`] Perch's
 //! own counters. Dependencies point one way:
-//! `model` ← `storage` ← `scrape`; `promql` → `storage`; `web` → `promql`, `storage`; `runtime`
-//! wires them together. Nothing imports `web`; `storage` never imports `promql`.
+//! `model` ← `storage` ← `scrape`; `promql` → `storage`; `web` → `promql`, `storage`, and
+//! `scrape` for the targets' state and the text parser (import endpoint); `runtime` wires them
+//! together (and `perch import`). Nothing imports `web`; `storage` never imports `promql` or
+//! `scrape`.
 #![deny(unsafe_code)]
 
 pub mod config;
