@@ -647,7 +647,6 @@ impl WebState {
         let limit = metadata_limit(p, "limit")?;
         let matchers = match p.get("match_target").filter(|m| !m.is_empty()) {
             Some(m) => {
-                parse_target_matchers(m).map_err(|e| bad_param("match_target", e))?;
                 crate::promql::selector_matchers(m).map_err(|e| bad_param("match_target", e))?
             }
             None => Vec::new(),
@@ -711,16 +710,5 @@ impl WebState {
                 rest.trim_start_matches("admin/tsdb/")
             ))),
         }
-    }
-}
-
-/// Parses `match_target` (`{job="x"}`) as Prometheus's `ParseMetricSelector` would.
-fn parse_target_matchers(s: &str) -> Result<(), String> {
-    use promql_parser::parser::{self, Expr};
-    match parser::parse(s)? {
-        Expr::VectorSelector(_) => Ok(()),
-        _ => Err(format!(
-            "1:1: parse error: expected a series selector, got {s:?}"
-        )),
     }
 }
