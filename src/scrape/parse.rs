@@ -1209,9 +1209,9 @@ mod tests {
 
     type Labels<'a> = Vec<(&'a str, Cow<'a, str>)>;
 
-    /// All entries of a body; panics (test only) on a parse error.
-    fn entries(body: &str) -> Vec<Entry<'_>> {
-        let mut p = TextParser::new(body.as_bytes());
+    /// All entries of a body in `format`; panics (test only) on a parse error.
+    fn entries_in(body: &str, format: Format) -> Vec<Entry<'_>> {
+        let mut p = TextParser::with_format(body.as_bytes(), format);
         let mut out = Vec::new();
         while let Some(e) = p.next_entry() {
             match e {
@@ -1222,9 +1222,9 @@ mod tests {
         out
     }
 
-    /// All samples of a body; panics (test only) on a parse error.
-    fn samples(body: &str) -> Vec<Sample<'_>> {
-        entries(body)
+    /// All samples of a body in `format`; panics (test only) on a parse error.
+    fn samples_in(body: &str, format: Format) -> Vec<Sample<'_>> {
+        entries_in(body, format)
             .into_iter()
             .filter_map(|e| match e {
                 Entry::Sample(s) => Some(s),
@@ -1233,10 +1233,22 @@ mod tests {
             .collect()
     }
 
-    fn one_sample(body: &str) -> Sample<'_> {
-        let mut s = samples(body);
+    fn one_sample_in(body: &str, format: Format) -> Sample<'_> {
+        let mut s = samples_in(body, format);
         assert_eq!(s.len(), 1, "{body:?}");
         s.remove(0)
+    }
+
+    fn entries(body: &str) -> Vec<Entry<'_>> {
+        entries_in(body, Format::Text004)
+    }
+
+    fn samples(body: &str) -> Vec<Sample<'_>> {
+        samples_in(body, Format::Text004)
+    }
+
+    fn one_sample(body: &str) -> Sample<'_> {
+        one_sample_in(body, Format::Text004)
     }
 
     fn labels<'a>(s: &Sample<'a>) -> Vec<(&'a str, String)> {
@@ -1954,33 +1966,16 @@ node_textfile_scrape_error 0
 
     // OpenMetrics.
 
-    /// All entries of an OpenMetrics body; panics (test only) on a parse error.
     fn om_entries(body: &str) -> Vec<Entry<'_>> {
-        let mut p = TextParser::with_format(body.as_bytes(), Format::OpenMetrics);
-        let mut out = Vec::new();
-        while let Some(e) = p.next_entry() {
-            match e {
-                Ok(e) => out.push(e),
-                Err(e) => panic!("unexpected error {e} in {body:?}"),
-            }
-        }
-        out
+        entries_in(body, Format::OpenMetrics)
     }
 
     fn om_samples(body: &str) -> Vec<Sample<'_>> {
-        om_entries(body)
-            .into_iter()
-            .filter_map(|e| match e {
-                Entry::Sample(s) => Some(s),
-                _ => None,
-            })
-            .collect()
+        samples_in(body, Format::OpenMetrics)
     }
 
     fn om_one_sample(body: &str) -> Sample<'_> {
-        let mut s = om_samples(body);
-        assert_eq!(s.len(), 1, "{body:?}");
-        s.remove(0)
+        one_sample_in(body, Format::OpenMetrics)
     }
 
     fn om_error_of(body: &str) -> ParseError {

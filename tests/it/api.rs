@@ -780,38 +780,11 @@ fn node_openmetrics() -> String {
 #[test]
 #[ignore = "needs promtool (Debian package prometheus)"]
 fn promtool_answers_match_prometheus() {
-    use crate::support::{free_port, get, temp_dir};
-    use std::process::{Command, Stdio};
+    use crate::support::Prometheus;
+    use std::process::Command;
     let (_fixture, perch) = node_perch("promtool", &[]);
-    let dir = temp_dir("promtool-prom");
-    std::fs::write(dir.join("node.om"), node_openmetrics()).unwrap();
-    let st = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(dir.join("node.om"))
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("promtool must be installed");
-    assert!(st.success());
-    std::fs::write(dir.join("p.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
-    let port = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("p.yml").display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg("--storage.tsdb.retention.time=100y")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus must be installed");
-    wait_until(Duration::from_secs(30), || {
-        get(port, "/-/ready")
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-    });
+    let prom = Prometheus::with_openmetrics("promtool-prom", &node_openmetrics());
+    let port = prom.port;
     // Only the fixture's series: Perch also holds its scrape's own series (`up`, …).
     let runs: &[&[&str]] = &[
         &[
@@ -908,8 +881,6 @@ fn promtool_answers_match_prometheus() {
             ));
         }
     }
-    let _ = prom.kill();
-    let _ = prom.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(prom);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -2,10 +2,7 @@
 //! the same directory each time, and check that every sample older than the flush window is
 //! there, bit for bit, and that nothing reads back wrong.
 
-use crate::support::{temp_dir, wait_until, Perch};
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use crate::support::{temp_dir, wait_until, Fixture, Perch};
 use std::time::{Duration, Instant};
 
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -19,38 +16,19 @@ fn value(n: i64) -> f64 {
     }
 }
 
-/// A target that serves sample `n` (timestamp BASE + n s) at its n-th request, and remembers
-/// when it served each one.
-fn counting_target() -> (String, Arc<Mutex<Vec<Instant>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let served = Arc::new(Mutex::new(Vec::new()));
-    let log = served.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let n = {
-                let mut l = log.lock().unwrap();
-                l.push(Instant::now());
-                l.len() as i64 - 1
-            };
-            let body = format!(
-                "crash_value{{k=\"a\"}} {:?} {}\ncrash_value{{k=\"b\"}} {:?} {}\n",
-                value(n),
-                BASE_MS + n * 1000,
-                -value(n),
-                BASE_MS + n * 1000
-            );
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (addr, served)
+/// A target that serves sample `n` (timestamp BASE + n s) at its n-th request.
+fn counting_target() -> Fixture {
+    Fixture::serve("text/plain; version=0.0.4", false, |n| {
+        let n = n as i64;
+        format!(
+            "crash_value{{k=\"a\"}} {:?} {}\ncrash_value{{k=\"b\"}} {:?} {}\n",
+            value(n),
+            BASE_MS + n * 1000,
+            -value(n),
+            BASE_MS + n * 1000
+        )
+        .into_bytes()
+    })
 }
 
 /// Every stored sample of `crash_value{k=...}` as (n, value text), parsed from the API.
@@ -81,7 +59,8 @@ fn stored(perch: &Perch, k: &str) -> Vec<(i64, String)> {
 
 #[test]
 fn sigkill_at_random_moments_loses_only_the_flush_window() {
-    let (addr, _served) = counting_target();
+    let target = counting_target();
+    let addr = &target.addr;
     let config = format!(
         "global:\n  scrape_interval: 100ms\n  scrape_timeout: 100ms\nscrape_configs:\n  - job_name: crash\n    static_configs:\n      - targets: [\"{addr}\"]\n"
     );

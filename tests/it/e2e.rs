@@ -178,47 +178,15 @@ pub fn fixture_openmetrics() -> String {
 #[test]
 #[ignore = "needs prometheus and promtool (Debian package prometheus)"]
 fn answers_match_prometheus() {
-    use crate::support::{free_port, get, temp_dir};
-    use std::process::{Command, Stdio};
+    use crate::support::{get, Prometheus};
     // Load the same samples into a real Prometheus with promtool and compare its answers with
     // the recorded expectations: the files are what Prometheus says, not what Perch says.
-    let dir = temp_dir("prom");
-    let om = dir.join("fixture.om");
-    std::fs::write(&om, fixture_openmetrics()).unwrap();
-    let st = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&om)
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("promtool must be installed");
-    assert!(st.success());
-    std::fs::write(dir.join("p.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
-    let port = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("p.yml").display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg("--storage.tsdb.retention.time=100y")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus must be installed");
-    wait_until(Duration::from_secs(30), || {
-        get(port, "/-/ready")
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-    });
+    let prom = Prometheus::with_openmetrics("prom", &fixture_openmetrics());
     let mut failures = Vec::new();
     for (name, endpoint, chk, params) in cases() {
-        let (s, b) = get(port, &format!("/api/v1/{endpoint}?{params}")).unwrap();
+        let (s, b) = get(prom.port, &format!("/api/v1/{endpoint}?{params}")).unwrap();
         failures.extend(check(&name, &chk, s, &b));
     }
-    let _ = prom.kill();
-    let _ = prom.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(prom);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -5,8 +5,6 @@
 //! interval (1 s), and the fixture must be scraped about once a second through the query.
 
 use crate::support::{get, request, wait_until, Fixture, Perch};
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,38 +17,18 @@ const GROUPS: usize = 20;
 /// A target serving `BIG_SERIES` counters that grow with every scrape; returns its address and
 /// its hit count.
 pub fn big_target() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let mut req = Vec::new();
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let n = h.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut body = String::with_capacity(BIG_SERIES * 48);
-            body.push_str("# TYPE big_requests_total counter\n");
-            for i in 0..BIG_SERIES {
-                let g = i % GROUPS;
-                let v = n * (i % 7 + 1);
-                body.push_str(&format!("big_requests_total{{g=\"{g}\",i=\"{i}\"}} {v}\n"));
-            }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(body.as_bytes());
+    let f = crate::support::Fixture::serve("text/plain; version=0.0.4", false, |n| {
+        let n = n + 1;
+        let mut body = String::with_capacity(BIG_SERIES * 48);
+        body.push_str("# TYPE big_requests_total counter\n");
+        for i in 0..BIG_SERIES {
+            let g = i % GROUPS;
+            let v = n * (i % 7 + 1);
+            body.push_str(&format!("big_requests_total{{g=\"{g}\",i=\"{i}\"}} {v}\n"));
         }
+        body.into_bytes()
     });
-    (addr, hits)
+    (f.addr, f.hits)
 }
 
 /// `(le, cumulative count)` of every `perch_scrape_lateness_seconds_bucket` line, in order.

@@ -37,6 +37,17 @@ impl Fixture {
 
     /// A target with a given `Content-Type`, gzip-compressing its bodies if asked.
     pub fn start_with(bodies: Vec<Vec<u8>>, content_type: &'static str, gzip: bool) -> Fixture {
+        Fixture::serve(content_type, gzip, move |n| {
+            bodies[n.min(bodies.len() - 1)].clone()
+        })
+    }
+
+    /// A target that answers its n-th request (from 0) with `body(n)`.
+    pub fn serve(
+        content_type: &'static str,
+        gzip: bool,
+        body: impl Fn(usize) -> Vec<u8> + Send + 'static,
+    ) -> Fixture {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -52,24 +63,22 @@ impl Fixture {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
-                let n = h.fetch_add(1, Ordering::SeqCst);
-                let plain = &bodies[n.min(bodies.len() - 1)];
+                let plain = body(h.fetch_add(1, Ordering::SeqCst));
                 let (body, encoding) = if gzip {
                     use std::io::Write as _;
                     let mut e =
                         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    e.write_all(plain).unwrap();
+                    e.write_all(&plain).unwrap();
                     (e.finish().unwrap(), "Content-Encoding: gzip\r\n")
                 } else {
-                    (plain.clone(), "")
+                    (plain, "")
                 };
-                let body = &body;
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(body);
+                let _ = s.write_all(&body);
             }
         });
         Fixture { addr, hits }
@@ -234,4 +243,58 @@ pub fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// A real Prometheus 2.42 (Debian's `prometheus`) holding the given OpenMetrics samples, loaded
+/// with `promtool tsdb create-blocks-from openmetrics`, on a free loopback port; killed and its
+/// directory removed when dropped.
+pub struct Prometheus {
+    pub child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    pub fn with_openmetrics(name: &str, openmetrics: &str) -> Prometheus {
+        let dir = temp_dir(name);
+        let om = dir.join("data.om");
+        std::fs::write(&om, openmetrics).unwrap();
+        let st = Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&om)
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("promtool must be installed");
+        assert!(st.success());
+        std::fs::write(dir.join("p.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("p.yml").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus must be installed");
+        let p = Prometheus { child, port, dir };
+        wait_until(Duration::from_secs(30), || {
+            get(p.port, "/-/ready")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        });
+        p
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
