@@ -1181,11 +1181,7 @@ impl Querier for FlashQuerier {
         if self.covers_all(mint, maxt) {
             return Ok(self.series_from_index(matchers));
         }
-        Ok(self
-            .select(matchers, mint, maxt)?
-            .into_iter()
-            .map(|s| s.labels)
-            .collect())
+        Ok(super::labels_of(self.select(matchers, mint, maxt)?))
     }
 
     fn label_names(

@@ -117,6 +117,11 @@ impl fmt::Debug for Series {
     }
 }
 
+/// The label sets of selected series, dropping their samples.
+pub fn labels_of(series: Vec<Series>) -> Vec<Labels> {
+    series.into_iter().map(|s| s.labels).collect()
+}
+
 /// Read access to the store. Results own their data.
 pub trait Querier {
     /// The series matching all `matchers` that have samples in `[mint, maxt]` (inclusive, ms),
@@ -136,11 +141,7 @@ pub trait Querier {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Labels>, StorageError> {
-        Ok(self
-            .select(matchers, mint, maxt)?
-            .into_iter()
-            .map(|s| s.labels)
-            .collect())
+        Ok(labels_of(self.select(matchers, mint, maxt)?))
     }
 
     /// The sorted label names of the series matching `matchers` (all series when empty) with
