@@ -77,6 +77,10 @@ pub struct Flags {
     pub enable_admin_api: bool,
     /// The CORS origin regex as given (`--web.cors.origin`); anchored when compiled.
     pub cors_origin: String,
+    /// Most samples one remote-read query may return (SAMPLES responses); 0 = no limit.
+    pub remote_read_sample_limit: usize,
+    /// Most bytes of one frame of a streamed remote-read response.
+    pub remote_read_max_bytes_in_frame: usize,
 }
 
 impl Default for Flags {
@@ -95,6 +99,8 @@ impl Default for Flags {
             enable_lifecycle: false,
             enable_admin_api: false,
             cors_origin: ".*".into(),
+            remote_read_sample_limit: 50_000_000,
+            remote_read_max_bytes_in_frame: 1_048_576,
         }
     }
 }
@@ -126,6 +132,8 @@ pub const FLAG_HELP: &[(&str, &str, &str)] = &[
     ("web.enable-lifecycle", "", "Enable shutdown and reload via HTTP request (POST /-/quit, /-/reload). [default: off]"),
     ("web.enable-admin-api", "", "Enable the API endpoints for admin control actions (/api/v1/admin/...). [default: off]"),
     ("web.cors.origin", "REGEX", "Regex for CORS origin. It is fully anchored. [default: .*]"),
+    ("storage.remote.read-sample-limit", "N", "Maximum overall number of samples to return via the remote read interface, in a single query. 0 means no limit. Ignored for streamed responses. [default: 50000000]"),
+    ("storage.remote.read-max-bytes-in-frame", "N", "Maximum number of bytes in a single frame of a streamed remote read response. [default: 1048576]"),
     ("board", "NAME", "Apply a board preset first (rpi-zero-2w, rpi3, rpi4, rpi5, generic; see boards/); flags given here win."),
     ("log.level", "LEVEL", "Only log messages with the given severity or above: debug, info, warn, error. [default: info]"),
 ];
@@ -325,6 +333,18 @@ impl Flags {
                     f.query_max_samples = value
                         .parse()
                         .map_err(|_| bad(format!("not a whole number: {value:?}")))?
+                }
+                "storage.remote.read-sample-limit" => {
+                    f.remote_read_sample_limit = value
+                        .parse()
+                        .map_err(|_| bad(format!("not a whole number: {value:?}")))?
+                }
+                "storage.remote.read-max-bytes-in-frame" => {
+                    f.remote_read_max_bytes_in_frame = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad(format!("not a positive whole number: {value:?}")))?
                 }
                 "log.level" => {
                     f.log_level = match value.as_str() {

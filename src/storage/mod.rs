@@ -197,4 +197,98 @@ pub trait Storage {
     /// may be older than what the store holds. Returns how many samples were written.
     fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError>;
     fn stats(&self) -> StorageStats;
+
+    /// One page of an export: the flushed samples of the series matching any of `matcher_sets`,
+    /// in `[mint, maxt]`, from the block records at or after `from` (the store's start when
+    /// `None`), in append order, ending at the record boundary where about `limit` samples have
+    /// been gathered. Stores that keep nothing on disk cannot export.
+    fn export(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        from: Option<Cursor>,
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> Result<ExportPage, ExportError> {
+        let _ = (matcher_sets, from, mint, maxt, limit);
+        Err(ExportError::Unsupported)
+    }
+}
+
+/// A position in the store's append order: every block record before it has been exported.
+/// It is `segment-offset` (the segment's sequence number and a byte offset in it), both
+/// decimal; it stays valid across restarts, since segments are never rewritten and sequence
+/// numbers only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Cursor {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.segment, self.offset)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cursor, String> {
+        let bad = || {
+            format!("invalid cursor {s:?}: expected <segment>-<offset>, as a previous export returned it")
+        };
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        Ok(Cursor {
+            segment: a.parse().map_err(|_| bad())?,
+            offset: b.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One page of an export.
+#[derive(Debug, Default)]
+pub struct ExportPage {
+    /// Series with their samples (ascending by time, staleness markers included), sorted by
+    /// labels.
+    pub series: Vec<(Labels, Vec<Sample>)>,
+    /// Where the next page starts.
+    pub next: Cursor,
+    /// Whether records remain after `next` (another page has data, or may have).
+    pub more: bool,
+}
+
+/// Why an export could not be served.
+#[derive(Debug)]
+pub enum ExportError {
+    /// The records at `from` were deleted by the ring (size or time retention) before they were
+    /// exported. `oldest` is where the oldest records still kept start: continuing from there
+    /// accepts the gap.
+    RotatedOut {
+        from: Cursor,
+        oldest: Cursor,
+    },
+    /// This store keeps nothing on disk.
+    Unsupported,
+    Storage(StorageError),
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportError::RotatedOut { from, oldest } => write!(
+                f,
+                "the data at cursor {from} has rotated out of the store (the size or time retention deleted it before it was exported); the oldest data kept starts at cursor {oldest}: ask again with cursor={oldest} to continue past the gap"
+            ),
+            ExportError::Unsupported => f.write_str("this store keeps no data on disk to export"),
+            ExportError::Storage(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+impl From<StorageError> for ExportError {
+    fn from(e: StorageError) -> Self {
+        ExportError::Storage(e)
+    }
 }

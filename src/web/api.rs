@@ -150,8 +150,8 @@ impl Params {
 }
 
 /// Prometheus's `minTime`/`maxTime` for open ranges, in ms.
-const MIN_TIME: i64 = -62_135_596_800_000 + 1;
-const MAX_TIME: i64 = 253_402_300_799_000;
+pub const MIN_TIME: i64 = -62_135_596_800_000 + 1;
+pub const MAX_TIME: i64 = 253_402_300_799_000;
 
 fn write_value(out: &mut String, v: &Value) {
     match v {

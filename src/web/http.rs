@@ -94,13 +94,34 @@ impl Request {
     }
 }
 
+/// A body produced piece by piece (an export, a streamed remote read): written with chunked
+/// transfer encoding, one piece at a time, yielding to other tasks between pieces. `None` ends
+/// the body. A source that fails part-way ends early: the client sees a truncated chunked body
+/// (no final zero-length chunk), which HTTP clients report as an error.
+pub trait BodyStream {
+    fn next_chunk(&mut self) -> Option<Result<Vec<u8>, String>>;
+}
+
 /// A response to write.
-#[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// A streamed body, written after `body` (which is then normally empty).
+    pub stream: Option<Box<dyn BodyStream>>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("streamed", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl Response {
@@ -110,6 +131,15 @@ impl Response {
             content_type,
             headers: Vec::new(),
             body: body.into(),
+            stream: None,
+        }
+    }
+
+    /// A response whose body is produced by `stream`.
+    pub fn streamed(status: u16, content_type: &'static str, stream: Box<dyn BodyStream>) -> Self {
+        Response {
+            stream: Some(stream),
+            ..Response::new(status, content_type, Vec::new())
         }
     }
 
@@ -136,7 +166,21 @@ impl Response {
     /// was, uncompressed.
     pub fn gzip(&mut self) {
         use std::io::Write;
-        if self.body.is_empty() || self.headers.iter().any(|(n, _)| *n == "Content-Encoding") {
+        if self.headers.iter().any(|(n, _)| *n == "Content-Encoding") {
+            return;
+        }
+        if let Some(inner) = self.stream.take() {
+            self.stream = Some(Box::new(GzipStream {
+                inner: Some(inner),
+                enc: Some(flate2::write::GzEncoder::new(
+                    Vec::new(),
+                    flate2::Compression::fast(),
+                )),
+            }));
+            self.headers.push(("Content-Encoding", "gzip".into()));
+            return;
+        }
+        if self.body.is_empty() {
             return;
         }
         let mut enc = flate2::write::GzEncoder::new(
@@ -147,6 +191,42 @@ impl Response {
             if let Ok(z) = enc.finish() {
                 self.body = z;
                 self.headers.push(("Content-Encoding", "gzip".into()));
+            }
+        }
+    }
+}
+
+/// Gzip over a streamed body: each piece is compressed as it comes (the compressor keeps its
+/// window across pieces), and the gzip trailer follows the last one.
+struct GzipStream {
+    inner: Option<Box<dyn BodyStream>>,
+    enc: Option<flate2::write::GzEncoder<Vec<u8>>>,
+}
+
+impl BodyStream for GzipStream {
+    fn next_chunk(&mut self) -> Option<Result<Vec<u8>, String>> {
+        use std::io::Write;
+        loop {
+            let enc = self.enc.as_mut()?;
+            match self.inner.as_mut().and_then(|i| i.next_chunk()) {
+                Some(Ok(piece)) => {
+                    if let Err(e) = enc.write_all(&piece) {
+                        return Some(Err(e.to_string()));
+                    }
+                    let out = std::mem::take(enc.get_mut());
+                    if !out.is_empty() {
+                        return Some(Ok(out));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.enc = None;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.inner = None;
+                    let enc = self.enc.take()?;
+                    return Some(enc.finish().map_err(|e| e.to_string()));
+                }
             }
         }
     }
@@ -292,13 +372,28 @@ pub async fn read_request(
 }
 
 /// Writes `resp`; returns false if the connection must be closed (write error or timeout).
+/// A streamed body is written with chunked encoding, each piece within the write timeout.
 pub async fn write_response(
     stream: &mut Async<TcpStream>,
-    resp: &Response,
+    resp: &mut Response,
     keep_alive: bool,
     limits: &Limits,
 ) -> bool {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    if let Some(body) = resp.stream.take() {
+        head.push_str(&format!(
+            "Content-Type: {}\r\nTransfer-Encoding: chunked\r\n",
+            resp.content_type
+        ));
+        for (n, v) in &resp.headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        return write_chunked(stream, head, body, limits).await;
+    }
     if resp.status != 204 {
         head.push_str(&format!(
             "Content-Type: {}\r\nContent-Length: {}\r\n",
@@ -323,4 +418,52 @@ pub async fn write_response(
         false
     })
     .await
+}
+
+/// Writes the head, then every piece of `body` as one chunk, yielding between pieces so a long
+/// body never holds up scrapes. Returns false on a write error, a timeout or a failed source.
+async fn write_chunked(
+    stream: &mut Async<TcpStream>,
+    head: String,
+    mut body: Box<dyn BodyStream>,
+    limits: &Limits,
+) -> bool {
+    let mut pending = head.into_bytes();
+    loop {
+        let piece = match body.next_chunk() {
+            Some(Ok(p)) if p.is_empty() => continue,
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                log::warn!("streamed response ended early: {e}");
+                let _ = write_timed(stream, &pending, limits).await;
+                return false;
+            }
+            None => None,
+        };
+        match piece {
+            Some(p) => {
+                pending.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+                pending.extend_from_slice(&p);
+                pending.extend_from_slice(b"\r\n");
+                if !write_timed(stream, &pending, limits).await {
+                    return false;
+                }
+                pending.clear();
+                futures_lite::future::yield_now().await;
+            }
+            None => {
+                pending.extend_from_slice(b"0\r\n\r\n");
+                return write_timed(stream, &pending, limits).await;
+            }
+        }
+    }
+}
+
+async fn write_timed(stream: &mut Async<TcpStream>, bytes: &[u8], limits: &Limits) -> bool {
+    async { stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok() }
+        .or(async {
+            Timer::after(limits.write_timeout).await;
+            false
+        })
+        .await
 }

@@ -16,9 +16,13 @@
 //! `--web.enable-lifecycle` (403 otherwise), `/api/v1/admin/*` needs `--web.enable-admin-api`.
 
 pub mod api;
+pub mod expfmt;
+pub mod export;
+pub mod federate;
 pub mod http;
 pub mod ingest;
 pub mod json;
+pub mod remote_read;
 pub mod status;
 pub mod time;
 
@@ -126,6 +130,8 @@ const API_ROUTES: &[(&str, &str, &[&str])] = &[
     ("status/walreplay", "status_walreplay", GET),
     ("write", "remote_write", POST),
     ("import/prometheus", "import_prometheus", POST),
+    ("read", "remote_read", POST),
+    ("export", "export", GET_POST),
     ("admin/tsdb/delete_series", "admin", POST_PUT),
     ("admin/tsdb/clean_tombstones", "admin", POST_PUT),
     ("admin/tsdb/snapshot", "admin", POST_PUT),
@@ -192,7 +198,8 @@ impl WebState {
         if let Some(rest) = path.strip_prefix("/api/v1/") {
             let (handler, mut resp) = self.route_api(rest, req).await;
             self.set_cors(req, &mut resp);
-            if req.accepts_gzip() {
+            // Remote read answers are snappy-framed protobuf, never gzip (as in Prometheus).
+            if req.accepts_gzip() && handler != "remote_read" {
                 resp.gzip();
             }
             return (handler, resp);
@@ -213,7 +220,10 @@ impl WebState {
             }
             "/-/healthy" if get => ("healthy", Response::text(200, "Perch is Healthy.\n")),
             "/-/ready" if get => ("ready", Response::text(200, "Perch is Ready.\n")),
-            "/metrics" | "/-/healthy" | "/-/ready" => ("other", get_only()),
+            "/federate" if get || req.method == "POST" => {
+                ("federate", self.federate(req, now_ms()))
+            }
+            "/metrics" | "/-/healthy" | "/-/ready" | "/federate" => ("other", get_only()),
             "/-/reload" | "/-/quit" => {
                 let handler = if path == "/-/quit" { "quit" } else { "reload" };
                 (handler, self.lifecycle(handler, req))
@@ -300,6 +310,7 @@ impl WebState {
         match name {
             "write" => return (handler, self.remote_write(req)),
             "import/prometheus" => return (handler, self.import_prometheus(req, now_ms())),
+            "read" => return (handler, self.remote_read(req)),
             _ => {}
         }
         let p = Params::new(req.params());
@@ -327,6 +338,7 @@ impl WebState {
             "status/runtimeinfo" => self.api_status_runtimeinfo(),
             "status/buildinfo" => self.api_buildinfo(),
             "status/tsdb" => self.api_status_tsdb(&p),
+            "export" => self.api_export(&p),
             "status/walreplay" => Ok(api::success("{\"min\":0,\"max\":0,\"current\":0}", &[])),
             _ => self.api_admin(rest),
         };
@@ -377,8 +389,8 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
             Err(ReadError::Closed) => return,
             Err(ReadError::Reject(code, msg)) => {
                 state.telemetry.http_request("invalid", code);
-                let resp = Response::text(code, format!("{msg}\n"));
-                http::write_response(&mut stream, &resp, false, &state.limits).await;
+                let mut resp = Response::text(code, format!("{msg}\n"));
+                http::write_response(&mut stream, &mut resp, false, &state.limits).await;
                 return;
             }
         };
@@ -392,10 +404,16 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
         );
         if req.method == "HEAD" {
             resp.body.clear();
+            resp.stream = None;
         }
         let quit = handler == "quit" && resp.status == 200;
-        let written =
-            http::write_response(&mut stream, &resp, req.keep_alive && !quit, &state.limits).await;
+        let written = http::write_response(
+            &mut stream,
+            &mut resp,
+            req.keep_alive && !quit,
+            &state.limits,
+        )
+        .await;
         if quit {
             state.quit.request();
             return;

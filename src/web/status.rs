@@ -67,6 +67,14 @@ pub fn flag_map(f: &Flags) -> BTreeMap<&'static str, String> {
     m.insert("query.timeout", format_duration(f.query_timeout));
     m.insert("query.max-samples", f.query_max_samples.to_string());
     m.insert("log.level", f.log_level.to_string().to_ascii_lowercase());
+    m.insert(
+        "storage.remote.read-sample-limit",
+        f.remote_read_sample_limit.to_string(),
+    );
+    m.insert(
+        "storage.remote.read-max-bytes-in-frame",
+        f.remote_read_max_bytes_in_frame.to_string(),
+    );
     m
 }
 
