@@ -9,5 +9,6 @@ mod e2e;
 mod ingest;
 mod lateness;
 mod promql;
+mod pull;
 mod storage;
 mod threads;
