@@ -24,7 +24,7 @@ pub mod time;
 
 use crate::config::Config;
 use crate::promql::Engine;
-use crate::scrape::TargetStatus;
+use crate::scrape::{DroppedTarget, TargetStatus};
 use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use api::{ApiError, Params};
@@ -82,6 +82,8 @@ pub struct WebState {
     pub telemetry: Rc<Telemetry>,
     /// The scrapers' target states, replaced when scraping is (re)started.
     pub targets: RefCell<Vec<Rc<RefCell<TargetStatus>>>>,
+    /// The targets relabeling dropped, replaced with `targets`.
+    pub dropped_targets: RefCell<Rc<Vec<DroppedTarget>>>,
     pub limits: Limits,
     /// `--web.cors.origin`, anchored.
     pub cors_origin: regex::Regex,
@@ -167,6 +169,7 @@ impl WebState {
             engine,
             telemetry,
             targets: RefCell::new(Vec::new()),
+            dropped_targets: RefCell::new(Rc::new(Vec::new())),
             limits,
             cors_origin,
             quit: Rc::new(QuitSignal::default()),

@@ -884,3 +884,90 @@ fn promtool_answers_match_prometheus() {
     drop(prom);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `/api/v1/targets` with `state` and `scrapePool`, against the answers a live Prometheus 2.42
+/// gave for the same config (tests/data/api/targets*.{yml,json}): targets dropped by
+/// `relabel_configs` with their discovered labels, pools in name order.
+#[test]
+fn targets_active_and_dropped_as_prometheus() {
+    let config = std::fs::read_to_string(data_dir().join("api/targets.yml")).unwrap();
+    let perch = Perch::start("targets", Some(&config));
+    let recorded: Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir().join("api/targets-2.42.json")).unwrap(),
+    )
+    .unwrap();
+    let mut failures = Vec::new();
+    for case in recorded["cases"].as_array().unwrap() {
+        let query = case["query"].as_str().unwrap();
+        let a = exchange(
+            perch.port,
+            "GET",
+            &format!("/api/v1/targets{query}"),
+            "",
+            &[],
+        );
+        let mut got = a.json();
+        for t in got["data"]["activeTargets"].as_array_mut().unwrap() {
+            let t = t.as_object_mut().unwrap();
+            for k in [
+                "globalUrl",
+                "lastError",
+                "lastScrape",
+                "lastScrapeDuration",
+                "health",
+            ] {
+                assert!(t.remove(k).is_some(), "{k} missing");
+            }
+        }
+        if got != case["answer"] {
+            failures.push(format!(
+                "{query:?}:\n  perch      {got}\n  prometheus {}",
+                case["answer"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Byte for byte, as 2.42 wrote it.
+    let a = exchange(
+        perch.port,
+        "GET",
+        "/api/v1/targets?state=DROPPED&scrapePool=beta",
+        "",
+        &[],
+    );
+    assert_eq!(
+        a.text(),
+        r#"{"status":"success","data":{"activeTargets":[],"droppedTargets":[{"discoveredLabels":{"__address__":"b1:80","__metrics_path__":"/metrics","__scheme__":"http","__scrape_interval__":"15s","__scrape_timeout__":"10s","job":"beta"}}]}}"#
+    );
+    // An active target's fields in 2.42's order.
+    let t = exchange(
+        perch.port,
+        "GET",
+        "/api/v1/targets?scrapePool=zeta",
+        "",
+        &[],
+    )
+    .text();
+    let keys = [
+        "discoveredLabels",
+        "labels",
+        "scrapePool",
+        "scrapeUrl",
+        "globalUrl",
+        "lastError",
+        "lastScrape",
+        "lastScrapeDuration",
+        "health",
+        "scrapeInterval",
+        "scrapeTimeout",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            t.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k} in {t}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{t}");
+}
