@@ -9,7 +9,7 @@ use super::json;
 use super::time::{parse_duration_param, parse_time};
 use super::WebState;
 use crate::model::{Labels, Matcher};
-use crate::promql::{QueryError, QueryResult, Value};
+use crate::promql::{QueryError, QueryResult, QueryStats, Value};
 use futures_lite::FutureExt;
 use std::fmt::Write;
 
@@ -153,6 +153,7 @@ impl Params {
 const MIN_TIME: i64 = -62_135_596_800_000 + 1;
 const MAX_TIME: i64 = 253_402_300_799_000;
 
+/// `{"resultType":…,"result":…` of a query answer, without the closing brace.
 fn write_value(out: &mut String, v: &Value) {
     match v {
         Value::Scalar { t, v } => {
@@ -200,7 +201,34 @@ fn write_value(out: &mut String, v: &Value) {
             out.push(']');
         }
     }
-    out.push('}');
+}
+
+/// `"stats":{…}` of a query answer, in 2.42's layout (`stats.BuiltinStats`). Perch's engine has
+/// no query queue and no separate preparation or sorting phase: their timings are 0, and the
+/// evaluation's wall time is the inner, the eval total and the exec total time.
+fn write_stats(out: &mut String, elapsed: std::time::Duration, s: &QueryStats) {
+    let secs = elapsed.as_secs_f64();
+    let timings = [
+        ("evalTotalTime", secs),
+        ("resultSortTime", 0.0),
+        ("queryPreparationTime", 0.0),
+        ("innerEvalTime", secs),
+        ("execQueueTime", 0.0),
+        ("execTotalTime", secs),
+    ];
+    out.push_str("\"stats\":{\"timings\":{");
+    for (i, (name, v)) in timings.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":");
+        json::number(out, *v);
+    }
+    let _ = write!(
+        out,
+        "}},\"samples\":{{\"totalQueryableSamples\":{},\"peakSamples\":{}}}}}",
+        s.total_samples, s.peak_samples
+    );
 }
 
 impl WebState {
@@ -221,6 +249,7 @@ impl WebState {
         F: std::future::Future<Output = Result<QueryResult, QueryError>>,
     {
         let timeout = self.query_timeout(p)?;
+        let started = std::time::Instant::now();
         let res = async { fut.await.map_err(|e| query_error(e, instant)) }
             .or(async {
                 async_io::Timer::after(timeout).await;
@@ -229,8 +258,16 @@ impl WebState {
                 ))
             })
             .await?;
+        let elapsed = started.elapsed();
         let mut data = String::new();
         write_value(&mut data, &res.value);
+        // As 2.42: any non-empty `stats` asks for them; `all` would add per-step figures only
+        // with `--enable-feature=promql-per-step-stats`, which Perch does not have.
+        if p.get("stats").is_some_and(|v| !v.is_empty()) {
+            data.push(',');
+            write_stats(&mut data, elapsed, &res.stats);
+        }
+        data.push('}');
         Ok(success_with_infos(&data, &res.warnings, &res.infos))
     }
 

@@ -971,3 +971,102 @@ fn targets_active_and_dropped_as_prometheus() {
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{t}");
 }
+
+/// Queries whose `stats=1` answers are compared with Prometheus 2.42 over the same data: (path
+/// and query, whether `peakSamples` is compared too: it follows each engine's own accounting of
+/// what it holds, and differs where they hold intermediate results differently).
+const STATS_QUERIES: &[(&str, bool)] = &[
+    ("/api/v1/query?time=1760000000&query=node_cpu_seconds_total", true),
+    ("/api/v1/query?time=1760000000&query=node_cpu_seconds_total%5B1m%5D", true),
+    ("/api/v1/query?time=1759999990&query=sum%20by%20(mode)%20(rate(node_cpu_seconds_total%5B1m%5D))", false),
+    ("/api/v1/query?time=1760000000&query=max_over_time(node_context_switches_total%5B1m%3A15s%5D)", false),
+    ("/api/v1/query?time=1760000000&query=node_context_switches_total%5B1m%3A15s%5D", true),
+    ("/api/v1/query?time=1760000000&query=absent_over_time(node_context_switches_total%5B1m%5D)", false),
+    ("/api/v1/query?time=4&query=1", true),
+    ("/api/v1/query?time=4&query=%22a%22", true),
+    ("/api/v1/query_range?start=1759999900&end=1760000000&step=15&query=rate(node_context_switches_total%5B1m%5D)", true),
+    ("/api/v1/query_range?start=1759999900&end=1760000000&step=5&query=node_network_receive_bytes_total%20*%208", false),
+    ("/api/v1/query_range?start=1759999900&end=1760000000&step=5&query=sum(node_cpu_seconds_total)", false),
+];
+
+/// The `"stats":{…}` of a raw answer with every number written as `N`: the layout alone.
+fn stats_layout(body: &str) -> String {
+    let from = body.find("\"stats\":").unwrap_or(body.len());
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in body[from..].chars() {
+        let numeric = c.is_ascii_digit() || ".-+e".contains(c);
+        if numeric && (in_number || out.ends_with(':')) {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `stats` on instant and range queries: 2.42's layout (recorded below from a live server),
+/// and the same `totalQueryableSamples` as 2.42 over the same data.
+#[test]
+fn query_stats_layout() {
+    let (_fixture, perch) = node_perch("stats-layout", &[]);
+    // 2.42 for `query=up&stats=all` (and any other non-empty value; `stats=` gives none).
+    let recorded = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up","env":"x","instance":"127.0.0.1:19390","job":"alpha"},"value":[1795624863,"1"]},{"metric":{"__name__":"up","instance":"127.0.0.1:19391","job":"zeta"},"value":[1795624863,"1"]}],"stats":{"timings":{"evalTotalTime":0.000119356,"resultSortTime":0,"queryPreparationTime":0.000072041,"innerEvalTime":0.000037616,"execQueueTime":0.000161584,"execTotalTime":0.000292267},"samples":{"totalQueryableSamples":2,"peakSamples":2}}}}"#;
+    let want = stats_layout(recorded);
+    for (path, form) in [
+        ("/api/v1/query?query=up&stats=all", ""),
+        ("/api/v1/query?query=up&stats=1", ""),
+        ("/api/v1/query", "query=up&stats=false"),
+        (
+            "/api/v1/query_range?query=up&start=1759999900&end=1760000000&step=15&stats=all",
+            "",
+        ),
+    ] {
+        let method = if form.is_empty() { "GET" } else { "POST" };
+        let a = exchange(perch.port, method, path, form, &[]);
+        assert_eq!(stats_layout(&a.text()), want, "{path} {form}");
+        let v = a.json();
+        assert!(
+            v["data"]["stats"]["timings"]["execTotalTime"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(v["data"]["result"].is_array());
+    }
+    for path in ["/api/v1/query?query=up&stats=", "/api/v1/query?query=up"] {
+        let v = exchange(perch.port, "GET", path, "", &[]).json();
+        assert!(v["data"].get("stats").is_none(), "{path}: {v}");
+    }
+}
+
+#[test]
+#[ignore = "needs promtool and prometheus (Debian package prometheus)"]
+fn query_stats_match_prometheus() {
+    use crate::support::Prometheus;
+    let (_fixture, perch) = node_perch("stats", &[]);
+    let prom = Prometheus::with_openmetrics("stats-prom", &node_openmetrics());
+    let mut failures = Vec::new();
+    for (path, peak) in STATS_QUERIES {
+        let path = format!("{path}&stats=1");
+        let want = exchange(prom.port, "GET", &path, "", &[]);
+        let got = exchange(perch.port, "GET", &path, "", &[]);
+        if stats_layout(&got.text()) != stats_layout(&want.text()) {
+            failures.push(format!("{path}: {} vs {}", got.text(), want.text()));
+        }
+        let (w, g) = (
+            &want.json()["data"]["stats"]["samples"],
+            &got.json()["data"]["stats"]["samples"],
+        );
+        let same = |k: &str| g[k] == w[k];
+        if !same("totalQueryableSamples") || (*peak && !same("peakSamples")) {
+            failures.push(format!("{path}:\n  perch      {g}\n  prometheus {w}"));
+        }
+    }
+    drop(prom);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
