@@ -101,6 +101,9 @@ pub struct Response {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// The answer to a HEAD request: the head as for GET, `Content-Length` included (as Go's
+    /// net/http sends it for a body written at once), and no body.
+    pub head_only: bool,
 }
 
 impl Response {
@@ -110,6 +113,7 @@ impl Response {
             content_type,
             headers: Vec::new(),
             body: body.into(),
+            head_only: false,
         }
     }
 
@@ -124,6 +128,12 @@ impl Response {
     /// 204 No Content: no body, no content type.
     pub fn no_content() -> Self {
         Response::new(204, "", Vec::new())
+    }
+
+    /// A status line and nothing else: no content type, no `Content-Length`, as Go answers a
+    /// HEAD request whose handler writes no body (`/-/healthy`, `/-/ready`).
+    pub fn bare(status: u16) -> Self {
+        Response::new(status, "", Vec::new())
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -299,7 +309,7 @@ pub async fn write_response(
     limits: &Limits,
 ) -> bool {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
-    if resp.status != 204 {
+    if resp.status != 204 && !(resp.content_type.is_empty() && resp.body.is_empty()) {
         head.push_str(&format!(
             "Content-Type: {}\r\nContent-Length: {}\r\n",
             resp.content_type,
@@ -315,7 +325,7 @@ pub async fn write_response(
     head.push_str("\r\n");
     async {
         stream.write_all(head.as_bytes()).await.is_ok()
-            && stream.write_all(&resp.body).await.is_ok()
+            && (resp.head_only || stream.write_all(&resp.body).await.is_ok())
             && stream.flush().await.is_ok()
     }
     .or(async {

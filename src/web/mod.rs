@@ -9,11 +9,13 @@
 //!
 //! Routing follows Prometheus 2.42: `/api/v1/*` answers `OPTIONS` with 204 and CORS headers, a
 //! known path with a wrong method gets 405 with an `Allow` header, an unknown path 404
-//! (`404 page not found`). API answers carry CORS headers when the request has an `Origin`
-//! (per `--web.cors.origin`) and are gzip-compressed when the client accepts gzip. Where Grafana
-//! may send POST to an endpoint Prometheus serves only with GET (label values, metadata, rules,
-//! alerts, buildinfo), Perch accepts POST too. `/-/reload` and `/-/quit` need
-//! `--web.enable-lifecycle` (403 otherwise), `/api/v1/admin/*` needs `--web.enable-admin-api`.
+//! (`404 page not found`); HEAD is served on `/-/healthy` and `/-/ready` only, and any HEAD
+//! answer carries the `Content-Length` of the body it leaves out. API answers carry CORS
+//! headers when the request has an `Origin` (per `--web.cors.origin`) and are gzip-compressed
+//! when the client accepts gzip. Where Grafana may send POST to an endpoint Prometheus serves
+//! only with GET (label values, metadata, rules, alerts, buildinfo), Perch accepts POST too.
+//! `/-/reload` and `/-/quit` need `--web.enable-lifecycle` (403 otherwise), `/api/v1/admin/*`
+//! needs `--web.enable-admin-api`.
 
 pub mod api;
 pub mod http;
@@ -200,10 +202,10 @@ impl WebState {
             }
             return (handler, resp);
         }
-        let get = req.method == "GET" || req.method == "HEAD";
-        let get_only = || {
-            Response::text(405, "Method Not Allowed\n").with_header("Allow", "GET, HEAD, OPTIONS")
-        };
+        // As 2.42's router: HEAD only on the health and readiness checks.
+        let (get, head) = (req.method == "GET", req.method == "HEAD");
+        let get_only =
+            |allow: &str| Response::text(405, "Method Not Allowed\n").with_header("Allow", allow);
         match path {
             "/metrics" if get => {
                 let mut out = String::with_capacity(8192);
@@ -216,7 +218,10 @@ impl WebState {
             }
             "/-/healthy" if get => ("healthy", Response::text(200, "Perch is Healthy.\n")),
             "/-/ready" if get => ("ready", Response::text(200, "Perch is Ready.\n")),
-            "/metrics" | "/-/healthy" | "/-/ready" => ("other", get_only()),
+            "/-/healthy" if head => ("healthy", Response::bare(200)),
+            "/-/ready" if head => ("ready", Response::bare(200)),
+            "/metrics" => ("other", get_only("GET, OPTIONS")),
+            "/-/healthy" | "/-/ready" => ("other", get_only("GET, HEAD, OPTIONS")),
             "/-/reload" | "/-/quit" => {
                 let handler = if path == "/-/quit" { "quit" } else { "reload" };
                 (handler, self.lifecycle(handler, req))
@@ -228,6 +233,9 @@ impl WebState {
     /// `/-/reload` and `/-/quit`, with Prometheus's answers. The quit itself happens after the
     /// answer is written (see [`connection`]).
     fn lifecycle(&self, handler: &str, req: &Request) -> Response {
+        if req.method == "HEAD" {
+            return method_not_allowed(&["GET", "POST", "PUT"]);
+        }
         if req.method != "POST" && req.method != "PUT" {
             return Response::text(405, "Only POST or PUT requests allowed\n");
         }
@@ -295,7 +303,6 @@ impl WebState {
         if m == "OPTIONS" {
             return ("options", Response::no_content());
         }
-        let m = if m == "HEAD" { "GET" } else { m };
         if !allowed.contains(&m) {
             return (handler, method_not_allowed(allowed));
         }
@@ -393,9 +400,7 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
             started.elapsed().as_secs_f64(),
             resp.body.len() as u64,
         );
-        if req.method == "HEAD" {
-            resp.body.clear();
-        }
+        resp.head_only = req.method == "HEAD";
         let quit = handler == "quit" && resp.status == 200;
         let written =
             http::write_response(&mut stream, &resp, req.keep_alive && !quit, &state.limits).await;

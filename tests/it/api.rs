@@ -1070,3 +1070,110 @@ fn query_stats_match_prometheus() {
     drop(prom);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// HEAD and other methods outside the routes, as a live 2.42 answered them (`curl -I`): HEAD
+/// only on `/-/healthy` and `/-/ready` (200, no body, no length, no type); anywhere else the
+/// 405 or 404 with the `Content-Length` its body would have, and no body.
+/// (method, path, status, Allow, Content-Length)
+type HeadAnswer = (
+    &'static str,
+    &'static str,
+    u16,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+const HEAD_ANSWERS: &[HeadAnswer] = &[
+    ("HEAD", "/-/ready", 200, None, None),
+    ("HEAD", "/-/healthy", 200, None, None),
+    (
+        "HEAD",
+        "/api/v1/query?query=up",
+        405,
+        Some("GET, OPTIONS, POST"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/api/v1/targets",
+        405,
+        Some("GET, OPTIONS"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/api/v1/status/config",
+        405,
+        Some("GET, OPTIONS"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/api/v1/write",
+        405,
+        Some("OPTIONS, POST"),
+        Some("19"),
+    ),
+    ("HEAD", "/metrics", 405, Some("GET, OPTIONS"), Some("19")),
+    (
+        "HEAD",
+        "/-/reload",
+        405,
+        Some("GET, OPTIONS, POST, PUT"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/-/quit",
+        405,
+        Some("GET, OPTIONS, POST, PUT"),
+        Some("19"),
+    ),
+    ("HEAD", "/nope", 404, None, Some("19")),
+    ("HEAD", "/api/v1/nope", 404, None, Some("19")),
+    ("POST", "/metrics", 405, Some("GET, OPTIONS"), Some("19")),
+    (
+        "POST",
+        "/-/ready",
+        405,
+        Some("GET, HEAD, OPTIONS"),
+        Some("19"),
+    ),
+];
+
+#[test]
+fn head_as_prometheus() {
+    let perch = Perch::start("head", None);
+    let mut failures = Vec::new();
+    for &(method, path, status, allow, length) in HEAD_ANSWERS {
+        let a = exchange(perch.port, method, path, "", &[]);
+        let got = (
+            a.status,
+            a.header("allow"),
+            a.header("content-length"),
+            a.body.len(),
+        );
+        let want_body = if method == "HEAD" { 0 } else { 19 };
+        if got != (status, allow, length, want_body) {
+            failures.push(format!(
+                "{method} {path}: got {got:?}, want {:?}",
+                (status, allow, length, want_body)
+            ));
+        }
+        if length.is_none() && a.header("content-type").is_some() {
+            failures.push(format!("{method} {path}: a Content-Type without a body"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // On a kept-alive connection the next answer follows the head at once.
+    let mut s = TcpStream::connect(("127.0.0.1", perch.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /-/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (first, rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(first.contains("Content-Length: 19"), "{raw}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(rest.ends_with("\r\n\r\nPerch is Ready.\n"), "{raw}");
+}
