@@ -11,7 +11,7 @@
 //! labelset" error, checked by [`StepVecBuilder`]).
 
 use super::{aggregate, binary, functions, EngineOptions, QueryError, RangeSeries, VectorSample};
-use super::{QueryResult, Value, DEFAULT_SUBQUERY_STEP_MS};
+use super::{QueryResult, QueryStats, Value, DEFAULT_SUBQUERY_STEP_MS};
 use crate::model::{is_stale, Labels, MatchKind, Matcher, Sample, METRIC_NAME};
 use crate::storage::Querier;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
@@ -185,7 +185,7 @@ impl Val {
     fn points(&self) -> usize {
         match self {
             Val::Scalar(s) => s.len(),
-            Val::Str(_) => 1,
+            Val::Str(_) => 0,
             Val::Vector(v) => v.points(),
             Val::Matrix(m) => m.iter().map(|s| s.samples.len()).sum(),
         }
@@ -199,6 +199,9 @@ pub(crate) struct RangeArg {
     pub range: i64,
     pub offset: i64,
     pub at: Option<i64>,
+    /// For a subquery, the samples its inner expression read (see [`QueryStats`]): counted only
+    /// when the subquery is the whole query; as an argument, the windows over it are counted.
+    pub inner_read: u64,
 }
 
 impl RangeArg {
@@ -222,6 +225,8 @@ pub(crate) struct Evaluator<'q> {
     query_start: i64,
     query_end: i64,
     cur_samples: usize,
+    /// The query's statistics so far: `peak_samples` follows `cur_samples`.
+    stats: QueryStats,
     work: usize,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
@@ -235,6 +240,7 @@ impl<'q> Evaluator<'q> {
             query_start: start,
             query_end: end,
             cur_samples: 0,
+            stats: QueryStats::default(),
             work: 0,
             warnings: Vec::new(),
             infos: Vec::new(),
@@ -246,6 +252,7 @@ impl<'q> Evaluator<'q> {
             value,
             warnings: std::mem::take(&mut self.warnings),
             infos: std::mem::take(&mut self.infos),
+            stats: self.stats,
         }
     }
 
@@ -279,10 +286,16 @@ impl<'q> Evaluator<'q> {
     /// Counts `n` more samples held; over the limit is an error.
     pub fn add_samples(&mut self, n: usize) -> Result<(), QueryError> {
         self.cur_samples = self.cur_samples.saturating_add(n);
+        self.stats.peak_samples = self.stats.peak_samples.max(self.cur_samples);
         if self.cur_samples > self.opts.max_samples {
             return Err(QueryError::TooManySamples);
         }
         Ok(())
+    }
+
+    /// Counts `n` samples read at one step (`totalQueryableSamples`).
+    pub fn read_samples(&mut self, n: usize) {
+        self.stats.total_samples = self.stats.total_samples.saturating_add(n as u64);
     }
 
     /// Checks that a span of `n` steps could be held at all.
@@ -308,9 +321,15 @@ impl<'q> Evaluator<'q> {
         match unparen(e) {
             Expr::MatrixSelector(_) | Expr::Subquery(_) => {
                 let arg = self.range_arg(e, span).await?;
+                // A subquery counts what its inner expression read, a matrix selector its window.
+                let selector = matches!(unparen(e), Expr::MatrixSelector(_));
+                self.stats.total_samples = self.stats.total_samples.saturating_add(arg.inner_read);
                 let mut out = Vec::new();
                 for (labels, samples) in arg.series.iter() {
                     let w = arg.window(samples, span.start);
+                    if selector {
+                        self.read_samples(w.len());
+                    }
                     if !w.is_empty() {
                         out.push(RangeSeries {
                             labels: labels.clone(),
@@ -470,6 +489,7 @@ impl<'q> Evaluator<'q> {
                 b.push(k, i, v)?;
                 count += 1;
             }
+            self.read_samples(count);
             self.add_samples(count)?;
         }
         Ok(b.finish())
@@ -502,6 +522,7 @@ impl<'q> Evaluator<'q> {
                     range,
                     offset,
                     at,
+                    inner_read: 0,
                 })
             }
             Expr::Subquery(sq) => self.subquery(sq, span).await,
@@ -528,6 +549,8 @@ impl<'q> Evaluator<'q> {
             start = start.saturating_add(step);
         }
         let mut series = Vec::new();
+        // What the inner expression reads is not the caller's (see `RangeArg::inner_read`).
+        let read_before = self.stats.total_samples;
         if start <= max_ref {
             let inner = Span {
                 start,
@@ -556,11 +579,14 @@ impl<'q> Evaluator<'q> {
                 }
             }
         }
+        let inner_read = self.stats.total_samples - read_before;
+        self.stats.total_samples = read_before;
         Ok(RangeArg {
             series,
             range,
             offset,
             at,
+            inner_read,
         })
     }
 }

@@ -297,8 +297,9 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let mut idx = None;
             for k in 0..n {
                 let ts = span.ts(k);
-                let any = ra.series.iter().any(|(_, s)| !ra.window(s, ts).is_empty());
-                if !any {
+                let read: usize = ra.series.iter().map(|(_, s)| ra.window(s, ts).len()).sum();
+                ev.read_samples(read);
+                if read == 0 {
                     let i = match idx {
                         Some(i) => i,
                         None => *idx.insert(b.intern(absent_labels(e))),
@@ -389,6 +390,7 @@ pub(super) async fn over_windows(
             if w.is_empty() {
                 continue;
             }
+            ev.read_samples(w.len());
             let end = ra.ref_time(ts);
             let c = WindowCtx {
                 ts,

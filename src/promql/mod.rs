@@ -15,7 +15,8 @@
 //!   `.await` that would break on drop.
 //! - Memory is bounded by [`EngineOptions::max_samples`]: samples loaded and points held by
 //!   intermediate results are counted (like Prometheus's `currentSamples`), and going over the
-//!   bound is [`QueryError::TooManySamples`].
+//!   bound is [`QueryError::TooManySamples`]. The peak of that count and the samples read (per
+//!   step, as Prometheus counts `totalQueryableSamples`) come back as [`QueryStats`].
 //! - Instant vector results keep evaluation order (only `sort`/`sort_desc` order by value);
 //!   range results are a matrix sorted by labels, without empty series.
 //!
@@ -126,6 +127,21 @@ pub struct QueryResult {
     pub value: Value,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
+    pub stats: QueryStats,
+}
+
+/// What a query read and held: the `samples` of the API's `stats`, with the meaning of
+/// Prometheus's `stats.QuerySamples`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// `totalQueryableSamples`: samples read, counted per step as Prometheus counts them — an
+    /// instant selector's sample once for each step it is the value at, a range window's samples
+    /// once for each step the window is taken at (so overlapping windows count a sample more than
+    /// once), a subquery by the windows taken over its result (or, for a whole query that is a
+    /// subquery, by what its inner expression read).
+    pub total_samples: u64,
+    /// `peakSamples`: the most samples held at once, the figure `max_samples` bounds.
+    pub peak_samples: usize,
 }
 
 /// A query result value.

@@ -46,6 +46,78 @@ fn errors_and_limits() {
     assert!(matches!(r, Err(QueryError::Execution(_))), "{r:?}");
 }
 
+/// `totalQueryableSamples` and `peakSamples` as Prometheus counts them (the same figures as a
+/// live 2.42 where tests/it/api.rs compares them).
+#[test]
+fn sample_stats() {
+    let store = MemStorage::new(MemOptions::default());
+    let mut app = store.appender();
+    for i in 0..3 {
+        let l = Labels::from_pairs(&[("__name__", "m"), ("i", &i.to_string())]);
+        for t in 0..10 {
+            app.append(&l, t * 10_000, t as f64).unwrap();
+        }
+    }
+    app.commit().unwrap();
+    let q = store.querier();
+    let engine = Engine::new(EngineOptions::default());
+    let stats = |r: Result<super::QueryResult, QueryError>| {
+        let s = r.unwrap().stats;
+        (s.total_samples, s.peak_samples)
+    };
+    // One sample per series at the step.
+    assert_eq!(
+        stats(block_on(engine.instant(q.as_ref(), "m", 90_000))),
+        (3, 3)
+    );
+    // A window's samples: (60s, 90s] holds 3 per series.
+    assert_eq!(
+        stats(block_on(engine.instant(q.as_ref(), "m[30s]", 90_000))),
+        (9, 9)
+    );
+    let (total, _) = stats(block_on(engine.instant(
+        q.as_ref(),
+        "sum(rate(m[30s]))",
+        90_000,
+    )));
+    assert_eq!(total, 9);
+    // A range query counts per step: 3 series at 4 steps; windows of 2 samples at 4 steps.
+    assert_eq!(
+        stats(block_on(engine.range(
+            q.as_ref(),
+            "m",
+            60_000,
+            90_000,
+            10_000
+        ))),
+        (12, 12)
+    );
+    let (total, _) = stats(block_on(engine.range(
+        q.as_ref(),
+        "rate(m[20s])",
+        60_000,
+        90_000,
+        10_000,
+    )));
+    assert_eq!(total, 3 * 4 * 2);
+    // A subquery argument counts the windows over its result, not what its inner query read.
+    let (total, _) = stats(block_on(engine.instant(
+        q.as_ref(),
+        "max_over_time(sum(m)[30s:10s])",
+        90_000,
+    )));
+    assert_eq!(total, 3);
+    // A subquery as the whole query counts what its inner query read.
+    let (total, _) = stats(block_on(engine.instant(q.as_ref(), "m[30s:10s]", 90_000)));
+    assert_eq!(total, 9);
+    // Literals read nothing; a string holds no samples.
+    assert_eq!(stats(block_on(engine.instant(q.as_ref(), "1", 0))), (0, 1));
+    assert_eq!(
+        stats(block_on(engine.instant(q.as_ref(), "\"a\"", 0))),
+        (0, 0)
+    );
+}
+
 #[test]
 fn absurd_inputs_are_errors_or_results_never_panics() {
     let store = MemStorage::new(MemOptions::default());

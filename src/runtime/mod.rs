@@ -176,6 +176,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         telemetry.clone(),
     )));
     *state.targets.borrow_mut() = scrapers.borrow().status.clone();
+    *state.dropped_targets.borrow_mut() = scrapers.borrow().dropped.clone();
     // `/-/reload`: load the config file again with the same flags; on success restart
     // scraping with it. The web state is held weakly: it owns this hook.
     {
@@ -188,6 +189,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             s.stop();
             *s = ScrapeManager::start(&ex, &new.file, storage.clone(), telemetry.clone());
             *web.targets.borrow_mut() = s.status.clone();
+            *web.dropped_targets.borrow_mut() = s.dropped.clone();
             *web.config.borrow_mut() = Rc::new(new);
             log::info!("configuration reloaded");
             Ok(())

@@ -13,7 +13,9 @@
 //!   `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and `scrape_series_added`.
 //! - Series that disappear from a target, or all of its series when a scrape fails, get a
 //!   staleness marker.
-//! - The state of every target is kept in a [`TargetStatus`] for the API.
+//! - The state of every target is kept in a [`TargetStatus`] for the API; targets dropped by
+//!   `relabel_configs` are kept as their discovered label sets ([`DroppedTarget`]), as
+//!   Prometheus keeps them, bounded by the config's `static_configs`.
 
 pub mod client;
 pub mod parse;
@@ -142,13 +144,22 @@ fn has_port(addr: &str) -> bool {
     }
 }
 
+/// What [`populate`] made of one discovered label set.
+#[derive(Debug, Clone)]
+pub enum Populated {
+    /// A target to scrape.
+    Active(Target),
+    /// Dropped by `relabel_configs`: the labels it had before relabeling.
+    Dropped(Labels),
+}
+
 /// The target for one discovered label set, as Prometheus's `PopulateLabels`: the job's
 /// defaults fill in what discovery did not set, `relabel_configs` run, and the result gives the
 /// URL (`__scheme__`, `__address__`, `__metrics_path__`, `__param_*`), the schedule
 /// (`__scrape_interval__`, `__scrape_timeout__`) and the target labels (those not starting with
-/// `__`, `instance` defaulting to the address). `Ok(None)`: dropped by relabeling; `Err`: the
-/// labels left cannot be scraped (the reason, for the log).
-pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Option<Target>, String> {
+/// `__`, `instance` defaulting to the address). `Err`: the labels left cannot be scraped (the
+/// reason, for the log).
+pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, String> {
     let mut disc = discovered.builder();
     for (name, value) in [
         ("job", job.job_name.clone()),
@@ -175,7 +186,7 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Option<Target
     }
     let discovered_labels = disc.build();
     let Some(lset) = relabel::process(discovered_labels.clone(), &job.relabel_configs) else {
-        return Ok(None);
+        return Ok(Populated::Dropped(discovered_labels));
     };
     let mut address = lset.get("__address__").to_owned();
     if address.is_empty() {
@@ -248,7 +259,7 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Option<Target
     if lset.get("instance").is_empty() {
         labels.set("instance", &address);
     }
-    Ok(Some(Target {
+    Ok(Populated::Active(Target {
         job: job.job_name.clone(),
         address,
         path_and_query,
@@ -263,17 +274,38 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Option<Target
     }))
 }
 
-/// The targets of one scrape job; targets dropped by `relabel_configs` are left out, and those
-/// that cannot be scraped are left out with a warning.
-pub fn targets_of(job: &ScrapeConfig) -> Vec<Target> {
-    let mut out = Vec::new();
+/// A target that `relabel_configs` dropped: only its labels before relabeling, for the targets
+/// API's `droppedTargets`, as Prometheus keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedTarget {
+    /// The scrape pool (job name) it was discovered in.
+    pub job: String,
+    /// The discovered labels with the job's defaults (`job`, `__scheme__`, …) filled in.
+    pub discovered_labels: Labels,
+}
+
+/// The targets of one scrape job as relabeling left them. Both lists are in discovery order and
+/// bounded by the job's `static_configs`: each dropped target is one label set.
+#[derive(Debug, Clone, Default)]
+pub struct JobTargets {
+    pub active: Vec<Target>,
+    pub dropped: Vec<DroppedTarget>,
+}
+
+/// The targets of one scrape job: those to scrape, and those `relabel_configs` dropped. Targets
+/// that cannot be scraped are left out of both with a warning, as Prometheus logs and skips them.
+pub fn resolve_targets(job: &ScrapeConfig) -> JobTargets {
+    let mut out = JobTargets::default();
     for group in &job.static_configs {
         for addr in &group.targets {
             let mut disc = group.labels.builder();
             disc.set("__address__", addr);
             match populate(job, &disc.build()) {
-                Ok(Some(t)) => out.push(t),
-                Ok(None) => {}
+                Ok(Populated::Active(t)) => out.active.push(t),
+                Ok(Populated::Dropped(discovered_labels)) => out.dropped.push(DroppedTarget {
+                    job: job.job_name.clone(),
+                    discovered_labels,
+                }),
                 Err(e) => log::warn!("job {:?}: target {addr:?} dropped: {e}", job.job_name),
             }
         }
@@ -281,10 +313,17 @@ pub fn targets_of(job: &ScrapeConfig) -> Vec<Target> {
     out
 }
 
+/// The targets of one scrape job to scrape (see [`resolve_targets`]).
+pub fn targets_of(job: &ScrapeConfig) -> Vec<Target> {
+    resolve_targets(job).active
+}
+
 /// Runs the scrapers of a config; dropping it stops them.
 pub struct ScrapeManager {
     /// One entry per target, in config order.
     pub status: Vec<Rc<RefCell<TargetStatus>>>,
+    /// The targets `relabel_configs` dropped, in config order (shared with the web state).
+    pub dropped: Rc<Vec<DroppedTarget>>,
     tasks: Vec<async_executor::Task<()>>,
 }
 
@@ -298,16 +337,27 @@ impl ScrapeManager {
     ) -> ScrapeManager {
         let mut status = Vec::new();
         let mut tasks = Vec::new();
+        let mut dropped = Vec::new();
         for job in &cfg.scrape_configs {
-            for target in targets_of(job) {
+            let targets = resolve_targets(job);
+            dropped.extend(targets.dropped);
+            for target in targets.active {
                 let st = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
                 status.push(st.clone());
                 let s = scraper::Scraper::new(target, storage.clone(), telemetry.clone(), st);
                 tasks.push(ex.spawn(s.run()));
             }
         }
-        log::info!("scraping {} targets", status.len());
-        ScrapeManager { status, tasks }
+        log::info!(
+            "scraping {} targets ({} dropped by relabeling)",
+            status.len(),
+            dropped.len()
+        );
+        ScrapeManager {
+            status,
+            dropped: Rc::new(dropped),
+            tasks,
+        }
     }
 
     /// Stops every scraper (their tasks are cancelled at their next `.await`).
@@ -374,6 +424,14 @@ scrape_configs:
         let c = parse_yaml(y, "t").unwrap();
         let t = targets_of(&c.scrape_configs[0]);
         assert_eq!(t.len(), 2, "drop-me is dropped");
+        let dropped = resolve_targets(&c.scrape_configs[0]).dropped;
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].job, "blackbox");
+        // As 2.42 lists it: the discovered labels with the job's defaults, before relabeling.
+        assert_eq!(
+            dropped[0].discovered_labels.to_string(),
+            r#"{__address__="drop-me", __metrics_path__="/metrics", __param_module="http_2xx", __scheme__="http", __scrape_interval__="1m", __scrape_timeout__="10s", env="prod", job="blackbox"}"#
+        );
         assert_eq!(t[0].address, "127.0.0.1:9115");
         assert_eq!(
             t[0].url(),
@@ -410,8 +468,12 @@ scrape_configs:
         assert_eq!(t[0].interval, Duration::from_secs(30));
         assert_eq!(t[0].timeout, Duration::from_secs(5));
         assert_eq!(t[0].labels.to_string(), r#"{instance="h:80", job="j"}"#);
+        // One that cannot be scraped is not a dropped target either: 2.42 logs and skips it.
+        assert!(resolve_targets(&c.scrape_configs[0]).dropped.is_empty());
         // Keep with no match drops every target.
         let y = "scrape_configs:\n  - job_name: j\n    relabel_configs: [{source_labels: [job], regex: other, action: keep}]\n    static_configs: [{targets: [h]}]\n";
-        assert!(targets_of(&parse_yaml(y, "t").unwrap().scrape_configs[0]).is_empty());
+        let t = resolve_targets(&parse_yaml(y, "t").unwrap().scrape_configs[0]);
+        assert!(t.active.is_empty());
+        assert_eq!(t.dropped.len(), 1);
     }
 }

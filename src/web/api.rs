@@ -9,7 +9,7 @@ use super::json;
 use super::time::{parse_duration_param, parse_time};
 use super::WebState;
 use crate::model::{Labels, Matcher};
-use crate::promql::{QueryError, QueryResult, Value};
+use crate::promql::{QueryError, QueryResult, QueryStats, Value};
 use futures_lite::FutureExt;
 use std::fmt::Write;
 
@@ -153,6 +153,7 @@ impl Params {
 pub const MIN_TIME: i64 = -62_135_596_800_000 + 1;
 pub const MAX_TIME: i64 = 253_402_300_799_000;
 
+/// `{"resultType":…,"result":…` of a query answer, without the closing brace.
 fn write_value(out: &mut String, v: &Value) {
     match v {
         Value::Scalar { t, v } => {
@@ -200,7 +201,34 @@ fn write_value(out: &mut String, v: &Value) {
             out.push(']');
         }
     }
-    out.push('}');
+}
+
+/// `"stats":{…}` of a query answer, in 2.42's layout (`stats.BuiltinStats`). Perch's engine has
+/// no query queue and no separate preparation or sorting phase: their timings are 0, and the
+/// evaluation's wall time is the inner, the eval total and the exec total time.
+fn write_stats(out: &mut String, elapsed: std::time::Duration, s: &QueryStats) {
+    let secs = elapsed.as_secs_f64();
+    let timings = [
+        ("evalTotalTime", secs),
+        ("resultSortTime", 0.0),
+        ("queryPreparationTime", 0.0),
+        ("innerEvalTime", secs),
+        ("execQueueTime", 0.0),
+        ("execTotalTime", secs),
+    ];
+    out.push_str("\"stats\":{\"timings\":{");
+    for (i, (name, v)) in timings.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":");
+        json::number(out, *v);
+    }
+    let _ = write!(
+        out,
+        "}},\"samples\":{{\"totalQueryableSamples\":{},\"peakSamples\":{}}}}}",
+        s.total_samples, s.peak_samples
+    );
 }
 
 impl WebState {
@@ -221,6 +249,7 @@ impl WebState {
         F: std::future::Future<Output = Result<QueryResult, QueryError>>,
     {
         let timeout = self.query_timeout(p)?;
+        let started = std::time::Instant::now();
         let res = async { fut.await.map_err(|e| query_error(e, instant)) }
             .or(async {
                 async_io::Timer::after(timeout).await;
@@ -229,8 +258,16 @@ impl WebState {
                 ))
             })
             .await?;
+        let elapsed = started.elapsed();
         let mut data = String::new();
         write_value(&mut data, &res.value);
+        // As 2.42: any non-empty `stats` asks for them; `all` would add per-step figures only
+        // with `--enable-feature=promql-per-step-stats`, which Perch does not have.
+        if p.get("stats").is_some_and(|v| !v.is_empty()) {
+            data.push(',');
+            write_stats(&mut data, elapsed, &res.stats);
+        }
+        data.push('}');
         Ok(success_with_infos(&data, &res.warnings, &res.infos))
     }
 
@@ -378,48 +415,46 @@ impl WebState {
         Ok(success(&data, &warnings))
     }
 
-    /// `/api/v1/targets`
+    /// `/api/v1/targets`, as 2.42: `state` (`active`, `dropped`, `any` or empty; anything else
+    /// lists neither) and `scrapePool` filter; pools in name order, targets in config order
+    /// within a pool (2.42's order there is its map's); dropped targets with their discovered
+    /// labels only.
     pub fn api_targets(&self, p: &Params) -> Result<Response, ApiError> {
-        let state = p.get("state").unwrap_or("any").to_ascii_lowercase();
+        let state = p.get("state").unwrap_or("").to_ascii_lowercase();
+        let pool = p.get("scrapePool").filter(|s| !s.is_empty());
+        let in_pool = |job: &str| pool.is_none_or(|p| p == job);
         let mut s = String::from("{\"activeTargets\":[");
-        if state == "any" || state == "active" || state.is_empty() {
-            for (i, st) in self.scrape_status().iter().enumerate() {
+        if matches!(state.as_str(), "" | "any" | "active") {
+            let mut active = self.scrape_status();
+            // Stable: config order within a pool.
+            active.sort_by(|a, b| a.borrow().target.job.cmp(&b.borrow().target.job));
+            let mut first = true;
+            for st in &active {
                 let st = st.borrow();
+                if !in_pool(&st.target.job) {
+                    continue;
+                }
+                if !std::mem::take(&mut first) {
+                    s.push(',');
+                }
+                write_active_target(&mut s, &st);
+            }
+        }
+        s.push_str("],\"droppedTargets\":[");
+        if matches!(state.as_str(), "" | "any" | "dropped") {
+            let all = self.dropped_targets.borrow().clone();
+            let mut dropped: Vec<_> = all.iter().filter(|d| in_pool(&d.job)).collect();
+            dropped.sort_by(|a, b| a.job.cmp(&b.job));
+            for (i, d) in dropped.iter().enumerate() {
                 if i > 0 {
                     s.push(',');
                 }
                 s.push_str("{\"discoveredLabels\":");
-                json::labels(&mut s, &st.target.discovered_labels);
-                s.push_str(",\"labels\":");
-                json::labels(&mut s, &st.target.labels);
-                s.push_str(",\"scrapePool\":");
-                json::string(&mut s, &st.target.job);
-                s.push_str(",\"scrapeUrl\":");
-                json::string(&mut s, &st.target.url());
-                s.push_str(",\"globalUrl\":");
-                json::string(&mut s, &st.target.url());
-                s.push_str(",\"lastError\":");
-                json::string(&mut s, &st.last_error);
-                s.push_str(",\"lastScrape\":");
-                let last = if st.last_scrape_ms == 0 {
-                    "0001-01-01T00:00:00Z".to_owned()
-                } else {
-                    super::time::format_rfc3339(st.last_scrape_ms)
-                };
-                json::string(&mut s, &last);
-                let _ = write!(
-                    s,
-                    ",\"lastScrapeDuration\":{},\"health\":\"{}\",\"scrapeInterval\":",
-                    st.last_scrape_duration.as_secs_f64(),
-                    st.health.as_str()
-                );
-                json::string(&mut s, &crate::config::format_duration(st.target.interval));
-                s.push_str(",\"scrapeTimeout\":");
-                json::string(&mut s, &crate::config::format_duration(st.target.timeout));
+                json::labels(&mut s, &d.discovered_labels);
                 s.push('}');
             }
         }
-        s.push_str("],\"droppedTargets\":[]}");
+        s.push_str("]}");
         Ok(success(&s, &[]))
     }
 
@@ -430,6 +465,39 @@ impl WebState {
         s.push_str(",\"revision\":\"\",\"branch\":\"\",\"buildUser\":\"\",\"buildDate\":\"\",\"goVersion\":\"\"}");
         Ok(success(&s, &[]))
     }
+}
+
+/// One element of `activeTargets`, in 2.42's field order.
+fn write_active_target(s: &mut String, st: &crate::scrape::TargetStatus) {
+    s.push_str("{\"discoveredLabels\":");
+    json::labels(s, &st.target.discovered_labels);
+    s.push_str(",\"labels\":");
+    json::labels(s, &st.target.labels);
+    s.push_str(",\"scrapePool\":");
+    json::string(s, &st.target.job);
+    s.push_str(",\"scrapeUrl\":");
+    json::string(s, &st.target.url());
+    s.push_str(",\"globalUrl\":");
+    json::string(s, &st.target.url());
+    s.push_str(",\"lastError\":");
+    json::string(s, &st.last_error);
+    s.push_str(",\"lastScrape\":");
+    let last = if st.last_scrape_ms == 0 {
+        "0001-01-01T00:00:00Z".to_owned()
+    } else {
+        super::time::format_rfc3339(st.last_scrape_ms)
+    };
+    json::string(s, &last);
+    let _ = write!(
+        s,
+        ",\"lastScrapeDuration\":{},\"health\":\"{}\",\"scrapeInterval\":",
+        st.last_scrape_duration.as_secs_f64(),
+        st.health.as_str()
+    );
+    json::string(s, &crate::config::format_duration(st.target.interval));
+    s.push_str(",\"scrapeTimeout\":");
+    json::string(s, &crate::config::format_duration(st.target.timeout));
+    s.push('}');
 }
 
 /// Label names as Prometheus 2.42 accepts them: `[a-zA-Z_][a-zA-Z0-9_]*`.

@@ -110,6 +110,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// A streamed body, written after `body` (which is then normally empty).
     pub stream: Option<Box<dyn BodyStream>>,
+    /// The answer to a HEAD request: the head as for GET, `Content-Length` included (as Go's
+    /// net/http sends it for a body written at once), and no body.
+    pub head_only: bool,
 }
 
 impl std::fmt::Debug for Response {
@@ -120,6 +123,7 @@ impl std::fmt::Debug for Response {
             .field("headers", &self.headers)
             .field("body_len", &self.body.len())
             .field("streamed", &self.stream.is_some())
+            .field("head_only", &self.head_only)
             .finish()
     }
 }
@@ -132,6 +136,7 @@ impl Response {
             headers: Vec::new(),
             body: body.into(),
             stream: None,
+            head_only: false,
         }
     }
 
@@ -154,6 +159,12 @@ impl Response {
     /// 204 No Content: no body, no content type.
     pub fn no_content() -> Self {
         Response::new(204, "", Vec::new())
+    }
+
+    /// A status line and nothing else: no content type, no `Content-Length`, as Go answers a
+    /// HEAD request whose handler writes no body (`/-/healthy`, `/-/ready`).
+    pub fn bare(status: u16) -> Self {
+        Response::new(status, "", Vec::new())
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -380,7 +391,7 @@ pub async fn write_response(
     limits: &Limits,
 ) -> bool {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
-    if let Some(body) = resp.stream.take() {
+    if let Some(body) = resp.stream.take().filter(|_| !resp.head_only) {
         head.push_str(&format!(
             "Content-Type: {}\r\nTransfer-Encoding: chunked\r\n",
             resp.content_type
@@ -394,7 +405,7 @@ pub async fn write_response(
         head.push_str("\r\n");
         return write_chunked(stream, head, body, limits).await;
     }
-    if resp.status != 204 {
+    if resp.status != 204 && !(resp.content_type.is_empty() && resp.body.is_empty()) {
         head.push_str(&format!(
             "Content-Type: {}\r\nContent-Length: {}\r\n",
             resp.content_type,
@@ -410,7 +421,7 @@ pub async fn write_response(
     head.push_str("\r\n");
     async {
         stream.write_all(head.as_bytes()).await.is_ok()
-            && stream.write_all(&resp.body).await.is_ok()
+            && (resp.head_only || stream.write_all(&resp.body).await.is_ok())
             && stream.flush().await.is_ok()
     }
     .or(async {

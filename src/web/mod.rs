@@ -9,11 +9,13 @@
 //!
 //! Routing follows Prometheus 2.42: `/api/v1/*` answers `OPTIONS` with 204 and CORS headers, a
 //! known path with a wrong method gets 405 with an `Allow` header, an unknown path 404
-//! (`404 page not found`). API answers carry CORS headers when the request has an `Origin`
-//! (per `--web.cors.origin`) and are gzip-compressed when the client accepts gzip. Where Grafana
-//! may send POST to an endpoint Prometheus serves only with GET (label values, metadata, rules,
-//! alerts, buildinfo), Perch accepts POST too. `/-/reload` and `/-/quit` need
-//! `--web.enable-lifecycle` (403 otherwise), `/api/v1/admin/*` needs `--web.enable-admin-api`.
+//! (`404 page not found`); HEAD is served on `/-/healthy` and `/-/ready` only, and any HEAD
+//! answer carries the `Content-Length` of the body it leaves out. API answers carry CORS
+//! headers when the request has an `Origin` (per `--web.cors.origin`) and are gzip-compressed
+//! when the client accepts gzip. Where Grafana may send POST to an endpoint Prometheus serves
+//! only with GET (label values, metadata, rules, alerts, buildinfo), Perch accepts POST too.
+//! `/-/reload` and `/-/quit` need `--web.enable-lifecycle` (403 otherwise), `/api/v1/admin/*`
+//! needs `--web.enable-admin-api`.
 
 pub mod api;
 pub mod expfmt;
@@ -28,7 +30,7 @@ pub mod time;
 
 use crate::config::Config;
 use crate::promql::Engine;
-use crate::scrape::TargetStatus;
+use crate::scrape::{DroppedTarget, TargetStatus};
 use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use api::{ApiError, Params};
@@ -86,6 +88,8 @@ pub struct WebState {
     pub telemetry: Rc<Telemetry>,
     /// The scrapers' target states, replaced when scraping is (re)started.
     pub targets: RefCell<Vec<Rc<RefCell<TargetStatus>>>>,
+    /// The targets relabeling dropped, replaced with `targets`.
+    pub dropped_targets: RefCell<Rc<Vec<DroppedTarget>>>,
     pub limits: Limits,
     /// `--web.cors.origin`, anchored.
     pub cors_origin: regex::Regex,
@@ -173,6 +177,7 @@ impl WebState {
             engine,
             telemetry,
             targets: RefCell::new(Vec::new()),
+            dropped_targets: RefCell::new(Rc::new(Vec::new())),
             limits,
             cors_origin,
             quit: Rc::new(QuitSignal::default()),
@@ -204,10 +209,10 @@ impl WebState {
             }
             return (handler, resp);
         }
-        let get = req.method == "GET" || req.method == "HEAD";
-        let get_only = || {
-            Response::text(405, "Method Not Allowed\n").with_header("Allow", "GET, HEAD, OPTIONS")
-        };
+        // As 2.42's router: HEAD only on the health and readiness checks.
+        let (get, head) = (req.method == "GET", req.method == "HEAD");
+        let get_only =
+            |allow: &str| Response::text(405, "Method Not Allowed\n").with_header("Allow", allow);
         match path {
             "/metrics" if get => {
                 let mut out = String::with_capacity(8192);
@@ -220,10 +225,15 @@ impl WebState {
             }
             "/-/healthy" if get => ("healthy", Response::text(200, "Perch is Healthy.\n")),
             "/-/ready" if get => ("ready", Response::text(200, "Perch is Ready.\n")),
+            "/-/healthy" if head => ("healthy", Response::bare(200)),
+            "/-/ready" if head => ("ready", Response::bare(200)),
+            // Prometheus serves GET; POST is accepted too, for long `match[]` lists.
             "/federate" if get || req.method == "POST" => {
                 ("federate", self.federate(req, now_ms()))
             }
-            "/metrics" | "/-/healthy" | "/-/ready" | "/federate" => ("other", get_only()),
+            "/metrics" => ("other", get_only("GET, OPTIONS")),
+            "/federate" => ("other", get_only("GET, OPTIONS, POST")),
+            "/-/healthy" | "/-/ready" => ("other", get_only("GET, HEAD, OPTIONS")),
             "/-/reload" | "/-/quit" => {
                 let handler = if path == "/-/quit" { "quit" } else { "reload" };
                 (handler, self.lifecycle(handler, req))
@@ -235,6 +245,9 @@ impl WebState {
     /// `/-/reload` and `/-/quit`, with Prometheus's answers. The quit itself happens after the
     /// answer is written (see [`connection`]).
     fn lifecycle(&self, handler: &str, req: &Request) -> Response {
+        if req.method == "HEAD" {
+            return method_not_allowed(&["GET", "POST", "PUT"]);
+        }
         if req.method != "POST" && req.method != "PUT" {
             return Response::text(405, "Only POST or PUT requests allowed\n");
         }
@@ -302,7 +315,6 @@ impl WebState {
         if m == "OPTIONS" {
             return ("options", Response::no_content());
         }
-        let m = if m == "HEAD" { "GET" } else { m };
         if !allowed.contains(&m) {
             return (handler, method_not_allowed(allowed));
         }
@@ -402,10 +414,7 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
             started.elapsed().as_secs_f64(),
             resp.body.len() as u64,
         );
-        if req.method == "HEAD" {
-            resp.body.clear();
-            resp.stream = None;
-        }
+        resp.head_only = req.method == "HEAD";
         let quit = handler == "quit" && resp.status == 200;
         let written = http::write_response(
             &mut stream,

@@ -884,3 +884,296 @@ fn promtool_answers_match_prometheus() {
     drop(prom);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `/api/v1/targets` with `state` and `scrapePool`, against the answers a live Prometheus 2.42
+/// gave for the same config (tests/data/api/targets*.{yml,json}): targets dropped by
+/// `relabel_configs` with their discovered labels, pools in name order.
+#[test]
+fn targets_active_and_dropped_as_prometheus() {
+    let config = std::fs::read_to_string(data_dir().join("api/targets.yml")).unwrap();
+    let perch = Perch::start("targets", Some(&config));
+    let recorded: Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir().join("api/targets-2.42.json")).unwrap(),
+    )
+    .unwrap();
+    let mut failures = Vec::new();
+    for case in recorded["cases"].as_array().unwrap() {
+        let query = case["query"].as_str().unwrap();
+        let a = exchange(
+            perch.port,
+            "GET",
+            &format!("/api/v1/targets{query}"),
+            "",
+            &[],
+        );
+        let mut got = a.json();
+        for t in got["data"]["activeTargets"].as_array_mut().unwrap() {
+            let t = t.as_object_mut().unwrap();
+            for k in [
+                "globalUrl",
+                "lastError",
+                "lastScrape",
+                "lastScrapeDuration",
+                "health",
+            ] {
+                assert!(t.remove(k).is_some(), "{k} missing");
+            }
+        }
+        if got != case["answer"] {
+            failures.push(format!(
+                "{query:?}:\n  perch      {got}\n  prometheus {}",
+                case["answer"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Byte for byte, as 2.42 wrote it.
+    let a = exchange(
+        perch.port,
+        "GET",
+        "/api/v1/targets?state=DROPPED&scrapePool=beta",
+        "",
+        &[],
+    );
+    assert_eq!(
+        a.text(),
+        r#"{"status":"success","data":{"activeTargets":[],"droppedTargets":[{"discoveredLabels":{"__address__":"b1:80","__metrics_path__":"/metrics","__scheme__":"http","__scrape_interval__":"15s","__scrape_timeout__":"10s","job":"beta"}}]}}"#
+    );
+    // An active target's fields in 2.42's order.
+    let t = exchange(
+        perch.port,
+        "GET",
+        "/api/v1/targets?scrapePool=zeta",
+        "",
+        &[],
+    )
+    .text();
+    let keys = [
+        "discoveredLabels",
+        "labels",
+        "scrapePool",
+        "scrapeUrl",
+        "globalUrl",
+        "lastError",
+        "lastScrape",
+        "lastScrapeDuration",
+        "health",
+        "scrapeInterval",
+        "scrapeTimeout",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            t.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k} in {t}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{t}");
+}
+
+/// Queries whose `stats=1` answers are compared with Prometheus 2.42 over the same data: (path
+/// and query, whether `peakSamples` is compared too: it follows each engine's own accounting of
+/// what it holds, and differs where they hold intermediate results differently).
+const STATS_QUERIES: &[(&str, bool)] = &[
+    ("/api/v1/query?time=1760000000&query=node_cpu_seconds_total", true),
+    ("/api/v1/query?time=1760000000&query=node_cpu_seconds_total%5B1m%5D", true),
+    ("/api/v1/query?time=1759999990&query=sum%20by%20(mode)%20(rate(node_cpu_seconds_total%5B1m%5D))", false),
+    ("/api/v1/query?time=1760000000&query=max_over_time(node_context_switches_total%5B1m%3A15s%5D)", false),
+    ("/api/v1/query?time=1760000000&query=node_context_switches_total%5B1m%3A15s%5D", true),
+    ("/api/v1/query?time=1760000000&query=absent_over_time(node_context_switches_total%5B1m%5D)", false),
+    ("/api/v1/query?time=4&query=1", true),
+    ("/api/v1/query?time=4&query=%22a%22", true),
+    ("/api/v1/query_range?start=1759999900&end=1760000000&step=15&query=rate(node_context_switches_total%5B1m%5D)", true),
+    ("/api/v1/query_range?start=1759999900&end=1760000000&step=5&query=node_network_receive_bytes_total%20*%208", false),
+    ("/api/v1/query_range?start=1759999900&end=1760000000&step=5&query=sum(node_cpu_seconds_total)", false),
+];
+
+/// The `"stats":{…}` of a raw answer with every number written as `N`: the layout alone.
+fn stats_layout(body: &str) -> String {
+    let from = body.find("\"stats\":").unwrap_or(body.len());
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in body[from..].chars() {
+        let numeric = c.is_ascii_digit() || ".-+e".contains(c);
+        if numeric && (in_number || out.ends_with(':')) {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `stats` on instant and range queries: 2.42's layout (recorded below from a live server),
+/// and the same `totalQueryableSamples` as 2.42 over the same data.
+#[test]
+fn query_stats_layout() {
+    let (_fixture, perch) = node_perch("stats-layout", &[]);
+    // 2.42 for `query=up&stats=all` (and any other non-empty value; `stats=` gives none).
+    let recorded = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up","env":"x","instance":"127.0.0.1:19390","job":"alpha"},"value":[1795624863,"1"]},{"metric":{"__name__":"up","instance":"127.0.0.1:19391","job":"zeta"},"value":[1795624863,"1"]}],"stats":{"timings":{"evalTotalTime":0.000119356,"resultSortTime":0,"queryPreparationTime":0.000072041,"innerEvalTime":0.000037616,"execQueueTime":0.000161584,"execTotalTime":0.000292267},"samples":{"totalQueryableSamples":2,"peakSamples":2}}}}"#;
+    let want = stats_layout(recorded);
+    for (path, form) in [
+        ("/api/v1/query?query=up&stats=all", ""),
+        ("/api/v1/query?query=up&stats=1", ""),
+        ("/api/v1/query", "query=up&stats=false"),
+        (
+            "/api/v1/query_range?query=up&start=1759999900&end=1760000000&step=15&stats=all",
+            "",
+        ),
+    ] {
+        let method = if form.is_empty() { "GET" } else { "POST" };
+        let a = exchange(perch.port, method, path, form, &[]);
+        assert_eq!(stats_layout(&a.text()), want, "{path} {form}");
+        let v = a.json();
+        assert!(
+            v["data"]["stats"]["timings"]["execTotalTime"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(v["data"]["result"].is_array());
+    }
+    for path in ["/api/v1/query?query=up&stats=", "/api/v1/query?query=up"] {
+        let v = exchange(perch.port, "GET", path, "", &[]).json();
+        assert!(v["data"].get("stats").is_none(), "{path}: {v}");
+    }
+}
+
+#[test]
+#[ignore = "needs promtool and prometheus (Debian package prometheus)"]
+fn query_stats_match_prometheus() {
+    use crate::support::Prometheus;
+    let (_fixture, perch) = node_perch("stats", &[]);
+    let prom = Prometheus::with_openmetrics("stats-prom", &node_openmetrics());
+    let mut failures = Vec::new();
+    for (path, peak) in STATS_QUERIES {
+        let path = format!("{path}&stats=1");
+        let want = exchange(prom.port, "GET", &path, "", &[]);
+        let got = exchange(perch.port, "GET", &path, "", &[]);
+        if stats_layout(&got.text()) != stats_layout(&want.text()) {
+            failures.push(format!("{path}: {} vs {}", got.text(), want.text()));
+        }
+        let (w, g) = (
+            &want.json()["data"]["stats"]["samples"],
+            &got.json()["data"]["stats"]["samples"],
+        );
+        let same = |k: &str| g[k] == w[k];
+        if !same("totalQueryableSamples") || (*peak && !same("peakSamples")) {
+            failures.push(format!("{path}:\n  perch      {g}\n  prometheus {w}"));
+        }
+    }
+    drop(prom);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// HEAD and other methods outside the routes, as a live 2.42 answered them (`curl -I`): HEAD
+/// only on `/-/healthy` and `/-/ready` (200, no body, no length, no type); anywhere else the
+/// 405 or 404 with the `Content-Length` its body would have, and no body.
+/// (method, path, status, Allow, Content-Length)
+type HeadAnswer = (
+    &'static str,
+    &'static str,
+    u16,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+const HEAD_ANSWERS: &[HeadAnswer] = &[
+    ("HEAD", "/-/ready", 200, None, None),
+    ("HEAD", "/-/healthy", 200, None, None),
+    (
+        "HEAD",
+        "/api/v1/query?query=up",
+        405,
+        Some("GET, OPTIONS, POST"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/api/v1/targets",
+        405,
+        Some("GET, OPTIONS"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/api/v1/status/config",
+        405,
+        Some("GET, OPTIONS"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/api/v1/write",
+        405,
+        Some("OPTIONS, POST"),
+        Some("19"),
+    ),
+    ("HEAD", "/metrics", 405, Some("GET, OPTIONS"), Some("19")),
+    (
+        "HEAD",
+        "/-/reload",
+        405,
+        Some("GET, OPTIONS, POST, PUT"),
+        Some("19"),
+    ),
+    (
+        "HEAD",
+        "/-/quit",
+        405,
+        Some("GET, OPTIONS, POST, PUT"),
+        Some("19"),
+    ),
+    ("HEAD", "/nope", 404, None, Some("19")),
+    ("HEAD", "/api/v1/nope", 404, None, Some("19")),
+    ("POST", "/metrics", 405, Some("GET, OPTIONS"), Some("19")),
+    (
+        "POST",
+        "/-/ready",
+        405,
+        Some("GET, HEAD, OPTIONS"),
+        Some("19"),
+    ),
+];
+
+#[test]
+fn head_as_prometheus() {
+    let perch = Perch::start("head", None);
+    let mut failures = Vec::new();
+    for &(method, path, status, allow, length) in HEAD_ANSWERS {
+        let a = exchange(perch.port, method, path, "", &[]);
+        let got = (
+            a.status,
+            a.header("allow"),
+            a.header("content-length"),
+            a.body.len(),
+        );
+        let want_body = if method == "HEAD" { 0 } else { 19 };
+        if got != (status, allow, length, want_body) {
+            failures.push(format!(
+                "{method} {path}: got {got:?}, want {:?}",
+                (status, allow, length, want_body)
+            ));
+        }
+        if length.is_none() && a.header("content-type").is_some() {
+            failures.push(format!("{method} {path}: a Content-Type without a body"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // On a kept-alive connection the next answer follows the head at once.
+    let mut s = TcpStream::connect(("127.0.0.1", perch.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /-/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (first, rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(first.contains("Content-Length: 19"), "{raw}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(rest.ends_with("\r\n\r\nPerch is Ready.\n"), "{raw}");
+}

@@ -328,6 +328,7 @@ fn range_mode(engine: &Engine, q: &dyn Querier, ev: &Eval) -> Option<String> {
             value,
             warnings: r.warnings,
             infos: r.infos,
+            stats: r.stats,
         }
     });
     check(as_instant, e, true, t, ev.step)
