@@ -32,8 +32,8 @@ use super::block::{self, Block, BlockBuilder};
 use super::codec::HeadChunk;
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
-    AppendError, Appender, CommitStats, Cursor, ExportError, ExportPage, Querier, Series,
-    SeriesRef, Storage, StorageError, StorageStats,
+    AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, Querier,
+    SampleTap, Series, SeriesRef, Storage, StorageError, StorageStats, WriteSpan,
 };
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
@@ -252,6 +252,8 @@ struct SegmentInfo {
     blocks: Vec<RecordRef>,
     /// Series records, for the index written when the segment is sealed.
     series_records: Vec<RecordRef>,
+    /// The newest checkpoint record in this segment.
+    checkpoint: Option<RecordRef>,
     min_t: i64,
     max_t: i64,
 }
@@ -292,6 +294,44 @@ struct Store {
     max_time: Option<i64>,
     counters: FlashCounters,
     cache: Option<((u64, u64), Rc<Block>)>,
+    /// Named states written with flushes (see [`Storage::set_checkpoint`]).
+    checkpoints: std::collections::BTreeMap<String, Vec<u8>>,
+    /// A checkpoint changed since it was last written.
+    checkpoint_dirty: bool,
+    /// The observer of commits, and the log of writes kept for it.
+    tap: Option<Rc<dyn SampleTap>>,
+    writes: Vec<WriteSpan>,
+    /// Set while the heads are being flushed (so the write is logged as a flush).
+    flushing: bool,
+}
+
+/// Encodes the named states as a checkpoint record body.
+fn encode_checkpoints(m: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    use super::codec::put_uvarint;
+    let mut out = Vec::new();
+    put_uvarint(&mut out, m.len() as u64);
+    for (k, v) in m {
+        put_uvarint(&mut out, k.len() as u64);
+        out.extend_from_slice(k.as_bytes());
+        put_uvarint(&mut out, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+fn decode_checkpoints(
+    body: &[u8],
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, super::codec::CodecError> {
+    use super::codec::{CodecError, Reader};
+    let mut r = Reader::new(body);
+    let mut m = std::collections::BTreeMap::new();
+    for _ in 0..r.uvarint()? {
+        let n = r.uvarint()? as usize;
+        let k = std::str::from_utf8(r.bytes(n)?).map_err(|_| CodecError("checkpoint name"))?;
+        let n = r.uvarint()? as usize;
+        m.insert(k.to_owned(), r.bytes(n)?.to_vec());
+    }
+    Ok(m)
 }
 
 fn label_hash(l: &Labels) -> u64 {
@@ -524,6 +564,7 @@ impl Store {
                     bytes: 0,
                     blocks: Vec::new(),
                     series_records: Vec::new(),
+                    checkpoint: None,
                     min_t: i64::MAX,
                     max_t: i64::MIN,
                 });
@@ -545,11 +586,30 @@ impl Store {
             .and_then(|_| self.backend.sync(&seg.name));
         match result {
             Ok(()) => {
+                let span = WriteSpan {
+                    from: Cursor {
+                        segment: seq,
+                        offset: base,
+                    },
+                    until: Cursor {
+                        segment: seq,
+                        offset: seg.bytes + buf.len() as u64,
+                    },
+                    flush: self.flushing,
+                };
                 seg.bytes += buf.len() as u64;
+                if self.tap.is_some() {
+                    self.writes.push(span);
+                }
                 for mut b in blocks {
                     b.offset += base;
                     if b.kind == RecordKind::Series {
                         seg.series_records.push(b);
+                        continue;
+                    }
+                    if b.kind == RecordKind::Checkpoint {
+                        seg.checkpoint = Some(b);
+                        self.checkpoint_dirty = false;
                         continue;
                     }
                     seg.min_t = seg.min_t.min(b.min_t);
@@ -587,6 +647,7 @@ impl Store {
             .series_records
             .iter()
             .chain(seg.blocks.iter())
+            .chain(seg.checkpoint.iter())
             .copied()
             .collect();
         records.sort_by_key(|r| r.offset);
@@ -690,6 +751,37 @@ impl Store {
         (out, refs)
     }
 
+    /// Appends the checkpoint record to `out`; returns its ref (offset relative to `out`).
+    fn checkpoint_record(&self, out: &mut Vec<u8>) -> RecordRef {
+        let payload = block::seal(&encode_checkpoints(&self.checkpoints), 3);
+        let start = out.len();
+        segment::encode_record(out, RecordKind::Checkpoint, 0, 0, &payload);
+        RecordRef {
+            kind: RecordKind::Checkpoint,
+            offset: (start + segment::RECORD_HEADER_LEN) as u64,
+            len: payload.len() as u32,
+            crc: crc32fast::hash(&payload),
+            min_t: 0,
+            max_t: 0,
+        }
+    }
+
+    /// Writes the checkpoint alone (a flush with no samples), to the active segment or a new one.
+    fn write_checkpoint_only(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        let mut records = Vec::new();
+        let r = self.checkpoint_record(&mut records);
+        let new_segment = self.active.is_none();
+        let need = records.len() as u64
+            + if new_segment {
+                segment::SEGMENT_HEADER_LEN as u64
+            } else {
+                0
+            };
+        self.make_room(need)?;
+        let new_segment = new_segment || self.active.is_none();
+        self.write_records(&records, vec![r], new_segment, now_ms)
+    }
+
     /// Writes `items` as blocks (with the series declarations they need).
     fn write_items(&mut self, items: Source<'_>, now_ms: i64) -> Result<(), StorageError> {
         if items.is_empty() {
@@ -713,7 +805,12 @@ impl Store {
                 .map(|i| items.id(i))
                 .filter(|id| self.series.get(id).is_some_and(|s| s.declared_in != seq))
                 .collect();
-            let (records, refs) = self.frame(items, &declare, max_record, self.opts.level);
+            let (mut records, mut refs) = self.frame(items, &declare, max_record, self.opts.level);
+            // The named states ride along when changed, and once in every segment (so the
+            // newest value survives the ring deleting older segments).
+            if self.checkpoint_dirty || (new_segment && !self.checkpoints.is_empty()) {
+                refs.push(self.checkpoint_record(&mut records));
+            }
             let header = if new_segment {
                 segment::SEGMENT_HEADER_LEN as u64
             } else {
@@ -757,13 +854,19 @@ impl Store {
             .filter(|(_, s)| !s.head.is_empty())
             .map(|(id, _)| id)
             .collect();
+        let now = self.max_time.unwrap_or(0);
         if ids.is_empty() {
+            if self.checkpoint_dirty {
+                self.write_checkpoint_only(now)?;
+            }
             return Ok(());
         }
         ids.sort_unstable();
-        let now = self.max_time.unwrap_or(0);
         // Heads are decoded one series at a time into the block: no copy of all samples.
-        self.write_items(Source::Heads(&ids), now)?;
+        self.flushing = true;
+        let written = self.write_items(Source::Heads(&ids), now);
+        self.flushing = false;
+        written?;
         for id in &ids {
             if let Some(s) = self.series.get_mut(id) {
                 s.head.clear();
@@ -905,11 +1008,16 @@ impl Store {
     fn export(
         &mut self,
         matcher_sets: &[Vec<Matcher>],
-        from: Option<Cursor>,
+        range: CursorRange,
         mint: i64,
         maxt: i64,
         limit: usize,
     ) -> Result<ExportPage, ExportError> {
+        let from = range.from;
+        let until = range.until.unwrap_or(Cursor {
+            segment: u64::MAX,
+            offset: u64::MAX,
+        });
         let start = from.unwrap_or_default();
         let oldest = match self.segments.first() {
             Some(s) => Cursor {
@@ -952,6 +1060,13 @@ impl Store {
                 .copied()
                 .collect();
             for r in blocks {
+                let at = Cursor {
+                    segment: seq,
+                    offset: r.offset,
+                };
+                if at >= until {
+                    break 'segments;
+                }
                 if gathered >= limit && gathered > 0 {
                     more = true;
                     break 'segments;
@@ -979,7 +1094,7 @@ impl Store {
             }
             // A segment no longer appended to is done with: the next page starts after it, so
             // a cursor never points into a segment that may rotate out with nothing unread.
-            if closed && next.segment <= seq {
+            if closed && next.segment <= seq && until.segment > seq {
                 next = Cursor {
                     segment: seq + 1,
                     offset: 0,
@@ -1054,6 +1169,11 @@ impl FlashStorage {
             max_time: None,
             counters: FlashCounters::default(),
             cache: None,
+            checkpoints: Default::default(),
+            checkpoint_dirty: false,
+            tap: None,
+            writes: Vec::new(),
+            flushing: false,
         };
         let mut report = OpenReport::default();
         for (seq, name) in names {
@@ -1072,6 +1192,7 @@ impl FlashStorage {
                 bytes,
                 blocks: Vec::new(),
                 series_records: Vec::new(),
+                checkpoint: None,
                 min_t: i64::MAX,
                 max_t: i64::MIN,
             };
@@ -1099,6 +1220,7 @@ impl FlashStorage {
                         info.max_t = info.max_t.max(r.max_t);
                         info.blocks.push(*r);
                     }
+                    RecordKind::Checkpoint => info.checkpoint = Some(*r),
                     RecordKind::Index => {}
                 }
             }
@@ -1107,6 +1229,24 @@ impl FlashStorage {
                 st.max_time = Some(st.max_time.map_or(info.max_t, |m| m.max(info.max_t)));
             }
             st.segments.push(info);
+        }
+        // The newest checkpoint in force; a damaged one falls back to the one before it.
+        for seg in st.segments.iter().rev() {
+            let Some(r) = seg.checkpoint else {
+                continue;
+            };
+            let decoded = segment::read_payload(&*st.backend, &seg.name, &r)
+                .ok()
+                .flatten()
+                .and_then(|p| block::open(&p).ok())
+                .and_then(|b| decode_checkpoints(&b).ok());
+            match decoded {
+                Some(m) => {
+                    st.checkpoints = m;
+                    break;
+                }
+                None => st.counters.corrupt_records += 1,
+            }
         }
         // A series' newest sample on disk is not known without reading blocks; order checks for
         // a series start from the newest block time of the store, which is conservative.
@@ -1256,6 +1396,11 @@ impl Appender for FlashAppender {
         }
         st.head_samples += n as u64;
         st.appended_total += n as u64;
+        let tap = st.tap.clone();
+        drop(st);
+        if let Some(tap) = tap {
+            tap.committed(&self.batch);
+        }
         Ok(CommitStats {
             samples: n,
             series_added: self.series_added,
@@ -1406,14 +1551,78 @@ impl Storage for FlashStorage {
     fn export(
         &self,
         matcher_sets: &[Vec<Matcher>],
-        from: Option<Cursor>,
+        range: CursorRange,
         mint: i64,
         maxt: i64,
         limit: usize,
     ) -> Result<ExportPage, ExportError> {
         self.store
             .borrow_mut()
-            .export(matcher_sets, from, mint, maxt, limit)
+            .export(matcher_sets, range, mint, maxt, limit)
+    }
+
+    fn set_tap(&self, tap: Option<Rc<dyn SampleTap>>) {
+        let mut st = self.store.borrow_mut();
+        st.tap = tap;
+        st.writes.clear();
+    }
+
+    fn labels_by_ref(&self, r: SeriesRef) -> Option<Labels> {
+        let st = self.store.borrow();
+        st.series.get(&r).map(|s| st.symbols.labels(&s.labels))
+    }
+
+    fn take_writes(&self) -> Vec<WriteSpan> {
+        std::mem::take(&mut self.store.borrow_mut().writes)
+    }
+
+    fn end_cursor(&self) -> Cursor {
+        let st = self.store.borrow();
+        match st.segments.last() {
+            Some(s) => Cursor {
+                segment: s.seq,
+                offset: s.bytes,
+            },
+            None => Cursor {
+                segment: st.next_seq,
+                offset: 0,
+            },
+        }
+    }
+
+    fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
+        let st = self.store.borrow();
+        let from = range.from.unwrap_or_default();
+        let until = range.until.unwrap_or(Cursor {
+            segment: u64::MAX,
+            offset: u64::MAX,
+        });
+        let (mut bytes, mut oldest) = (0u64, None::<i64>);
+        for seg in &st.segments {
+            for b in &seg.blocks {
+                let at = Cursor {
+                    segment: seg.seq,
+                    offset: b.offset,
+                };
+                if at >= from && at < until {
+                    bytes += b.len as u64;
+                    oldest = Some(oldest.map_or(b.min_t, |o| o.min(b.min_t)));
+                }
+            }
+        }
+        (bytes, oldest)
+    }
+
+    fn set_checkpoint(&self, name: &str, value: Vec<u8>) {
+        let mut st = self.store.borrow_mut();
+        if st.checkpoints.get(name) != Some(&value) {
+            st.checkpoints.insert(name.to_owned(), value);
+            st.checkpoint_dirty = true;
+        }
+    }
+
+    fn checkpoint(&self, name: &str) -> Option<Vec<u8>> {
+        self.store.borrow().checkpoints.get(name).cloned()
     }
 
     fn stats(&self) -> StorageStats {
@@ -1809,7 +2018,18 @@ mod tests {
         let mut cursor = from;
         let mut pages = 0;
         loop {
-            let page = s.export(&sets, cursor, i64::MIN, i64::MAX, limit).unwrap();
+            let page = s
+                .export(
+                    &sets,
+                    CursorRange {
+                        from: cursor,
+                        until: None,
+                    },
+                    i64::MIN,
+                    i64::MAX,
+                    limit,
+                )
+                .unwrap();
             pages += 1;
             for (l, v) in page.series {
                 out.entry(l).or_default().extend(v);
@@ -1879,7 +2099,16 @@ mod tests {
             s.flush().unwrap();
         }
         let sets = vec![vec![Matcher::equal("__name__", "m")]];
-        match s.export(&sets, Some(cursor), i64::MIN, i64::MAX, 1000) {
+        match s.export(
+            &sets,
+            CursorRange {
+                from: Some(cursor),
+                until: None,
+            },
+            i64::MIN,
+            i64::MAX,
+            1000,
+        ) {
             Err(ExportError::RotatedOut { from, oldest }) => {
                 assert_eq!(from, cursor);
                 // Continuing from `oldest` accepts the gap and serves the rest, exactly.
@@ -1896,5 +2125,73 @@ mod tests {
         s.flush().unwrap();
         let (got, _, _) = export_all(&s, Some(end), 1_000_000);
         check_exact(&as_got(got), 50, t, t + 10_000, 1000);
+    }
+
+    #[test]
+    fn checkpoints_ride_with_flushes_and_survive_reopen_and_rotation() {
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 40 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        s.set_checkpoint("push", b"one".to_vec());
+        // A flush with no samples still writes a changed checkpoint.
+        s.flush().unwrap();
+        let written = s.counters().bytes_written;
+        assert!(written > 0);
+        s.flush().unwrap();
+        assert_eq!(
+            s.counters().bytes_written,
+            written,
+            "unchanged: not written again"
+        );
+        assert_eq!(
+            open(&b, opts).checkpoint("push").as_deref(),
+            Some(&b"one"[..])
+        );
+        s.set_checkpoint("push", b"two".to_vec());
+        // Long after, with the first segments rotated out, the newest value is still there.
+        let mut t = 0;
+        while s.counters().segments_deleted < 3 {
+            ingest(&s, 50, t, t + 10_000, 1000);
+            t += 10_000;
+            s.flush().unwrap();
+        }
+        let s2 = open(&b, opts);
+        assert_eq!(s2.checkpoint("push").as_deref(), Some(&b"two"[..]));
+        assert_eq!(s2.checkpoint("other"), None);
+    }
+
+    #[test]
+    fn the_tap_sees_commits_and_the_write_log_tells_flushes_from_imports() {
+        struct Count(std::cell::Cell<usize>);
+        impl SampleTap for Count {
+            fn committed(&self, batch: &[(SeriesRef, Sample)]) {
+                self.0.set(self.0.get() + batch.len());
+            }
+        }
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        let tap = Rc::new(Count(std::cell::Cell::new(0)));
+        s.set_tap(Some(tap.clone()));
+        ingest(&s, 5, 0, 10_000, 1000);
+        assert_eq!(tap.0.get(), 50);
+        let r = s.appender().append(&labels(0), 20_000, 1.0).unwrap();
+        assert_eq!(s.labels_by_ref(r), Some(labels(0)));
+        Storage::import(&s, vec![(labels(9), vec![Sample { t: 5, v: 1.0 }])]).unwrap();
+        s.flush().unwrap();
+        let w = s.take_writes();
+        assert_eq!(w.len(), 2);
+        assert!(!w[0].flush && w[1].flush);
+        assert!(w[0].until <= w[1].from);
+        assert_eq!(w[1].until, s.end_cursor());
+        assert!(s.take_writes().is_empty());
+        let (bytes, oldest) = s.span_stats(CursorRange {
+            from: Some(w[0].from),
+            until: Some(w[0].until),
+        });
+        assert!(bytes > 0);
+        assert_eq!(oldest, Some(5));
     }
 }

@@ -24,6 +24,7 @@ pub mod segment;
 
 use crate::model::{Labels, Matcher, Sample};
 use std::fmt;
+use std::rc::Rc;
 
 /// A reference to a series, stable for the life of the process (not across restarts).
 pub type SeriesRef = u64;
@@ -205,14 +206,76 @@ pub trait Storage {
     fn export(
         &self,
         matcher_sets: &[Vec<Matcher>],
-        from: Option<Cursor>,
+        range: CursorRange,
         mint: i64,
         maxt: i64,
         limit: usize,
     ) -> Result<ExportPage, ExportError> {
-        let _ = (matcher_sets, from, mint, maxt, limit);
+        let _ = (matcher_sets, range, mint, maxt, limit);
         Err(ExportError::Unsupported)
     }
+
+    /// Registers the one observer of committed samples (the remote-write sender), or removes
+    /// it. While one is registered the store also keeps the log [`Storage::take_writes`] drains.
+    fn set_tap(&self, tap: Option<Rc<dyn SampleTap>>) {
+        let _ = tap;
+    }
+
+    /// The labels of a series by the reference its appends returned.
+    fn labels_by_ref(&self, r: SeriesRef) -> Option<Labels> {
+        let _ = r;
+        None
+    }
+
+    /// The records written since the last call, in order (kept only while a tap is set).
+    fn take_writes(&self) -> Vec<WriteSpan> {
+        Vec::new()
+    }
+
+    /// The position after the newest record.
+    fn end_cursor(&self) -> Cursor {
+        Cursor::default()
+    }
+
+    /// Bytes of the block records in `range` and the oldest sample time among them.
+    fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
+        let _ = range;
+        (0, None)
+    }
+
+    /// Stages a small named state to be written with the next flush (the newest value wins).
+    fn set_checkpoint(&self, name: &str, value: Vec<u8>) {
+        let _ = (name, value);
+    }
+
+    /// The newest value of a named state, as written by a flush (also before a restart).
+    fn checkpoint(&self, name: &str) -> Option<Vec<u8>> {
+        let _ = name;
+        None
+    }
+}
+
+/// Sees every committed batch of appends: (series reference, sample), in commit order. Called
+/// on the executor thread right after the commit; it must only queue, never call back into
+/// the store.
+pub trait SampleTap {
+    fn committed(&self, batch: &[(SeriesRef, Sample)]);
+}
+
+/// A half-open range of store positions, either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CursorRange {
+    pub from: Option<Cursor>,
+    pub until: Option<Cursor>,
+}
+
+/// One append of records: a flush of the heads, or an import (backfill) written directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteSpan {
+    pub from: Cursor,
+    pub until: Cursor,
+    /// True for a flush of appended (tapped) samples, false for an import.
+    pub flush: bool,
 }
 
 /// A position in the store's append order: every block record before it has been exported.

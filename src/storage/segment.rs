@@ -35,6 +35,9 @@ pub enum RecordKind {
     Block = 2,
     /// The directory of a sealed segment's records (followed by the trailer).
     Index = 3,
+    /// Small named states of other parts of Perch (the remote-write position), written with a
+    /// flush; the newest one in the store is the one in force.
+    Checkpoint = 4,
 }
 
 impl RecordKind {
@@ -43,6 +46,7 @@ impl RecordKind {
             1 => Some(RecordKind::Series),
             2 => Some(RecordKind::Block),
             3 => Some(RecordKind::Index),
+            4 => Some(RecordKind::Checkpoint),
             _ => None,
         }
     }

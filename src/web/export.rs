@@ -29,7 +29,7 @@ use super::expfmt;
 use super::http::{BodyStream, Response};
 use super::WebState;
 use crate::model::{is_stale, Labels, Matcher, Sample};
-use crate::storage::{Cursor, ExportError, ExportPage};
+use crate::storage::{Cursor, CursorRange, ExportError, ExportPage};
 
 /// Samples per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 250_000;
@@ -78,7 +78,11 @@ impl WebState {
             },
             None => DEFAULT_LIMIT,
         };
-        match self.storage.export(&sets, cursor, start, end, limit) {
+        let range = CursorRange {
+            from: cursor,
+            until: None,
+        };
+        match self.storage.export(&sets, range, start, end, limit) {
             Ok(page) => {
                 let (next, more) = (page.next, page.more);
                 Ok(
