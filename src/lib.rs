@@ -27,6 +27,7 @@
 pub mod config;
 pub mod model;
 pub mod promql;
+pub mod remote;
 pub mod runtime;
 pub mod scrape;
 pub mod storage;

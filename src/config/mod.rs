@@ -15,9 +15,11 @@
 
 pub mod duration;
 pub mod relabel;
+pub mod remote;
 
 pub use duration::{format_duration, parse_duration, parse_size};
 pub use relabel::{Action, RelabelConfig};
+pub use remote::RemoteWriteConfig;
 
 use crate::model::{Labels, LabelsBuilder};
 use serde::Deserialize;
@@ -385,7 +387,8 @@ struct RawFile {
     scrape_configs: Option<Vec<RawScrapeConfig>>,
     rule_files: Option<serde_norway::Value>,
     alerting: Option<serde_norway::Value>,
-    remote_write: Option<serde_norway::Value>,
+    #[serde(default)]
+    remote_write: Option<Vec<remote::RawRemoteWrite>>,
     remote_read: Option<serde_norway::Value>,
     storage: Option<serde_norway::Value>,
     tracing: Option<serde_norway::Value>,
@@ -481,6 +484,8 @@ pub struct ScrapeConfig {
 pub struct FileConfig {
     pub global: GlobalConfig,
     pub scrape_configs: Vec<ScrapeConfig>,
+    /// Where to push samples (see [`crate::remote`]).
+    pub remote_write: Vec<RemoteWriteConfig>,
     /// Known Prometheus sections present in the file that Perch does not use.
     pub ignored_sections: Vec<&'static str>,
     /// The file's text as loaded (served by the status API).
@@ -555,7 +560,6 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
     for (present, section) in [
         (raw.rule_files.is_some(), "rule_files"),
         (raw.alerting.is_some(), "alerting"),
-        (raw.remote_write.is_some(), "remote_write"),
         (raw.remote_read.is_some(), "remote_read"),
         (raw.storage.is_some(), "storage"),
         (raw.tracing.is_some(), "tracing"),
@@ -706,9 +710,23 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             metric_relabel_configs,
         });
     }
+    let mut remote_write: Vec<RemoteWriteConfig> = Vec::new();
+    for (i, rw) in raw.remote_write.unwrap_or_default().into_iter().enumerate() {
+        let c = rw
+            .validate(&format!("remote_write[{i}]"))
+            .map_err(&invalid)?;
+        if remote_write.iter().any(|o| o.name == c.name) {
+            return Err(invalid(format!(
+                "remote_write[{i}].name: found multiple remote write configs with name {:?}",
+                c.name
+            )));
+        }
+        remote_write.push(c);
+    }
     Ok(FileConfig {
         global,
         scrape_configs: jobs,
+        remote_write,
         ignored_sections: ignored,
         source: text.to_owned(),
     })

@@ -15,6 +15,7 @@ pub mod import;
 
 use crate::config::Config;
 use crate::promql::{Engine, EngineOptions};
+use crate::remote::RemoteWriters;
 use crate::scrape::ScrapeManager;
 use crate::storage::backend::FileBackend;
 use crate::storage::flash::{FlashOptions, FlashStorage};
@@ -175,12 +176,20 @@ pub fn run(config: Config) -> Result<(), RunError> {
         storage.clone(),
         telemetry.clone(),
     )));
+    let remote = Rc::new(RefCell::new(RemoteWriters::start(
+        &ex,
+        &config.file.remote_write,
+        &config.file.global.external_labels,
+        storage.clone(),
+    )));
+    *state.remote.borrow_mut() = Some(remote.borrow().clone());
     *state.targets.borrow_mut() = scrapers.borrow().status.clone();
     *state.dropped_targets.borrow_mut() = scrapers.borrow().dropped.clone();
     // `/-/reload`: load the config file again with the same flags; on success restart
     // scraping with it. The web state is held weakly: it owns this hook.
     {
         let (ex, storage, scrapers) = (ex.clone(), storage.clone(), scrapers.clone());
+        let remote = remote.clone();
         let web = Rc::downgrade(&state);
         *state.reload.borrow_mut() = Some(Box::new(move || {
             let web = web.upgrade().ok_or("shutting down")?;
@@ -190,6 +199,25 @@ pub fn run(config: Config) -> Result<(), RunError> {
             *s = ScrapeManager::start(&ex, &new.file, storage.clone(), telemetry.clone());
             *web.targets.borrow_mut() = s.status.clone();
             *web.dropped_targets.borrow_mut() = s.dropped.clone();
+            if new.file.remote_write != web.config().file.remote_write
+                || new.file.global.external_labels != web.config().file.global.external_labels
+            {
+                // Stop the old writers after their checkpoints are current, then start anew
+                // from those checkpoints.
+                remote.borrow().flushed(&*storage);
+                remote.borrow().stop();
+                if let Err(e) = storage.flush() {
+                    log::error!("flushing before restarting remote write: {e}");
+                }
+                let r = RemoteWriters::start(
+                    &ex,
+                    &new.file.remote_write,
+                    &new.file.global.external_labels,
+                    storage.clone(),
+                );
+                *web.remote.borrow_mut() = Some(r.clone());
+                *remote.borrow_mut() = r;
+            }
             *web.config.borrow_mut() = Rc::new(new);
             log::info!("configuration reloaded");
             Ok(())
@@ -200,12 +228,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
     ex.spawn(web::serve(listener, state, ex.clone())).detach();
     let hk_storage = storage.clone();
     let flush_every = flags.flush_interval;
+    let hk_remote = remote.clone();
     ex.spawn(async move {
         loop {
             Timer::after(flush_every).await;
             if let Err(e) = hk_storage.flush() {
                 log::error!("flushing the store (the samples stay in memory): {e}");
             }
+            hk_remote.borrow().flushed(&*hk_storage);
             hk_storage.housekeeping();
         }
     })
@@ -237,8 +267,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
     );
     log::info!("received {why}: stopping scrapes and flushing");
     scrapers.borrow_mut().stop();
-    if let Err(e) = storage.flush() {
-        log::error!("flushing the store on shutdown: {e}");
+    remote.borrow().stop();
+    // Twice: the first writes the samples, the second the writers' position after them.
+    for _ in 0..2 {
+        if let Err(e) = storage.flush() {
+            log::error!("flushing the store on shutdown: {e}");
+        }
+        remote.borrow().flushed(&*storage);
     }
     log::info!("stopped");
     Ok(())

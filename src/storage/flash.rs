@@ -1590,6 +1590,36 @@ impl Storage for FlashStorage {
         }
     }
 
+    fn block_positions(&self, range: CursorRange) -> Vec<(Cursor, u64)> {
+        let st = self.store.borrow();
+        let from = range.from.unwrap_or_default();
+        let until = range.until.unwrap_or(Cursor {
+            segment: u64::MAX,
+            offset: u64::MAX,
+        });
+        let mut out = Vec::new();
+        for seg in &st.segments {
+            for b in &seg.blocks {
+                let at = Cursor {
+                    segment: seg.seq,
+                    offset: b.offset,
+                };
+                if at >= from && at < until {
+                    out.push((at, b.len as u64));
+                }
+            }
+        }
+        out
+    }
+
+    fn oldest_cursor(&self) -> Cursor {
+        let st = self.store.borrow();
+        Cursor {
+            segment: st.segments.first().map_or(st.next_seq, |s| s.seq),
+            offset: 0,
+        }
+    }
+
     fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
         let st = self.store.borrow();
         let from = range.from.unwrap_or_default();

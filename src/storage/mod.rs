@@ -237,6 +237,17 @@ pub trait Storage {
         Cursor::default()
     }
 
+    /// The block records in `range`: their positions and bytes, in order.
+    fn block_positions(&self, range: CursorRange) -> Vec<(Cursor, u64)> {
+        let _ = range;
+        Vec::new()
+    }
+
+    /// Where the oldest data kept starts (records before it were deleted by retention).
+    fn oldest_cursor(&self) -> Cursor {
+        Cursor::default()
+    }
+
     /// Bytes of the block records in `range` and the oldest sample time among them.
     fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
         let _ = range;

@@ -49,56 +49,8 @@ pub const MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
 /// The most memory the decoded series and samples of one request may take (an estimate).
 pub const MAX_DECODED_BYTES: usize = 128 << 20;
 
-/// The protobuf messages of remote write 1.0 (`prompb/remote.proto` and `types.proto`), only
-/// the fields Perch reads; the others are skipped by the decoder.
-pub mod pb {
-    /// `prometheus.WriteRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WriteRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub timeseries: Vec<TimeSeries>,
-        /// `MetricMetadata`, not used.
-        #[prost(message, repeated, tag = "3")]
-        pub metadata: Vec<Ignored>,
-    }
-
-    /// `prometheus.TimeSeries`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TimeSeries {
-        #[prost(message, repeated, tag = "1")]
-        pub labels: Vec<Label>,
-        #[prost(message, repeated, tag = "2")]
-        pub samples: Vec<Sample>,
-        /// `Exemplar`s, counted and dropped.
-        #[prost(message, repeated, tag = "3")]
-        pub exemplars: Vec<Ignored>,
-        /// Native `Histogram`s, counted and dropped.
-        #[prost(message, repeated, tag = "4")]
-        pub histograms: Vec<Ignored>,
-    }
-
-    /// `prometheus.Label`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Label {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
-
-    /// `prometheus.Sample`.
-    #[derive(Clone, Copy, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(double, tag = "1")]
-        pub value: f64,
-        #[prost(int64, tag = "2")]
-        pub timestamp: i64,
-    }
-
-    /// Any message whose content is skipped (takes no memory).
-    #[derive(Clone, Copy, PartialEq, prost::Message)]
-    pub struct Ignored {}
-}
+/// The remote-write messages, shared with the sender.
+pub use crate::remote::pb;
 
 /// Why an ingest request failed: each maps to a status and a plain-text reason.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -103,6 +103,8 @@ pub struct WebState {
     pub reload_success: Cell<bool>,
     /// Connections open right now.
     pub connections: Cell<usize>,
+    /// The remote-write senders, for `/metrics` and the status page.
+    pub remote: RefCell<Option<Rc<crate::remote::RemoteWriters>>>,
 }
 
 /// The allowed methods of an API route, as Go's router lists them in `Allow`.
@@ -185,6 +187,7 @@ impl WebState {
             last_config_ms: Cell::new(now_ms()),
             reload_success: Cell::new(true),
             connections: Cell::new(0),
+            remote: RefCell::new(None),
         }
     }
 
@@ -217,6 +220,9 @@ impl WebState {
             "/metrics" if get => {
                 let mut out = String::with_capacity(8192);
                 self.telemetry.render(&self.storage.stats(), &mut out);
+                if let Some(r) = &*self.remote.borrow() {
+                    r.render(&mut out);
+                }
                 let mut resp = Response::new(200, "text/plain; version=0.0.4; charset=utf-8", out);
                 if req.accepts_gzip() {
                     resp.gzip();

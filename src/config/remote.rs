@@ -1,0 +1,383 @@
+//! The `remote_write` section: Prometheus 2.42's fields, validated into [`RemoteWriteConfig`].
+//!
+//! Understood: `url` (http only: Perch has no TLS), `name`, `remote_timeout`, `headers`,
+//! `write_relabel_configs`, `basic_auth` (`username`, `password`/`password_file`),
+//! `authorization` (`type`, `credentials`/`credentials_file`), `bearer_token(_file)`, and in
+//! `queue_config`: `capacity`, `max_samples_per_send`, `batch_send_deadline`, `min_backoff`,
+//! `max_backoff`, `retry_on_http_429`, plus Perch's own `backfill_samples_per_second` (the
+//! rate at which a gap is sent after an outage). Accepted and ignored, with no effect on what
+//! is sent: `min_shards`/`max_shards` (one sender), `metadata_config`, `send_exemplars`,
+//! `send_native_histograms`, `follow_redirects`, `enable_http2`. Refused with a clear error:
+//! `tls_config`, `proxy_url`, `oauth2`, `sigv4`, `azuread`, an `https` URL.
+
+use super::relabel::{RawRelabelConfig, RelabelConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    super::parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemoteWrite {
+    url: String,
+    name: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    remote_timeout: Option<Duration>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    write_relabel_configs: Option<Vec<Option<RawRelabelConfig>>>,
+    basic_auth: Option<RawBasicAuth>,
+    authorization: Option<RawAuthorization>,
+    bearer_token: Option<String>,
+    bearer_token_file: Option<String>,
+    #[serde(default)]
+    queue_config: Option<RawQueue>,
+    metadata_config: Option<serde_norway::Value>,
+    send_exemplars: Option<bool>,
+    send_native_histograms: Option<bool>,
+    follow_redirects: Option<bool>,
+    enable_http2: Option<bool>,
+    tls_config: Option<serde_norway::Value>,
+    proxy_url: Option<serde_norway::Value>,
+    oauth2: Option<serde_norway::Value>,
+    sigv4: Option<serde_norway::Value>,
+    azuread: Option<serde_norway::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorization {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    credentials: Option<String>,
+    credentials_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    capacity: Option<usize>,
+    max_shards: Option<usize>,
+    min_shards: Option<usize>,
+    max_samples_per_send: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    batch_send_deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    min_backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    max_backoff: Option<Duration>,
+    retry_on_http_429: Option<bool>,
+    backfill_samples_per_second: Option<u64>,
+}
+
+/// One validated `remote_write` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteWriteConfig {
+    /// The URL as written (for logs, metrics and the status page).
+    pub url: String,
+    /// `host:port` and the path with query, from the URL.
+    pub host: String,
+    pub path: String,
+    /// `name`, or a short hash of the URL as Prometheus derives it when unnamed.
+    pub name: String,
+    pub remote_timeout: Duration,
+    /// Extra headers, in name order.
+    pub headers: Vec<(String, String)>,
+    pub write_relabel_configs: Vec<RelabelConfig>,
+    /// The `Authorization` header value, if any (basic or bearer, files read at load time).
+    pub authorization: Option<String>,
+    /// Most samples buffered in memory for live sending.
+    pub capacity: usize,
+    pub max_samples_per_send: usize,
+    pub batch_send_deadline: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub retry_on_http_429: bool,
+    /// How fast a gap left by an outage is sent, samples per second.
+    pub backfill_samples_per_second: u64,
+}
+
+fn read_secret(path: &str, at: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("{at}: cannot read {path:?}: {e}"))
+}
+
+/// Base64 (standard alphabet, padded), for basic auth.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl RawRemoteWrite {
+    /// Validates one entry; `at` names it in errors (`remote_write[0]`).
+    pub(super) fn validate(self, at: &str) -> Result<RemoteWriteConfig, String> {
+        for (present, field) in [
+            (self.tls_config.is_some(), "tls_config"),
+            (self.proxy_url.is_some(), "proxy_url"),
+            (self.oauth2.is_some(), "oauth2"),
+            (self.sigv4.is_some(), "sigv4"),
+            (self.azuread.is_some(), "azuread"),
+        ] {
+            if present {
+                return Err(format!("{at}.{field}: not supported by Perch"));
+            }
+        }
+        let _ = (
+            self.metadata_config,
+            self.send_exemplars,
+            self.send_native_histograms,
+            self.follow_redirects,
+            self.enable_http2,
+        );
+        let rest = match self.url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => {
+                return Err(format!(
+                    "{at}.url: {:?}: https is not supported by Perch (no TLS in the binary); use http, e.g. through a local TLS proxy",
+                    self.url
+                ))
+            }
+            _ => return Err(format!("{at}.url: {:?} is not an http:// URL", self.url)),
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if host.is_empty() || host.contains('@') {
+            return Err(format!(
+                "{at}.url: {:?} needs a host (and credentials go in basic_auth)",
+                self.url
+            ));
+        }
+        let host = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !host.ends_with(']')
+        {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let mut authorization = None;
+        if let Some(b) = self.basic_auth {
+            let user = b.username.unwrap_or_default();
+            let pass = match (b.password, b.password_file) {
+                (Some(_), Some(_)) => return Err(format!(
+                    "{at}.basic_auth: at most one of password & password_file must be configured"
+                )),
+                (Some(p), None) => p,
+                (None, Some(f)) => read_secret(&f, &format!("{at}.basic_auth.password_file"))?,
+                (None, None) => String::new(),
+            };
+            authorization = Some(format!(
+                "Basic {}",
+                base64(format!("{user}:{pass}").as_bytes())
+            ));
+        }
+        let bearer = match (self.bearer_token, self.bearer_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: at most one of bearer_token & bearer_token_file must be configured"
+                ))
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(f)) => Some(read_secret(&f, &format!("{at}.bearer_token_file"))?),
+            (None, None) => None,
+        };
+        if let Some(t) = bearer {
+            if authorization.is_some() {
+                return Err(format!(
+                    "{at}: at most one of basic_auth, bearer_token & bearer_token_file must be configured"
+                ));
+            }
+            authorization = Some(format!("Bearer {t}"));
+        }
+        if let Some(a) = self.authorization {
+            if authorization.is_some() {
+                return Err(format!(
+                    "{at}: at most one of basic_auth, authorization, bearer_token & bearer_token_file must be configured"
+                ));
+            }
+            let kind = a.kind.unwrap_or_else(|| "Bearer".into());
+            if kind.eq_ignore_ascii_case("basic") {
+                return Err(format!(
+                    "{at}.authorization: authorization type cannot be set to \"basic\", use \"basic_auth\" instead"
+                ));
+            }
+            let cred = match (a.credentials, a.credentials_file) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{at}.authorization: at most one of credentials & credentials_file must be configured"
+                    ))
+                }
+                (Some(c), None) => c,
+                (None, Some(f)) => read_secret(&f, &format!("{at}.authorization.credentials_file"))?,
+                (None, None) => String::new(),
+            };
+            authorization = Some(format!("{kind} {cred}"));
+        }
+        let mut headers = Vec::new();
+        for (k, v) in self.headers.unwrap_or_default() {
+            let reserved = [
+                "authorization",
+                "host",
+                "content-encoding",
+                "content-length",
+                "content-type",
+                "user-agent",
+                "connection",
+                "keep-alive",
+                "proxy-authenticate",
+                "proxy-authorization",
+                "www-authenticate",
+                "accept-encoding",
+                "x-prometheus-remote-write-version",
+                "x-prometheus-scrape-timeout-seconds",
+            ];
+            if reserved.contains(&k.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "{at}.headers: {k} is a reserved header. It must not be changed"
+                ));
+            }
+            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                return Err(format!("{at}.headers: {k:?} is not a valid header"));
+            }
+            headers.push((k, v));
+        }
+        let mut write_relabel_configs = Vec::new();
+        for (k, r) in self
+            .write_relabel_configs
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let r = r.ok_or_else(|| {
+                format!("{at}.write_relabel_configs[{k}]: empty or null relabeling rule in remote write config")
+            })?;
+            write_relabel_configs.push(
+                RelabelConfig::from_raw(r)
+                    .map_err(|e| format!("{at}.write_relabel_configs[{k}]: {e}"))?,
+            );
+        }
+        let q = self.queue_config.unwrap_or_default();
+        let _ = (q.min_shards, q.max_shards);
+        let name = match self.name {
+            Some(n) if !n.is_empty() => n,
+            _ => {
+                // A short, stable name from the URL, as Prometheus shows unnamed queues.
+                use md5::{Digest, Md5};
+                let h = Md5::digest(self.url.as_bytes());
+                h[..3].iter().map(|b| format!("{b:02x}")).collect()
+            }
+        };
+        let positive = |v: Option<usize>, d: usize, f: &str| -> Result<usize, String> {
+            match v {
+                Some(0) => Err(format!("{at}.queue_config.{f}: must be greater than 0")),
+                Some(n) => Ok(n),
+                None => Ok(d),
+            }
+        };
+        Ok(RemoteWriteConfig {
+            url: self.url.clone(),
+            host,
+            path: path.to_owned(),
+            name,
+            remote_timeout: self.remote_timeout.unwrap_or(Duration::from_secs(30)),
+            headers,
+            write_relabel_configs,
+            authorization,
+            capacity: positive(q.capacity, 2500, "capacity")?,
+            max_samples_per_send: positive(q.max_samples_per_send, 500, "max_samples_per_send")?,
+            batch_send_deadline: q.batch_send_deadline.unwrap_or(Duration::from_secs(5)),
+            min_backoff: q.min_backoff.unwrap_or(Duration::from_millis(30)),
+            max_backoff: q.max_backoff.unwrap_or(Duration::from_secs(5)),
+            retry_on_http_429: q.retry_on_http_429.unwrap_or(false),
+            backfill_samples_per_second: q.backfill_samples_per_second.unwrap_or(20_000).max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<RemoteWriteConfig, String> {
+        let raw: RawRemoteWrite = serde_norway::from_str(y).map_err(|e| e.to_string())?;
+        raw.validate("remote_write[0]")
+    }
+
+    #[test]
+    fn urls_auth_and_defaults() {
+        let c = parse(
+            "url: http://central:9090/api/v1/write\nbasic_auth: {username: u, password: p}\n",
+        )
+        .unwrap();
+        assert_eq!(c.host, "central:9090");
+        assert_eq!(c.path, "/api/v1/write");
+        assert_eq!(c.authorization.as_deref(), Some("Basic dTpw"));
+        assert_eq!(c.max_samples_per_send, 500);
+        assert_eq!(c.name.len(), 6);
+        let c =
+            parse("url: http://central/w\nauthorization: {credentials: tok}\nname: hq\n").unwrap();
+        assert_eq!(c.host, "central:80");
+        assert_eq!(c.authorization.as_deref(), Some("Bearer tok"));
+        assert_eq!(c.name, "hq");
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn clear_errors() {
+        for (y, want) in [
+            ("url: https://x/w\n", "https is not supported"),
+            (
+                "url: http://x/w\ntls_config: {}\n",
+                "tls_config: not supported",
+            ),
+            (
+                "url: http://x/w\nheaders: {Content-Type: x}\n",
+                "reserved header",
+            ),
+            (
+                "url: http://x/w\nqueue_config: {capacity: 0}\n",
+                "capacity: must be greater than 0",
+            ),
+            ("url: http://x/w\nbogus: 1\n", "unknown field `bogus`"),
+            (
+                "url: http://x/w\nbasic_auth: {username: a}\nbearer_token: b\n",
+                "at most one of",
+            ),
+        ] {
+            let e = parse(y).unwrap_err();
+            assert!(e.contains(want), "{y}: {e}");
+        }
+    }
+}
