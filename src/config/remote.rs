@@ -191,9 +191,11 @@ impl RawRemoteWrite {
         if let Some(b) = self.basic_auth {
             let user = b.username.unwrap_or_default();
             let pass = match (b.password, b.password_file) {
-                (Some(_), Some(_)) => return Err(format!(
+                (Some(_), Some(_)) => {
+                    return Err(format!(
                     "{at}.basic_auth: at most one of password & password_file must be configured"
-                )),
+                ))
+                }
                 (Some(p), None) => p,
                 (None, Some(f)) => read_secret(&f, &format!("{at}.basic_auth.password_file"))?,
                 (None, None) => String::new(),

@@ -23,8 +23,8 @@
 //! as a store checkpoint with each flush (no extra write, no extra fsync). After a restart,
 //! everything flushed after the last checkpoint is pending. A first start with a new
 //! `remote_write` entry sends only new data, not the history already stored. A pending range
-//! that the ring deletes before it was sent is counted in `perch_remote_write_samples_lost_total`
-//! (as bytes) and logged.
+//! that the ring deletes before it was sent is counted in `perch_remote_write_lost_ranges_total`
+//! and logged.
 //!
 //! Requests follow remote write 1.0: a snappy block of a protobuf `WriteRequest`, the external
 //! labels added to series that lack them, `write_relabel_configs` applied, the headers
@@ -79,7 +79,7 @@ pub struct WriterStats {
     pub sent_backfill: u64,
     pub deferred: u64,
     pub failures: BTreeMap<&'static str, u64>,
-    pub lost_bytes: u64,
+    pub lost_ranges: u64,
     pub last_success_ms: i64,
     pub last_error: String,
     pub queued: usize,
@@ -371,35 +371,26 @@ impl Writer {
                 from: Some(a),
                 until: Some(b),
             });
-            let first_kept = positions.first().map(|p| p.0);
-            {
-                // Records of the range before the oldest kept one have rotated out.
+            let oldest = self.storage.oldest_cursor();
+            if a < oldest {
+                // The ring deleted the start of this range before it was sent.
+                let lost_until = b.min(oldest);
+                log::warn!(
+                    "remote_write {:?}: unsent data from {a} to {lost_until} rotated out of the store before it could be sent",
+                    self.cfg.name
+                );
                 let mut st = self.st.borrow_mut();
-                let lost = match first_kept {
-                    None => Some(b),
-                    Some(f) if f > a && self.storage.oldest_cursor() > a => Some(f),
-                    _ => None,
-                };
-                if let Some(lost_until) = lost {
-                    log::warn!(
-                        "remote_write {:?}: unsent data from {a} to {lost_until} rotated out of the store before it could be sent",
-                        self.cfg.name
-                    );
-                    st.stats.lost_bytes += 1;
-                    st.pending.pop();
-                    if let Some(f) = first_kept {
-                        st.pending.push((f, b));
-                    }
-                    st.dirty = true;
-                    self.resolve(&mut st);
-                    if first_kept.is_none() {
-                        continue;
-                    }
+                st.stats.lost_ranges += 1;
+                st.pending.pop();
+                if oldest < b {
+                    st.pending.push((oldest, b));
                 }
+                st.dirty = true;
+                self.resolve(&mut st);
+                continue;
             }
-            let positions: Vec<(Cursor, u64)> = positions;
             if positions.is_empty() {
-                // Only non-block records in range (series, checkpoints): nothing to send.
+                // Only series or checkpoint records in range: nothing to send.
                 let mut st = self.st.borrow_mut();
                 st.pending.pop();
                 st.dirty = true;
@@ -818,7 +809,7 @@ impl RemoteWriters {
             "Unsent ranges of records that rotated out of the store before they were sent.",
             stats
                 .iter()
-                .map(|(w, s)| (lbl(w), s.lost_bytes as f64))
+                .map(|(w, s)| (lbl(w), s.lost_ranges as f64))
                 .collect(),
         );
     }

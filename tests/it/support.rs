@@ -121,7 +121,11 @@ impl Perch {
 
     /// Starts perch on the data under `dir` (kept across restarts), with extra flags.
     pub fn start_in(dir: PathBuf, config: Option<&str>, extra: &[&str]) -> Perch {
-        let port = free_port();
+        Perch::start_on(free_port(), dir, config, extra)
+    }
+
+    /// As [`Perch::start_in`], listening on `port`.
+    pub fn start_on(port: u16, dir: PathBuf, config: Option<&str>, extra: &[&str]) -> Perch {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_perch"));
         if let Some(c) = config {
             let f = dir.join("prometheus.yml");
