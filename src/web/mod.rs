@@ -124,6 +124,7 @@ const API_ROUTES: &[(&str, &str, &[&str])] = &[
     ("status/buildinfo", "buildinfo", GET_POST),
     ("status/tsdb", "status_tsdb", GET),
     ("status/walreplay", "status_walreplay", GET),
+    ("status/storage", "status_storage", GET),
     ("write", "remote_write", POST),
     ("import/prometheus", "import_prometheus", POST),
     ("admin/tsdb/delete_series", "admin", POST_PUT),
@@ -327,6 +328,7 @@ impl WebState {
             "status/runtimeinfo" => self.api_status_runtimeinfo(),
             "status/buildinfo" => self.api_buildinfo(),
             "status/tsdb" => self.api_status_tsdb(&p),
+            "status/storage" => self.api_status_storage(),
             "status/walreplay" => Ok(api::success("{\"min\":0,\"max\":0,\"current\":0}", &[])),
             _ => self.api_admin(rest),
         };
