@@ -158,6 +158,7 @@ fn reason(status: u16) -> &'static str {
         204 => "No Content",
         403 => "Forbidden",
         302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -299,7 +300,8 @@ pub async fn write_response(
     limits: &Limits,
 ) -> bool {
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
-    if resp.status != 204 {
+    // 204 and 304 have no body, so no content headers (a 304's would describe the 200's body).
+    if resp.status != 204 && resp.status != 304 {
         head.push_str(&format!(
             "Content-Type: {}\r\nContent-Length: {}\r\n",
             resp.content_type,

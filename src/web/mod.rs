@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod json;
 pub mod status;
 pub mod time;
+pub mod ui;
 
 use crate::config::Config;
 use crate::promql::Engine;
@@ -219,6 +220,7 @@ impl WebState {
                 let handler = if path == "/-/quit" { "quit" } else { "reload" };
                 (handler, self.lifecycle(handler, req))
             }
+            p if ui::is_ui_path(p) => ("ui", ui::serve(req)),
             _ => ("other", not_found()),
         }
     }

@@ -11,3 +11,4 @@ mod lateness;
 mod promql;
 mod storage;
 mod threads;
+mod ui;
