@@ -180,7 +180,7 @@ function queryPage(main) {
   rangeSel.value = s.range;
   const endIn = h('input#end', {type: 'datetime-local', step: 1, title: 'End time (empty: now)'});
   if (endMs(s.end)) endIn.value = localInput(endMs(s.end));
-  const stepIn = h('input#step', {type: 'text', size: 6, value: s.step, title: 'Resolution (step): empty for auto', placeholder: 'step'});
+  const stepIn = h('input#step', {type: 'text', size: 9, value: s.step, title: 'Resolution (step): empty for auto', placeholder: 'step'});
   const stackedIn = h('input#stacked', {type: 'checkbox', checked: s.stacked});
   const tabs = {table: h('button.tab', {type: 'button'}, 'Table'), graph: h('button.tab', {type: 'button'}, 'Graph')};
   // The table is evaluated at the end time; range, step and stacking are the graph's.
@@ -252,8 +252,8 @@ function queryPage(main) {
         const start = end - range * 1000;
         const r = await api('/api/v1/query_range', {query: s.expr, start: (start / 1000).toFixed(3), end: (end / 1000).toFixed(3), step}, true);
         if (my !== seq) return;
-        messages(msgs, null, r.warnings, r.infos);
         const n = renderGraph(r.data, start, end, step * 1000);
+        messages(msgs, null, r.warnings, n ? r.infos : [...r.infos, 'Empty query result: nothing to draw.']);
         stats.textContent = `Load time: ${Math.round(performance.now() - t0)} ms · Resolution: ${formatDur(step)} · Result series: ${n}`;
       }
     } catch (e) {
@@ -306,7 +306,6 @@ function queryPage(main) {
       return {label: labelString(r.metric), values};
     });
     chart.set({times, series, unit: unitOf(s.expr, result), stacked: s.stacked, start, end});
-    if (!series.length) messages(msgs, null, ['Empty query result: nothing to draw.']);
     return series.length;
   }
 
