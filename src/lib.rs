@@ -12,7 +12,7 @@
 //!    a hard byte budget (`docs/format.md`).
 //! 4. [`promql`] evaluates PromQL (parsed by the `promql-parser` crate) over a `Querier`.
 //! 5. [`web`] serves the Prometheus HTTP API (queries, metadata, status, remote write, import)
-//!    and Perch's own `/metrics`.
+//!    and Perch's own `/metrics`, and the built-in web UI (`web::ui`) that reads that API.
 //! 6. [`runtime`] runs all of it on one OS thread: a `smol` local executor (async-io's reactor),
 //!    the clock, signals and the wiring of the tasks.
 //!

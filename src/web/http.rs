@@ -249,6 +249,7 @@ fn reason(status: u16) -> &'static str {
         204 => "No Content",
         403 => "Forbidden",
         302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -405,7 +406,11 @@ pub async fn write_response(
         head.push_str("\r\n");
         return write_chunked(stream, head, body, limits).await;
     }
-    if resp.status != 204 && !(resp.content_type.is_empty() && resp.body.is_empty()) {
+    // 204 and 304 have no body, so no content headers (a 304's would describe the 200's body).
+    if resp.status != 204
+        && resp.status != 304
+        && !(resp.content_type.is_empty() && resp.body.is_empty())
+    {
         head.push_str(&format!(
             "Content-Type: {}\r\nContent-Length: {}\r\n",
             resp.content_type,

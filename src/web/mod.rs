@@ -27,6 +27,7 @@ pub mod json;
 pub mod remote_read;
 pub mod status;
 pub mod time;
+pub mod ui;
 
 use crate::config::Config;
 use crate::promql::Engine;
@@ -134,6 +135,7 @@ const API_ROUTES: &[(&str, &str, &[&str])] = &[
     ("status/buildinfo", "buildinfo", GET_POST),
     ("status/tsdb", "status_tsdb", GET),
     ("status/walreplay", "status_walreplay", GET),
+    ("status/storage", "status_storage", GET),
     ("write", "remote_write", POST),
     ("import/prometheus", "import_prometheus", POST),
     ("read", "remote_read", POST),
@@ -244,6 +246,7 @@ impl WebState {
                 let handler = if path == "/-/quit" { "quit" } else { "reload" };
                 (handler, self.lifecycle(handler, req))
             }
+            p if ui::is_ui_path(p) => ("ui", ui::serve(req)),
             _ => ("other", not_found()),
         }
     }
@@ -357,6 +360,7 @@ impl WebState {
             "status/buildinfo" => self.api_buildinfo(),
             "status/tsdb" => self.api_status_tsdb(&p),
             "export" => self.api_export(&p),
+            "status/storage" => self.api_status_storage(),
             "status/walreplay" => Ok(api::success("{\"min\":0,\"max\":0,\"current\":0}", &[])),
             _ => self.api_admin(rest),
         };

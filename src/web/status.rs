@@ -3,6 +3,8 @@
 //!
 //! `status/tsdb` is computed through the storage seam's `Querier`, one metric name at a time,
 //! so the samples a `select` copies are bounded by the largest metric, not the whole store.
+//! `status/storage` is a Perch extension: the store's figures against its retention budget,
+//! for the web UI's Status page.
 
 use super::api::{success, ApiError, Params};
 use super::http::Response;
@@ -226,6 +228,73 @@ impl WebState {
         top(&mut s, memory, limit);
         s.push_str(",\"seriesCountByLabelValuePair\":");
         top(&mut s, by_pair, limit);
+        s.push('}');
+        Ok(success(&s, &[]))
+    }
+}
+
+impl WebState {
+    /// `/api/v1/status/storage`, a Perch extension for the UI's Status page: the store's figures
+    /// (`StorageStats`) against the retention flags. Times are ms since the epoch (`null` for an
+    /// empty store), sizes bytes, the totals count since `startTime`.
+    /// `sizeRetentionReached`: the ring is full, so the next new segment deletes the oldest
+    /// (used bytes plus one segment exceed the budget). `timeRetentionReached`: the samples
+    /// span the whole retention time, so retention by time is deleting old data.
+    pub fn api_status_storage(&self) -> Result<Response, ApiError> {
+        let st = self.storage.stats();
+        let flags = &self.config().flags;
+        let budget = flags.retention_size;
+        let segment = crate::storage::flash::FlashOptions {
+            budget_bytes: budget,
+            ..Default::default()
+        }
+        .segment_bytes();
+        let retention_ms = flags.retention_time.as_millis() as i64;
+        let covered_ms = match (st.min_time, st.max_time) {
+            (Some(a), Some(b)) => b.saturating_sub(a).max(0),
+            _ => 0,
+        };
+        let time = |t: Option<i64>| t.map_or("null".to_string(), |t| t.to_string());
+        let start_ms = (self.telemetry.start_time.get() * 1000.0).round() as i64;
+        let fields: [(&str, String); 19] = [
+            ("diskBytes", st.disk_bytes.to_string()),
+            ("budgetBytes", budget.to_string()),
+            ("segmentBytes", segment.to_string()),
+            (
+                "sizeRetentionReached",
+                (st.disk_bytes > 0 && st.disk_bytes.saturating_add(segment) > budget).to_string(),
+            ),
+            ("retentionTimeSeconds", (retention_ms / 1000).to_string()),
+            ("coveredSeconds", (covered_ms / 1000).to_string()),
+            (
+                "timeRetentionReached",
+                (covered_ms >= retention_ms).to_string(),
+            ),
+            ("minTime", time(st.min_time)),
+            ("maxTime", time(st.max_time)),
+            ("series", st.series.to_string()),
+            ("samplesInMemory", st.samples_in_memory.to_string()),
+            ("memoryBytes", st.memory_bytes.to_string()),
+            (
+                "samplesAppendedTotal",
+                st.samples_appended_total.to_string(),
+            ),
+            ("outOfOrderTotal", st.out_of_order_total.to_string()),
+            ("duplicateTotal", st.duplicate_total.to_string()),
+            ("bytesWrittenTotal", st.bytes_written_total.to_string()),
+            ("writeErrorsTotal", st.write_errors_total.to_string()),
+            ("corruptRecordsTotal", st.corrupt_records_total.to_string()),
+            ("startTime", start_ms.to_string()),
+        ];
+        let mut s = String::from("{");
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            json::string(&mut s, k);
+            s.push(':');
+            s.push_str(v);
+        }
         s.push('}');
         Ok(success(&s, &[]))
     }

@@ -12,3 +12,4 @@ mod promql;
 mod pull;
 mod storage;
 mod threads;
+mod ui;
