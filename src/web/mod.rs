@@ -135,6 +135,7 @@ const API_ROUTES: &[(&str, &str, &[&str])] = &[
     ("status/buildinfo", "buildinfo", GET_POST),
     ("status/tsdb", "status_tsdb", GET),
     ("status/walreplay", "status_walreplay", GET),
+    ("status/remote", "status_remote", GET),
     ("status/storage", "status_storage", GET),
     ("write", "remote_write", POST),
     ("import/prometheus", "import_prometheus", POST),
@@ -361,6 +362,7 @@ impl WebState {
             "status/tsdb" => self.api_status_tsdb(&p),
             "export" => self.api_export(&p),
             "status/storage" => self.api_status_storage(),
+            "status/remote" => self.api_status_remote(),
             "status/walreplay" => Ok(api::success("{\"min\":0,\"max\":0,\"current\":0}", &[])),
             _ => self.api_admin(rest),
         };

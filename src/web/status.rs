@@ -300,6 +300,55 @@ impl WebState {
     }
 }
 
+impl WebState {
+    /// `GET /api/v1/status/remote` (a Perch extension): the remote-write senders' progress and
+    /// the store positions an export cursor can take.
+    pub fn api_status_remote(&self) -> Result<Response, ApiError> {
+        let time = |t: Option<i64>| t.map_or("null".to_string(), |t| t.to_string());
+        let mut s = String::from("{\"remoteWrite\":[");
+        if let Some(r) = &*self.remote.borrow() {
+            for (i, w) in r.writers.iter().enumerate() {
+                let st = w.stats();
+                let c = w.config();
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str("{\"name\":");
+                json::string(&mut s, &c.name);
+                s.push_str(",\"url\":");
+                json::string(&mut s, &c.url);
+                s.push_str(&format!(
+                    ",\"queuedSamples\":{},\"pendingBytes\":{},\"oldestUnsentTime\":{},\"samplesSentLive\":{},\"samplesSentBackfill\":{},\"deferredSamples\":{},\"lostRanges\":{},\"lastSuccessTime\":{},\"failures\":{{",
+                    st.queued,
+                    st.pending_bytes,
+                    time(st.oldest_unsent_ms),
+                    st.sent_live,
+                    st.sent_backfill,
+                    st.deferred,
+                    st.lost_ranges,
+                    time((st.last_success_ms > 0).then_some(st.last_success_ms)),
+                ));
+                for (k, (reason, n)) in st.failures.iter().enumerate() {
+                    if k > 0 {
+                        s.push(',');
+                    }
+                    json::string(&mut s, reason);
+                    s.push_str(&format!(":{n}"));
+                }
+                s.push_str("},\"lastError\":");
+                json::string(&mut s, &st.last_error);
+                s.push('}');
+            }
+        }
+        s.push_str("],\"export\":{\"oldestCursor\":");
+        json::string(&mut s, &self.storage.oldest_cursor().to_string());
+        s.push_str(",\"endCursor\":");
+        json::string(&mut s, &self.storage.end_cursor().to_string());
+        s.push_str("}}");
+        Ok(success(&s, &[]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

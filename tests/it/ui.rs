@@ -503,7 +503,13 @@ fn demo_data(now_ms: i64) -> String {
 #[ignore = "needs chromium and chromedriver (Debian chromium, chromium-driver)"]
 fn ui_in_headless_chromium() {
     // The default config: Perch scrapes itself, so Targets has the `perch` target.
-    let perch = Perch::start_in(temp_dir("ui-chromium"), None, &[]);
+    // Self-scraping as by default, and a remote_write whose receiver is down.
+    let port = free_port();
+    let config = format!(
+        "global:\n  scrape_interval: 15s\nscrape_configs:\n  - job_name: perch\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\nremote_write:\n  - url: http://127.0.0.1:{}/api/v1/write\n    name: central\n",
+        free_port()
+    );
+    let perch = Perch::start_on(port, temp_dir("ui-chromium"), Some(&config), &[]);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -674,6 +680,14 @@ fn ui_in_headless_chromium() {
         assert!(
             storage.contains(want),
             "storage section lacks {want:?}: {storage}"
+        );
+    }
+    let remote = b.js("return document.querySelector('#remote').innerText");
+    let remote = remote.as_str().unwrap();
+    for want in ["central", "Live queue", "Oldest cursor", "Export"] {
+        assert!(
+            remote.contains(want),
+            "remote section lacks {want:?}: {remote}"
         );
     }
     assert!(b

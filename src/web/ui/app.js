@@ -484,9 +484,13 @@ async function statusPage(main) {
   const msgs = h('div.msgs');
   main.append(h('section.status', h('h1', 'Status'), msgs));
   const get = p => api(p).then(r => r.data, e => { messages(msgs, e); return null; });
-  const [build, runtime, flags, config, storage, tsdb] = await Promise.all([
+  const [build, runtime, flags, config, storage, tsdb, remote] = await Promise.all([
     get('/api/v1/status/buildinfo'), get('/api/v1/status/runtimeinfo'), get('/api/v1/status/flags'),
-    get('/api/v1/status/config'), get('/api/v1/status/storage'), get('/api/v1/status/tsdb?limit=10')]);
+    get('/api/v1/status/config'), get('/api/v1/status/storage'), get('/api/v1/status/tsdb?limit=10'),
+    get('/api/v1/status/remote')]);
+  // Send rates, when Perch scrapes itself.
+  const rates = await api('/api/v1/query', {query: 'sum by (remote_name) (rate(perch_remote_write_samples_sent_total[5m]))'})
+    .then(r => Object.fromEntries(r.data.result.map(x => [x.metric.remote_name, parseValue(x.value[1])])), () => ({}));
   // Bytes written over the last day, when Perch scrapes itself (the default config does).
   const day = await api('/api/v1/query', {query: 'increase(perch_storage_written_bytes_total[1d])'})
     .then(r => r.data.result, () => []);
@@ -532,7 +536,29 @@ async function statusPage(main) {
         topTable('Top label names by value count', tsdb.labelValueCountByLabelName),
         topTable('Top series count by label pair', tsdb.seriesCountByLabelValuePair))));
   }
-  // The outbound remote-write / export state goes here, as its own section, once Perch has it.
+  if (remote) {
+    const writers = remote.remoteWrite.map(w => {
+      const fails = Object.entries(w.failures).filter(([, n]) => n > 0).map(([r, n]) => `${n} ${r}`).join(', ');
+      const state = w.lastError ? h('span.badge.warn', 'failing') : w.pendingBytes > 0 ? h('span.badge.warn', 'catching up') : h('span.badge', 'up to date');
+      return h('div.writer', h('h3', `${w.name} → ${w.url} `, state), kv([
+        ['Live queue', `${w.queuedSamples} samples`],
+        ['Not sent yet (in the store)', w.pendingBytes ? bytes(w.pendingBytes) : 'nothing'],
+        ['Oldest unsent sample', w.oldestUnsentTime === null ? 'none' : `${localTime(w.oldestUnsentTime)} (${ago(w.oldestUnsentTime)})`],
+        ['Sent', `${w.samplesSentLive} live, ${w.samplesSentBackfill} backfilled`],
+        rates[w.name] !== undefined && ['Send rate', `${rates[w.name].toFixed(1)} samples/s (5m)`],
+        ['Deferred to backfill', `${w.deferredSamples} samples`],
+        ['Last success', w.lastSuccessTime === null ? 'never' : `${localTime(w.lastSuccessTime)} (${ago(w.lastSuccessTime)})`],
+        ['Failures', fails || 'none'],
+        w.lastError && ['Last error', h('code', w.lastError)],
+        w.lostRanges > 0 && ['Rotated out before sent', `${w.lostRanges} ranges`]]));
+    });
+    out.push(sec('remote', 'Remote write and export',
+      writers.length ? writers : h('p', 'No remote_write configured.'),
+      h('h3', 'Export'), kv([
+        ['Oldest cursor', h('code', remote.export.oldestCursor)],
+        ['Newest cursor', h('code', remote.export.endCursor)],
+        ['Pull the history', h('code', '/api/v1/export?cursor=<last Perch-Export-Cursor>')]])));
+  }
   if (flags) out.push(sec('flags', 'Command-line flags', kv(Object.entries(flags).map(([k, v]) => [k, v]))));
   if (config) out.push(sec('config', 'Configuration', h('pre.config', config.yaml)));
   main.firstChild.append(...out);
