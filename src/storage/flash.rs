@@ -1003,6 +1003,24 @@ impl Store {
 }
 
 impl Store {
+    /// The block records whose position is in `range`, in order.
+    fn blocks_in(&self, range: CursorRange) -> impl Iterator<Item = (Cursor, &RecordRef)> {
+        let from = range.from.unwrap_or_default();
+        let until = range.until.unwrap_or(Cursor {
+            segment: u64::MAX,
+            offset: u64::MAX,
+        });
+        self.segments.iter().flat_map(move |seg| {
+            seg.blocks.iter().filter_map(move |b| {
+                let at = Cursor {
+                    segment: seg.seq,
+                    offset: b.offset,
+                };
+                (at >= from && at < until).then_some((at, b))
+            })
+        })
+    }
+
     /// One page of an export (see [`Storage::export`]): block records are taken whole, in
     /// append order, from `from` on, until about `limit` samples were gathered.
     fn export(
@@ -1592,24 +1610,9 @@ impl Storage for FlashStorage {
 
     fn block_positions(&self, range: CursorRange) -> Vec<(Cursor, u64)> {
         let st = self.store.borrow();
-        let from = range.from.unwrap_or_default();
-        let until = range.until.unwrap_or(Cursor {
-            segment: u64::MAX,
-            offset: u64::MAX,
-        });
-        let mut out = Vec::new();
-        for seg in &st.segments {
-            for b in &seg.blocks {
-                let at = Cursor {
-                    segment: seg.seq,
-                    offset: b.offset,
-                };
-                if at >= from && at < until {
-                    out.push((at, b.len as u64));
-                }
-            }
-        }
-        out
+        st.blocks_in(range)
+            .map(|(at, r)| (at, r.len as u64))
+            .collect()
     }
 
     fn oldest_cursor(&self) -> Cursor {
@@ -1622,25 +1625,13 @@ impl Storage for FlashStorage {
 
     fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
         let st = self.store.borrow();
-        let from = range.from.unwrap_or_default();
-        let until = range.until.unwrap_or(Cursor {
-            segment: u64::MAX,
-            offset: u64::MAX,
-        });
-        let (mut bytes, mut oldest) = (0u64, None::<i64>);
-        for seg in &st.segments {
-            for b in &seg.blocks {
-                let at = Cursor {
-                    segment: seg.seq,
-                    offset: b.offset,
-                };
-                if at >= from && at < until {
-                    bytes += b.len as u64;
-                    oldest = Some(oldest.map_or(b.min_t, |o| o.min(b.min_t)));
-                }
-            }
-        }
-        (bytes, oldest)
+        st.blocks_in(range)
+            .fold((0, None), |(bytes, oldest), (_, r)| {
+                (
+                    bytes + r.len as u64,
+                    Some(oldest.map_or(r.min_t, |o: i64| o.min(r.min_t))),
+                )
+            })
     }
 
     fn set_checkpoint(&self, name: &str, value: Vec<u8>) {

@@ -22,29 +22,11 @@ fn now_ms() -> i64 {
 }
 
 /// POSTs raw bytes with extra headers; returns status, response headers and body.
+/// A POST; returns status, the head's headers as text, and the body as text.
 fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
+    let r = crate::support::raw_request(port, "POST", path, headers, body);
+    let head: Vec<String> = r.headers.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+    (r.status, head.join("\r\n"), r.text())
 }
 
 /// The headers Prometheus sends with a remote-write request.

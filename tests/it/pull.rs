@@ -2,7 +2,7 @@
 //! Perch itself and (ignored tests) a real Prometheus 2.42 on the other side.
 
 use crate::support::{
-    free_port, get, raw_request, temp_dir, wait_until, Fixture, Perch, Prometheus,
+    free_port, perch_import, raw_request, temp_dir, wait_until, Fixture, Perch, Prometheus,
 };
 use perch::web::remote_read::{pb, xor};
 use prost::Message;
@@ -10,7 +10,6 @@ use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// First timestamp of the generated history (ms) and its step.
@@ -58,18 +57,7 @@ fn history(from: usize, n: usize) -> (String, Samples) {
 fn import(dir: &Path, name: &str, text: &str) {
     let f = dir.join(name);
     std::fs::write(&f, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
-        .arg("import")
-        .arg(&f)
-        .arg("--storage.tsdb.path")
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    perch_import(&f, &dir.join("data"), &[]);
 }
 
 /// The samples of an OpenMetrics export body, by series text.
@@ -414,83 +402,29 @@ fn federate_serves_the_newest_sample_of_each_series() {
     assert!(r.body.len() > 10 && r.body[0] as usize == r.body.len() - 1);
 }
 
-/// A real Prometheus 2.42 with `config`, on a fresh directory and a free port.
-struct LivePrometheus {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl LivePrometheus {
-    fn start(name: &str, config: &str, extra: &[&str]) -> LivePrometheus {
-        let dir = temp_dir(name);
-        std::fs::write(dir.join("p.yml"), config).unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("p.yml").display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("needs prometheus (Debian's prometheus package)");
-        let p = LivePrometheus { child, port, dir };
-        wait_until(Duration::from_secs(30), || {
-            get(p.port, "/-/ready")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-        });
-        p
-    }
-}
-
-impl LivePrometheus {
-    /// Kills it, keeping its data directory and port for [`LivePrometheus::restart`].
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self, extra: &[&str]) {
-        self.child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                self.dir.join("p.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                self.dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("needs prometheus (Debian's prometheus package)");
-        wait_until(Duration::from_secs(30), || {
-            get(self.port, "/-/ready")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-        });
-    }
-}
-
-impl Drop for LivePrometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn json(port: u16, path: &str) -> Value {
     let r = raw_request(port, "GET", path, &[], b"");
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Asserts that `query_range` of `q` over (start, end, step) in seconds has data at Perch and
+/// agrees between Prometheus (on `theirs`) and Perch (on `ours`).
+fn same_range(theirs: u16, ours: u16, q: &str, (start, end, step): (f64, f64, f64)) {
+    let enc: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
+    let path = format!("/api/v1/query_range?query={enc}&start={start}&end={end}&step={step}");
+    let t = json(theirs, &path);
+    let o = json(ours, &path);
+    assert!(
+        !o["data"]["result"].as_array().unwrap().is_empty(),
+        "{q}: no data"
+    );
+    assert!(
+        same_data(&t["data"], &o["data"]),
+        "{q}:\n{}\n{}",
+        t["data"],
+        o["data"]
+    );
 }
 
 /// Whether two API `data` objects agree: the same series and timestamps, values equal or
@@ -527,7 +461,7 @@ fn a_real_prometheus_federates_from_perch() {
         target.addr
     );
     let perch = Perch::start("federate-live", Some(&config));
-    let prom = LivePrometheus::start(
+    let prom = Prometheus::start(
         "federate-prom",
         &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: federate\n    honor_labels: true\n    metrics_path: /federate\n    params:\n      'match[]': ['{{job=\"fx\"}}']\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
@@ -587,7 +521,7 @@ fn a_real_prometheus_remote_reads_perch_history() {
     let (text, _) = history(0, 480);
     import(&dir, "h.om", &text);
     let perch = Perch::start_in(dir, Some(""), &[]);
-    let prom = LivePrometheus::start(
+    let prom = Prometheus::start(
         "remote-read-prom",
         &format!(
             "remote_read:\n  - url: http://127.0.0.1:{}/api/v1/read\n    read_recent: true\n",
@@ -603,20 +537,7 @@ fn a_real_prometheus_remote_reads_perch_history() {
         "max_over_time(odd_ratio[10m])",
         "avg(temp_celsius) - min(temp_celsius)",
     ] {
-        let enc: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
-        let path = format!("/api/v1/query_range?query={enc}&start={start}&end={end}&step=60");
-        let theirs = json(prom.port, &path);
-        let ours = json(perch.port, &path);
-        assert!(
-            !ours["data"]["result"].as_array().unwrap().is_empty(),
-            "{q}: no data"
-        );
-        assert!(
-            same_data(&theirs["data"], &ours["data"]),
-            "{q}:\n{}\n{}",
-            theirs["data"],
-            ours["data"]
-        );
+        same_range(prom.port, perch.port, q, (start as f64, end as f64, 60.0));
     }
 }
 
@@ -626,18 +547,10 @@ fn the_exported_recording_loads_into_prometheus_with_promtool() {
     let recording = crate::support::data_dir().join("../../../shared/data/node-1s.om.zst");
     assert!(recording.exists(), "needs ../shared/data/node-1s.om.zst");
     let dir = temp_dir("export-recording");
-    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
-        .arg("import")
-        .arg(&recording)
-        .arg("--storage.tsdb.path")
-        .arg(dir.join("data"))
-        .args(["--storage.tsdb.retention.time", "100y"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    perch_import(
+        &recording,
+        &dir.join("data"),
+        &["--storage.tsdb.retention.time", "100y"],
     );
     let perch = Perch::start_in(dir, Some(""), &["--storage.tsdb.retention.time", "100y"]);
     let r = raw_request(perch.port, "GET", "/api/v1/export?limit=10000000", &[], b"");
@@ -660,20 +573,7 @@ fn the_exported_recording_loads_into_prometheus_with_promtool() {
         "sum by (device) (rate(node_network_receive_bytes_total[5m]))",
         "max_over_time(node_load1[2m])",
     ] {
-        let enc: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
-        let path = format!("/api/v1/query_range?query={enc}&start={start}&end={end}&step=15");
-        let theirs = json(prom.port, &path);
-        let ours = json(perch.port, &path);
-        assert!(
-            !ours["data"]["result"].as_array().unwrap().is_empty(),
-            "{q}: no data"
-        );
-        assert!(
-            same_data(&theirs["data"], &ours["data"]),
-            "{q}:\n{}\n{}",
-            theirs["data"],
-            ours["data"]
-        );
+        same_range(prom.port, perch.port, q, (start, end, 15.0));
     }
 }
 
@@ -784,7 +684,7 @@ fn remote_write_catches_up_after_an_outage_and_a_restart() {
 #[ignore = "needs prometheus (Debian's prometheus 2.42)"]
 fn remote_write_to_a_real_prometheus_survives_an_outage_and_a_restart() {
     let flags = ["--web.enable-remote-write-receiver"];
-    let prom = RefCell::new(LivePrometheus::start(
+    let prom = RefCell::new(Prometheus::start(
         "push-prom",
         "storage:\n  tsdb:\n    out_of_order_time_window: 1h\n",
         &flags,

@@ -88,19 +88,7 @@ fn import_then_query_gives_prometheus_answers() {
             std::fs::write(&f, &text).unwrap();
             f
         };
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-            .arg("import")
-            .arg(&file)
-            .arg("--storage.tsdb.path")
-            .arg(dir.join("data"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let said = String::from_utf8_lossy(&out.stdout);
+        let said = crate::support::perch_import(&file, &dir.join("data"), &[]);
         assert!(said.contains("imported 15 samples of 5 series"), "{said}");
         let perch = Perch::start_in(dir, Some(""), &[]);
         let mut failures = Vec::new();

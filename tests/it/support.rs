@@ -249,9 +249,8 @@ pub fn threads(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// A real Prometheus 2.42 (Debian's `prometheus`) holding the given OpenMetrics samples, loaded
-/// with `promtool tsdb create-blocks-from openmetrics`, on a free loopback port; killed and its
-/// directory removed when dropped.
+/// A real Prometheus 2.42 (Debian's `prometheus`) on a free loopback port and a fresh
+/// directory; killed and its directory removed when dropped.
 pub struct Prometheus {
     pub child: Child,
     pub port: u16,
@@ -259,6 +258,13 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// Starts one with `config` (YAML) and extra flags, and waits until it is ready.
+    pub fn start(name: &str, config: &str, extra: &[&str]) -> Prometheus {
+        Prometheus::start_in(temp_dir(name), config, extra)
+    }
+
+    /// One holding the given OpenMetrics samples, loaded with `promtool tsdb
+    /// create-blocks-from openmetrics`.
     pub fn with_openmetrics(name: &str, openmetrics: &str) -> Prometheus {
         let dir = temp_dir(name);
         let om = dir.join("data.om");
@@ -271,28 +277,75 @@ impl Prometheus {
             .status()
             .expect("promtool must be installed");
         assert!(st.success());
-        std::fs::write(dir.join("p.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
+        Prometheus::start_in(
+            dir,
+            "global:\n  scrape_interval: 1h\n",
+            &["--storage.tsdb.retention.time=100y"],
+        )
+    }
+
+    fn start_in(dir: PathBuf, config: &str, extra: &[&str]) -> Prometheus {
+        std::fs::write(dir.join("p.yml"), config).unwrap();
         let port = free_port();
-        let child = Command::new("prometheus")
+        let child = Prometheus::spawn(&dir, port, extra);
+        let p = Prometheus { child, port, dir };
+        p.wait_ready();
+        p
+    }
+
+    fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Child {
+        Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("p.yml").display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg("--storage.tsdb.retention.time=100y")
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("prometheus must be installed");
-        let p = Prometheus { child, port, dir };
+            .expect("prometheus must be installed (Debian's prometheus package)")
+    }
+
+    fn wait_ready(&self) {
         wait_until(Duration::from_secs(30), || {
-            get(p.port, "/-/ready")
+            get(self.port, "/-/ready")
                 .map(|(s, _)| s == 200)
                 .unwrap_or(false)
         });
-        p
     }
+
+    /// Kills it, keeping its data and port for [`Prometheus::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same data and port, with `extra` flags.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.child = Prometheus::spawn(&self.dir, self.port, extra);
+        self.wait_ready();
+    }
+}
+
+/// `perch import FILE --storage.tsdb.path DIR [extra…]`; panics with its stderr if it fails,
+/// returns its stdout.
+pub fn perch_import(file: &Path, data: &Path, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
+        .arg("import")
+        .arg(file)
+        .arg("--storage.tsdb.path")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for Prometheus {
