@@ -11,15 +11,18 @@
 //!    in RAM, flushed as compressed blocks into a ring of CRC-framed segment files on flash under
 //!    a hard byte budget (`docs/format.md`).
 //! 4. [`promql`] evaluates PromQL (parsed by the `promql-parser` crate) over a `Querier`.
-//! 5. [`web`] serves the Prometheus HTTP API (queries, metadata, status, remote write, import)
-//!    and Perch's own `/metrics`, and the built-in web UI (`web::ui`) that reads that API.
+//! 5. [`web`] serves the Prometheus HTTP API (queries, metadata, status, remote write, import),
+//!    federation, remote read and the export with a cursor, Perch's own `/metrics`, and the
+//!    built-in web UI (`web::ui`) that reads that API. [`remote`] pushes samples to
+//!    `remote_write` receivers: live, and after an outage from the store's records.
 //! 6. [`runtime`] runs all of it on one OS thread: a `smol` local executor (async-io's reactor),
 //!    the clock, signals and the wiring of the tasks.
 //!
 //! [`model`] holds the shared vocabulary (labels, samples, matchers) and [`telemetry`] Perch's
 //! own counters. Dependencies point one way:
 //! `model` ← `storage` ← `scrape`; `promql` → `storage`; `web` → `promql`, `storage`, and
-//! `scrape` for the targets' state and the text parser (import endpoint); `runtime` wires them
+//! `scrape` for the targets' state and the text parser (import endpoint), and `remote` for the
+//! senders' state; `remote` → `storage`, `scrape` (relabeling, name resolution); `runtime` wires them
 //! together (and `perch import`). Nothing imports `web`; `storage` never imports `promql` or
 //! `scrape`.
 #![deny(unsafe_code)]
