@@ -644,10 +644,7 @@ fn decode_position(b: &[u8]) -> Option<(Cursor, Vec<(Cursor, Cursor)>)> {
         return None;
     }
     let cursor = |r: &mut crate::storage::codec::Reader| -> Option<Cursor> {
-        Some(Cursor {
-            segment: r.uvarint().ok()?,
-            offset: r.uvarint().ok()?,
-        })
+        Some(Cursor::at(r.uvarint().ok()?, r.uvarint().ok()?))
     };
     let classified = cursor(&mut r)?;
     let n = r.uvarint().ok()? as usize;
@@ -820,7 +817,7 @@ mod tests {
     use super::*;
 
     fn c(segment: u64, offset: u64) -> Cursor {
-        Cursor { segment, offset }
+        Cursor::at(segment, offset)
     }
 
     #[test]

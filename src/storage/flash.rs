@@ -587,14 +587,8 @@ impl Store {
         match result {
             Ok(()) => {
                 let span = WriteSpan {
-                    from: Cursor {
-                        segment: seq,
-                        offset: base,
-                    },
-                    until: Cursor {
-                        segment: seq,
-                        offset: seg.bytes + buf.len() as u64,
-                    },
+                    from: Cursor::at(seq, base),
+                    until: Cursor::at(seq, seg.bytes + buf.len() as u64),
                     flush: self.flushing,
                 };
                 seg.bytes += buf.len() as u64;
@@ -1006,16 +1000,10 @@ impl Store {
     /// The block records whose position is in `range`, in order.
     fn blocks_in(&self, range: CursorRange) -> impl Iterator<Item = (Cursor, &RecordRef)> {
         let from = range.from.unwrap_or_default();
-        let until = range.until.unwrap_or(Cursor {
-            segment: u64::MAX,
-            offset: u64::MAX,
-        });
+        let until = range.until.unwrap_or(Cursor::at(u64::MAX, u64::MAX));
         self.segments.iter().flat_map(move |seg| {
             seg.blocks.iter().filter_map(move |b| {
-                let at = Cursor {
-                    segment: seg.seq,
-                    offset: b.offset,
-                };
+                let at = Cursor::at(seg.seq, b.offset);
                 (at >= from && at < until).then_some((at, b))
             })
         })
@@ -1032,20 +1020,11 @@ impl Store {
         limit: usize,
     ) -> Result<ExportPage, ExportError> {
         let from = range.from;
-        let until = range.until.unwrap_or(Cursor {
-            segment: u64::MAX,
-            offset: u64::MAX,
-        });
+        let until = range.until.unwrap_or(Cursor::at(u64::MAX, u64::MAX));
         let start = from.unwrap_or_default();
         let oldest = match self.segments.first() {
-            Some(s) => Cursor {
-                segment: s.seq,
-                offset: 0,
-            },
-            None => Cursor {
-                segment: self.next_seq,
-                offset: 0,
-            },
+            Some(s) => Cursor::at(s.seq, 0),
+            None => Cursor::at(self.next_seq, 0),
         };
         if from.is_some() && start < oldest && start.segment < self.next_seq {
             return Err(ExportError::RotatedOut {
@@ -1078,10 +1057,7 @@ impl Store {
                 .copied()
                 .collect();
             for r in blocks {
-                let at = Cursor {
-                    segment: seq,
-                    offset: r.offset,
-                };
+                let at = Cursor::at(seq, r.offset);
                 if at >= until {
                     break 'segments;
                 }
@@ -1089,17 +1065,29 @@ impl Store {
                     more = true;
                     break 'segments;
                 }
-                next = Cursor {
-                    segment: seq,
-                    offset: r.offset + 1,
-                };
+                next = Cursor::at(seq, r.offset + 1);
                 if r.max_t < mint || r.min_t > maxt || ids.is_empty() {
                     continue;
                 }
                 let Some(block) = self.load_block(si, &r)? else {
                     continue;
                 };
+                // A page that ended inside this record continues at its series.
+                let first_id = if at == start.record() {
+                    start.series
+                } else {
+                    0
+                };
                 for (k, id) in ids.iter().enumerate() {
+                    if *id < first_id {
+                        continue;
+                    }
+                    // A large record (an import's) is split between pages by series.
+                    if gathered >= limit && gathered > 0 {
+                        next = Cursor { series: *id, ..at };
+                        more = true;
+                        break 'segments;
+                    }
                     tmp.clear();
                     if block.series(*id, &mut tmp).is_err() {
                         self.counters.corrupt_records += 1;
@@ -1113,10 +1101,7 @@ impl Store {
             // A segment no longer appended to is done with: the next page starts after it, so
             // a cursor never points into a segment that may rotate out with nothing unread.
             if closed && next.segment <= seq && until.segment > seq {
-                next = Cursor {
-                    segment: seq + 1,
-                    offset: 0,
-                };
+                next = Cursor::at(seq + 1, 0);
             }
         }
         let mut series = Vec::new();
@@ -1597,14 +1582,8 @@ impl Storage for FlashStorage {
     fn end_cursor(&self) -> Cursor {
         let st = self.store.borrow();
         match st.segments.last() {
-            Some(s) => Cursor {
-                segment: s.seq,
-                offset: s.bytes,
-            },
-            None => Cursor {
-                segment: st.next_seq,
-                offset: 0,
-            },
+            Some(s) => Cursor::at(s.seq, s.bytes),
+            None => Cursor::at(st.next_seq, 0),
         }
     }
 
@@ -1617,10 +1596,7 @@ impl Storage for FlashStorage {
 
     fn oldest_cursor(&self) -> Cursor {
         let st = self.store.borrow();
-        Cursor {
-            segment: st.segments.first().map_or(st.next_seq, |s| s.seq),
-            offset: 0,
-        }
+        Cursor::at(st.segments.first().map_or(st.next_seq, |s| s.seq), 0)
     }
 
     fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
@@ -2214,5 +2190,38 @@ mod tests {
         });
         assert!(bytes > 0);
         assert_eq!(oldest, Some(5));
+    }
+
+    #[test]
+    fn a_large_record_is_split_between_pages_by_series() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        // One import, one record: 50 series × 100 samples.
+        let items: Vec<(Labels, Vec<Sample>)> = (0..50)
+            .map(|i| {
+                let v = (0..100)
+                    .map(|k| Sample {
+                        t: k * 1000,
+                        v: value(i, k * 1000),
+                    })
+                    .collect();
+                (labels(i), v)
+            })
+            .collect();
+        Storage::import(&s, items).unwrap();
+        let (got, end, pages) = export_all(&s, None, 500);
+        assert!(pages >= 10, "{pages} pages");
+        check_exact(&as_got(got), 50, 0, 100_000, 1000);
+        // The cursors say so, and read back.
+        assert_eq!(end.series, 0);
+        let mid = Cursor {
+            series: 7,
+            ..Cursor::at(3, 40)
+        };
+        assert_eq!(mid.to_string(), "3-40-7");
+        assert_eq!("3-40-7".parse::<Cursor>(), Ok(mid));
+        assert_eq!("3-40".parse::<Cursor>(), Ok(Cursor::at(3, 40)));
+        assert!("3-40-7-1".parse::<Cursor>().is_err());
+        assert!("3".parse::<Cursor>().is_err());
     }
 }

@@ -291,17 +291,40 @@ pub struct WriteSpan {
 
 /// A position in the store's append order: every block record before it has been exported.
 /// It is `segment-offset` (the segment's sequence number and a byte offset in it), both
-/// decimal; it stays valid across restarts, since segments are never rewritten and sequence
-/// numbers only grow.
+/// decimal, or `segment-offset-series` for a page that ended inside a large record (an import's):
+/// the record at `offset` continues from series id `series`. It stays valid across restarts,
+/// since segments are never rewritten and sequence numbers only grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Cursor {
     pub segment: u64,
     pub offset: u64,
+    /// Within the record at `offset`, the first series id not yet exported (0: all of it).
+    pub series: u64,
+}
+
+impl Cursor {
+    /// The position of a whole record (or of the byte `offset` in `segment`).
+    pub const fn at(segment: u64, offset: u64) -> Cursor {
+        Cursor {
+            segment,
+            offset,
+            series: 0,
+        }
+    }
+
+    /// The same position without the series part: record order only.
+    pub const fn record(self) -> Cursor {
+        Cursor::at(self.segment, self.offset)
+    }
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.segment, self.offset)
+        if self.series == 0 {
+            write!(f, "{}-{}", self.segment, self.offset)
+        } else {
+            write!(f, "{}-{}-{}", self.segment, self.offset, self.series)
+        }
     }
 }
 
@@ -311,10 +334,17 @@ impl std::str::FromStr for Cursor {
         let bad = || {
             format!("invalid cursor {s:?}: expected <segment>-<offset>, as a previous export returned it")
         };
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let mut parts = s.split('-').map(|p| p.parse::<u64>().map_err(|_| bad()));
+        let segment = parts.next().ok_or_else(bad)??;
+        let offset = parts.next().ok_or_else(bad)??;
+        let series = parts.next().transpose()?.unwrap_or(0);
+        if parts.next().is_some() {
+            return Err(bad());
+        }
         Ok(Cursor {
-            segment: a.parse().map_err(|_| bad())?,
-            offset: b.parse().map_err(|_| bad())?,
+            segment,
+            offset,
+            series,
         })
     }
 }
