@@ -1,10 +1,11 @@
 //! The Prometheus HTTP API handlers (`/api/v1/...`).
 //!
 //! One error envelope ([`ApiError`]) and one mapping from engine errors to `errorType` and HTTP
-//! status, as Prometheus: 400 `bad_data`, 422 `execution`, 503 `timeout`, 500 `internal`.
+//! status, as Prometheus: 400 `bad_data`, 422 `execution`, 503 `timeout`, 499 `canceled` (the
+//! client went away while its query ran), 500 `internal`.
 //! Bodies are written in Prometheus's exact JSON layout by [`super::json`].
 
-use super::http::Response;
+use super::http::{ClientGone, Response};
 use super::json;
 use super::time::{parse_duration_param, parse_time};
 use super::WebState;
@@ -19,6 +20,8 @@ pub enum ApiError {
     BadData(String),
     Execution(String),
     Timeout(String),
+    /// The client closed the connection while its query ran.
+    Canceled(String),
     Internal(String),
     /// Served with 500, as Prometheus does (e.g. the admin API when disabled).
     Unavailable(String),
@@ -30,6 +33,7 @@ impl ApiError {
             ApiError::BadData(m) => (400, "bad_data", m),
             ApiError::Execution(m) => (422, "execution", m),
             ApiError::Timeout(m) => (503, "timeout", m),
+            ApiError::Canceled(m) => (STATUS_CLIENT_CLOSED, "canceled", m),
             ApiError::Internal(m) => (500, "internal", m),
             ApiError::Unavailable(m) => (500, "unavailable", m),
         }
@@ -46,6 +50,9 @@ impl ApiError {
         Response::json(status, s)
     }
 }
+
+/// Prometheus's status for a query whose client went away (nginx's "client closed request").
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
 
 fn bad_param(name: &str, msg: impl std::fmt::Display) -> ApiError {
     ApiError::BadData(format!("invalid parameter {name:?}: {msg}"))
@@ -244,7 +251,15 @@ impl WebState {
         }
     }
 
-    async fn run_query<F>(&self, p: &Params, fut: F, instant: bool) -> Result<Response, ApiError>
+    /// Runs a query raced against its timeout and its client going away (`gone`); whichever
+    /// ends first drops the others, so an abandoned evaluation stops at its next yield.
+    async fn run_query<F>(
+        &self,
+        p: &Params,
+        fut: F,
+        instant: bool,
+        gone: ClientGone<'_>,
+    ) -> Result<Response, ApiError>
     where
         F: std::future::Future<Output = Result<QueryResult, QueryError>>,
     {
@@ -255,6 +270,12 @@ impl WebState {
                 async_io::Timer::after(timeout).await;
                 Err(ApiError::Timeout(
                     "query timed out in expression evaluation".into(),
+                ))
+            })
+            .or(async {
+                gone.await;
+                Err(ApiError::Canceled(
+                    "query was canceled in expression evaluation".into(),
                 ))
             })
             .await?;
@@ -272,16 +293,25 @@ impl WebState {
     }
 
     /// `/api/v1/query`
-    pub async fn api_query(&self, p: &Params, now: i64) -> Result<Response, ApiError> {
+    pub async fn api_query(
+        &self,
+        p: &Params,
+        now: i64,
+        gone: ClientGone<'_>,
+    ) -> Result<Response, ApiError> {
         let t = p.time("time", now)?;
         let q = p.get("query").unwrap_or("");
         let querier = self.storage.querier();
-        self.run_query(p, self.engine.instant(&*querier, q, t), true)
+        self.run_query(p, self.engine.instant(&*querier, q, t), true, gone)
             .await
     }
 
     /// `/api/v1/query_range`
-    pub async fn api_query_range(&self, p: &Params) -> Result<Response, ApiError> {
+    pub async fn api_query_range(
+        &self,
+        p: &Params,
+        gone: ClientGone<'_>,
+    ) -> Result<Response, ApiError> {
         let start = match p.get("start") {
             Some(v) => parse_time(v).map_err(|e| bad_param("start", e))?,
             None => return Err(bad_param("start", "cannot parse \"\" to a valid timestamp")),
@@ -311,8 +341,13 @@ impl WebState {
         }
         let q = p.get("query").unwrap_or("");
         let querier = self.storage.querier();
-        self.run_query(p, self.engine.range(&*querier, q, start, end, step), false)
-            .await
+        self.run_query(
+            p,
+            self.engine.range(&*querier, q, start, end, step),
+            false,
+            gone,
+        )
+        .await
     }
 
     /// The `match[]` selectors of a request, each as a list of matchers. Prometheus names the

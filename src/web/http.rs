@@ -383,6 +383,38 @@ pub async fn read_request(
     .await
 }
 
+/// What a handler can await to learn that its client went away: completes when the client
+/// closed the connection (a read returns end of file, half-closing counts as Go's server counts
+/// it) or the connection failed (reset). The query handlers race their evaluation against it.
+pub type ClientGone<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Watches a connection while its request is served (see [`ClientGone`]). Bytes that arrive
+/// meanwhile are a pipelined next request, not a disconnect: they are appended to `buf`, the
+/// connection's buffer that [`read_request`] reads from next. Once `buf` holds `limit` bytes
+/// nothing more is read (the kernel's buffer and TCP flow control hold the rest) and the watch
+/// never completes, so the request is served as if unwatched. Dropping the watch loses no byte:
+/// a read either completed into `buf` or consumed nothing.
+pub fn client_gone<'a>(
+    stream: &'a Async<TcpStream>,
+    buf: &'a mut Vec<u8>,
+    limit: usize,
+) -> ClientGone<'a> {
+    Box::pin(async move {
+        let mut chunk = [0u8; 4096];
+        let mut s = stream;
+        loop {
+            let room = limit.saturating_sub(buf.len()).min(chunk.len());
+            if room == 0 {
+                return futures_lite::future::pending().await;
+            }
+            match s.read(&mut chunk[..room]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
 /// Writes `resp`; returns false if the connection must be closed (write error or timeout).
 /// A streamed body is written with chunked encoding, each piece within the write timeout.
 pub async fn write_response(

@@ -36,7 +36,7 @@ use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use api::{ApiError, Params};
 use async_io::Async;
-use http::{Limits, ReadError, Request, Response};
+use http::{ClientGone, Limits, ReadError, Request, Response};
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
 use std::rc::Rc;
@@ -203,11 +203,12 @@ impl WebState {
         self.targets.borrow().clone()
     }
 
-    /// Routes one request; returns the handler name (for telemetry) and the response.
-    pub async fn route(&self, req: &Request) -> (&'static str, Response) {
+    /// Routes one request; returns the handler name (for telemetry) and the response. `gone`
+    /// completes if the client goes away: a query then stops and answers 499 `canceled`.
+    pub async fn route(&self, req: &Request, gone: ClientGone<'_>) -> (&'static str, Response) {
         let path = req.path.as_str();
         if let Some(rest) = path.strip_prefix("/api/v1/") {
-            let (handler, mut resp) = self.route_api(rest, req).await;
+            let (handler, mut resp) = self.route_api(rest, req, gone).await;
             self.set_cors(req, &mut resp);
             // Remote read answers are snappy-framed protobuf, never gzip (as in Prometheus).
             if req.accepts_gzip() && handler != "remote_read" {
@@ -310,7 +311,12 @@ impl WebState {
         }
     }
 
-    async fn route_api(&self, rest: &str, req: &Request) -> (&'static str, Response) {
+    async fn route_api(
+        &self,
+        rest: &str,
+        req: &Request,
+        gone: ClientGone<'_>,
+    ) -> (&'static str, Response) {
         let m = req.method.as_str();
         let label_name = rest
             .strip_prefix("label/")
@@ -338,8 +344,8 @@ impl WebState {
         let p = Params::new(req.params());
         let now = now_ms();
         let r = match name {
-            "query" => self.api_query(&p, now).await,
-            "query_range" => self.api_query_range(&p).await,
+            "query" => self.api_query(&p, now, gone).await,
+            "query_range" => self.api_query_range(&p, gone).await,
             "query_exemplars" => self.api_query_exemplars(&p),
             "format_query" => self.api_format_query(&p),
             "labels" => self.api_labels(&p),
@@ -419,7 +425,10 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
             }
         };
         let started = Instant::now();
-        let (handler, mut resp) = state.route(&req).await;
+        // While the request is served, the connection is watched: pipelined bytes go to `buf`,
+        // and end of file or an error cancels a running query.
+        let gone = http::client_gone(&stream, &mut buf, state.limits.max_head_bytes);
+        let (handler, mut resp) = state.route(&req, gone).await;
         state.telemetry.http_request(handler, resp.status);
         state.telemetry.http_observe(
             handler,
@@ -428,10 +437,13 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
         );
         resp.head_only = req.method == "HEAD";
         let quit = handler == "quit" && resp.status == 200;
+        // A canceled query's client has gone (or half-closed): answer as Prometheus does, then
+        // close.
+        let canceled = resp.status == api::STATUS_CLIENT_CLOSED;
         let written = http::write_response(
             &mut stream,
             &mut resp,
-            req.keep_alive && !quit,
+            req.keep_alive && !quit && !canceled,
             &state.limits,
         )
         .await;
@@ -439,7 +451,7 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
             state.quit.request();
             return;
         }
-        if !written || !req.keep_alive {
+        if !written || !req.keep_alive || canceled {
             return;
         }
     }

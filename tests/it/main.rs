@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod cancel;
 mod config;
 mod crash;
 mod e2e;
