@@ -96,7 +96,7 @@ pub(super) async fn eval(
 
     match op {
         Op::CountValues => {
-            if value_label.is_empty() {
+            if !ev.valid_label_name(&value_label) {
                 return Err(QueryError::Execution(format!(
                     "invalid label name {value_label:?}"
                 )));

@@ -264,6 +264,17 @@ impl<'q> Evaluator<'q> {
         }
     }
 
+    /// Whether `s` is valid UTF-8 as Prometheus reads the query (see `literals.rs`).
+    pub fn valid_utf8(&self, s: &str) -> bool {
+        super::literals::is_valid(s)
+    }
+
+    /// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*` or, as Prometheus 3.x allows, any non-empty
+    /// valid UTF-8 string.
+    pub fn valid_label_name(&self, s: &str) -> bool {
+        !s.is_empty() && self.valid_utf8(s)
+    }
+
     /// Adds an info annotation once.
     pub fn info(&mut self, i: String) {
         if !self.infos.contains(&i) {
@@ -644,6 +655,15 @@ pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Que
             MatchOp::Re(_) => MatchKind::Regex,
             MatchOp::NotRe(_) => MatchKind::NotRegex,
         };
+        // Go's regexp refuses a pattern that is not valid UTF-8.
+        if matches!(kind, MatchKind::Regex | MatchKind::NotRegex)
+            && !super::literals::is_valid(&m.value)
+        {
+            return Err(QueryError::Parse(format!(
+                "error parsing regexp: invalid UTF-8: `{}`",
+                super::literals::display(m.value.clone())
+            )));
+        }
         let mm = match Matcher::new(kind, &m.name, &m.value) {
             Ok(mm) => mm,
             // Go accepts some patterns Rust's regex does not (`a{b}`); the parser has already

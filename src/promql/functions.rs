@@ -164,12 +164,15 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let repl = string_arg(ev, &args, 2, name, span).await?;
             let src = string_arg(ev, &args, 3, name, span).await?;
             let re_s = string_arg(ev, &args, 4, name, span).await?;
-            let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|_| {
-                QueryError::Execution(format!(
-                    "invalid regular expression in label_replace(): {re_s}"
-                ))
-            })?;
-            if !valid_label_name(&dst) {
+            let re = Some(())
+                .filter(|_| ev.valid_utf8(&re_s))
+                .and_then(|_| regex::Regex::new(&format!("^(?s:{re_s})$")).ok())
+                .ok_or_else(|| {
+                    QueryError::Execution(format!(
+                        "invalid regular expression in label_replace(): {re_s}"
+                    ))
+                })?;
+            if !ev.valid_label_name(&dst) {
                 return Err(QueryError::Execution(format!(
                     "invalid destination label name in label_replace(): {dst}"
                 )));
@@ -199,14 +202,14 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let mut srcs = Vec::new();
             for i in 3..args.len() {
                 let s = string_arg(ev, &args, i, name, span).await?;
-                if !valid_label_name(&s) {
+                if !ev.valid_label_name(&s) {
                     return Err(QueryError::Execution(format!(
                         "invalid source label name in label_join(): {s}"
                     )));
                 }
                 srcs.push(s);
             }
-            if !valid_label_name(&dst) {
+            if !ev.valid_label_name(&dst) {
                 return Err(QueryError::Execution(format!(
                     "invalid destination label name in label_join(): {dst}"
                 )));
@@ -327,12 +330,6 @@ async fn string_arg(
             i + 1
         ))),
     }
-}
-
-/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*` or, as Prometheus 3.x allows, any non-empty
-/// UTF-8 string.
-fn valid_label_name(s: &str) -> bool {
-    !s.is_empty()
 }
 
 /// Maps every point of `v` through `f` (per step) and every label set through `lf`, rejecting a

@@ -52,9 +52,12 @@
 //! `sort_by_label`, `mad_over_time`, `ts_of_*_over_time`, `double_exponential_smoothing`,
 //! anchored/smoothed ranges).
 //!
-//! Known differences: a `\xNN` escape above `\x7f` in a string literal is read by
-//! `promql-parser` as the character U+00NN, not as a raw byte, so `label_replace(v, "\xff", …)`
-//! is accepted where Prometheus rejects an invalid UTF-8 label name.
+//! String literals: `\xNN` and `\NNN` escapes are bytes, as in Go (`literals.rs` decodes them
+//! before parsing, since `promql-parser` reads `\xNN` as the character U+00NN). A literal that
+//! is not valid UTF-8 is rejected as a label name (`label_replace`, `label_join`,
+//! `count_values`) and as a regular expression in `label_replace`, as Prometheus rejects it;
+//! elsewhere it is its text with a private-use character standing for each bad byte (shown as
+//! U+FFFD in a string result; a label value made of it keeps the private-use characters).
 //!
 //! Tests: `tests.rs` holds the Rust-only ones (limits, absurd inputs, yielding); scripts in
 //! Prometheus's promqltest language (`tests/data/promql/*.test`) and the shared conformance
@@ -67,6 +70,7 @@ mod binary;
 mod durations;
 mod eval;
 mod functions;
+mod literals;
 #[cfg(test)]
 mod tests;
 
@@ -96,14 +100,10 @@ impl Default for EngineOptions {
 /// evaluation interval, 1m by default.
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 
-/// `q` with its duration expressions (`x[5m+1m]`, `offset step()`) written out as plain
-/// durations, the text the engine hands to `promql-parser`; `step_ms`/`range_ms` stand for
-/// `step()`/`range()` (0 for an instant query). For tools that rewrite a query through
-/// `promql-parser` (the conformance runner pins selectors with `@`).
 /// Parses a series selector (`up{job="x"}`, as `match[]` takes it) into storage matchers, the
 /// selector's metric name included, exactly as the engine reads selectors in a query.
 pub fn selector_matchers(s: &str) -> Result<Vec<crate::model::Matcher>, QueryError> {
-    match promql_parser::parser::parse(s).map_err(QueryError::Parse)? {
+    match promql_parser::parser::parse(&literals::rewrite(s)).map_err(QueryError::Parse)? {
         promql_parser::parser::Expr::VectorSelector(vs) => eval::selector_matchers(&vs),
         _ => Err(QueryError::Parse(format!(
             "1:1: parse error: expected a series selector, got {s:?}"
@@ -111,8 +111,13 @@ pub fn selector_matchers(s: &str) -> Result<Vec<crate::model::Matcher>, QueryErr
     }
 }
 
+/// `q` with its duration expressions (`x[5m+1m]`, `offset step()`) written out as plain
+/// durations and its byte-escaped string literals decoded (`"\xc3\xa9"` is `"é"`), the text the
+/// engine hands to `promql-parser`; `step_ms`/`range_ms` stand for `step()`/`range()` (0 for an
+/// instant query). For tools that rewrite a query through `promql-parser` (the conformance
+/// runner pins selectors with `@`).
 pub fn expand_durations(q: &str, step_ms: i64, range_ms: i64) -> String {
-    durations::rewrite(q, step_ms, range_ms)
+    literals::rewrite(&durations::rewrite(q, step_ms, range_ms))
 }
 
 /// The PromQL engine. Holds no state between queries.
@@ -229,7 +234,7 @@ impl Engine {
         expr: &str,
         t: i64,
     ) -> Result<QueryResult, QueryError> {
-        let text = durations::rewrite(expr, 0, 0);
+        let text = expand_durations(expr, 0, 0);
         let e = promql_parser::parser::parse(&text).map_err(QueryError::Parse)?;
         let mut ev = eval::Evaluator::new(q, self.opts, t, t);
         let span = eval::Span {
@@ -243,7 +248,10 @@ impl Engine {
                 t,
                 v: s.first().copied().unwrap_or(f64::NAN),
             },
-            eval::Val::Str(s) => Value::String { t, s },
+            eval::Val::Str(s) => Value::String {
+                t,
+                s: literals::display(s),
+            },
             eval::Val::Vector(sv) => Value::Vector(sv.into_instant(t)),
             eval::Val::Matrix(m) => Value::Matrix(m),
         };
@@ -259,7 +267,7 @@ impl Engine {
         end: i64,
         step: i64,
     ) -> Result<QueryResult, QueryError> {
-        let text = durations::rewrite(expr, step, end.saturating_sub(start));
+        let text = expand_durations(expr, step, end.saturating_sub(start));
         let e = promql_parser::parser::parse(&text).map_err(QueryError::Parse)?;
         if step <= 0 {
             return Err(QueryError::Parse(
