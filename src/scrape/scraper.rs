@@ -49,7 +49,6 @@ pub struct Scraper {
     live: Vec<SeriesRef>,
     current: Vec<SeriesRef>,
     generation: u64,
-    body: Vec<u8>,
 }
 
 /// Wall-clock now in ms.
@@ -94,7 +93,6 @@ impl Scraper {
             live: Vec::new(),
             current: Vec::new(),
             generation: 0,
-            body: Vec::new(),
         }
     }
 
@@ -157,7 +155,9 @@ impl Scraper {
             "X-Prometheus-Scrape-Timeout-Seconds: {}\r\n",
             timeout.as_secs_f64()
         );
-        let mut body = std::mem::take(&mut self.body);
+        // The body lives only for this scrape: a gateway with many targets does not keep a
+        // copy of every target's last body (a node exporter's is ~100 KB).
+        let mut body = Vec::new();
         let fetched = client::fetch(
             &self.target.address,
             &self.target.path_and_query,
@@ -177,7 +177,6 @@ impl Scraper {
         };
         let fetched = fetched.map(|_| body.as_slice());
         self.ingest_format(fetched, format, start_ms, duration);
-        self.body = body;
     }
 
     /// Writes the outcome of one scrape started at `ts` (ms) that took `duration`: the parsed

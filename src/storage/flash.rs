@@ -276,9 +276,8 @@ struct Store {
     symbols: Symbols,
     /// The next appender batch number.
     next_batch: u64,
-    /// Series ids by the hash of their labels (collisions share a list), so each label set is
-    /// held once, in its entry.
-    by_hash: FastMap<u64, Vec<u64>>,
+    /// Series ids by the hash of their labels, so each label set is held once, in its entry.
+    by_hash: HashIndex,
     /// name symbol → value symbol → series ids (ascending).
     postings: FastMap<u32, FastMap<u32, Vec<u64>>>,
     next_id: u64,
@@ -334,6 +333,56 @@ fn decode_checkpoints(
     Ok(m)
 }
 
+/// Series ids by label hash: one id per hash in a flat map, the rare other ids with the same
+/// hash on the side (a map of lists would cost a heap allocation per series).
+#[derive(Default)]
+struct HashIndex {
+    first: FastMap<u64, u64>,
+    more: FastMap<u64, Vec<u64>>,
+}
+
+impl HashIndex {
+    fn ids(&self, h: u64) -> impl Iterator<Item = u64> + '_ {
+        self.first
+            .get(&h)
+            .copied()
+            .into_iter()
+            .chain(self.more.get(&h).into_iter().flatten().copied())
+    }
+
+    fn insert(&mut self, h: u64, id: u64) {
+        match self.first.entry(h) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more.entry(h).or_default().push(id)
+            }
+        }
+    }
+
+    fn remove(&mut self, h: u64, id: u64) {
+        if let Some(list) = self.more.get_mut(&h) {
+            list.retain(|x| *x != id);
+            if self.first.get(&h) == Some(&id) {
+                match list.pop() {
+                    Some(other) => {
+                        self.first.insert(h, other);
+                    }
+                    None => {
+                        self.first.remove(&h);
+                    }
+                }
+            }
+            if list.is_empty() {
+                self.more.remove(&h);
+            }
+        } else if self.first.get(&h) == Some(&id) {
+            self.first.remove(&h);
+        }
+    }
+}
+
 fn label_hash(l: &Labels) -> u64 {
     use std::hash::BuildHasher;
     std::hash::BuildHasherDefault::<crate::model::hash::FastHasher>::default().hash_one(l)
@@ -379,15 +428,11 @@ impl Store {
 
     /// The id of the series with exactly these labels.
     fn find(&self, labels: &Labels) -> Option<u64> {
-        self.by_hash
-            .get(&label_hash(labels))?
-            .iter()
-            .copied()
-            .find(|id| {
-                self.series
-                    .get(id)
-                    .is_some_and(|s| self.symbols.equal(&s.labels, labels))
-            })
+        self.by_hash.ids(label_hash(labels)).find(|id| {
+            self.series
+                .get(id)
+                .is_some_and(|s| self.symbols.equal(&s.labels, labels))
+        })
     }
 
     fn get_or_create(&mut self, labels: &Labels) -> Result<(u64, bool), AppendError> {
@@ -399,7 +444,7 @@ impl Store {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.by_hash.entry(label_hash(labels)).or_default().push(id);
+        self.by_hash.insert(label_hash(labels), id);
         let syms = self.symbols.intern_labels(labels);
         self.index(id, &syms);
         self.series.insert(
@@ -429,10 +474,7 @@ impl Store {
             log::warn!("series {labels} stored under ids {other} and {id}; reading {other}");
             return;
         }
-        self.by_hash
-            .entry(label_hash(&labels))
-            .or_default()
-            .push(id);
+        self.by_hash.insert(label_hash(&labels), id);
         let syms = self.symbols.intern_labels(&labels);
         self.index(id, &syms);
         self.series.insert(
@@ -514,13 +556,7 @@ impl Store {
             if let Some(s) = self.series.remove(&id) {
                 let labels = self.symbols.labels(&s.labels);
                 self.unindex(id, &s.labels);
-                let h = label_hash(&labels);
-                if let Some(ids) = self.by_hash.get_mut(&h) {
-                    ids.retain(|x| *x != id);
-                    if ids.is_empty() {
-                        self.by_hash.remove(&h);
-                    }
-                }
+                self.by_hash.remove(label_hash(&labels), id);
             }
         }
         if self.series.is_empty() {
@@ -1158,7 +1194,7 @@ impl FlashStorage {
             series: SeriesTable::default(),
             symbols: Symbols::default(),
             next_batch: 1,
-            by_hash: FastMap::default(),
+            by_hash: HashIndex::default(),
             postings: FastMap::default(),
             next_id: 1,
             segments: Vec::new(),
@@ -2223,5 +2259,25 @@ mod tests {
         assert_eq!("3-40".parse::<Cursor>(), Ok(Cursor::at(3, 40)));
         assert!("3-40-7-1".parse::<Cursor>().is_err());
         assert!("3".parse::<Cursor>().is_err());
+    }
+
+    #[test]
+    fn hash_index_keeps_colliding_ids() {
+        let mut h = HashIndex::default();
+        h.insert(7, 1);
+        h.insert(7, 2);
+        h.insert(7, 3);
+        h.insert(8, 4);
+        assert_eq!(h.ids(7).collect::<Vec<_>>(), vec![1, 2, 3]);
+        h.remove(7, 1);
+        let mut left: Vec<u64> = h.ids(7).collect();
+        left.sort();
+        assert_eq!(left, vec![2, 3]);
+        h.remove(7, 3);
+        h.remove(7, 2);
+        assert_eq!(h.ids(7).count(), 0);
+        assert!(h.more.is_empty() && h.first.len() == 1);
+        h.remove(8, 4);
+        assert!(h.first.is_empty());
     }
 }
