@@ -64,8 +64,13 @@ pub struct Target {
     pub labels: Labels,
     /// The labels before relabeling (`__address__`, `__scheme__`, …), for the API.
     pub discovered_labels: Labels,
-    /// Largest body accepted, in bytes.
+    /// Largest body accepted, in bytes: one less than the job's `body_size_limit` (a body of
+    /// exactly the limit fails in 2.42 too), or [`DEFAULT_BODY_LIMIT`].
     pub body_limit: usize,
+    /// The job's limits (`sample_limit`, label limits; the others act elsewhere).
+    pub limits: crate::config::ScrapeLimits,
+    /// The job's credentials, sent as `Authorization`.
+    pub auth: Option<Rc<crate::config::Auth>>,
     /// The job's `metric_relabel_configs`, applied to each new series.
     pub metric_relabel_configs: Rc<Vec<crate::config::RelabelConfig>>,
 }
@@ -119,8 +124,17 @@ impl TargetStatus {
     }
 }
 
-/// Default bound on a scrape body until `body_size_limit` is configurable.
+/// Bound on a scrape body when the job sets no `body_size_limit` (2.42 has none; Perch bounds
+/// every buffer).
 pub const DEFAULT_BODY_LIMIT: usize = 64 << 20;
+
+/// The largest body accepted for a job's `body_size_limit` (0: none set).
+pub fn body_limit(body_size_limit: u64) -> usize {
+    match body_size_limit {
+        0 => DEFAULT_BODY_LIMIT,
+        n => (n - 1).min(usize::MAX as u64) as usize,
+    }
+}
 
 /// Percent-encodes a URL query component.
 fn encode_query(s: &str) -> String {
@@ -269,7 +283,9 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
         honor_timestamps: job.honor_timestamps,
         labels: labels.build(),
         discovered_labels,
-        body_limit: DEFAULT_BODY_LIMIT,
+        body_limit: body_limit(job.limits.body_size_limit),
+        limits: job.limits,
+        auth: job.auth.clone().map(Rc::new),
         metric_relabel_configs: Rc::new(job.metric_relabel_configs.clone()),
     }))
 }
@@ -370,6 +386,18 @@ impl ScrapeManager {
 mod tests {
     use super::*;
     use crate::config::parse_yaml;
+
+    #[test]
+    fn a_body_of_exactly_body_size_limit_fails_as_in_2_42() {
+        // 2.42 with a 400-byte body: `body_size_limit: 400B` fails, `401B` scrapes.
+        assert_eq!(body_limit(400), 399);
+        assert_eq!(body_limit(401), 400);
+        assert_eq!(body_limit(0), DEFAULT_BODY_LIMIT);
+        assert_eq!(
+            client::FetchError::BodyTooLarge(399).to_string(),
+            "body size limit exceeded"
+        );
+    }
 
     #[test]
     fn targets_get_job_instance_and_group_labels() {
