@@ -162,7 +162,7 @@ fn has_port(addr: &str) -> bool {
 #[derive(Debug, Clone)]
 pub enum Populated {
     /// A target to scrape.
-    Active(Target),
+    Active(Box<Target>),
     /// Dropped by `relabel_configs`: the labels it had before relabeling.
     Dropped(Labels),
 }
@@ -273,7 +273,7 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
     if lset.get("instance").is_empty() {
         labels.set("instance", &address);
     }
-    Ok(Populated::Active(Target {
+    Ok(Populated::Active(Box::new(Target {
         job: job.job_name.clone(),
         address,
         path_and_query,
@@ -287,7 +287,7 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
         limits: job.limits,
         auth: job.auth.clone().map(Rc::new),
         metric_relabel_configs: Rc::new(job.metric_relabel_configs.clone()),
-    }))
+    })))
 }
 
 /// A target that `relabel_configs` dropped: only its labels before relabeling, for the targets
@@ -317,7 +317,7 @@ pub fn resolve_targets(job: &ScrapeConfig) -> JobTargets {
             let mut disc = group.labels.builder();
             disc.set("__address__", addr);
             match populate(job, &disc.build()) {
-                Ok(Populated::Active(t)) => out.active.push(t),
+                Ok(Populated::Active(t)) => out.active.push(*t),
                 Ok(Populated::Dropped(discovered_labels)) => out.dropped.push(DroppedTarget {
                     job: job.job_name.clone(),
                     discovered_labels,
