@@ -604,7 +604,8 @@ pub fn load_file(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
     parse_yaml(&text, &name)
 }
 
-fn check_label_name(n: &str) -> bool {
+/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn check_label_name(n: &str) -> bool {
     let mut c = n.chars();
     matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
