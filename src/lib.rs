@@ -4,9 +4,11 @@
 //!
 //! 1. [`config`] turns flags and a `prometheus.yml` into a validated [`config::Config`]; code
 //!    past it never sees raw input.
-//! 2. [`scrape`] fetches each target on its schedule over HTTP, parses the exposition text with a
-//!    zero-copy pull parser, adds `job`/`instance` and the synthetic series (`up`, …), and writes
-//!    one scrape as one batch through the storage seam's `Appender`.
+//! 2. [`scrape`] finds targets (the config's `static_configs`, and files for `file_sd_configs`,
+//!    polled for changes), fetches each on its schedule over HTTP, parses the exposition text
+//!    with a zero-copy pull parser, adds `job`/`instance` and the synthetic series (`up`, …),
+//!    applies the job's limits, and writes one scrape as one batch through the storage seam's
+//!    `Appender`.
 //! 3. [`storage`] is that seam (`Appender`, `Querier`) and the store behind it: per-series heads
 //!    in RAM, flushed as compressed blocks into a ring of CRC-framed segment files on flash under
 //!    a hard byte budget (`docs/format.md`).

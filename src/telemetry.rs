@@ -20,6 +20,8 @@ pub enum ScrapeResult {
     /// The body did not parse.
     ParseError,
     Timeout,
+    /// A limit of the job failed the scrape (`sample_limit`, a label limit, `target_limit`).
+    LimitExceeded,
 }
 
 impl ScrapeResult {
@@ -29,6 +31,7 @@ impl ScrapeResult {
             ScrapeResult::FetchError => "fetch_error",
             ScrapeResult::ParseError => "parse_error",
             ScrapeResult::Timeout => "timeout",
+            ScrapeResult::LimitExceeded => "limit_exceeded",
         }
     }
 }

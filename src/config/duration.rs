@@ -109,6 +109,51 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
+/// Parses a byte size as 2.42's `body_size_limit` reads it (`units.ParseBase2Bytes`): `0`, or
+/// one or more `<number>[.<fraction>]<unit>` with the case-sensitive units B, KB, MB, GB, TB,
+/// PB, EB or KiB … EiB, all powers of 1024 (`10MB`, `1.5KB`, `1MB512KB`).
+pub fn parse_base2_bytes(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err("units: invalid ".into());
+    }
+    // A sign is read as Go's `units.ParseUnit` reads it; a negative size is then refused.
+    let (negative, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        let n: f64 = num.parse().map_err(|_| format!("units: invalid {s}"))?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let shift = match unit {
+            "B" => 0,
+            "KB" | "KiB" => 10,
+            "MB" | "MiB" => 20,
+            "GB" | "GiB" => 30,
+            "TB" | "TiB" => 40,
+            "PB" | "PiB" => 50,
+            "EB" | "EiB" => 60,
+            _ => return Err(format!("units: unknown unit {unit} in {s}")),
+        };
+        total += n * (1u64 << shift) as f64;
+        rest = after;
+    }
+    if negative || !total.is_finite() || total > i64::MAX as f64 {
+        return Err(format!("units: invalid {s}"));
+    }
+    Ok(total as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +191,31 @@ mod tests {
         assert_eq!(parse_size("100").unwrap(), 100);
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("MB").is_err());
+    }
+
+    #[test]
+    fn base2_bytes_as_2_42_reads_body_size_limit() {
+        // Accepted and refused as `promtool check config` of 2.42 does.
+        for (s, want) in [
+            ("0", 0),
+            ("100B", 100),
+            ("1KB", 1024),
+            ("1KiB", 1024),
+            ("10MB", 10 << 20),
+            ("1.5KB", 1536),
+            ("1MB512KB", (1 << 20) + (512 << 10)),
+        ] {
+            assert_eq!(parse_base2_bytes(s).unwrap(), want, "{s}");
+        }
+        for (s, err) in [
+            ("100", "units: unknown unit  in 100"),
+            ("1kb", "units: unknown unit kb in 1kb"),
+            ("1K", "units: unknown unit K in 1K"),
+            ("-1", "units: unknown unit  in -1"),
+            ("-1B", "units: invalid -1B"),
+            ("", "units: invalid "),
+        ] {
+            assert_eq!(parse_base2_bytes(s).unwrap_err(), err, "{s}");
+        }
     }
 }

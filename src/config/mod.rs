@@ -8,16 +8,23 @@
 //! The YAML follows Prometheus 2.42: `global` (scrape_interval, scrape_timeout,
 //! evaluation_interval, external_labels) and `scrape_configs` (job_name, scrape_interval,
 //! scrape_timeout, metrics_path, scheme, params, honor_labels, honor_timestamps, static_configs,
-//! relabel_configs, metric_relabel_configs — see [`relabel`]).
+//! file_sd_configs, relabel_configs, metric_relabel_configs — see [`relabel`] —, the limits
+//! `sample_limit`, `label_limit`, `label_name_length_limit`, `label_value_length_limit`,
+//! `body_size_limit`, `target_limit` ([`ScrapeLimits`]), and the credentials `basic_auth`,
+//! `authorization`, `bearer_token(_file)` — see [`auth`]). File names in the config
+//! (`password_file`, `file_sd_configs.files`, …) are resolved against the config file's
+//! directory, as Prometheus does.
 //! Unknown fields are errors; sections of Prometheus that Perch does not use yet (`rule_files`,
 //! `alerting`, `remote_write`, `remote_read`, `storage`, `tracing`) are accepted with one warning
 //! each, listed in [`FileConfig::ignored_sections`].
 
+pub mod auth;
 pub mod duration;
 pub mod relabel;
 pub mod remote;
 
-pub use duration::{format_duration, parse_duration, parse_size};
+pub use auth::Auth;
+pub use duration::{format_duration, parse_base2_bytes, parse_duration, parse_size};
 pub use relabel::{Action, RelabelConfig};
 pub use remote::RemoteWriteConfig;
 
@@ -378,6 +385,23 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
         .map_err(serde::de::Error::custom)
 }
 
+/// `body_size_limit`: a size string (`10MB`), or a plain `0`.
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = serde_norway::Value::deserialize(d)?;
+    let s = match v {
+        serde_norway::Value::String(s) => s,
+        serde_norway::Value::Number(n) => n.to_string(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "body_size_limit: not a size: {other:?}"
+            )))
+        }
+    };
+    parse_base2_bytes(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -427,9 +451,39 @@ struct RawScrapeConfig {
     #[serde(default)]
     static_configs: Option<Vec<RawStaticConfig>>,
     #[serde(default)]
+    file_sd_configs: Option<Vec<RawFileSdConfig>>,
+    #[serde(default)]
     relabel_configs: Option<Vec<Option<relabel::RawRelabelConfig>>>,
     #[serde(default)]
     metric_relabel_configs: Option<Vec<Option<relabel::RawRelabelConfig>>>,
+    #[serde(default, deserialize_with = "de_size")]
+    body_size_limit: Option<u64>,
+    sample_limit: Option<u64>,
+    target_limit: Option<u64>,
+    label_limit: Option<u64>,
+    label_name_length_limit: Option<u64>,
+    label_value_length_limit: Option<u64>,
+    basic_auth: Option<auth::RawBasicAuth>,
+    authorization: Option<auth::RawAuthorization>,
+    bearer_token: Option<String>,
+    bearer_token_file: Option<String>,
+    /// Accepted; Perch never follows redirects (a redirect fails the scrape with its status).
+    follow_redirects: Option<bool>,
+    /// Accepted; Perch speaks HTTP/1.1 only.
+    enable_http2: Option<bool>,
+    oauth2: Option<serde_norway::Value>,
+    tls_config: Option<serde_norway::Value>,
+    proxy_url: Option<serde_norway::Value>,
+    proxy_connect_header: Option<serde_norway::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSdConfig {
+    #[serde(default)]
+    files: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    refresh_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -460,6 +514,32 @@ pub struct TargetGroup {
     pub labels: Labels,
 }
 
+/// The limits of one scrape job, as 2.42 applies them; 0 means no limit (for the body, Perch's
+/// own bound [`crate::scrape::DEFAULT_BODY_LIMIT`] still applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrapeLimits {
+    /// Most samples per scrape after `metric_relabel_configs`; more fail the scrape whole.
+    pub sample_limit: usize,
+    /// Most labels per series (`__name__` and the target's labels included).
+    pub label_limit: usize,
+    /// Longest label name, in bytes.
+    pub label_name_length_limit: usize,
+    /// Longest label value, in bytes.
+    pub label_value_length_limit: usize,
+    /// A body (decompressed) of this many bytes or more fails the scrape.
+    pub body_size_limit: u64,
+    /// Most targets of the job after relabeling; more fail all of them.
+    pub target_limit: usize,
+}
+
+/// One `file_sd_configs` entry: file patterns (`*` and `?` in the file name), resolved against
+/// the config file's directory, and how often they are read again whatever their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSdConfig {
+    pub files: Vec<PathBuf>,
+    pub refresh_interval: Duration,
+}
+
 /// One validated scrape job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScrapeConfig {
@@ -473,6 +553,11 @@ pub struct ScrapeConfig {
     pub honor_labels: bool,
     pub honor_timestamps: bool,
     pub static_configs: Vec<TargetGroup>,
+    /// Targets read from files (see [`crate::scrape::discovery`]).
+    pub file_sd_configs: Vec<FileSdConfig>,
+    pub limits: ScrapeLimits,
+    /// The `Authorization` header to send, if any.
+    pub auth: Option<Auth>,
     /// Applied to each target's discovered labels.
     pub relabel_configs: Vec<RelabelConfig>,
     /// Applied to each scraped series before it is stored.
@@ -519,7 +604,8 @@ pub fn load_file(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
     parse_yaml(&text, &name)
 }
 
-fn check_label_name(n: &str) -> bool {
+/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn check_label_name(n: &str) -> bool {
     let mut c = n.chars();
     matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
@@ -540,8 +626,36 @@ fn to_labels(
     Ok(b.build())
 }
 
-/// Parses and validates config text; `name` names the file in errors.
+/// Checks a `file_sd_configs` file pattern as 2.42 does (a `.json`, `.yml` or `.yaml` name, a
+/// `*` only in the last element), and what Perch's matcher supports (`*` and `?` in the file
+/// name, no `[` classes).
+fn check_file_sd_pattern(p: &str) -> Result<(), String> {
+    let bad = || format!("path name {p:?} is not valid for file discovery");
+    let (dir, file) = match p.rfind('/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => ("", p),
+    };
+    if dir.contains('*') {
+        return Err(bad());
+    }
+    let ext = file.rsplit_once('.').map(|(_, e)| e).ok_or_else(bad)?;
+    if !["json", "yml", "yaml", "JSON", "YML", "YAML"].contains(&ext) {
+        return Err(bad());
+    }
+    if p.contains(['[', '\\']) || dir.contains('?') {
+        return Err(format!(
+            "path name {p:?}: Perch matches only '*' and '?' in the file name (no '[' classes, no patterns in directories)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and validates config text; `name` names the file in errors, and relative file names
+/// in it are resolved against `name`'s directory.
 pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
+    let dir = std::path::Path::new(name)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
     let raw: RawFile = if text.trim().is_empty() {
         RawFile::default()
     } else {
@@ -690,6 +804,64 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             }
             Ok::<_, ConfigError>(out)
         };
+        let mut file_sd_configs = Vec::new();
+        for (j, f) in sc
+            .file_sd_configs
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let fat = format!("{at}.file_sd_configs[{j}]");
+            let files = f.files.unwrap_or_default();
+            if files.is_empty() {
+                return Err(invalid(format!(
+                    "{fat}.files: file service discovery config must contain at least one path name"
+                )));
+            }
+            let mut paths = Vec::new();
+            for p in &files {
+                check_file_sd_pattern(p).map_err(|e| invalid(format!("{fat}.files: {e}")))?;
+                paths.push(auth::join_dir(dir, p));
+            }
+            let refresh_interval = f.refresh_interval.unwrap_or(Duration::from_secs(300));
+            if refresh_interval.is_zero() {
+                return Err(invalid(format!(
+                    "{fat}.refresh_interval: must be greater than 0"
+                )));
+            }
+            file_sd_configs.push(FileSdConfig {
+                files: paths,
+                refresh_interval,
+            });
+        }
+        auth::refuse_unsupported(
+            &at,
+            &[
+                (sc.tls_config.is_some(), "tls_config"),
+                (sc.proxy_url.is_some(), "proxy_url"),
+                (sc.proxy_connect_header.is_some(), "proxy_connect_header"),
+                (sc.oauth2.is_some(), "oauth2"),
+            ],
+        )
+        .map_err(&invalid)?;
+        let _ = (sc.follow_redirects, sc.enable_http2);
+        let auth = auth::RawAuth {
+            basic_auth: sc.basic_auth,
+            authorization: sc.authorization,
+            bearer_token: sc.bearer_token,
+            bearer_token_file: sc.bearer_token_file,
+        }
+        .validate(&at, dir)
+        .map_err(&invalid)?;
+        let limit = |v: Option<u64>| v.unwrap_or(0).min(usize::MAX as u64) as usize;
+        let limits = ScrapeLimits {
+            sample_limit: limit(sc.sample_limit),
+            label_limit: limit(sc.label_limit),
+            label_name_length_limit: limit(sc.label_name_length_limit),
+            label_value_length_limit: limit(sc.label_value_length_limit),
+            body_size_limit: sc.body_size_limit.unwrap_or(0),
+            target_limit: limit(sc.target_limit),
+        };
         let relabel_configs = rules("relabel_configs", "target", sc.relabel_configs)?;
         let metric_relabel_configs = rules(
             "metric_relabel_configs",
@@ -706,6 +878,9 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             honor_labels: sc.honor_labels.unwrap_or(false),
             honor_timestamps: sc.honor_timestamps.unwrap_or(true),
             static_configs: groups,
+            file_sd_configs,
+            limits,
+            auth,
             relabel_configs,
             metric_relabel_configs,
         });
@@ -713,7 +888,7 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
     let mut remote_write: Vec<RemoteWriteConfig> = Vec::new();
     for (i, rw) in raw.remote_write.unwrap_or_default().into_iter().enumerate() {
         let c = rw
-            .validate(&format!("remote_write[{i}]"))
+            .validate(&format!("remote_write[{i}]"), dir)
             .map_err(&invalid)?;
         if remote_write.iter().any(|o| o.name == c.name) {
             return Err(invalid(format!(
@@ -955,6 +1130,87 @@ scrape_configs:
         assert_eq!(j.relabel_configs[0].action, Action::Replace);
         assert_eq!(j.metric_relabel_configs[0].action, Action::Drop);
         assert_eq!(j.metric_relabel_configs[0].regex_source, "go_.*");
+    }
+
+    #[test]
+    fn limits_auth_and_file_sd() {
+        let y = r#"
+scrape_configs:
+  - job_name: a
+    sample_limit: 100
+    label_limit: 30
+    label_name_length_limit: 64
+    label_value_length_limit: 256
+    body_size_limit: 10MB
+    target_limit: 5
+    basic_auth: {username: u, password_file: secrets/pw}
+    follow_redirects: false
+    file_sd_configs:
+      - files: ['sd/*.json', '/abs/t?.yml']
+      - files: [x.yaml]
+        refresh_interval: 30s
+  - job_name: b
+    body_size_limit: 0
+    bearer_token: t
+"#;
+        let c = parse_yaml(y, "/etc/perch/prometheus.yml").unwrap();
+        let a = &c.scrape_configs[0];
+        assert_eq!(
+            a.limits,
+            ScrapeLimits {
+                sample_limit: 100,
+                label_limit: 30,
+                label_name_length_limit: 64,
+                label_value_length_limit: 256,
+                body_size_limit: 10 << 20,
+                target_limit: 5,
+            }
+        );
+        assert_eq!(
+            a.auth,
+            Some(Auth::Basic {
+                username: "u".into(),
+                password: auth::Secret::File("/etc/perch/secrets/pw".into())
+            })
+        );
+        assert_eq!(
+            a.file_sd_configs,
+            vec![
+                FileSdConfig {
+                    files: vec!["/etc/perch/sd/*.json".into(), "/abs/t?.yml".into()],
+                    refresh_interval: Duration::from_secs(300)
+                },
+                FileSdConfig {
+                    files: vec!["/etc/perch/x.yaml".into()],
+                    refresh_interval: Duration::from_secs(30)
+                }
+            ]
+        );
+        let b = &c.scrape_configs[1];
+        assert_eq!(b.limits, ScrapeLimits::default());
+        assert_eq!(b.auth.as_ref().unwrap().header().unwrap(), "Bearer t");
+    }
+
+    #[test]
+    fn unsupported_and_bad_http_and_sd_fields_are_named() {
+        for (field, want) in [
+            ("tls_config: {insecure_skip_verify: true}", "scrape_configs[0].tls_config: not supported by Perch (no TLS in the binary)"),
+            ("proxy_url: http://p:3128", "scrape_configs[0].proxy_url: not supported by Perch"),
+            ("oauth2: {client_id: x}", "scrape_configs[0].oauth2: not supported by Perch"),
+            ("scheme: https", "scrape_configs[0].scheme: \"https\" is not supported"),
+            ("bearer_token: a\n    bearer_token_file: b", "scrape_configs[0]: at most one of bearer_token & bearer_token_file must be configured"),
+            ("body_size_limit: 100", "units: unknown unit  in 100"),
+            ("sample_limit: -1", "sample_limit"),
+            ("file_sd_configs: [{files: []}]", "scrape_configs[0].file_sd_configs[0].files: file service discovery config must contain at least one path name"),
+            ("file_sd_configs: [{files: ['t.txt']}]", "path name \"t.txt\" is not valid for file discovery"),
+            ("file_sd_configs: [{files: ['*/t.json']}]", "path name \"*/t.json\" is not valid for file discovery"),
+            ("file_sd_configs: [{files: ['t[0-9].json']}]", "Perch matches only '*' and '?'"),
+            ("file_sd_configs: [{files: ['t.json'], bogus: 1}]", "unknown field `bogus`"),
+        ] {
+            let y = format!("scrape_configs:\n  - job_name: a\n    {field}\n");
+            let e = parse_yaml(&y, "t.yml").unwrap_err().to_string();
+            assert!(e.contains(want), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Understood: `url` (http only: Perch has no TLS), `name`, `remote_timeout`, `headers`,
 //! `write_relabel_configs`, `basic_auth` (`username`, `password`/`password_file`),
-//! `authorization` (`type`, `credentials`/`credentials_file`), `bearer_token(_file)`, and in
+//! `authorization` (`type`, `credentials`/`credentials_file`), `bearer_token(_file)` (checked
+//! by [`super::auth`], as for scrapes; secret files are read once, at load time), and in
 //! `queue_config`: `capacity`, `max_samples_per_send`, `batch_send_deadline`, `min_backoff`,
 //! `max_backoff`, `retry_on_http_429`, plus Perch's own `backfill_samples_per_second` (the
 //! rate at which a gap is sent after an outage). Accepted and ignored, with no effect on what
@@ -10,6 +11,7 @@
 //! `send_native_histograms`, `follow_redirects`, `enable_http2`. Refused with a clear error:
 //! `tls_config`, `proxy_url`, `oauth2`, `sigv4`, `azuread`, an `https` URL.
 
+use super::auth::{RawAuth, RawAuthorization, RawBasicAuth};
 use super::relabel::{RawRelabelConfig, RelabelConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -49,23 +51,6 @@ pub(super) struct RawRemoteWrite {
     oauth2: Option<serde_norway::Value>,
     sigv4: Option<serde_norway::Value>,
     azuread: Option<serde_norway::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBasicAuth {
-    username: Option<String>,
-    password: Option<String>,
-    password_file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuthorization {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    credentials: Option<String>,
-    credentials_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,45 +97,24 @@ pub struct RemoteWriteConfig {
     pub backfill_samples_per_second: u64,
 }
 
-fn read_secret(path: &str, at: &str) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| format!("{at}: cannot read {path:?}: {e}"))
-}
-
-/// Base64 (standard alphabet, padded), for basic auth.
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 impl RawRemoteWrite {
-    /// Validates one entry; `at` names it in errors (`remote_write[0]`).
-    pub(super) fn validate(self, at: &str) -> Result<RemoteWriteConfig, String> {
-        for (present, field) in [
-            (self.tls_config.is_some(), "tls_config"),
-            (self.proxy_url.is_some(), "proxy_url"),
-            (self.oauth2.is_some(), "oauth2"),
-            (self.sigv4.is_some(), "sigv4"),
-            (self.azuread.is_some(), "azuread"),
-        ] {
-            if present {
-                return Err(format!("{at}.{field}: not supported by Perch"));
-            }
-        }
+    /// Validates one entry; `at` names it in errors (`remote_write[0]`), `dir` is where
+    /// relative file names are resolved (the config file's directory).
+    pub(super) fn validate(
+        self,
+        at: &str,
+        dir: &std::path::Path,
+    ) -> Result<RemoteWriteConfig, String> {
+        super::auth::refuse_unsupported(
+            at,
+            &[
+                (self.tls_config.is_some(), "tls_config"),
+                (self.proxy_url.is_some(), "proxy_url"),
+                (self.oauth2.is_some(), "oauth2"),
+                (self.sigv4.is_some(), "sigv4"),
+                (self.azuread.is_some(), "azuread"),
+            ],
+        )?;
         let _ = (
             self.metadata_config,
             self.send_exemplars,
@@ -187,66 +151,16 @@ impl RawRemoteWrite {
         } else {
             format!("{host}:80")
         };
-        let mut authorization = None;
-        if let Some(b) = self.basic_auth {
-            let user = b.username.unwrap_or_default();
-            let pass = match (b.password, b.password_file) {
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                    "{at}.basic_auth: at most one of password & password_file must be configured"
-                ))
-                }
-                (Some(p), None) => p,
-                (None, Some(f)) => read_secret(&f, &format!("{at}.basic_auth.password_file"))?,
-                (None, None) => String::new(),
-            };
-            authorization = Some(format!(
-                "Basic {}",
-                base64(format!("{user}:{pass}").as_bytes())
-            ));
+        // Secret files are read once, here: the sender keeps the header for its lifetime.
+        let authorization = RawAuth {
+            basic_auth: self.basic_auth,
+            authorization: self.authorization,
+            bearer_token: self.bearer_token,
+            bearer_token_file: self.bearer_token_file,
         }
-        let bearer = match (self.bearer_token, self.bearer_token_file) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "{at}: at most one of bearer_token & bearer_token_file must be configured"
-                ))
-            }
-            (Some(t), None) => Some(t),
-            (None, Some(f)) => Some(read_secret(&f, &format!("{at}.bearer_token_file"))?),
-            (None, None) => None,
-        };
-        if let Some(t) = bearer {
-            if authorization.is_some() {
-                return Err(format!(
-                    "{at}: at most one of basic_auth, bearer_token & bearer_token_file must be configured"
-                ));
-            }
-            authorization = Some(format!("Bearer {t}"));
-        }
-        if let Some(a) = self.authorization {
-            if authorization.is_some() {
-                return Err(format!(
-                    "{at}: at most one of basic_auth, authorization, bearer_token & bearer_token_file must be configured"
-                ));
-            }
-            let kind = a.kind.unwrap_or_else(|| "Bearer".into());
-            if kind.eq_ignore_ascii_case("basic") {
-                return Err(format!(
-                    "{at}.authorization: authorization type cannot be set to \"basic\", use \"basic_auth\" instead"
-                ));
-            }
-            let cred = match (a.credentials, a.credentials_file) {
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "{at}.authorization: at most one of credentials & credentials_file must be configured"
-                    ))
-                }
-                (Some(c), None) => c,
-                (None, Some(f)) => read_secret(&f, &format!("{at}.authorization.credentials_file"))?,
-                (None, None) => String::new(),
-            };
-            authorization = Some(format!("{kind} {cred}"));
-        }
+        .validate(at, dir)?
+        .map(|a| a.header().map_err(|e| format!("{at}: {e}")))
+        .transpose()?;
         let mut headers = Vec::new();
         for (k, v) in self.headers.unwrap_or_default() {
             let reserved = [
@@ -334,7 +248,7 @@ mod tests {
 
     fn parse(y: &str) -> Result<RemoteWriteConfig, String> {
         let raw: RawRemoteWrite = serde_norway::from_str(y).map_err(|e| e.to_string())?;
-        raw.validate("remote_write[0]")
+        raw.validate("remote_write[0]", std::path::Path::new(""))
     }
 
     #[test]
@@ -353,7 +267,6 @@ mod tests {
         assert_eq!(c.host, "central:80");
         assert_eq!(c.authorization.as_deref(), Some("Bearer tok"));
         assert_eq!(c.name, "hq");
-        assert_eq!(base64(b"hello"), "aGVsbG8=");
     }
 
     #[test]

@@ -170,11 +170,23 @@ pub fn run(config: Config) -> Result<(), RunError> {
         flags.retention_size
     );
 
+    // The scrape manager tells the API of every change to its targets (file discovery). The
+    // web state is held weakly: it owns the reload hook, which owns the manager.
+    let publish: crate::scrape::Publish = {
+        let web = Rc::downgrade(&state);
+        Rc::new(move |targets, dropped| {
+            if let Some(web) = web.upgrade() {
+                *web.targets.borrow_mut() = targets;
+                *web.dropped_targets.borrow_mut() = dropped;
+            }
+        })
+    };
     let scrapers = Rc::new(RefCell::new(ScrapeManager::start(
         &ex,
         &config.file,
         storage.clone(),
         telemetry.clone(),
+        publish.clone(),
     )));
     let remote = Rc::new(RefCell::new(RemoteWriters::start(
         &ex,
@@ -183,8 +195,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
         storage.clone(),
     )));
     *state.remote.borrow_mut() = Some(remote.borrow().clone());
-    *state.targets.borrow_mut() = scrapers.borrow().status.clone();
-    *state.dropped_targets.borrow_mut() = scrapers.borrow().dropped.clone();
     // `/-/reload`: load the config file again with the same flags; on success restart
     // scraping with it. The web state is held weakly: it owns this hook.
     {
@@ -196,9 +206,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
             let new = Config::load(web.config().flags.clone()).map_err(|e| e.to_string())?;
             let mut s = scrapers.borrow_mut();
             s.stop();
-            *s = ScrapeManager::start(&ex, &new.file, storage.clone(), telemetry.clone());
-            *web.targets.borrow_mut() = s.status.clone();
-            *web.dropped_targets.borrow_mut() = s.dropped.clone();
+            *s = ScrapeManager::start(
+                &ex,
+                &new.file,
+                storage.clone(),
+                telemetry.clone(),
+                publish.clone(),
+            );
             if new.file.remote_write != web.config().file.remote_write
                 || new.file.global.external_labels != web.config().file.global.external_labels
             {

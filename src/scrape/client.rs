@@ -31,8 +31,10 @@ pub enum FetchError {
     Status(u16, String),
     /// The response head is not valid HTTP.
     BadResponse(String),
-    /// The body is larger than the limit.
+    /// The body is larger than the limit (the largest size accepted).
     BodyTooLarge(usize),
+    /// The request could not be made (e.g. a credentials file cannot be read); 2.42's text.
+    Request(String),
     /// The scrape took longer than its timeout.
     Timeout,
 }
@@ -41,15 +43,11 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::Resolve(m) => write!(f, "{m}"),
-            FetchError::Io(m) => write!(f, "{m}"),
+            FetchError::Io(m) | FetchError::Request(m) => write!(f, "{m}"),
             FetchError::Status(c, r) => write!(f, "server returned HTTP status {c} {r}"),
             FetchError::BadResponse(m) => write!(f, "invalid HTTP response: {m}"),
-            FetchError::BodyTooLarge(n) => {
-                write!(
-                    f,
-                    "body size limit exceeded: the response is larger than {n} bytes"
-                )
-            }
+            // 2.42's text exactly; the limit is in the job's config.
+            FetchError::BodyTooLarge(_) => f.write_str("body size limit exceeded"),
             FetchError::Timeout => f.write_str("context deadline exceeded"),
         }
     }

@@ -1,9 +1,12 @@
-//! Scraping: targets from the config, fetched on schedule, parsed, written as one batch each.
+//! Scraping: targets from the config and from discovery files, fetched on schedule, parsed,
+//! written as one batch each.
 //!
-//! Data flow: [`crate::config::ScrapeConfig`] → [`Target`]s (labels `job`, `instance` and the
-//! static group's labels) → one task per target on the executor ([`scraper`]) that fetches
-//! ([`client`]), parses ([`parse`]) and appends through the storage seam's `Appender`, then
-//! commits — or rolls back, so a body that does not parse stores nothing from that scrape.
+//! Data flow: [`crate::config::ScrapeConfig`] → target groups (`static_configs`, and the files
+//! of `file_sd_configs` read by [`discovery`]) → [`Target`]s (labels `job`, `instance` and the
+//! group's labels, after `relabel_configs`) → one task per target on the executor ([`scraper`])
+//! that fetches ([`client`]), parses ([`parse`]) and appends through the storage seam's
+//! `Appender`, then commits — or rolls back, so a body that does not parse, or breaks a limit
+//! of the job, stores nothing from that scrape.
 //!
 //! Contract:
 //! - A target never overlaps itself; a slow target never delays another (each has its own task).
@@ -12,17 +15,22 @@
 //! - Every scrape, successful or not, writes `up`, `scrape_duration_seconds`,
 //!   `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and `scrape_series_added`.
 //! - Series that disappear from a target, or all of its series when a scrape fails, get a
-//!   staleness marker.
+//!   staleness marker; so do a target's series and synthetic series when discovery drops it.
+//! - When discovery changes a job's targets, the others keep scraping without a gap
+//!   ([`ScrapeManager`]).
+//! - The job's limits act as in 2.42: `sample_limit` and the label limits fail a scrape whole,
+//!   `body_size_limit` fails the fetch, `target_limit` fails every target of the job.
 //! - The state of every target is kept in a [`TargetStatus`] for the API; targets dropped by
 //!   `relabel_configs` are kept as their discovered label sets ([`DroppedTarget`]), as
-//!   Prometheus keeps them, bounded by the config's `static_configs`.
+//!   Prometheus keeps them, bounded by the job's target groups.
 
 pub mod client;
+pub mod discovery;
 pub mod parse;
 pub mod relabel;
 pub mod scraper;
 
-use crate::config::{FileConfig, ScrapeConfig};
+use crate::config::{FileConfig, ScrapeConfig, TargetGroup};
 use crate::model::{Labels, LabelsBuilder};
 use crate::storage::Storage;
 use crate::telemetry::Telemetry;
@@ -64,8 +72,13 @@ pub struct Target {
     pub labels: Labels,
     /// The labels before relabeling (`__address__`, `__scheme__`, …), for the API.
     pub discovered_labels: Labels,
-    /// Largest body accepted, in bytes.
+    /// Largest body accepted, in bytes: one less than the job's `body_size_limit` (a body of
+    /// exactly the limit fails in 2.42 too), or [`DEFAULT_BODY_LIMIT`].
     pub body_limit: usize,
+    /// The job's limits (`sample_limit`, label limits; the others act elsewhere).
+    pub limits: crate::config::ScrapeLimits,
+    /// The job's credentials, sent as `Authorization`.
+    pub auth: Option<Rc<crate::config::Auth>>,
     /// The job's `metric_relabel_configs`, applied to each new series.
     pub metric_relabel_configs: Rc<Vec<crate::config::RelabelConfig>>,
 }
@@ -119,8 +132,17 @@ impl TargetStatus {
     }
 }
 
-/// Default bound on a scrape body until `body_size_limit` is configurable.
+/// Bound on a scrape body when the job sets no `body_size_limit` (2.42 has none; Perch bounds
+/// every buffer).
 pub const DEFAULT_BODY_LIMIT: usize = 64 << 20;
+
+/// The largest body accepted for a job's `body_size_limit` (0: none set).
+pub fn body_limit(body_size_limit: u64) -> usize {
+    match body_size_limit {
+        0 => DEFAULT_BODY_LIMIT,
+        n => (n - 1).min(usize::MAX as u64) as usize,
+    }
+}
 
 /// Percent-encodes a URL query component.
 fn encode_query(s: &str) -> String {
@@ -148,7 +170,7 @@ fn has_port(addr: &str) -> bool {
 #[derive(Debug, Clone)]
 pub enum Populated {
     /// A target to scrape.
-    Active(Target),
+    Active(Box<Target>),
     /// Dropped by `relabel_configs`: the labels it had before relabeling.
     Dropped(Labels),
 }
@@ -259,7 +281,7 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
     if lset.get("instance").is_empty() {
         labels.set("instance", &address);
     }
-    Ok(Populated::Active(Target {
+    Ok(Populated::Active(Box::new(Target {
         job: job.job_name.clone(),
         address,
         path_and_query,
@@ -269,9 +291,11 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
         honor_timestamps: job.honor_timestamps,
         labels: labels.build(),
         discovered_labels,
-        body_limit: DEFAULT_BODY_LIMIT,
+        body_limit: body_limit(job.limits.body_size_limit),
+        limits: job.limits,
+        auth: job.auth.clone().map(Rc::new),
         metric_relabel_configs: Rc::new(job.metric_relabel_configs.clone()),
-    }))
+    })))
 }
 
 /// A target that `relabel_configs` dropped: only its labels before relabeling, for the targets
@@ -298,10 +322,8 @@ pub fn resolve_targets(job: &ScrapeConfig) -> JobTargets {
     let mut out = JobTargets::default();
     for group in &job.static_configs {
         for addr in &group.targets {
-            let mut disc = group.labels.builder();
-            disc.set("__address__", addr);
-            match populate(job, &disc.build()) {
-                Ok(Populated::Active(t)) => out.active.push(t),
+            match populate(job, &discovered(group, addr)) {
+                Ok(Populated::Active(t)) => out.active.push(*t),
                 Ok(Populated::Dropped(discovered_labels)) => out.dropped.push(DroppedTarget {
                     job: job.job_name.clone(),
                     discovered_labels,
@@ -318,51 +340,248 @@ pub fn targets_of(job: &ScrapeConfig) -> Vec<Target> {
     resolve_targets(job).active
 }
 
-/// Runs the scrapers of a config; dropping it stops them.
+/// The labels of one discovered target: the group's labels and its address.
+fn discovered(group: &TargetGroup, addr: &str) -> Labels {
+    let mut disc = group.labels.builder();
+    disc.set("__address__", addr);
+    disc.build()
+}
+
+/// Where the manager tells the API about its targets: every pool's active targets (pools in
+/// config order, targets in discovery order) and the dropped ones; called after every change.
+pub type Publish = Rc<dyn Fn(Vec<Rc<RefCell<TargetStatus>>>, Rc<Vec<DroppedTarget>>)>;
+
+/// One running target: its status and its task.
+struct Running {
+    /// Labels and URL: a target keeps its task while discovery lists a target with these.
+    key: String,
+    status: Rc<RefCell<TargetStatus>>,
+    task: async_executor::Task<()>,
+    end: scraper::EndOfRun,
+}
+
+/// A scrape pool: the targets of one job.
+struct Pool {
+    job: ScrapeConfig,
+    /// `target_limit` exceeded: the error every scraper of the pool fails with.
+    forced: scraper::ForcedError,
+    running: Vec<Running>,
+    /// Targets gone from discovery, waiting to write their staleness markers (by key).
+    ending: Vec<(String, async_executor::Task<()>)>,
+    dropped: Vec<DroppedTarget>,
+}
+
+/// What the pools and their discovery tasks share.
+struct Shared {
+    ex: Rc<async_executor::LocalExecutor<'static>>,
+    storage: Rc<dyn Storage>,
+    telemetry: Rc<Telemetry>,
+    pools: RefCell<Vec<Pool>>,
+    publish: Publish,
+}
+
+/// Runs the scrapers of a config; dropping it (or [`ScrapeManager::stop`]) stops them.
+///
+/// Each job is a pool of targets from its `static_configs` and `file_sd_configs`. A pool with
+/// file discovery has a task that polls the files ([`discovery`]) and, when the target groups
+/// change, syncs the pool as 2.42's `scrapePool.Sync` does: targets still listed keep their
+/// task (no gap, the same scrape cache), new ones start, and those gone stop and get staleness
+/// markers a little over one interval later ([`scraper::EndOfRun`]). Duplicate targets (same
+/// labels and URL) are scraped once. After each sync, a pool with more targets than its
+/// `target_limit` fails all of them with 2.42's error.
 pub struct ScrapeManager {
-    /// One entry per target, in config order.
-    pub status: Vec<Rc<RefCell<TargetStatus>>>,
-    /// The targets `relabel_configs` dropped, in config order (shared with the web state).
-    pub dropped: Rc<Vec<DroppedTarget>>,
-    tasks: Vec<async_executor::Task<()>>,
+    shared: Rc<Shared>,
+    discovery: Vec<async_executor::Task<()>>,
 }
 
 impl ScrapeManager {
-    /// Starts one task per target of `cfg` on `ex`.
+    /// Reads the discovery files once, starts one task per target of `cfg` on `ex` and one
+    /// discovery task per job with `file_sd_configs`; `publish` hears of every change of the
+    /// target lists, the first one before this returns.
     pub fn start(
         ex: &Rc<async_executor::LocalExecutor<'static>>,
         cfg: &FileConfig,
         storage: Rc<dyn Storage>,
         telemetry: Rc<Telemetry>,
+        publish: Publish,
     ) -> ScrapeManager {
-        let mut status = Vec::new();
-        let mut tasks = Vec::new();
-        let mut dropped = Vec::new();
-        for job in &cfg.scrape_configs {
-            let targets = resolve_targets(job);
-            dropped.extend(targets.dropped);
-            for target in targets.active {
-                let st = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
-                status.push(st.clone());
-                let s = scraper::Scraper::new(target, storage.clone(), telemetry.clone(), st);
-                tasks.push(ex.spawn(s.run()));
+        let shared = Rc::new(Shared {
+            ex: ex.clone(),
+            storage,
+            telemetry,
+            pools: RefCell::new(Vec::new()),
+            publish,
+        });
+        let mut discovery = Vec::new();
+        for (i, job) in cfg.scrape_configs.iter().enumerate() {
+            let mut sds: Vec<discovery::FileSd> = job
+                .file_sd_configs
+                .iter()
+                .map(|c| discovery::FileSd::new(c.clone()))
+                .collect();
+            for sd in &mut sds {
+                sd.refresh();
+            }
+            shared.pools.borrow_mut().push(Pool {
+                job: job.clone(),
+                forced: Rc::new(RefCell::new(None)),
+                running: Vec::new(),
+                ending: Vec::new(),
+                dropped: Vec::new(),
+            });
+            shared.sync(i, &sds);
+            if !sds.is_empty() {
+                discovery.push(ex.spawn(watch_files(shared.clone(), i, sds)));
             }
         }
+        let (active, dropped) = shared.lists();
         log::info!(
             "scraping {} targets ({} dropped by relabeling)",
-            status.len(),
+            active.len(),
             dropped.len()
         );
-        ScrapeManager {
-            status,
-            dropped: Rc::new(dropped),
-            tasks,
-        }
+        (shared.publish)(active, dropped);
+        ScrapeManager { shared, discovery }
     }
 
-    /// Stops every scraper (their tasks are cancelled at their next `.await`).
+    /// Every active target's status, pools in config order.
+    pub fn status(&self) -> Vec<Rc<RefCell<TargetStatus>>> {
+        self.shared.lists().0
+    }
+
+    /// The targets `relabel_configs` dropped.
+    pub fn dropped(&self) -> Rc<Vec<DroppedTarget>> {
+        self.shared.lists().1
+    }
+
+    /// Stops discovery and every scraper (their tasks are cancelled at their next `.await`),
+    /// without staleness markers, as 2.42 on shutdown.
     pub fn stop(&mut self) {
-        self.tasks.clear();
+        self.discovery.clear();
+        self.shared.pools.borrow_mut().clear();
+    }
+}
+
+/// Polls a pool's discovery files every [`discovery::POLL_INTERVAL`] (or its shortest
+/// `refresh_interval`), reads them when they changed or their `refresh_interval` passed, and
+/// syncs the pool when the groups changed.
+async fn watch_files(shared: Rc<Shared>, pool: usize, mut sds: Vec<discovery::FileSd>) {
+    let poll = sds
+        .iter()
+        .map(|s| s.refresh_interval())
+        .fold(discovery::POLL_INTERVAL, Duration::min);
+    let mut due: Vec<std::time::Instant> = sds
+        .iter()
+        .map(|s| std::time::Instant::now() + s.refresh_interval())
+        .collect();
+    loop {
+        async_io::Timer::after(poll).await;
+        let now = std::time::Instant::now();
+        let mut changed = false;
+        for (sd, due) in sds.iter_mut().zip(due.iter_mut()) {
+            if now >= *due || sd.changed() {
+                changed |= sd.refresh();
+                *due = now + sd.refresh_interval();
+            }
+        }
+        if changed {
+            shared.sync(pool, &sds);
+            let (active, dropped) = shared.lists();
+            (shared.publish)(active, dropped);
+        }
+    }
+}
+
+impl Shared {
+    /// Every pool's active targets and dropped targets.
+    fn lists(&self) -> (Vec<Rc<RefCell<TargetStatus>>>, Rc<Vec<DroppedTarget>>) {
+        let pools = self.pools.borrow();
+        let active = pools
+            .iter()
+            .flat_map(|p| p.running.iter().map(|r| r.status.clone()))
+            .collect();
+        let dropped = pools.iter().flat_map(|p| p.dropped.clone()).collect();
+        (active, Rc::new(dropped))
+    }
+
+    /// Brings pool `i`'s targets in line with its static groups and the groups of `sds`.
+    fn sync(&self, i: usize, sds: &[discovery::FileSd]) {
+        let mut pools = self.pools.borrow_mut();
+        let Some(pool) = pools.get_mut(i) else {
+            return;
+        };
+        let job = pool.job.clone();
+        let mut old: Vec<Option<Running>> = std::mem::take(&mut pool.running)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        pool.dropped.clear();
+        let groups = job
+            .static_configs
+            .iter()
+            .chain(sds.iter().flat_map(|s| s.groups()));
+        for group in groups {
+            for addr in &group.targets {
+                let target = match populate(&job, &discovered(group, addr)) {
+                    Ok(Populated::Active(t)) => *t,
+                    Ok(Populated::Dropped(discovered_labels)) => {
+                        pool.dropped.push(DroppedTarget {
+                            job: job.job_name.clone(),
+                            discovered_labels,
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        log::warn!("job {:?}: target {addr:?} dropped: {e}", job.job_name);
+                        continue;
+                    }
+                };
+                let key = format!("{}{}", target.labels, target.url());
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                let kept = old
+                    .iter_mut()
+                    .find(|r| r.as_ref().is_some_and(|r| r.key == key))
+                    .and_then(Option::take);
+                if let Some(r) = kept {
+                    // The same target: it keeps scraping; only what discovery said is new.
+                    r.status.borrow_mut().target.discovered_labels = target.discovered_labels;
+                    pool.running.push(r);
+                    continue;
+                }
+                // Back before its staleness markers were written: they are not needed.
+                pool.ending.retain(|(k, _)| *k != key);
+                let status = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
+                let s = scraper::Scraper::new(
+                    target,
+                    self.storage.clone(),
+                    self.telemetry.clone(),
+                    status.clone(),
+                )
+                .with_forced_error(pool.forced.clone());
+                let end = s.end_of_run();
+                pool.running.push(Running {
+                    key,
+                    status,
+                    task: self.ex.spawn(s.run()),
+                    end,
+                });
+            }
+        }
+        pool.ending.retain(|(_, t)| !t.is_finished());
+        for r in old.into_iter().flatten() {
+            drop(r.task);
+            pool.ending.push((r.key, self.ex.spawn(r.end.run())));
+        }
+        let limit = job.limits.target_limit;
+        *pool.forced.borrow_mut() = (limit > 0 && pool.running.len() > limit).then(|| {
+            format!(
+                "target_limit exceeded (number of targets: {}, limit: {limit})",
+                pool.running.len()
+            )
+        });
     }
 }
 
@@ -370,6 +589,81 @@ impl ScrapeManager {
 mod tests {
     use super::*;
     use crate::config::parse_yaml;
+
+    #[test]
+    fn sync_keeps_listed_targets_starts_new_ones_and_ends_the_rest() {
+        let dir = std::env::temp_dir().join(format!("perch-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.json");
+        std::fs::write(&file, r#"[{"targets": ["h1:1", "h2:1"]}]"#).unwrap();
+        let y = format!(
+            "scrape_configs:\n  - job_name: j\n    target_limit: 2\n    static_configs: [{{targets: ['h0:1']}}]\n    file_sd_configs: [{{files: ['{}']}}]\n",
+            file.display()
+        );
+        let cfg = parse_yaml(&y, "t").unwrap();
+        let ex = Rc::new(async_executor::LocalExecutor::new());
+        let storage: Rc<dyn Storage> = Rc::new(crate::storage::memory::MemStorage::new(
+            crate::storage::memory::MemOptions::default(),
+        ));
+        let published = Rc::new(RefCell::new(Vec::new()));
+        let p = published.clone();
+        let publish: Publish = Rc::new(move |t, _| *p.borrow_mut() = t);
+        let m = ScrapeManager::start(&ex, &cfg, storage, Rc::new(Telemetry::new(0.0)), publish);
+        let instances = |m: &ScrapeManager| -> Vec<String> {
+            m.status()
+                .iter()
+                .map(|s| s.borrow().target.labels.get("instance").to_owned())
+                .collect()
+        };
+        assert_eq!(instances(&m), vec!["h0:1", "h1:1", "h2:1"]);
+        assert_eq!(published.borrow().len(), 3);
+        let st = m.status();
+        assert_eq!(
+            st[1]
+                .borrow()
+                .target
+                .discovered_labels
+                .get("__meta_filepath"),
+            file.display().to_string()
+        );
+        let forced = m.shared.pools.borrow()[0].forced.borrow().clone();
+        assert_eq!(
+            forced.as_deref(),
+            Some("target_limit exceeded (number of targets: 3, limit: 2)")
+        );
+        // h2 goes, h3 comes, h1 is listed twice.
+        std::fs::write(&file, r#"[{"targets": ["h1:1", "h3:1", "h1:1"]}]"#).unwrap();
+        let mut sd = discovery::FileSd::new(cfg.scrape_configs[0].file_sd_configs[0].clone());
+        sd.refresh();
+        m.shared.sync(0, &[sd]);
+        assert_eq!(instances(&m), vec!["h0:1", "h1:1", "h3:1"]);
+        assert!(
+            Rc::ptr_eq(&m.status()[1], &st[1]),
+            "h1 kept its task and state"
+        );
+        assert_eq!(m.shared.pools.borrow()[0].ending.len(), 1, "h2 ends");
+        // Down to the limit: the forced error is lifted.
+        std::fs::write(&file, "[]").unwrap();
+        let mut sd = discovery::FileSd::new(cfg.scrape_configs[0].file_sd_configs[0].clone());
+        sd.refresh();
+        m.shared.sync(0, &[sd]);
+        assert_eq!(instances(&m), vec!["h0:1"]);
+        assert!(m.shared.pools.borrow()[0].forced.borrow().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_body_of_exactly_body_size_limit_fails_as_in_2_42() {
+        // 2.42 with a 400-byte body: `body_size_limit: 400B` fails, `401B` scrapes.
+        assert_eq!(body_limit(400), 399);
+        assert_eq!(body_limit(401), 400);
+        assert_eq!(body_limit(0), DEFAULT_BODY_LIMIT);
+        assert_eq!(
+            client::FetchError::BodyTooLarge(399).to_string(),
+            "body size limit exceeded"
+        );
+    }
 
     #[test]
     fn targets_get_job_instance_and_group_labels() {

@@ -2,12 +2,21 @@
 //!
 //! The scrape cache maps the raw bytes of a series in the body (`name{labels}` as written) to its
 //! storage reference, so a series seen before costs one hash lookup: no label parsing, no index
-//! lookup. A body that fails to parse is rolled back whole; then, as for a failed fetch, every
-//! series of the last good scrape gets a staleness marker and only the synthetic series are
-//! written.
+//! lookup. A body that fails to parse, or breaks a limit of the job (`sample_limit`,
+//! `label_limit`, `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
+//! then, as for a failed fetch, every series of the last good scrape gets a staleness marker and
+//! only the synthetic series are written — with the counts 2.42 reports for such a scrape
+//! (samples parsed up to the error, or all of them for `sample_limit`). A pool over its
+//! `target_limit` sets a forced error: its targets are not fetched, and fail with that error.
+//!
+//! When a target goes away (its discovery no longer lists it), its task is dropped and
+//! [`EndOfRun`] writes what 2.42 writes then: staleness markers for its series and its
+//! synthetic series, stamped with the time of the scrape that would have come next, written
+//! a little over one interval after that (so a target that comes back in time is not marked).
 
 use super::parse::{Entry, Format, TextParser};
 use super::{client, relabel, Health, Target, TargetStatus};
+use crate::config::ScrapeLimits;
 use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
 use crate::telemetry::{ScrapeResult, Telemetry};
@@ -35,8 +44,21 @@ struct Counts {
     scraped: usize,
     /// Samples left after `metric_relabel_configs`.
     post_relabel: usize,
+    /// Series not in the scrape cache (as 2.42 counts `scrape_series_added`).
     added: usize,
 }
+
+/// The names of the synthetic series, in the order they are written.
+const REPORT_NAMES: [&str; 5] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+];
+
+/// A pool's forced error (`target_limit` exceeded), shared by its scrapers; `None`: scrape.
+pub type ForcedError = Rc<RefCell<Option<String>>>;
 
 /// The scraper of one target.
 pub struct Scraper {
@@ -46,7 +68,9 @@ pub struct Scraper {
     status: Rc<RefCell<TargetStatus>>,
     cache: FastMap<Box<[u8]>, CacheEntry>,
     /// References written by the last successful scrape, sorted; they go stale if not seen again.
-    live: Vec<SeriesRef>,
+    /// Shared with the target's [`EndOfRun`].
+    live: Rc<RefCell<Vec<SeriesRef>>>,
+    forced_error: ForcedError,
     current: Vec<SeriesRef>,
     generation: u64,
 }
@@ -90,22 +114,32 @@ impl Scraper {
             telemetry,
             status,
             cache: FastMap::default(),
-            live: Vec::new(),
+            live: Rc::new(RefCell::new(Vec::new())),
+            forced_error: Rc::new(RefCell::new(None)),
             current: Vec::new(),
             generation: 0,
         }
     }
 
+    /// Shares the pool's forced error (`target_limit`) with this scraper.
+    pub fn with_forced_error(mut self, forced: ForcedError) -> Self {
+        self.forced_error = forced;
+        self
+    }
+
+    /// What is needed to mark the target's series stale after its task is dropped.
+    pub fn end_of_run(&self) -> EndOfRun {
+        EndOfRun {
+            target: self.target.clone(),
+            storage: self.storage.clone(),
+            status: self.status.clone(),
+            live: self.live.clone(),
+        }
+    }
+
     /// The next scrape time after `now` (ms): wall-clock aligned, offset by the target's hash.
     fn next_slot(&self, now: i64) -> i64 {
-        let interval = self.target.interval.as_millis().max(1) as i64;
-        let offset = (fnv64(&self.target.labels.to_string()) % interval as u64) as i64;
-        let base = now - now.rem_euclid(interval) + offset;
-        if base > now {
-            base
-        } else {
-            base + interval
-        }
+        next_slot(&self.target, now)
     }
 
     /// Scrapes forever; cancelled by dropping the task.
@@ -142,6 +176,7 @@ impl Scraper {
     /// One scrape: fetch, append, report, commit. `slot` is the scheduled start (ms), if any.
     pub async fn scrape_once(&mut self, slot: Option<i64>) {
         let now = now_ms();
+        let forced = self.forced_error.borrow().clone();
         // As Prometheus (`scrape.timestamp-tolerance`): a scrape that starts within a few ms of
         // its slot is stamped with the slot, so a target's timestamps are exactly one interval
         // apart and cost nothing to store.
@@ -150,26 +185,44 @@ impl Scraper {
             _ => now,
         };
         let started = Instant::now();
+        if let Some(e) = forced {
+            self.fail(e, ScrapeResult::LimitExceeded, start_ms, started.elapsed());
+            return;
+        }
         let timeout = self.target.timeout;
-        let headers = format!(
+        // As 2.42 writes it (Go's shortest float: `10`, `1.5`).
+        let mut headers = format!(
             "X-Prometheus-Scrape-Timeout-Seconds: {}\r\n",
             timeout.as_secs_f64()
         );
+        let auth = self.target.auth.as_ref().map(|a| a.header()).transpose();
         // The body lives only for this scrape: a gateway with many targets does not keep a
         // copy of every target's last body (a node exporter's is ~100 KB).
         let mut body = Vec::new();
-        let fetched = client::fetch(
-            &self.target.address,
-            &self.target.path_and_query,
-            &headers,
-            self.target.body_limit,
-            &mut body,
-        )
-        .or(async {
-            async_io::Timer::after(timeout).await;
-            Err(client::FetchError::Timeout)
-        })
-        .await;
+        let fetched = match auth {
+            Ok(auth) => {
+                if let Some(a) = auth {
+                    headers.push_str(&format!("Authorization: {a}\r\n"));
+                }
+                client::fetch(
+                    &self.target.address,
+                    &self.target.path_and_query,
+                    &headers,
+                    self.target.body_limit,
+                    &mut body,
+                )
+                .or(async {
+                    async_io::Timer::after(timeout).await;
+                    Err(client::FetchError::Timeout)
+                })
+                .await
+            }
+            // 2.42 fails the request, in Go's words for a failed GET.
+            Err(e) => Err(client::FetchError::Request(format!(
+                "Get {:?}: {e}",
+                self.target.url()
+            ))),
+        };
         let duration = started.elapsed();
         let format = match &fetched {
             Ok(content_type) => Format::from_content_type(content_type),
@@ -202,14 +255,17 @@ impl Scraper {
         self.generation += 1;
         let mut app = self.storage.appender();
         let (result, error, counts) = match fetched {
-            Ok(body) => match self.append_body(&mut *app, body, format, ts) {
-                Ok(c) => (ScrapeResult::Success, String::new(), c),
-                Err(e) => {
-                    app.rollback();
-                    app = self.storage.appender();
-                    (ScrapeResult::ParseError, e, Counts::default())
+            Ok(body) => {
+                let (counts, r) = self.append_body(&mut *app, body, format, ts);
+                match r {
+                    Ok(()) => (ScrapeResult::Success, String::new(), counts),
+                    Err((result, e)) => {
+                        app.rollback();
+                        app = self.storage.appender();
+                        (result, e, counts)
+                    }
                 }
-            },
+            }
             Err(client::FetchError::Timeout) => (
                 ScrapeResult::Timeout,
                 client::FetchError::Timeout.to_string(),
@@ -217,6 +273,34 @@ impl Scraper {
             ),
             Err(e) => (ScrapeResult::FetchError, e.to_string(), Counts::default()),
         };
+        self.finish(app, ts, duration, result, error, counts)
+    }
+
+    /// A scrape that failed before fetching (the pool's forced error): staleness markers and
+    /// the synthetic series only.
+    pub fn fail(
+        &mut self,
+        error: String,
+        result: ScrapeResult,
+        ts: i64,
+        duration: Duration,
+    ) -> ScrapeResult {
+        self.generation += 1;
+        let app = self.storage.appender();
+        self.finish(app, ts, duration, result, error, Counts::default())
+    }
+
+    /// Writes staleness markers and the synthetic series into `app`, commits, and records the
+    /// outcome in the target's status.
+    fn finish(
+        &mut self,
+        mut app: Box<dyn Appender + '_>,
+        ts: i64,
+        duration: Duration,
+        result: ScrapeResult,
+        error: String,
+        counts: Counts,
+    ) -> ScrapeResult {
         let up = result == ScrapeResult::Success;
         if !up {
             self.current.clear();
@@ -243,18 +327,25 @@ impl Scraper {
         result
     }
 
-    /// Parses `body` and appends every sample; an error (the body does not parse, or
-    /// `metric_relabel_configs` removed a series' name) leaves the batch to be rolled back.
+    /// Parses `body` and appends every sample; an error (the body does not parse,
+    /// `metric_relabel_configs` removed a series' name, a limit is exceeded) leaves the batch to
+    /// be rolled back. The counts are those up to the error, as 2.42 reports them; past
+    /// `sample_limit` the body is still read to the end, to count it.
     ///
-    /// `metric_relabel_configs` run only for series not in the cache; a series they drop is
-    /// cached as dropped, so it costs one lookup on later scrapes.
+    /// `metric_relabel_configs` and the label limits run only for series not in the cache; a
+    /// series relabeling drops is cached as dropped, so it costs one lookup on later scrapes.
     fn append_body(
         &mut self,
         app: &mut dyn Appender,
         body: &[u8],
         format: Format,
         ts: i64,
-    ) -> Result<Counts, String> {
+    ) -> (Counts, Result<(), (ScrapeResult, String)>) {
+        let limits = self.target.limits;
+        // As 2.42's limitAppender: every sample offered to the store counts; past the limit
+        // nothing more is appended, and the scrape fails once the body is read to the end.
+        let full = |c: &Counts| limits.sample_limit > 0 && c.post_relabel >= limits.sample_limit;
+        let mut over_sample_limit = false;
         let mut counts = Counts::default();
         let mut parser = TextParser::with_format(body, format);
         self.current.clear();
@@ -270,7 +361,7 @@ impl Scraper {
                     continue;
                 }
                 Err(e) => {
-                    result = Err(e.to_string());
+                    result = Err((ScrapeResult::ParseError, e.to_string()));
                     break;
                 }
             };
@@ -287,6 +378,11 @@ impl Scraper {
                 continue;
             }
             let appended = match cached.flatten() {
+                Some(_) if full(&counts) => {
+                    over_sample_limit = true;
+                    counts.post_relabel += 1;
+                    continue;
+                }
                 Some(r) => match app.append_ref(r, t, s.value) {
                     Err(AppendError::UnknownRef) => None,
                     other => Some(other.map(|_| r)),
@@ -297,7 +393,7 @@ impl Scraper {
                 Some(a) => a,
                 None => {
                     if let Err(e) = s.parse_labels(&mut pairs) {
-                        result = Err(e.to_string());
+                        result = Err((ScrapeResult::ParseError, e.to_string()));
                         break;
                     }
                     let mut labels = self.series_labels(&mut builder, s.name, &pairs);
@@ -310,14 +406,30 @@ impl Scraper {
                             }
                         }
                         if labels.metric_name().is_empty() {
-                            result = Err("__name__ label is missing".into());
+                            result = Err((
+                                ScrapeResult::ParseError,
+                                "missing metric name (__name__ label)".into(),
+                            ));
                             break;
                         }
+                    }
+                    if let Err(e) = check_label_limits(&labels, &limits) {
+                        result = Err((ScrapeResult::LimitExceeded, e));
+                        break;
+                    }
+                    if full(&counts) {
+                        over_sample_limit = true;
+                        counts.post_relabel += 1;
+                        continue;
                     }
                     match app.append(&labels, t, s.value) {
                         Ok(r) => {
                             self.cache_insert(s.series, Some(r));
-                            counts.added += 1;
+                            // A series known to the cache is not new, even when the store
+                            // forgot its reference (as 2.42 counts).
+                            if cached.is_none() {
+                                counts.added += 1;
+                            }
                             Ok(r)
                         }
                         Err(e) => Err(e),
@@ -339,7 +451,10 @@ impl Scraper {
                 }
             }
         }
-        result.map(|_| counts)
+        if result.is_ok() && over_sample_limit {
+            result = Err((ScrapeResult::LimitExceeded, "sample limit exceeded".into()));
+        }
+        (counts, result)
     }
 
     /// Keeps a TYPE, HELP or UNIT line in the target's metadata (changed entries only, so a
@@ -431,36 +546,128 @@ impl Scraper {
     fn mark_stale(&mut self, app: &mut dyn Appender, ts: i64) {
         self.current.sort_unstable();
         self.current.dedup();
-        for r in &self.live {
+        let mut live = self.live.borrow_mut();
+        for r in live.iter() {
             if self.current.binary_search(r).is_err() {
                 let _ = app.append_ref(*r, ts, f64::from_bits(STALE_NAN));
             }
         }
-        std::mem::swap(&mut self.live, &mut self.current);
+        std::mem::swap(&mut *live, &mut self.current);
         self.current.clear();
     }
 
     /// Appends the synthetic series of this scrape.
     fn report(&self, app: &mut dyn Appender, ts: i64, up: bool, d: Duration, c: Counts) {
         let values = [
-            ("up", if up { 1.0 } else { 0.0 }),
-            ("scrape_duration_seconds", d.as_secs_f64()),
-            ("scrape_samples_scraped", c.scraped as f64),
-            (
-                "scrape_samples_post_metric_relabeling",
-                c.post_relabel as f64,
-            ),
-            ("scrape_series_added", c.added as f64),
+            if up { 1.0 } else { 0.0 },
+            d.as_secs_f64(),
+            c.scraped as f64,
+            c.post_relabel as f64,
+            c.added as f64,
         ];
-        for (name, v) in values {
-            let mut b = LabelsBuilder::new();
-            for l in &self.target.labels {
-                b.set(&l.name, &l.value);
-            }
-            b.set(crate::model::METRIC_NAME, name);
-            if let Err(e) = app.append(&b.take(), ts, v) {
-                log::debug!("{}: {name} rejected: {e}", self.target.url());
-            }
+        append_report(app, &self.target, ts, values);
+    }
+}
+
+/// Appends the synthetic series of `target` with `values` (in [`REPORT_NAMES`] order).
+fn append_report(app: &mut dyn Appender, target: &Target, ts: i64, values: [f64; 5]) {
+    for (name, v) in REPORT_NAMES.into_iter().zip(values) {
+        let mut b = target.labels.builder();
+        b.set(crate::model::METRIC_NAME, name);
+        if let Err(e) = app.append(&b.take(), ts, v) {
+            log::debug!("{}: {name} rejected: {e}", target.url());
+        }
+    }
+}
+
+/// The next scrape time of `target` after `now` (ms): wall-clock aligned, offset by a hash of
+/// its labels.
+fn next_slot(target: &Target, now: i64) -> i64 {
+    let interval = target.interval.as_millis().max(1) as i64;
+    let offset = (fnv64(&target.labels.to_string()) % interval as u64) as i64;
+    let base = now - now.rem_euclid(interval) + offset;
+    if base > now {
+        base
+    } else {
+        base + interval
+    }
+}
+
+/// 2.42's `verifyLabelLimits`, with its messages (names and values cut at 50 characters).
+fn check_label_limits(labels: &Labels, limits: &ScrapeLimits) -> Result<(), String> {
+    fn cut(s: &str) -> &str {
+        s.char_indices().nth(50).map_or(s, |(i, _)| &s[..i])
+    }
+    let metric = cut(labels.metric_name());
+    if limits.label_limit > 0 && labels.len() > limits.label_limit {
+        return Err(format!(
+            "label_limit exceeded (metric: {metric}, number of labels: {}, limit: {})",
+            labels.len(),
+            limits.label_limit
+        ));
+    }
+    if limits.label_name_length_limit == 0 && limits.label_value_length_limit == 0 {
+        return Ok(());
+    }
+    for l in labels {
+        let n = limits.label_name_length_limit;
+        if n > 0 && l.name.len() > n {
+            return Err(format!(
+                "label_name_length_limit exceeded (metric: {metric}, label name: {}, length: {}, limit: {n})",
+                cut(&l.name),
+                l.name.len()
+            ));
+        }
+        let n = limits.label_value_length_limit;
+        if n > 0 && l.value.len() > n {
+            return Err(format!(
+                "label_value_length_limit exceeded (metric: {metric}, label name: {}, value: {:?}, length: {}, limit: {n})",
+                cut(&l.name),
+                cut(&l.value),
+                l.value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a dropped target's task leaves to do: mark its series stale, as 2.42's
+/// `endOfRunStaleness`. Made by [`Scraper::end_of_run`] before the scraper's task starts.
+pub struct EndOfRun {
+    target: Target,
+    storage: Rc<dyn Storage>,
+    status: Rc<RefCell<TargetStatus>>,
+    live: Rc<RefCell<Vec<SeriesRef>>>,
+}
+
+impl EndOfRun {
+    /// Waits for the slot the next scrape would have had, then one more interval and a tenth,
+    /// and writes staleness markers stamped with that slot for the series of the last scrape
+    /// and the synthetic series. Nothing if the target was never scraped. Cancelled by
+    /// dropping the task (on shutdown, or when the target comes back meanwhile).
+    pub async fn run(self) {
+        if self.status.borrow().last_scrape_ms == 0 {
+            return;
+        }
+        let now = now_us();
+        let stale_ms = next_slot(&self.target, now.div_euclid(1000));
+        async_io::Timer::after(Duration::from_micros((stale_ms * 1000 - now) as u64)).await;
+        let interval = self.target.interval;
+        async_io::Timer::after(interval + interval / 10).await;
+        self.write(stale_ms);
+    }
+
+    /// Writes the markers at `ts` (ms).
+    pub fn write(&self, ts: i64) {
+        let stale = f64::from_bits(STALE_NAN);
+        let mut app = self.storage.appender();
+        for r in self.live.borrow().iter() {
+            // Out of order when the target came back and was scraped meanwhile: ignored.
+            let _ = app.append_ref(*r, ts, stale);
+        }
+        append_report(&mut *app, &self.target, ts, [stale; 5]);
+        if let Err(e) = app.commit() {
+            log::error!("staleness markers for {}: {e}", self.target.url());
         }
     }
 }
@@ -697,7 +904,174 @@ mod tests {
         let (mut s, st) =
             scraper_with("    metric_relabel_configs: [{regex: __name__, action: labeldrop}]\n");
         assert_eq!(s.ingest(Ok(b"a 1\n"), 1000, D), ScrapeResult::ParseError);
-        assert_eq!(s.status.borrow().last_error, "__name__ label is missing");
+        assert_eq!(
+            s.status.borrow().last_error,
+            "missing metric name (__name__ label)"
+        );
         assert_eq!(series(&st, "up")[0].1, vec![(1000, 0.0)]);
+    }
+
+    /// The value of each synthetic series at `t`, in [`REPORT_NAMES`] order.
+    fn report_at(st: &Rc<dyn Storage>, t: i64) -> Vec<f64> {
+        REPORT_NAMES
+            .iter()
+            .map(|n| {
+                series(st, n)[0]
+                    .1
+                    .iter()
+                    .find(|x| x.0 == t)
+                    .map(|x| x.1)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Samples stored for the series named `name` (0 when it has none or does not exist).
+    fn stored(st: &Rc<dyn Storage>, name: &str) -> usize {
+        series(st, name).iter().map(|s| s.1.len()).sum()
+    }
+
+    #[test]
+    fn over_the_sample_limit_nothing_is_stored_and_the_counts_are_2_42s() {
+        // 2.42 (tests/data/scrape/limits-2.42.json): up 0, scraped 5, post-relabeling 5,
+        // series added 3 and then 0, "sample limit exceeded", no sample of the body stored.
+        let (mut s, st) = scraper_with("    sample_limit: 3\n");
+        let body = b"a 1\nb 2\nc 3\nd 4\ne 5\n";
+        assert_eq!(s.ingest(Ok(body), 1000, D), ScrapeResult::LimitExceeded);
+        assert_eq!(s.status.borrow().last_error, "sample limit exceeded");
+        assert_eq!(report_at(&st, 1000), vec![0.0, 0.005, 5.0, 5.0, 3.0]);
+        s.ingest(Ok(body), 2000, D);
+        assert_eq!(report_at(&st, 2000), vec![0.0, 0.005, 5.0, 5.0, 0.0]);
+        for n in ["a", "b", "c", "d", "e"] {
+            assert_eq!(stored(&st, n), 0, "{n}");
+        }
+        // A good scrape first: its series go stale when the limit is hit.
+        let (mut s, st) = scraper_with("    sample_limit: 3\n");
+        s.ingest(Ok(b"a 1\n"), 1000, D);
+        s.ingest(Ok(body), 2000, D);
+        let a = &series(&st, "a")[0].1;
+        assert_eq!(a.len(), 2);
+        assert!(is_stale(a[1].1) && a[1].0 == 2000);
+        // The limit counts samples after metric_relabel_configs.
+        let (mut s, st) = scraper_with(
+            "    sample_limit: 3\n    metric_relabel_configs: [{source_labels: [__name__], regex: '[ab]', action: drop}]\n",
+        );
+        assert_eq!(s.ingest(Ok(body), 1000, D), ScrapeResult::Success);
+        assert_eq!(report_at(&st, 1000), vec![1.0, 0.005, 5.0, 3.0, 3.0]);
+        assert_eq!(s.ingest(Ok(body), 2000, D), ScrapeResult::Success);
+    }
+
+    #[test]
+    fn label_limits_fail_the_scrape_with_2_42s_messages() {
+        for (extra, body, want) in [
+            (
+                "    label_limit: 4\n",
+                &b"m{a=\"1\",b=\"2\",c=\"3\"} 1\n"[..],
+                // 6 in 2.42's run: this target has one label more (env).
+                "label_limit exceeded (metric: m, number of labels: 7, limit: 4)",
+            ),
+            (
+                "    label_name_length_limit: 10\n",
+                b"m{averyveryverylonglabelname=\"1\"} 1\n",
+                "label_name_length_limit exceeded (metric: m, label name: averyveryverylonglabelname, length: 26, limit: 10)",
+            ),
+            (
+                "    label_value_length_limit: 10\n",
+                b"m{a=\"averyveryverylonglabelvalue_________________________________________________________________________\"} 1\n",
+                "label_value_length_limit exceeded (metric: m, label name: a, value: \"averyveryverylonglabelvalue_______________________\", length: 100, limit: 10)",
+            ),
+        ] {
+            let (mut s, st) = scraper_with(extra);
+            assert_eq!(s.ingest(Ok(body), 1000, D), ScrapeResult::LimitExceeded);
+            assert_eq!(s.status.borrow().last_error, want);
+            // As 2.42: the sample is counted as scraped, not as kept.
+            assert_eq!(report_at(&st, 1000), vec![0.0, 0.005, 1.0, 0.0, 0.0]);
+            assert_eq!(stored(&st, "m"), 0);
+        }
+        // Within the limits (the target's labels count): stored.
+        let (mut s, _) = scraper_with("    label_limit: 5\n    label_value_length_limit: 5\n");
+        assert_eq!(
+            s.ingest(Ok(b"m{a=\"1\"} 1\n"), 1000, D),
+            ScrapeResult::Success
+        );
+    }
+
+    #[test]
+    fn a_failed_parse_reports_the_samples_read_before_it() {
+        // 2.42: scraped 2, post-relabeling 2, series added 2 (then 0), up 0.
+        let (mut s, st) = scraper(false);
+        s.ingest(Ok(b"a 1\nb 2\nbroken line here\n"), 1000, D);
+        assert_eq!(report_at(&st, 1000), vec![0.0, 0.005, 2.0, 2.0, 2.0]);
+        s.ingest(Ok(b"a 1\nb 2\nbroken line here\n"), 2000, D);
+        assert_eq!(report_at(&st, 2000), vec![0.0, 0.005, 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn a_forced_error_fails_without_fetching_and_marks_series_stale() {
+        let (s, st) = scraper(false);
+        let forced: ForcedError = Rc::new(RefCell::new(None));
+        let mut s = s.with_forced_error(forced.clone());
+        s.ingest(Ok(b"a 1\n"), 1000, D);
+        let e = "target_limit exceeded (number of targets: 2, limit: 1)";
+        *forced.borrow_mut() = Some(e.into());
+        futures_lite::future::block_on(s.scrape_once(None));
+        assert_eq!(s.status.borrow().last_error, e);
+        assert_eq!(s.status.borrow().health, Health::Down);
+        let a = &series(&st, "a")[0].1;
+        assert!(a.len() == 2 && is_stale(a[1].1));
+        assert_eq!(series(&st, "up")[0].1[1].1, 0.0);
+    }
+
+    #[test]
+    fn end_of_run_marks_the_last_series_and_the_synthetic_ones_stale() {
+        let (mut s, st) = scraper(false);
+        let end = s.end_of_run();
+        s.ingest(Ok(b"a 1\nb 2\n"), 1000, D);
+        drop(s);
+        end.write(3000);
+        for n in ["a", "b", "up", "scrape_series_added"] {
+            let v = &series(&st, n)[0].1;
+            assert_eq!(v.len(), 2, "{n}");
+            assert!(v[1].0 == 3000 && is_stale(v[1].1), "{n}");
+        }
+    }
+
+    #[test]
+    fn credentials_and_the_timeout_header_are_sent() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+            }
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\na 1\n")
+                .unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        let yaml = format!(
+            "scrape_configs:\n  - job_name: j\n    scrape_timeout: 1500ms\n    basic_auth: {{username: user, password: pass}}\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+        );
+        let cfg = crate::config::parse_yaml(&yaml, "t").unwrap();
+        let target = super::super::targets_of(&cfg.scrape_configs[0]).remove(0);
+        let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions::default()));
+        let status = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
+        let mut s = Scraper::new(target, storage, Rc::new(Telemetry::new(0.0)), status);
+        futures_lite::future::block_on(s.scrape_once(None));
+        let req = server.join().unwrap();
+        // As 2.42 sent them (tests/data/scrape/headers-2.42.txt).
+        assert!(
+            req.contains("\r\nAuthorization: Basic dXNlcjpwYXNz\r\n"),
+            "{req}"
+        );
+        assert!(
+            req.contains("\r\nX-Prometheus-Scrape-Timeout-Seconds: 1.5\r\n"),
+            "{req}"
+        );
+        assert_eq!(s.status.borrow().health, Health::Up);
     }
 }

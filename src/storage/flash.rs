@@ -553,14 +553,19 @@ impl Store {
             .map(|(id, _)| id)
             .collect();
         for id in gone {
-            if let Some(s) = self.series.remove(&id) {
-                let labels = self.symbols.labels(&s.labels);
-                self.unindex(id, &s.labels);
-                self.by_hash.remove(label_hash(&labels), id);
-            }
+            self.forget(id);
         }
         if self.series.is_empty() {
             self.postings.clear();
+        }
+    }
+
+    /// Removes one series from the maps and the index.
+    fn forget(&mut self, id: u64) {
+        if let Some(s) = self.series.remove(&id) {
+            let labels = self.symbols.labels(&s.labels);
+            self.unindex(id, &s.labels);
+            self.by_hash.remove(label_hash(&labels), id);
         }
     }
 
@@ -1360,6 +1365,9 @@ struct FlashAppender {
     gen: u64,
     batch: Vec<(u64, Sample)>,
     series_added: usize,
+    /// Series this batch created: a rollback removes them again if they have no samples, so
+    /// a failed scrape leaves no empty series behind (as Prometheus's queriers show none).
+    created: Vec<u64>,
 }
 
 impl FlashAppender {
@@ -1405,6 +1413,7 @@ impl Appender for FlashAppender {
         let (id, created) = self.store.borrow_mut().get_or_create(labels)?;
         if created {
             self.series_added += 1;
+            self.created.push(id);
         }
         self.push(id, t, v)?;
         Ok(id)
@@ -1446,7 +1455,20 @@ impl Appender for FlashAppender {
         })
     }
 
-    fn rollback(self: Box<Self>) {}
+    fn rollback(self: Box<Self>) {
+        let mut st = self.store.borrow_mut();
+        for id in &self.created {
+            let dataless = st.series.get(id).is_some_and(|s| {
+                s.head.is_empty() && s.last.is_none() && s.data_in == 0 && s.declared_in == 0
+            });
+            if dataless {
+                st.forget(*id);
+            }
+        }
+        if st.series.is_empty() {
+            st.postings.clear();
+        }
+    }
 }
 
 struct FlashQuerier {
@@ -1566,6 +1588,7 @@ impl Storage for FlashStorage {
             gen,
             batch: Vec::new(),
             series_added: 0,
+            created: Vec::new(),
         })
     }
 
@@ -1754,6 +1777,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_rollback_leaves_no_empty_series_behind() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        let l = |n: &str| Labels::from_pairs(&[("__name__", n)]);
+        let mut app = s.appender();
+        app.append(&l("kept"), 1000, 1.0).unwrap();
+        app.commit().unwrap();
+        let mut app = s.appender();
+        app.append(&l("kept"), 2000, 2.0).unwrap();
+        app.append(&l("new"), 2000, 2.0).unwrap();
+        app.rollback();
+        let names: Vec<String> = s
+            .querier()
+            .series(&[], i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|l| l.metric_name().to_owned())
+            .collect();
+        assert_eq!(names, vec!["kept"]);
+        // The name can be appended again.
+        let mut app = s.appender();
+        app.append(&l("new"), 3000, 3.0).unwrap();
+        app.commit().unwrap();
+        assert_eq!(
+            s.querier().series(&[], i64::MIN, i64::MAX).unwrap().len(),
+            2
+        );
     }
 
     #[test]

@@ -116,3 +116,28 @@ fn sighup_reloads_the_config() {
     let (_, b) = perch.get("/api/v1/status/runtimeinfo");
     assert!(b.contains("\"reloadConfigSuccess\":false"), "{b}");
 }
+
+#[test]
+fn unsupported_scrape_client_fields_exit_naming_them() {
+    for (field, want) in [
+        (
+            "tls_config: {ca_file: x}",
+            "scrape_configs[0].tls_config: not supported by Perch",
+        ),
+        (
+            "oauth2: {client_id: x}",
+            "scrape_configs[0].oauth2: not supported by Perch",
+        ),
+        (
+            "proxy_url: 'http://p:1'",
+            "scrape_configs[0].proxy_url: not supported by Perch",
+        ),
+        ("scheme: https", "scrape_configs[0].scheme"),
+    ] {
+        let (code, err) = run_with_config(&format!(
+            "scrape_configs:\n  - job_name: x\n    {field}\n    static_configs: [{{targets: ['127.0.0.1:1']}}]\n"
+        ));
+        assert_ne!(code, Some(0), "{field}");
+        assert!(err.contains(want), "{field}: {err}");
+    }
+}

@@ -11,6 +11,7 @@ mod ingest;
 mod lateness;
 mod promql;
 mod pull;
+mod scrape;
 mod storage;
 mod threads;
 mod ui;

@@ -48,6 +48,16 @@ impl Fixture {
         gzip: bool,
         body: impl Fn(usize) -> Vec<u8> + Send + 'static,
     ) -> Fixture {
+        Fixture::handle(content_type, gzip, move |n, _| (200, body(n)))
+    }
+
+    /// A target that answers its n-th request (from 0), whose head is `head` (request line and
+    /// headers), with `answer(n, head)`: a status and a body.
+    pub fn handle(
+        content_type: &'static str,
+        gzip: bool,
+        answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
+    ) -> Fixture {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -63,7 +73,10 @@ impl Fixture {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
-                let plain = body(h.fetch_add(1, Ordering::SeqCst));
+                let (status, plain) = answer(
+                    h.fetch_add(1, Ordering::SeqCst),
+                    &String::from_utf8_lossy(&req),
+                );
                 let (body, encoding) = if gzip {
                     use std::io::Write as _;
                     let mut e =
@@ -73,8 +86,14 @@ impl Fixture {
                 } else {
                     (plain, "")
                 };
+                let reason = match status {
+                    200 => "OK",
+                    401 => "Unauthorized",
+                    404 => "Not Found",
+                    _ => "Error",
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = s.write_all(head.as_bytes());
