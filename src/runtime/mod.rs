@@ -12,6 +12,7 @@
 //! thread (`async-signal` uses a self-pipe), no name lookups through `getaddrinfo`.
 
 pub mod import;
+pub mod residency;
 
 use crate::config::Config;
 use crate::promql::{Engine, EngineOptions};
@@ -237,6 +238,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
             Ok(())
         }));
     }
+    // Start-up is done: let go of the code pages only it used.
+    residency::trim_code_pages();
     let quit = state.quit.clone();
     let web_state = state.clone();
     ex.spawn(web::serve(listener, state, ex.clone())).detach();

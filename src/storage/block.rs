@@ -26,8 +26,13 @@ pub enum Compression {
 
 /// Compresses `body` into a payload (preamble + compressed body).
 pub fn seal(body: &[u8], level: i32) -> Vec<u8> {
-    match compressor(level) {
-        Some(mut c) => seal_with(&mut c, body),
+    seal_using(compressor(level).as_mut(), body)
+}
+
+/// As [`seal`], with a compressor made once for several payloads (none: stored raw).
+pub fn seal_using(c: Option<&mut zstd::bulk::Compressor<'static>>, body: &[u8]) -> Vec<u8> {
+    match c {
+        Some(c) => seal_with(c, body),
         None => seal_raw(body),
     }
 }
@@ -56,21 +61,26 @@ fn seal_raw(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Most bytes zstd may look back for a match: frames are about 64 KiB, so a 128 KiB window
-/// loses nothing, and capping it (with the tables) bounds the compressor's memory to a few
+/// Most bytes zstd may look back for a match. Frames are about 64 KiB, so a window of that
+/// size loses nothing; capping it (with the tables) bounds the compressor's memory to a few
 /// hundred KiB at any level — at level 19 on a large body zstd would otherwise take many MiB.
+/// Imports (level 15 and up) use tables twice as large: a little smaller on disk, and an import
+/// is a one-off that can afford the memory; a live flush keeps the running agent's peak low.
 const ZSTD_WINDOW_LOG: u32 = 17;
+const ZSTD_WINDOW_LOG_FLUSH: u32 = 16;
 
 /// A zstd compressor at `level` with the window capped.
 pub fn compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
     use zstd::zstd_safe::CParameter;
+    let window = if level >= 15 {
+        ZSTD_WINDOW_LOG
+    } else {
+        ZSTD_WINDOW_LOG_FLUSH
+    };
     let mut c = zstd::bulk::Compressor::new(level).ok()?;
-    c.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))
-        .ok()?;
-    c.set_parameter(CParameter::HashLog(ZSTD_WINDOW_LOG - 2))
-        .ok()?;
-    c.set_parameter(CParameter::ChainLog(ZSTD_WINDOW_LOG - 1))
-        .ok()?;
+    c.set_parameter(CParameter::WindowLog(window)).ok()?;
+    c.set_parameter(CParameter::HashLog(window - 2)).ok()?;
+    c.set_parameter(CParameter::ChainLog(window - 1)).ok()?;
     Some(c)
 }
 
@@ -247,10 +257,7 @@ impl BlockBuilder {
     }
 
     fn seal(&mut self, body: &[u8]) -> Vec<u8> {
-        match self.compressor.as_mut() {
-            Some(c) => seal_with(c, body),
-            None => seal_raw(body),
-        }
+        seal_using(self.compressor.as_mut(), body)
     }
 
     /// Bytes of the chunks so far (before compression).

@@ -383,6 +383,9 @@ impl HashIndex {
     }
 }
 
+/// Series declared per series record (about 40 KiB of labels before compression).
+const SERIES_PER_RECORD: usize = 256;
+
 fn label_hash(l: &Labels) -> u64 {
     use std::hash::BuildHasher;
     std::hash::BuildHasherDefault::<crate::model::hash::FastHasher>::default().hash_one(l)
@@ -723,27 +726,31 @@ impl Store {
     ) -> (Vec<u8>, Vec<RecordRef>) {
         let mut out = Vec::new();
         let mut refs = Vec::new();
-        if !declare.is_empty() {
-            // Written straight from the symbols: no copy of every label set.
-            let mut w = block::SeriesWriter::new(declare.len());
-            for id in declare {
+        // Written straight from the symbols (no copy of every label set), in records of a few
+        // hundred series: compressing one large body would need buffers as large.
+        let mut comp = block::compressor(level);
+        for group in declare.chunks(SERIES_PER_RECORD) {
+            let mut w = block::SeriesWriter::new(group.len());
+            for id in group {
                 let syms: &[u32] = self.series.get(id).map_or(&[], |s| &s.labels);
                 w.series(*id, syms.len() / 2);
                 for sym in syms {
                     w.text(self.symbols.get(*sym));
                 }
             }
-            let payload = block::seal(&w.finish(), level);
+            let payload = block::seal_using(comp.as_mut(), &w.finish());
+            let start = out.len();
             segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
             refs.push(RecordRef {
                 kind: RecordKind::Series,
-                offset: segment::RECORD_HEADER_LEN as u64,
+                offset: (start + segment::RECORD_HEADER_LEN) as u64,
                 len: payload.len() as u32,
                 crc: crc32fast::hash(&payload),
                 min_t: 0,
                 max_t: 0,
             });
         }
+        drop(comp);
         let mut bb = BlockBuilder::new(level);
         let flush = |bb: &mut BlockBuilder, out: &mut Vec<u8>, refs: &mut Vec<RecordRef>| {
             if bb.is_empty() {
