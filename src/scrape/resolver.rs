@@ -21,8 +21,11 @@
 //!   else is ignored, as a forged or late packet); at most [`MAX_UDP_ANSWER`] bytes over UDP and
 //!   64 KiB over TCP are read. Decoding never panics (see [`parse_packet`]).
 //!
-//! The packet codec is the `simple-dns` crate: it adds about 58 KB to the stripped release
-//! binary, where `hickory-proto` (no default features) adds about 299 KB for the same use.
+//! The packet codec is the `simple-dns` crate (one dependency, `bitflags`). Measured on the
+//! stripped x86_64 release binary with the same probe (encode a query, decode A, AAAA, SRV, PTR,
+//! MX and TXT answers): `simple-dns` adds 58 KB, `hickory-proto` without default features
+//! 299 KB. All of DNS and mDNS discovery, codec included, adds 172 KB (3,947,256 → 4,123,256
+//! bytes). Queries are encoded without name compression, which would cost 20 KB more.
 
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};

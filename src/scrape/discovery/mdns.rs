@@ -305,7 +305,7 @@ pub fn encode_query(questions: &[(String, TYPE)]) -> Option<Vec<u8>> {
             false,
         ));
     }
-    p.build_bytes_vec_compressed().ok()
+    p.build_bytes_vec().ok()
 }
 
 /// The socket a browse sends from: an ephemeral port, multicast TTL 255 (RFC 6762 §11),
@@ -421,8 +421,14 @@ impl MdnsSd {
         match browse(&self.config, self.dest, telemetry).await {
             Ok(b) => self.merge(&b),
             Err(e) => {
+                let hint = match (e.kind(), &self.config.interface) {
+                    (std::io::ErrorKind::NetworkUnreachable, None) => {
+                        " (no route to 224.0.0.251: set `interface` to the LAN's interface)"
+                    }
+                    _ => "",
+                };
                 log::error!(
-                    "mdns_sd: browsing {}.{} failed: {e}",
+                    "mdns_sd: browsing {}.{} failed: {e}{hint}",
                     self.config.service,
                     self.config.domain
                 );
