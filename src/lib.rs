@@ -4,8 +4,9 @@
 //!
 //! 1. [`config`] turns flags and a `prometheus.yml` into a validated [`config::Config`]; code
 //!    past it never sees raw input.
-//! 2. [`scrape`] finds targets (the config's `static_configs`, and files for `file_sd_configs`,
-//!    polled for changes), fetches each on its schedule over HTTP, parses the exposition text
+//! 2. [`scrape`] finds targets (the config's `static_configs`, files for `file_sd_configs`
+//!    polled for changes, DNS for `dns_sd_configs` and multicast DNS for `mdns_sd_configs`
+//!    through its own async resolver), fetches each on its schedule over HTTP, parses the exposition text
 //!    with a zero-copy pull parser, adds `job`/`instance` and the synthetic series (`up`, …),
 //!    applies the job's limits, and writes one scrape as one batch through the storage seam's
 //!    `Appender`.

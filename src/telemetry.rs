@@ -47,6 +47,12 @@ pub struct Telemetry {
     scrape_lateness: RefCell<ScrapeLateness>,
     /// Samples a scrape wanted to store but the store refused (out of order, duplicates, limits).
     pub samples_rejected: Cell<u64>,
+    /// `dns_sd_configs` lookups, and those that failed (names kept their targets).
+    pub sd_dns_lookups: Cell<u64>,
+    pub sd_dns_lookup_failures: Cell<u64>,
+    /// `mdns_sd_configs` queries sent, and received packets ignored as malformed.
+    pub sd_mdns_queries: Cell<u64>,
+    pub sd_mdns_bad_packets: Cell<u64>,
     /// Process start, Unix seconds.
     pub start_time: Cell<f64>,
 }
@@ -219,6 +225,30 @@ impl Telemetry {
             "Scraped samples the store refused (out of order, duplicate, limits).",
             self.samples_rejected.get() as f64,
         );
+        for (name, help, v) in [
+            (
+                "prometheus_sd_dns_lookups_total",
+                "The number of DNS-SD lookups.",
+                &self.sd_dns_lookups,
+            ),
+            (
+                "prometheus_sd_dns_lookup_failures_total",
+                "The number of DNS-SD lookup failures.",
+                &self.sd_dns_lookup_failures,
+            ),
+            (
+                "perch_sd_mdns_queries_total",
+                "Multicast DNS queries sent by mdns_sd_configs.",
+                &self.sd_mdns_queries,
+            ),
+            (
+                "perch_sd_mdns_bad_packets_total",
+                "Multicast DNS packets ignored as malformed or too large.",
+                &self.sd_mdns_bad_packets,
+            ),
+        ] {
+            counter(out, name, help, v.get() as f64);
+        }
         let _ = writeln!(out, "# HELP perch_scrapes_total Scrapes by job and result.\n# TYPE perch_scrapes_total counter");
         for ((job, result), n) in self.scrapes.borrow().iter() {
             let _ = write!(out, "perch_scrapes_total{{job=\"");

@@ -8,7 +8,7 @@
 //! The YAML follows Prometheus 2.42: `global` (scrape_interval, scrape_timeout,
 //! evaluation_interval, external_labels) and `scrape_configs` (job_name, scrape_interval,
 //! scrape_timeout, metrics_path, scheme, params, honor_labels, honor_timestamps, static_configs,
-//! file_sd_configs, relabel_configs, metric_relabel_configs — see [`relabel`] —, the limits
+//! file_sd_configs, dns_sd_configs, Perch's mdns_sd_configs, relabel_configs, metric_relabel_configs — see [`relabel`] —, the limits
 //! `sample_limit`, `label_limit`, `label_name_length_limit`, `label_value_length_limit`,
 //! `body_size_limit`, `target_limit` ([`ScrapeLimits`]), and the credentials `basic_auth`,
 //! `authorization`, `bearer_token(_file)` — see [`auth`]). File names in the config
@@ -453,6 +453,10 @@ struct RawScrapeConfig {
     #[serde(default)]
     file_sd_configs: Option<Vec<RawFileSdConfig>>,
     #[serde(default)]
+    dns_sd_configs: Option<Vec<RawDnsSdConfig>>,
+    #[serde(default)]
+    mdns_sd_configs: Option<Vec<RawMdnsSdConfig>>,
+    #[serde(default)]
     relabel_configs: Option<Vec<Option<relabel::RawRelabelConfig>>>,
     #[serde(default)]
     metric_relabel_configs: Option<Vec<Option<relabel::RawRelabelConfig>>>,
@@ -484,6 +488,28 @@ struct RawFileSdConfig {
     files: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     refresh_interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsSdConfig {
+    #[serde(default)]
+    names: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    refresh_interval: Option<Duration>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMdnsSdConfig {
+    service: Option<String>,
+    domain: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    refresh_interval: Option<Duration>,
+    interface: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -540,6 +566,39 @@ pub struct FileSdConfig {
     pub refresh_interval: Duration,
 }
 
+/// The record type a `dns_sd_configs` entry asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsSdType {
+    Srv,
+    A,
+    Aaaa,
+    Mx,
+}
+
+/// One `dns_sd_configs` entry, as 2.42: names to look up every `refresh_interval`, and for A,
+/// AAAA and MX records the port to scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSdConfig {
+    pub names: Vec<String>,
+    pub refresh_interval: Duration,
+    pub kind: DnsSdType,
+    /// Required for A, AAAA and MX; ignored for SRV (the record has the port).
+    pub port: u16,
+}
+
+/// One `mdns_sd_configs` entry (a Perch extension): the DNS-SD service browsed with multicast
+/// DNS every `refresh_interval` (see [`crate::scrape::discovery::mdns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdnsSdConfig {
+    /// The service type, e.g. `_prometheus-http._tcp`.
+    pub service: String,
+    /// The domain, `local` unless set.
+    pub domain: String,
+    pub refresh_interval: Duration,
+    /// The network interface the queries leave by (none: the route to 224.0.0.251 decides).
+    pub interface: Option<String>,
+}
+
 /// One validated scrape job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScrapeConfig {
@@ -555,6 +614,10 @@ pub struct ScrapeConfig {
     pub static_configs: Vec<TargetGroup>,
     /// Targets read from files (see [`crate::scrape::discovery`]).
     pub file_sd_configs: Vec<FileSdConfig>,
+    /// Targets from DNS lookups (see [`crate::scrape::discovery::dns`]).
+    pub dns_sd_configs: Vec<DnsSdConfig>,
+    /// Targets from multicast DNS (see [`crate::scrape::discovery::mdns`]).
+    pub mdns_sd_configs: Vec<MdnsSdConfig>,
     pub limits: ScrapeLimits,
     /// The `Authorization` header to send, if any.
     pub auth: Option<Auth>,
@@ -834,6 +897,26 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
                 refresh_interval,
             });
         }
+        let mut dns_sd_configs = Vec::new();
+        for (j, d) in sc
+            .dns_sd_configs
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let dat = format!("{at}.dns_sd_configs[{j}]");
+            dns_sd_configs.push(validate_dns_sd(d).map_err(|e| invalid(format!("{dat}{e}")))?);
+        }
+        let mut mdns_sd_configs = Vec::new();
+        for (j, m) in sc
+            .mdns_sd_configs
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let mat = format!("{at}.mdns_sd_configs[{j}]");
+            mdns_sd_configs.push(validate_mdns_sd(m).map_err(|e| invalid(format!("{mat}{e}")))?);
+        }
         auth::refuse_unsupported(
             &at,
             &[
@@ -879,6 +962,8 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             honor_timestamps: sc.honor_timestamps.unwrap_or(true),
             static_configs: groups,
             file_sd_configs,
+            dns_sd_configs,
+            mdns_sd_configs,
             limits,
             auth,
             relabel_configs,
@@ -904,6 +989,89 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
         remote_write,
         ignored_sections: ignored,
         source: text.to_owned(),
+    })
+}
+
+/// Checks a `dns_sd_configs` entry as 2.42 does; an error starts with the field (`.names: …`).
+fn validate_dns_sd(d: RawDnsSdConfig) -> Result<DnsSdConfig, String> {
+    let names = d.names.unwrap_or_default();
+    if names.is_empty() {
+        return Err(".names: DNS-SD config must contain at least one SRV record name".into());
+    }
+    if let Some(n) = names.iter().find(|n| n.is_empty() || n.len() > 253) {
+        return Err(format!(".names: {n:?} is not a valid DNS name"));
+    }
+    let kind = d.kind.unwrap_or_else(|| "SRV".into());
+    let kind = match kind.to_ascii_uppercase().as_str() {
+        "SRV" => DnsSdType::Srv,
+        "A" => DnsSdType::A,
+        "AAAA" => DnsSdType::Aaaa,
+        "MX" => DnsSdType::Mx,
+        _ => return Err(format!(".type: invalid DNS-SD records type {kind}")),
+    };
+    let port = d.port.unwrap_or(0);
+    if kind != DnsSdType::Srv && port == 0 {
+        return Err(
+            ".port: a port is required in DNS-SD configs for all record types except SRV".into(),
+        );
+    }
+    let refresh_interval = d.refresh_interval.unwrap_or(Duration::from_secs(30));
+    if refresh_interval.is_zero() {
+        return Err(".refresh_interval: must be greater than 0".into());
+    }
+    Ok(DnsSdConfig {
+        names,
+        refresh_interval,
+        kind,
+        port,
+    })
+}
+
+/// Checks an `mdns_sd_configs` entry; an error starts with the field (`.service: …`).
+fn validate_mdns_sd(m: RawMdnsSdConfig) -> Result<MdnsSdConfig, String> {
+    let service = m.service.unwrap_or_else(|| "_prometheus-http._tcp".into());
+    // RFC 6763 §7: `_name._tcp` or `_name._udp`, the name 1 to 15 characters.
+    let ok = match service.split_once('.') {
+        Some((name, proto)) => {
+            (proto == "_tcp" || proto == "_udp")
+                && name.len() >= 2
+                && name.len() <= 16
+                && name.starts_with('_')
+                && name[1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }
+        None => false,
+    };
+    if !ok {
+        return Err(format!(
+            ".service: {service:?} is not a DNS-SD service type (want e.g. \"_prometheus-http._tcp\")"
+        ));
+    }
+    let domain = m.domain.unwrap_or_else(|| "local".into());
+    let domain = domain.trim_end_matches('.').to_owned();
+    if domain.is_empty()
+        || domain.len() > 200
+        || !domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && !l.contains(char::is_whitespace))
+    {
+        return Err(format!(".domain: {domain:?} is not a valid domain"));
+    }
+    let refresh_interval = m.refresh_interval.unwrap_or(Duration::from_secs(30));
+    if refresh_interval.is_zero() {
+        return Err(".refresh_interval: must be greater than 0".into());
+    }
+    if let Some(i) = &m.interface {
+        if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
+            return Err(format!(".interface: {i:?} is not a network interface name"));
+        }
+    }
+    Ok(MdnsSdConfig {
+        service,
+        domain,
+        refresh_interval,
+        interface: m.interface,
     })
 }
 
@@ -1206,6 +1374,78 @@ scrape_configs:
             ("file_sd_configs: [{files: ['*/t.json']}]", "path name \"*/t.json\" is not valid for file discovery"),
             ("file_sd_configs: [{files: ['t[0-9].json']}]", "Perch matches only '*' and '?'"),
             ("file_sd_configs: [{files: ['t.json'], bogus: 1}]", "unknown field `bogus`"),
+        ] {
+            let y = format!("scrape_configs:\n  - job_name: a\n    {field}\n");
+            let e = parse_yaml(&y, "t.yml").unwrap_err().to_string();
+            assert!(e.contains(want), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn dns_and_mdns_sd_as_2_42_and_perch() {
+        let y = r#"
+scrape_configs:
+  - job_name: a
+    dns_sd_configs:
+      - names: [_node._tcp.lan]
+      - names: [gw.lan, nas.lan]
+        type: a
+        port: 9100
+        refresh_interval: 1m
+    mdns_sd_configs:
+      - {}
+      - service: _node-exporter._tcp
+        domain: local.
+        interface: eth1
+        refresh_interval: 10s
+"#;
+        let c = parse_yaml(y, "t.yml").unwrap();
+        let j = &c.scrape_configs[0];
+        assert_eq!(
+            j.dns_sd_configs,
+            vec![
+                DnsSdConfig {
+                    names: vec!["_node._tcp.lan".into()],
+                    refresh_interval: Duration::from_secs(30),
+                    kind: DnsSdType::Srv,
+                    port: 0
+                },
+                DnsSdConfig {
+                    names: vec!["gw.lan".into(), "nas.lan".into()],
+                    refresh_interval: Duration::from_secs(60),
+                    kind: DnsSdType::A,
+                    port: 9100
+                }
+            ]
+        );
+        assert_eq!(
+            j.mdns_sd_configs,
+            vec![
+                MdnsSdConfig {
+                    service: "_prometheus-http._tcp".into(),
+                    domain: "local".into(),
+                    refresh_interval: Duration::from_secs(30),
+                    interface: None
+                },
+                MdnsSdConfig {
+                    service: "_node-exporter._tcp".into(),
+                    domain: "local".into(),
+                    refresh_interval: Duration::from_secs(10),
+                    interface: Some("eth1".into())
+                }
+            ]
+        );
+        for (field, want) in [
+            ("dns_sd_configs: [{names: []}]", "scrape_configs[0].dns_sd_configs[0].names: DNS-SD config must contain at least one SRV record name"),
+            ("dns_sd_configs: [{names: [x], type: A}]", "scrape_configs[0].dns_sd_configs[0].port: a port is required in DNS-SD configs for all record types except SRV"),
+            ("dns_sd_configs: [{names: [x], type: TXT}]", "scrape_configs[0].dns_sd_configs[0].type: invalid DNS-SD records type TXT"),
+            ("dns_sd_configs: [{names: [x], port: 70000}]", "port"),
+            ("dns_sd_configs: [{names: [x], bogus: 1}]", "unknown field `bogus`"),
+            ("mdns_sd_configs: [{service: http}]", "scrape_configs[0].mdns_sd_configs[0].service: \"http\" is not a DNS-SD service type"),
+            ("mdns_sd_configs: [{domain: ''}]", "scrape_configs[0].mdns_sd_configs[0].domain"),
+            ("mdns_sd_configs: [{refresh_interval: 0s}]", "refresh_interval: must be greater than 0"),
+            ("mdns_sd_configs: [{interface: 'a/b'}]", "is not a network interface name"),
+            ("mdns_sd_configs: [{names: [x]}]", "unknown field `names`"),
         ] {
             let y = format!("scrape_configs:\n  - job_name: a\n    {field}\n");
             let e = parse_yaml(&y, "t.yml").unwrap_err().to_string();

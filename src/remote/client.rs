@@ -62,7 +62,9 @@ pub async fn post(
     timeout: Duration,
 ) -> Result<(), SendError> {
     async {
-        let sa = resolve(host).map_err(|e| SendError::Network(e.to_string()))?;
+        let sa = resolve(host)
+            .await
+            .map_err(|e| SendError::Network(e.to_string()))?;
         let mut stream = Async::<TcpStream>::connect(sa)
             .await
             .map_err(|e| SendError::Network(format!("dial tcp {sa}: {e}")))?;

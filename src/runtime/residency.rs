@@ -72,7 +72,11 @@ fn drop_pages(start: usize, len: usize) {
     // page: every resident page is a clean copy of the file, so dropping it discards nothing and
     // the next access reads the same bytes back. Nothing is unmapped, so no reference dangles.
     unsafe {
-        libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
+        let _ = rustix::mm::madvise(
+            start as *mut core::ffi::c_void,
+            len,
+            rustix::mm::Advice::LinuxDontNeed,
+        );
     }
 }
 

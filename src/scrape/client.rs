@@ -6,8 +6,9 @@
 //!
 //! Contract:
 //! - Everything runs on the async-io reactor; nothing blocks. Names are resolved without
-//!   `getaddrinfo`: IP literals, `localhost`, and `/etc/hosts` (a small local file). DNS comes
-//!   with LAN discovery.
+//!   `getaddrinfo`: IP literals, `localhost`, `/etc/hosts` (a small local file), then DNS
+//!   through the async [`crate::scrape::resolver`] (A, else AAAA, along the search list of
+//!   `/etc/resolv.conf`). No answers are cached: each scrape asks again, as Go's resolver does.
 //! - The timeout bounds the whole exchange, connect to last byte (the caller races it).
 //! - Responses: `Content-Length`, `Transfer-Encoding: chunked`, or read-to-close bodies, gzip
 //!   or not (`Accept-Encoding: gzip`, as Prometheus); any status but 200 is an error. The body,
@@ -55,29 +56,49 @@ impl fmt::Display for FetchError {
 
 impl std::error::Error for FetchError {}
 
-/// Splits `host:port` (or `[v6]:port`) and resolves the host without blocking.
-pub fn resolve(addr: &str) -> Result<SocketAddr, FetchError> {
+/// Splits `host:port` (or `[v6]:port`) and resolves the host without blocking: as
+/// [`resolve_local`], then by DNS.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, FetchError> {
+    match resolve_local(addr)? {
+        Ok(sa) => Ok(sa),
+        Err((host, port)) => {
+            let err = |m: String| FetchError::Resolve(format!("lookup {host}: {m}"));
+            let conf =
+                crate::scrape::resolver::ResolvConf::system().map_err(|e| err(e.to_string()))?;
+            match crate::scrape::resolver::lookup_host(&conf, host).await {
+                Ok(Some(ip)) => Ok(SocketAddr::new(ip, port)),
+                Ok(None) => Err(err("no such host".into())),
+                Err(e) => Err(err(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Resolves what needs no network: IP literals, `localhost` and `/etc/hosts` names. `Ok(Err)`:
+/// the host and port, to be looked up in DNS.
+pub fn resolve_local(addr: &str) -> Result<Result<SocketAddr, (&str, u16)>, FetchError> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return Ok(sa);
+        return Ok(Ok(sa));
     }
     let bad = || FetchError::Resolve(format!("address {addr:?}: want host:port"));
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(Ok(SocketAddr::new(ip, port)));
     }
     if host.eq_ignore_ascii_case("localhost") {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        return Ok(Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
     }
     if let Ok(hosts) = std::fs::read_to_string("/etc/hosts") {
         if let Some(ip) = lookup_hosts(&hosts, host) {
-            return Ok(SocketAddr::new(ip, port));
+            return Ok(Ok(SocketAddr::new(ip, port)));
         }
     }
-    Err(FetchError::Resolve(format!(
-        "cannot resolve host {host:?}: Perch resolves IP addresses, localhost and /etc/hosts names (DNS is not supported yet)"
-    )))
+    if host.is_empty() || host.contains(['[', ']']) {
+        return Err(bad());
+    }
+    Ok(Err((host, port)))
 }
 
 /// Finds `host` in the text of an `/etc/hosts` file; IPv4 answers are preferred.
@@ -109,7 +130,7 @@ pub async fn fetch(
     body: &mut Vec<u8>,
 ) -> Result<String, FetchError> {
     body.clear();
-    let sa = resolve(addr)?;
+    let sa = resolve(addr).await?;
     let mut stream = Async::<TcpStream>::connect(sa)
         .await
         .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
@@ -288,10 +309,16 @@ mod tests {
 
     #[test]
     fn resolves_literals_and_hosts_file() {
-        assert_eq!(resolve("127.0.0.1:9100").unwrap().port(), 9100);
-        assert!(resolve("[::1]:9100").unwrap().is_ipv6());
-        assert!(resolve("localhost:1").unwrap().ip().is_loopback());
-        assert!(resolve("nohost").is_err());
+        let local = |a| resolve_local(a).unwrap().unwrap();
+        assert_eq!(local("127.0.0.1:9100").port(), 9100);
+        assert!(local("[::1]:9100").is_ipv6());
+        assert!(local("localhost:1").ip().is_loopback());
+        assert!(resolve_local("nohost").is_err());
+        assert_eq!(
+            resolve_local("gw.invalid:80").unwrap(),
+            Err(("gw.invalid", 80)),
+            "left to DNS"
+        );
         let hosts = "# c\n10.0.0.5 gw gw.lan\n::1 ip6-localhost\n";
         assert_eq!(
             lookup_hosts(hosts, "GW.lan"),

@@ -1,3 +1,15 @@
+//! Service discovery: target groups for a scrape pool, each mechanism polled on the executor.
+//!
+//! - this module: files (`file_sd_configs`), below;
+//! - [`dns`]: DNS lookups (`dns_sd_configs`: SRV, A, AAAA, MX), through the async resolver
+//!   [`crate::scrape::resolver`];
+//! - [`mdns`]: multicast DNS / DNS-SD on the LAN (`mdns_sd_configs`, a Perch extension).
+//!
+//! Each keeps its groups between refreshes and says whether they changed; the
+//! [`crate::scrape::ScrapeManager`] then syncs the job's pool.
+//!
+//! # Files
+//!
 //! File-based service discovery (`file_sd_configs`), as Prometheus 2.42's `discovery/file`.
 //!
 //! Input: a [`FileSdConfig`] (file patterns, `refresh_interval`). Output: target groups
@@ -19,6 +31,9 @@
 //! Patterns: `*` and `?` in the file name only (the config refuses others); matching names are
 //! taken in byte order, hidden files included, as Go's `filepath.Glob`. Each file is bounded by
 //! [`MAX_FILE_BYTES`]; a larger one is an error like a parse error.
+
+pub mod dns;
+pub mod mdns;
 
 use crate::config::{FileSdConfig, TargetGroup};
 use crate::model::LabelsBuilder;

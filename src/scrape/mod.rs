@@ -1,8 +1,9 @@
 //! Scraping: targets from the config and from discovery files, fetched on schedule, parsed,
 //! written as one batch each.
 //!
-//! Data flow: [`crate::config::ScrapeConfig`] → target groups (`static_configs`, and the files
-//! of `file_sd_configs` read by [`discovery`]) → [`Target`]s (labels `job`, `instance` and the
+//! Data flow: [`crate::config::ScrapeConfig`] → target groups (`static_configs`, and from
+//! [`discovery`]: the files of `file_sd_configs`, DNS lookups of `dns_sd_configs` through the
+//! async [`resolver`], multicast DNS browses of `mdns_sd_configs`) → [`Target`]s (labels `job`, `instance` and the
 //! group's labels, after `relabel_configs`) → one task per target on the executor ([`scraper`])
 //! that fetches ([`client`]), parses ([`parse`]) and appends through the storage seam's
 //! `Appender`, then commits — or rolls back, so a body that does not parse, or breaks a limit
@@ -28,6 +29,7 @@ pub mod client;
 pub mod discovery;
 pub mod parse;
 pub mod relabel;
+pub mod resolver;
 pub mod scraper;
 
 use crate::config::{FileConfig, ScrapeConfig, TargetGroup};
@@ -369,6 +371,9 @@ struct Pool {
     /// Targets gone from discovery, waiting to write their staleness markers (by key).
     ending: Vec<(String, async_executor::Task<()>)>,
     dropped: Vec<DroppedTarget>,
+    /// The discovered groups, one slot per mechanism: the files (0), then each
+    /// `dns_sd_configs` and each `mdns_sd_configs` entry in config order.
+    discovered: Vec<Vec<TargetGroup>>,
 }
 
 /// What the pools and their discovery tasks share.
@@ -382,9 +387,10 @@ struct Shared {
 
 /// Runs the scrapers of a config; dropping it (or [`ScrapeManager::stop`]) stops them.
 ///
-/// Each job is a pool of targets from its `static_configs` and `file_sd_configs`. A pool with
-/// file discovery has a task that polls the files ([`discovery`]) and, when the target groups
-/// change, syncs the pool as 2.42's `scrapePool.Sync` does: targets still listed keep their
+/// Each job is a pool of targets from its `static_configs`, `file_sd_configs`,
+/// `dns_sd_configs` and `mdns_sd_configs`. A pool with file discovery has a task that polls the
+/// files ([`discovery`]), each DNS or mDNS discovery has a task that looks up or browses every
+/// `refresh_interval`; when the target groups change, the pool is synced as 2.42's `scrapePool.Sync` does: targets still listed keep their
 /// task (no gap, the same scrape cache), new ones start, and those gone stop and get staleness
 /// markers a little over one interval later ([`scraper::EndOfRun`]). Duplicate targets (same
 /// labels and URL) are scraped once. After each sync, a pool with more targets than its
@@ -395,8 +401,9 @@ pub struct ScrapeManager {
 }
 
 impl ScrapeManager {
-    /// Reads the discovery files once, starts one task per target of `cfg` on `ex` and one
-    /// discovery task per job with `file_sd_configs`; `publish` hears of every change of the
+    /// Reads the discovery files once, starts one task per target of `cfg` on `ex`, one
+    /// discovery task per job with `file_sd_configs` and one per `dns_sd_configs` and
+    /// `mdns_sd_configs` entry (their first results come once the executor runs); `publish` hears of every change of the
     /// target lists, the first one before this returns.
     pub fn start(
         ex: &Rc<async_executor::LocalExecutor<'static>>,
@@ -422,16 +429,35 @@ impl ScrapeManager {
             for sd in &mut sds {
                 sd.refresh();
             }
+            // Slot 0: the files' groups; then one slot per DNS and per mDNS config, filled
+            // by their tasks (the first lookups run once the executor does).
+            let mut slots = vec![sds.iter().flat_map(|s| s.groups()).cloned().collect()];
+            slots.resize(
+                1 + job.dns_sd_configs.len() + job.mdns_sd_configs.len(),
+                Vec::new(),
+            );
             shared.pools.borrow_mut().push(Pool {
                 job: job.clone(),
                 forced: Rc::new(RefCell::new(None)),
                 running: Vec::new(),
                 ending: Vec::new(),
                 dropped: Vec::new(),
+                discovered: slots,
             });
-            shared.sync(i, &sds);
+            shared.sync(i);
             if !sds.is_empty() {
                 discovery.push(ex.spawn(watch_files(shared.clone(), i, sds)));
+            }
+            let mut slot = 1;
+            for c in &job.dns_sd_configs {
+                let sd = discovery::dns::DnsSd::new(c.clone());
+                discovery.push(ex.spawn(watch_dns(shared.clone(), i, slot, sd)));
+                slot += 1;
+            }
+            for c in &job.mdns_sd_configs {
+                let sd = discovery::mdns::MdnsSd::new(c.clone());
+                discovery.push(ex.spawn(watch_mdns(shared.clone(), i, slot, sd)));
+                slot += 1;
             }
         }
         let (active, dropped) = shared.lists();
@@ -485,10 +511,34 @@ async fn watch_files(shared: Rc<Shared>, pool: usize, mut sds: Vec<discovery::Fi
             }
         }
         if changed {
-            shared.sync(pool, &sds);
-            let (active, dropped) = shared.lists();
-            (shared.publish)(active, dropped);
+            shared.update(
+                pool,
+                0,
+                sds.iter().flat_map(|s| s.groups()).cloned().collect(),
+            );
         }
+    }
+}
+
+/// Looks a `dns_sd_configs` entry's names up now and every `refresh_interval`, and syncs the
+/// pool when the groups changed.
+async fn watch_dns(shared: Rc<Shared>, pool: usize, slot: usize, mut sd: discovery::dns::DnsSd) {
+    loop {
+        if sd.refresh(&shared.telemetry).await {
+            shared.update(pool, slot, sd.groups().cloned().collect());
+        }
+        async_io::Timer::after(sd.refresh_interval()).await;
+    }
+}
+
+/// Browses an `mdns_sd_configs` entry's service now and every `refresh_interval`, and syncs
+/// the pool when the groups changed.
+async fn watch_mdns(shared: Rc<Shared>, pool: usize, slot: usize, mut sd: discovery::mdns::MdnsSd) {
+    loop {
+        if sd.refresh(&shared.telemetry).await {
+            shared.update(pool, slot, sd.groups().cloned().collect());
+        }
+        async_io::Timer::after(sd.refresh_interval()).await;
     }
 }
 
@@ -504,13 +554,30 @@ impl Shared {
         (active, Rc::new(dropped))
     }
 
-    /// Brings pool `i`'s targets in line with its static groups and the groups of `sds`.
-    fn sync(&self, i: usize, sds: &[discovery::FileSd]) {
+    /// Replaces the groups of discovery slot `slot` of pool `i`, syncs the pool and publishes
+    /// the new target lists.
+    fn update(&self, i: usize, slot: usize, groups: Vec<TargetGroup>) {
+        if let Some(s) = self
+            .pools
+            .borrow_mut()
+            .get_mut(i)
+            .and_then(|p| p.discovered.get_mut(slot))
+        {
+            *s = groups;
+        }
+        self.sync(i);
+        let (active, dropped) = self.lists();
+        (self.publish)(active, dropped);
+    }
+
+    /// Brings pool `i`'s targets in line with its static groups and its discovered groups.
+    fn sync(&self, i: usize) {
         let mut pools = self.pools.borrow_mut();
         let Some(pool) = pools.get_mut(i) else {
             return;
         };
         let job = pool.job.clone();
+        let discovered_groups = std::mem::take(&mut pool.discovered);
         let mut old: Vec<Option<Running>> = std::mem::take(&mut pool.running)
             .into_iter()
             .map(Some)
@@ -520,7 +587,7 @@ impl Shared {
         let groups = job
             .static_configs
             .iter()
-            .chain(sds.iter().flat_map(|s| s.groups()));
+            .chain(discovered_groups.iter().flatten());
         for group in groups {
             for addr in &group.targets {
                 let target = match populate(&job, &discovered(group, addr)) {
@@ -570,6 +637,7 @@ impl Shared {
                 });
             }
         }
+        pool.discovered = discovered_groups;
         pool.ending.retain(|(_, t)| !t.is_finished());
         for r in old.into_iter().flatten() {
             drop(r.task);
@@ -636,7 +704,7 @@ mod tests {
         std::fs::write(&file, r#"[{"targets": ["h1:1", "h3:1", "h1:1"]}]"#).unwrap();
         let mut sd = discovery::FileSd::new(cfg.scrape_configs[0].file_sd_configs[0].clone());
         sd.refresh();
-        m.shared.sync(0, &[sd]);
+        m.shared.update(0, 0, sd.groups().cloned().collect());
         assert_eq!(instances(&m), vec!["h0:1", "h1:1", "h3:1"]);
         assert!(
             Rc::ptr_eq(&m.status()[1], &st[1]),
@@ -647,7 +715,7 @@ mod tests {
         std::fs::write(&file, "[]").unwrap();
         let mut sd = discovery::FileSd::new(cfg.scrape_configs[0].file_sd_configs[0].clone());
         sd.refresh();
-        m.shared.sync(0, &[sd]);
+        m.shared.update(0, 0, sd.groups().cloned().collect());
         assert_eq!(instances(&m), vec!["h0:1"]);
         assert!(m.shared.pools.borrow()[0].forced.borrow().is_none());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -6,6 +6,7 @@ mod api;
 mod cancel;
 mod config;
 mod crash;
+mod discovery;
 mod e2e;
 mod ingest;
 mod lateness;

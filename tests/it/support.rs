@@ -59,6 +59,16 @@ impl Fixture {
         answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
     ) -> Fixture {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Fixture::handle_on(listener, content_type, gzip, answer)
+    }
+
+    /// As [`Fixture::handle`], on a listener the caller bound (e.g. in a network namespace).
+    pub fn handle_on(
+        listener: TcpListener,
+        content_type: &'static str,
+        gzip: bool,
+        answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
+    ) -> Fixture {
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
