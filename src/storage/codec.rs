@@ -149,6 +149,11 @@ impl BitWriter {
         let mut n = n;
         while n > 0 {
             if self.used == 0 {
+                // Grow by a quarter, not double: a head holds thousands of these buffers, and
+                // doubling would leave a third of their memory unused on average.
+                if self.bytes.len() == self.bytes.capacity() {
+                    self.bytes.reserve_exact((self.bytes.len() / 4).max(16));
+                }
                 self.bytes.push(0);
                 self.used = 8;
             }
