@@ -196,8 +196,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         storage.clone(),
     )));
     *state.remote.borrow_mut() = Some(remote.borrow().clone());
-    // `/-/reload`: load the config file again with the same flags; on success restart
-    // scraping with it. The web state is held weakly: it owns this hook.
+    // `/-/reload`: load the config file again with the same flags; on success apply it to
+    // scraping (unchanged jobs keep running) and to remote write. The web state is held weakly: it owns this hook.
     {
         let (ex, storage, scrapers) = (ex.clone(), storage.clone(), scrapers.clone());
         let remote = remote.clone();
@@ -205,15 +205,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         *state.reload.borrow_mut() = Some(Box::new(move || {
             let web = web.upgrade().ok_or("shutting down")?;
             let new = Config::load(web.config().flags.clone()).map_err(|e| e.to_string())?;
-            let mut s = scrapers.borrow_mut();
-            s.stop();
-            *s = ScrapeManager::start(
-                &ex,
-                &new.file,
-                storage.clone(),
-                telemetry.clone(),
-                publish.clone(),
-            );
+            // Unchanged jobs scrape on without a gap; changed and new ones start afresh.
+            scrapers.borrow_mut().reload(&new.file);
             if new.file.remote_write != web.config().file.remote_write
                 || new.file.global.external_labels != web.config().file.global.external_labels
             {

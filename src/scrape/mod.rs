@@ -374,6 +374,8 @@ struct Pool {
     /// The discovered groups, one slot per mechanism: the files (0), then each
     /// `dns_sd_configs` and each `mdns_sd_configs` entry in config order.
     discovered: Vec<Vec<TargetGroup>>,
+    /// The pool's discovery tasks (they find the pool by its job name).
+    tasks: Vec<async_executor::Task<()>>,
 }
 
 /// What the pools and their discovery tasks share.
@@ -397,7 +399,6 @@ struct Shared {
 /// `target_limit` fails all of them with 2.42's error.
 pub struct ScrapeManager {
     shared: Rc<Shared>,
-    discovery: Vec<async_executor::Task<()>>,
 }
 
 impl ScrapeManager {
@@ -419,46 +420,8 @@ impl ScrapeManager {
             pools: RefCell::new(Vec::new()),
             publish,
         });
-        let mut discovery = Vec::new();
-        for (i, job) in cfg.scrape_configs.iter().enumerate() {
-            let mut sds: Vec<discovery::FileSd> = job
-                .file_sd_configs
-                .iter()
-                .map(|c| discovery::FileSd::new(c.clone()))
-                .collect();
-            for sd in &mut sds {
-                sd.refresh();
-            }
-            // Slot 0: the files' groups; then one slot per DNS and per mDNS config, filled
-            // by their tasks (the first lookups run once the executor does).
-            let mut slots = vec![sds.iter().flat_map(|s| s.groups()).cloned().collect()];
-            slots.resize(
-                1 + job.dns_sd_configs.len() + job.mdns_sd_configs.len(),
-                Vec::new(),
-            );
-            shared.pools.borrow_mut().push(Pool {
-                job: job.clone(),
-                forced: Rc::new(RefCell::new(None)),
-                running: Vec::new(),
-                ending: Vec::new(),
-                dropped: Vec::new(),
-                discovered: slots,
-            });
-            shared.sync(i);
-            if !sds.is_empty() {
-                discovery.push(ex.spawn(watch_files(shared.clone(), i, sds)));
-            }
-            let mut slot = 1;
-            for c in &job.dns_sd_configs {
-                let sd = discovery::dns::DnsSd::new(c.clone());
-                discovery.push(ex.spawn(watch_dns(shared.clone(), i, slot, sd)));
-                slot += 1;
-            }
-            for c in &job.mdns_sd_configs {
-                let sd = discovery::mdns::MdnsSd::new(c.clone());
-                discovery.push(ex.spawn(watch_mdns(shared.clone(), i, slot, sd)));
-                slot += 1;
-            }
+        for job in &cfg.scrape_configs {
+            shared.add_pool(job);
         }
         let (active, dropped) = shared.lists();
         log::info!(
@@ -467,7 +430,31 @@ impl ScrapeManager {
             dropped.len()
         );
         (shared.publish)(active, dropped);
-        ScrapeManager { shared, discovery }
+        ScrapeManager { shared }
+    }
+
+    /// Applies a reloaded config: a job whose config is unchanged keeps its pool as it runs
+    /// (targets scrape on without a gap, discovery goes on); a changed job's pool starts
+    /// afresh, as does a new one; a removed job's pool stops.
+    pub fn reload(&mut self, cfg: &FileConfig) {
+        let mut old: Vec<Option<Pool>> = std::mem::take(&mut *self.shared.pools.borrow_mut())
+            .into_iter()
+            .map(Some)
+            .collect();
+        for job in &cfg.scrape_configs {
+            let kept = old
+                .iter_mut()
+                .find(|p| p.as_ref().is_some_and(|p| p.job == *job))
+                .and_then(Option::take);
+            match kept {
+                Some(pool) => self.shared.pools.borrow_mut().push(pool),
+                None => self.shared.add_pool(job),
+            }
+        }
+        // Dropping the others cancels their scrapers and discovery at their next `.await`.
+        drop(old);
+        let (active, dropped) = self.shared.lists();
+        (self.shared.publish)(active, dropped);
     }
 
     /// Every active target's status, pools in config order.
@@ -483,15 +470,15 @@ impl ScrapeManager {
     /// Stops discovery and every scraper (their tasks are cancelled at their next `.await`),
     /// without staleness markers, as 2.42 on shutdown.
     pub fn stop(&mut self) {
-        self.discovery.clear();
-        self.shared.pools.borrow_mut().clear();
+        let pools = std::mem::take(&mut *self.shared.pools.borrow_mut());
+        drop(pools);
     }
 }
 
 /// Polls a pool's discovery files every [`discovery::POLL_INTERVAL`] (or its shortest
 /// `refresh_interval`), reads them when they changed or their `refresh_interval` passed, and
 /// syncs the pool when the groups changed.
-async fn watch_files(shared: Rc<Shared>, pool: usize, mut sds: Vec<discovery::FileSd>) {
+async fn watch_files(shared: Rc<Shared>, pool: String, mut sds: Vec<discovery::FileSd>) {
     let poll = sds
         .iter()
         .map(|s| s.refresh_interval())
@@ -512,7 +499,7 @@ async fn watch_files(shared: Rc<Shared>, pool: usize, mut sds: Vec<discovery::Fi
         }
         if changed {
             shared.update(
-                pool,
+                &pool,
                 0,
                 sds.iter().flat_map(|s| s.groups()).cloned().collect(),
             );
@@ -522,10 +509,10 @@ async fn watch_files(shared: Rc<Shared>, pool: usize, mut sds: Vec<discovery::Fi
 
 /// Looks a `dns_sd_configs` entry's names up now and every `refresh_interval`, and syncs the
 /// pool when the groups changed.
-async fn watch_dns(shared: Rc<Shared>, pool: usize, slot: usize, mut sd: discovery::dns::DnsSd) {
+async fn watch_dns(shared: Rc<Shared>, pool: String, slot: usize, mut sd: discovery::dns::DnsSd) {
     loop {
         if sd.refresh(&shared.telemetry).await {
-            shared.update(pool, slot, sd.groups().cloned().collect());
+            shared.update(&pool, slot, sd.groups().cloned().collect());
         }
         async_io::Timer::after(sd.refresh_interval()).await;
     }
@@ -533,10 +520,15 @@ async fn watch_dns(shared: Rc<Shared>, pool: usize, slot: usize, mut sd: discove
 
 /// Browses an `mdns_sd_configs` entry's service now and every `refresh_interval`, and syncs
 /// the pool when the groups changed.
-async fn watch_mdns(shared: Rc<Shared>, pool: usize, slot: usize, mut sd: discovery::mdns::MdnsSd) {
+async fn watch_mdns(
+    shared: Rc<Shared>,
+    pool: String,
+    slot: usize,
+    mut sd: discovery::mdns::MdnsSd,
+) {
     loop {
         if sd.refresh(&shared.telemetry).await {
-            shared.update(pool, slot, sd.groups().cloned().collect());
+            shared.update(&pool, slot, sd.groups().cloned().collect());
         }
         async_io::Timer::after(sd.refresh_interval()).await;
     }
@@ -554,9 +546,76 @@ impl Shared {
         (active, Rc::new(dropped))
     }
 
-    /// Replaces the groups of discovery slot `slot` of pool `i`, syncs the pool and publishes
-    /// the new target lists.
-    fn update(&self, i: usize, slot: usize, groups: Vec<TargetGroup>) {
+    /// Starts the pool of `job`: reads its discovery files once, syncs it, and starts one
+    /// discovery task for the files and one per DNS and mDNS entry.
+    fn add_pool(self: &Rc<Self>, job: &ScrapeConfig) {
+        let mut sds: Vec<discovery::FileSd> = job
+            .file_sd_configs
+            .iter()
+            .map(|c| discovery::FileSd::new(c.clone()))
+            .collect();
+        for sd in &mut sds {
+            sd.refresh();
+        }
+        // Slot 0: the files' groups; then one slot per DNS and per mDNS config, filled by
+        // their tasks (the first lookups run once the executor does).
+        let mut slots = vec![sds.iter().flat_map(|s| s.groups()).cloned().collect()];
+        slots.resize(
+            1 + job.dns_sd_configs.len() + job.mdns_sd_configs.len(),
+            Vec::new(),
+        );
+        let i = {
+            let mut pools = self.pools.borrow_mut();
+            pools.push(Pool {
+                job: job.clone(),
+                forced: Rc::new(RefCell::new(None)),
+                running: Vec::new(),
+                ending: Vec::new(),
+                dropped: Vec::new(),
+                discovered: slots,
+                tasks: Vec::new(),
+            });
+            pools.len() - 1
+        };
+        self.sync(i);
+        let name = job.job_name.clone();
+        let mut tasks = Vec::new();
+        if !sds.is_empty() {
+            tasks.push(self.ex.spawn(watch_files(self.clone(), name.clone(), sds)));
+        }
+        let mut slot = 1;
+        for c in &job.dns_sd_configs {
+            let sd = discovery::dns::DnsSd::new(c.clone());
+            tasks.push(
+                self.ex
+                    .spawn(watch_dns(self.clone(), name.clone(), slot, sd)),
+            );
+            slot += 1;
+        }
+        for c in &job.mdns_sd_configs {
+            let sd = discovery::mdns::MdnsSd::new(c.clone());
+            tasks.push(
+                self.ex
+                    .spawn(watch_mdns(self.clone(), name.clone(), slot, sd)),
+            );
+            slot += 1;
+        }
+        if let Some(p) = self.pools.borrow_mut().get_mut(i) {
+            p.tasks = tasks;
+        }
+    }
+
+    /// Replaces the groups of discovery slot `slot` of the pool of job `name`, syncs the pool
+    /// and publishes the new target lists.
+    fn update(&self, name: &str, slot: usize, groups: Vec<TargetGroup>) {
+        let Some(i) = self
+            .pools
+            .borrow()
+            .iter()
+            .position(|p| p.job.job_name == name)
+        else {
+            return;
+        };
         if let Some(s) = self
             .pools
             .borrow_mut()
@@ -659,6 +718,38 @@ mod tests {
     use crate::config::parse_yaml;
 
     #[test]
+    fn reload_keeps_unchanged_jobs_running() {
+        let two = "scrape_configs:\n  - job_name: a\n    static_configs: [{targets: ['h1:1']}]\n  - job_name: b\n    static_configs: [{targets: ['h2:1']}]\n";
+        let cfg = parse_yaml(two, "t").unwrap();
+        let ex = Rc::new(async_executor::LocalExecutor::new());
+        let storage: Rc<dyn Storage> = Rc::new(crate::storage::memory::MemStorage::new(
+            crate::storage::memory::MemOptions::default(),
+        ));
+        let publish: Publish = Rc::new(|_, _| {});
+        let mut m = ScrapeManager::start(&ex, &cfg, storage, Rc::new(Telemetry::new(0.0)), publish);
+        let before = m.status();
+        // `a` unchanged, `b` changed (another interval), `c` new.
+        let changed = "scrape_configs:\n  - job_name: a\n    static_configs: [{targets: ['h1:1']}]\n  - job_name: b\n    scrape_interval: 30s\n    static_configs: [{targets: ['h2:1']}]\n  - job_name: c\n    static_configs: [{targets: ['h3:1']}]\n";
+        m.reload(&parse_yaml(changed, "t").unwrap());
+        let after = m.status();
+        assert_eq!(after.len(), 3);
+        assert!(Rc::ptr_eq(&before[0], &after[0]), "job a kept its scraper");
+        assert!(!Rc::ptr_eq(&before[1], &after[1]), "job b started afresh");
+        assert_eq!(after[2].borrow().target.labels.get("job"), "c");
+        // A job removed: its pool stops.
+        m.reload(
+            &parse_yaml(
+                "scrape_configs:\n  - job_name: c\n    static_configs: [{targets: ['h3:1']}]\n",
+                "t",
+            )
+            .unwrap(),
+        );
+        let last = m.status();
+        assert_eq!(last.len(), 1);
+        assert!(Rc::ptr_eq(&after[2], &last[0]));
+    }
+
+    #[test]
     fn sync_keeps_listed_targets_starts_new_ones_and_ends_the_rest() {
         let dir = std::env::temp_dir().join(format!("perch-sync-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -704,7 +795,7 @@ mod tests {
         std::fs::write(&file, r#"[{"targets": ["h1:1", "h3:1", "h1:1"]}]"#).unwrap();
         let mut sd = discovery::FileSd::new(cfg.scrape_configs[0].file_sd_configs[0].clone());
         sd.refresh();
-        m.shared.update(0, 0, sd.groups().cloned().collect());
+        m.shared.update("j", 0, sd.groups().cloned().collect());
         assert_eq!(instances(&m), vec!["h0:1", "h1:1", "h3:1"]);
         assert!(
             Rc::ptr_eq(&m.status()[1], &st[1]),
@@ -715,7 +806,7 @@ mod tests {
         std::fs::write(&file, "[]").unwrap();
         let mut sd = discovery::FileSd::new(cfg.scrape_configs[0].file_sd_configs[0].clone());
         sd.refresh();
-        m.shared.update(0, 0, sd.groups().cloned().collect());
+        m.shared.update("j", 0, sd.groups().cloned().collect());
         assert_eq!(instances(&m), vec!["h0:1"]);
         assert!(m.shared.pools.borrow()[0].forced.borrow().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
