@@ -29,7 +29,7 @@ use prost::Message;
 
 /// The remote-read messages (`prompb/remote.proto`, `types.proto`).
 pub mod pb {
-    pub use super::super::ingest::pb::{Label, Sample};
+    pub use crate::remote::pb::{Label, Sample, TimeSeries};
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ReadRequest {
@@ -92,15 +92,6 @@ pub mod pb {
     pub struct QueryResult {
         #[prost(message, repeated, tag = "1")]
         pub timeseries: Vec<TimeSeries>,
-    }
-
-    /// `TimeSeries` with only what a read answer carries.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TimeSeries {
-        #[prost(message, repeated, tag = "1")]
-        pub labels: Vec<Label>,
-        #[prost(message, repeated, tag = "2")]
-        pub samples: Vec<Sample>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -219,6 +210,8 @@ impl WebState {
                 out.timeseries.push(pb::TimeSeries {
                     labels: merge_labels(&s.labels, &external),
                     samples,
+                    exemplars: Vec::new(),
+                    histograms: Vec::new(),
                 });
             }
             resp.results.push(out);

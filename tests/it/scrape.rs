@@ -160,19 +160,7 @@ fn limits_and_credentials_as_prometheus() {
     }
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     // The headers 2.42 sends (tests/data/scrape/headers-2.42.txt).
-    let heads = heads.lock().unwrap();
-    let bearer = heads
-        .iter()
-        .find(|h| h.starts_with("GET /bearer "))
-        .unwrap();
-    assert!(
-        bearer.contains("\r\nAuthorization: Bearer tok\r\n"),
-        "{bearer}"
-    );
-    assert!(
-        bearer.contains("\r\nX-Prometheus-Scrape-Timeout-Seconds: 0.5\r\n"),
-        "{bearer}"
-    );
+    assert_bearer_request(&heads.lock().unwrap());
 }
 
 /// The same config against a live 2.42: the recorded answers are still what it says.
@@ -185,16 +173,7 @@ fn limits_recorded_from_a_real_prometheus() {
     let prom = Prometheus::start("scrape-limits-prom", &config, &[]);
     let got = observe_limits(prom.port, 12);
     assert_eq!(got, recorded_limits(), "{got:#}");
-    let heads = heads.lock().unwrap();
-    let bearer = heads
-        .iter()
-        .find(|h| h.starts_with("GET /bearer "))
-        .unwrap();
-    assert!(
-        bearer.contains("\r\nAuthorization: Bearer tok\r\n"),
-        "{bearer}"
-    );
-    assert!(bearer.contains("\r\nX-Prometheus-Scrape-Timeout-Seconds: 0.5\r\n"));
+    assert_bearer_request(&heads.lock().unwrap());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -334,4 +313,21 @@ fn file_sd_targets_come_and_go_in_a_real_prometheus() {
         Duration::from_secs(15),
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The request a scraper sent to `/bearer`: its credentials and timeout header, as 2.42 sends
+/// them (tests/data/scrape/headers-2.42.txt).
+fn assert_bearer_request(heads: &[String]) {
+    let bearer = heads
+        .iter()
+        .find(|h| h.starts_with("GET /bearer "))
+        .unwrap();
+    assert!(
+        bearer.contains("\r\nAuthorization: Bearer tok\r\n"),
+        "{bearer}"
+    );
+    assert!(
+        bearer.contains("\r\nX-Prometheus-Scrape-Timeout-Seconds: 0.5\r\n"),
+        "{bearer}"
+    );
 }
