@@ -6,12 +6,15 @@
 //! - ingest: parse + scrape cache + append + commit into the in-memory store, as a scraper does
 //!   from its second scrape on (ns per sample), and the store's memory per series afterwards;
 //! - allocs/scrape: heap allocations (and reallocations) of one such scrape after warm-up,
-//!   counted by a wrapper around the system allocator. The target is zero per sample: a scrape
-//!   may allocate a few times in total, never once per sample.
+//!   counted by a wrapper around the system allocator, into the in-memory store above and into
+//!   the flash store (in a memory backend, not flushed) that the agent runs on. The target is
+//!   zero per sample: a scrape may allocate a few times in total, never once per sample.
 
 use perch::scrape::parse::{Entry, TextParser};
 use perch::scrape::scraper::Scraper;
 use perch::scrape::{targets_of, TargetStatus};
+use perch::storage::backend::MemBackend;
+use perch::storage::flash::{FlashOptions, FlashStorage};
 use perch::storage::memory::{MemOptions, MemStorage};
 use perch::storage::Storage;
 use perch::telemetry::Telemetry;
@@ -85,10 +88,28 @@ fn scraper(storage: Rc<dyn Storage>) -> Scraper {
     Scraper::new(target, storage, Rc::new(Telemetry::new(0.0)), status)
 }
 
+/// Heap allocations of one scrape of `body` into `storage`, after warm-up (the mean over
+/// several, as a buffer may grow now and then, e.g. a store cutting a new chunk).
+fn allocs_per_scrape(storage: Rc<dyn Storage>, body: &[u8]) -> f64 {
+    let mut s = scraper(storage);
+    let mut ts = 1_700_000_000_000i64;
+    for _ in 0..300 {
+        ts += 1000;
+        s.ingest(Ok(body), ts, Duration::ZERO);
+    }
+    let reps = 100;
+    let before = allocs();
+    for _ in 0..reps {
+        ts += 1000;
+        s.ingest(Ok(body), ts, Duration::ZERO);
+    }
+    (allocs() - before) as f64 / reps as f64
+}
+
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     println!(
-        "{:<28} {:>8} {:>17} {:>10} {:>17} {:>15} {:>13} {:>14}",
+        "{:<28} {:>8} {:>17} {:>10} {:>17} {:>15} {:>13} {:>13} {:>14}",
         "body",
         "samples",
         "parse ns/sample",
@@ -96,6 +117,7 @@ fn main() {
         "ingest ns/sample",
         "store B/series",
         "allocs/scrape",
+        "(flash store)",
         "allocs/sample"
     );
     for name in [
@@ -140,26 +162,23 @@ fn main() {
             }
             ingest_ns.push(t.elapsed().as_secs_f64() * 1e9 / (reps * samples) as f64);
         }
-        // Allocations of one scrape after warm-up (the rounds above): the mean over a few, as
-        // a buffer may grow now and then (e.g. the store's chunks cutting a new one).
-        let reps = 20;
-        let before = allocs();
-        for _ in 0..reps {
-            ts += 1000;
-            s.ingest(Ok(&body), ts, Duration::ZERO);
-        }
-        let per_scrape = (allocs() - before) as f64 / reps as f64;
         let stats = storage.stats();
+        let mem_allocs = allocs_per_scrape(Rc::new(MemStorage::new(MemOptions::default())), &body);
+        let flash = FlashStorage::open(Box::new(MemBackend::new()), FlashOptions::default())
+            .expect("an empty flash store opens")
+            .0;
+        let flash_allocs = allocs_per_scrape(Rc::new(flash), &body);
         println!(
-            "{:<28} {:>8} {:>17.0} {:>10.1} {:>17.0} {:>15.0} {:>13.1} {:>14.4}",
+            "{:<28} {:>8} {:>17.0} {:>10.1} {:>17.0} {:>15.0} {:>13.1} {:>13.1} {:>14.4}",
             name,
             samples,
             median(parse_ns),
             median(parse_mbs),
             median(ingest_ns),
             stats.memory_bytes as f64 / stats.series as f64,
-            per_scrape,
-            per_scrape / samples as f64
+            mem_allocs,
+            flash_allocs,
+            mem_allocs.max(flash_allocs) / samples as f64
         );
     }
 }
