@@ -4,20 +4,60 @@
 //! prints, per body, the median over several rounds of:
 //! - parse: the text parser alone, every label parsed (ns per sample, MB/s);
 //! - ingest: parse + scrape cache + append + commit into the in-memory store, as a scraper does
-//!   from its second scrape on (ns per sample), and the store's memory per series afterwards.
+//!   from its second scrape on (ns per sample), and the store's memory per series afterwards;
+//! - allocs/scrape: heap allocations (and reallocations) of one such scrape after warm-up,
+//!   counted by a wrapper around the system allocator, into the in-memory store above and into
+//!   the flash store (in a memory backend, not flushed) that the agent runs on. The target is
+//!   zero per sample: a scrape may allocate a few times in total, never once per sample.
 
 use perch::scrape::parse::{Entry, TextParser};
 use perch::scrape::scraper::Scraper;
 use perch::scrape::{targets_of, TargetStatus};
+use perch::storage::backend::MemBackend;
+use perch::storage::flash::{FlashOptions, FlashStorage};
 use perch::storage::memory::{MemOptions, MemStorage};
 use perch::storage::Storage;
 use perch::telemetry::Telemetry;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 7;
+
+/// The system allocator, counting allocations and reallocations.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds `GlobalAlloc`'s contract;
+// the counter is a relaxed atomic increment that neither allocates nor touches the memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.load(Ordering::Relaxed)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -48,11 +88,37 @@ fn scraper(storage: Rc<dyn Storage>) -> Scraper {
     Scraper::new(target, storage, Rc::new(Telemetry::new(0.0)), status)
 }
 
+/// Heap allocations of one scrape of `body` into `storage`, after warm-up (the mean over
+/// several, as a buffer may grow now and then, e.g. a store cutting a new chunk).
+fn allocs_per_scrape(storage: Rc<dyn Storage>, body: &[u8]) -> f64 {
+    let mut s = scraper(storage);
+    let mut ts = 1_700_000_000_000i64;
+    for _ in 0..300 {
+        ts += 1000;
+        s.ingest(Ok(body), ts, Duration::ZERO);
+    }
+    let reps = 100;
+    let before = allocs();
+    for _ in 0..reps {
+        ts += 1000;
+        s.ingest(Ok(body), ts, Duration::ZERO);
+    }
+    (allocs() - before) as f64 / reps as f64
+}
+
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     println!(
-        "{:<28} {:>8} {:>17} {:>10} {:>17} {:>15}",
-        "body", "samples", "parse ns/sample", "parse MB/s", "ingest ns/sample", "store B/series"
+        "{:<28} {:>8} {:>17} {:>10} {:>17} {:>15} {:>13} {:>13} {:>14}",
+        "body",
+        "samples",
+        "parse ns/sample",
+        "parse MB/s",
+        "ingest ns/sample",
+        "store B/series",
+        "allocs/scrape",
+        "(flash store)",
+        "allocs/sample"
     );
     for name in [
         "node-exporter.prom",
@@ -97,14 +163,22 @@ fn main() {
             ingest_ns.push(t.elapsed().as_secs_f64() * 1e9 / (reps * samples) as f64);
         }
         let stats = storage.stats();
+        let mem_allocs = allocs_per_scrape(Rc::new(MemStorage::new(MemOptions::default())), &body);
+        let flash = FlashStorage::open(Box::new(MemBackend::new()), FlashOptions::default())
+            .expect("an empty flash store opens")
+            .0;
+        let flash_allocs = allocs_per_scrape(Rc::new(flash), &body);
         println!(
-            "{:<28} {:>8} {:>17.0} {:>10.1} {:>17.0} {:>15.0}",
+            "{:<28} {:>8} {:>17.0} {:>10.1} {:>17.0} {:>15.0} {:>13.1} {:>13.1} {:>14.4}",
             name,
             samples,
             median(parse_ns),
             median(parse_mbs),
             median(ingest_ns),
-            stats.memory_bytes as f64 / stats.series as f64
+            stats.memory_bytes as f64 / stats.series as f64,
+            mem_allocs,
+            flash_allocs,
+            mem_allocs.max(flash_allocs) / samples as f64
         );
     }
 }

@@ -73,6 +73,9 @@ pub struct Scraper {
     forced_error: ForcedError,
     current: Vec<SeriesRef>,
     generation: u64,
+    /// The synthetic series ([`REPORT_NAMES`] order): labels built once, and each one's
+    /// reference once the store gave it, so that reporting a scrape allocates nothing.
+    report: [(Labels, Option<SeriesRef>); 5],
 }
 
 /// Wall-clock now in ms.
@@ -108,7 +111,9 @@ impl Scraper {
         telemetry: Rc<Telemetry>,
         status: Rc<RefCell<TargetStatus>>,
     ) -> Self {
+        let report = REPORT_NAMES.map(|name| (report_labels(&target, name), None));
         Scraper {
+            report,
             target,
             storage,
             telemetry,
@@ -557,7 +562,7 @@ impl Scraper {
     }
 
     /// Appends the synthetic series of this scrape.
-    fn report(&self, app: &mut dyn Appender, ts: i64, up: bool, d: Duration, c: Counts) {
+    fn report(&mut self, app: &mut dyn Appender, ts: i64, up: bool, d: Duration, c: Counts) {
         let values = [
             if up { 1.0 } else { 0.0 },
             d.as_secs_f64(),
@@ -565,16 +570,37 @@ impl Scraper {
             c.post_relabel as f64,
             c.added as f64,
         ];
-        append_report(app, &self.target, ts, values);
+        for ((labels, known), v) in self.report.iter_mut().zip(values) {
+            let by_ref = match *known {
+                Some(r) => match app.append_ref(r, ts, v) {
+                    Err(AppendError::UnknownRef) => None,
+                    other => Some(other),
+                },
+                None => None,
+            };
+            let result = by_ref.unwrap_or_else(|| {
+                app.append(labels, ts, v).map(|r| {
+                    *known = Some(r);
+                })
+            });
+            if let Err(e) = result {
+                log::debug!("{}: {} rejected: {e}", self.target.url(), labels);
+            }
+        }
     }
+}
+
+/// The labels of the synthetic series `name` of `target`.
+fn report_labels(target: &Target, name: &str) -> Labels {
+    let mut b = target.labels.builder();
+    b.set(crate::model::METRIC_NAME, name);
+    b.take()
 }
 
 /// Appends the synthetic series of `target` with `values` (in [`REPORT_NAMES`] order).
 fn append_report(app: &mut dyn Appender, target: &Target, ts: i64, values: [f64; 5]) {
     for (name, v) in REPORT_NAMES.into_iter().zip(values) {
-        let mut b = target.labels.builder();
-        b.set(crate::model::METRIC_NAME, name);
-        if let Err(e) = app.append(&b.take(), ts, v) {
+        if let Err(e) = app.append(&report_labels(target, name), ts, v) {
             log::debug!("{}: {name} rejected: {e}", target.url());
         }
     }

@@ -276,6 +276,10 @@ struct Store {
     symbols: Symbols,
     /// The next appender batch number.
     next_batch: u64,
+    /// The sample buffer of the last committed or rolled-back batch, empty, kept for the next
+    /// appender so a scrape does not grow a fresh one (its capacity is the largest batch seen,
+    /// which the scrape limits bound).
+    spare_batch: Vec<(u64, Sample)>,
     /// Series ids by the hash of their labels, so each label set is held once, in its entry.
     by_hash: HashIndex,
     /// name symbol → value symbol → series ids (ascending).
@@ -1206,6 +1210,7 @@ impl FlashStorage {
             series: SeriesTable::default(),
             symbols: Symbols::default(),
             next_batch: 1,
+            spare_batch: Vec::new(),
             by_hash: HashIndex::default(),
             postings: FastMap::default(),
             next_id: 1,
@@ -1456,6 +1461,9 @@ impl Appender for FlashAppender {
         if let Some(tap) = tap {
             tap.committed(&self.batch);
         }
+        let mut batch = self.batch;
+        batch.clear();
+        self.store.borrow_mut().spare_batch = batch;
         Ok(CommitStats {
             samples: n,
             series_added: self.series_added,
@@ -1475,6 +1483,9 @@ impl Appender for FlashAppender {
         if st.series.is_empty() {
             st.postings.clear();
         }
+        let mut batch = self.batch;
+        batch.clear();
+        st.spare_batch = batch;
     }
 }
 
@@ -1585,15 +1596,15 @@ impl FlashQuerier {
 
 impl Storage for FlashStorage {
     fn appender(&self) -> Box<dyn Appender> {
-        let gen = {
+        let (gen, batch) = {
             let mut st = self.store.borrow_mut();
             st.next_batch += 1;
-            st.next_batch
+            (st.next_batch, std::mem::take(&mut st.spare_batch))
         };
         Box::new(FlashAppender {
             store: self.store.clone(),
             gen,
-            batch: Vec::new(),
+            batch,
             series_added: 0,
             created: Vec::new(),
         })

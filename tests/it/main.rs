@@ -13,6 +13,7 @@ mod lateness;
 mod promql;
 mod pull;
 mod scrape;
+mod scrape_parity;
 mod storage;
 mod threads;
 mod ui;
