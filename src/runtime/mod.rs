@@ -3,8 +3,11 @@
 //! [`run`] builds the store, starts the scrapers and the HTTP server as tasks on an
 //! `async_executor::LocalExecutor` driven by `async-io`'s reactor, and runs until SIGINT or
 //! SIGTERM or a `/-/quit` request (the web state's [`crate::web::QuitSignal`]); then it stops
-//! scraping, flushes the store and returns. A `/-/reload` request calls the hook set here,
-//! which loads the config file again and restarts scraping with it.
+//! scraping, flushes the store and returns. A `/-/reload` request (or SIGHUP) calls the hook
+//! set here, which loads the config file again and applies it: jobs whose config is unchanged
+//! keep scraping, changed and new ones start afresh, and the remote-write senders restart from
+//! their checkpoints when their config changed. The remote-write senders, the flush task and
+//! the start-up trim of code pages ([`residency`]) are wired here too.
 //!
 //! Threads: the executor's thread, plus async-io's "async-io" fallback thread, which async-io
 //! starts once and which only drives the reactor while the main thread is busy elsewhere (it is

@@ -96,7 +96,7 @@ pub struct WebState {
     pub cors_origin: regex::Regex,
     /// Set by `/-/quit`; the runtime's main loop waits on it.
     pub quit: Rc<QuitSignal>,
-    /// Set by the runtime: reloads the config file and restarts scraping.
+    /// Set by the runtime: reloads the config file and applies it (see [`crate::runtime`]).
     pub reload: RefCell<Option<ReloadFn>>,
     /// When the config was last (re)loaded successfully, ms since the epoch.
     pub last_config_ms: Cell<i64>,
