@@ -314,12 +314,7 @@ impl Writer {
                 }
             };
             if let Some(l) = labels {
-                out.push(pb::TimeSeries {
-                    labels: to_pb(&l),
-                    samples,
-                    exemplars: Vec::new(),
-                    histograms: Vec::new(),
-                });
+                out.push(pb::TimeSeries::new(to_pb(&l), samples));
             }
         }
         (n, out)
@@ -367,10 +362,6 @@ impl Writer {
     fn backfill_batch(&self) -> Option<(Cursor, Vec<Vec<pb::TimeSeries>>, usize)> {
         loop {
             let (a, b) = *self.st.borrow().pending.last()?;
-            let positions = self.storage.block_positions(CursorRange {
-                from: Some(a),
-                until: Some(b),
-            });
             let oldest = self.storage.oldest_cursor();
             if a < oldest {
                 // The ring deleted the start of this range before it was sent.
@@ -379,22 +370,17 @@ impl Writer {
                     "remote_write {:?}: unsent data from {a} to {lost_until} rotated out of the store before it could be sent",
                     self.cfg.name
                 );
-                let mut st = self.st.borrow_mut();
-                st.stats.lost_ranges += 1;
-                st.pending.pop();
-                if oldest < b {
-                    st.pending.push((oldest, b));
-                }
-                st.dirty = true;
-                self.resolve(&mut st);
+                self.st.borrow_mut().stats.lost_ranges += 1;
+                self.replace_newest_pending((oldest, b));
                 continue;
             }
+            let positions = self.storage.block_positions(CursorRange {
+                from: Some(a),
+                until: Some(b),
+            });
             if positions.is_empty() {
                 // Only series or checkpoint records in range: nothing to send.
-                let mut st = self.st.borrow_mut();
-                st.pending.pop();
-                st.dirty = true;
-                self.resolve(&mut st);
+                self.replace_newest_pending((b, b));
                 continue;
             }
             let mut bytes = 0u64;
@@ -450,12 +436,7 @@ impl Writer {
                 }
                 requests.push(
                     by.into_iter()
-                        .map(|(k, samples)| pb::TimeSeries {
-                            labels: to_pb(&labels[k]),
-                            samples,
-                            exemplars: Vec::new(),
-                            histograms: Vec::new(),
-                        })
+                        .map(|(k, samples)| pb::TimeSeries::new(to_pb(&labels[k]), samples))
                         .collect(),
                 );
             }
@@ -465,14 +446,17 @@ impl Writer {
 
     /// The batch down to `x` was delivered: the pending range shrinks from the top.
     fn backfilled(&self, x: Cursor) {
+        let a = self.st.borrow().pending.last().map_or(x, |r| r.0);
+        self.replace_newest_pending((a, x));
+    }
+
+    /// Replaces the newest pending range by `r` (dropped when empty) and records the change.
+    fn replace_newest_pending(&self, r: (Cursor, Cursor)) {
         let mut st = self.st.borrow_mut();
-        if let Some(last) = st.pending.last_mut() {
-            last.1 = x;
-            if last.1 <= last.0 {
-                st.pending.pop();
-            }
-        }
+        st.pending.pop();
+        st.pending.push(r);
         st.dirty = true;
+        // `resolve` normalizes the list, which drops an empty range.
         self.resolve(&mut st);
     }
 

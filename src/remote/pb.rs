@@ -26,6 +26,18 @@ pub struct TimeSeries {
     pub histograms: Vec<Ignored>,
 }
 
+impl TimeSeries {
+    /// A series of float samples (no exemplars, no histograms): what Perch sends.
+    pub fn new(labels: Vec<Label>, samples: Vec<Sample>) -> TimeSeries {
+        TimeSeries {
+            labels,
+            samples,
+            exemplars: Vec::new(),
+            histograms: Vec::new(),
+        }
+    }
+}
+
 /// `prometheus.Label`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Label {

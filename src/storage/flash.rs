@@ -304,8 +304,6 @@ struct Store {
     /// The observer of commits, and the log of writes kept for it.
     tap: Option<Rc<dyn SampleTap>>,
     writes: Vec<WriteSpan>,
-    /// Set while the heads are being flushed (so the write is logged as a flush).
-    flushing: bool,
 }
 
 /// Encodes the named states as a checkpoint record body.
@@ -592,13 +590,14 @@ impl Store {
 
     /// Writes `records` (already framed) as one append to the active segment, starting a new
     /// segment first when needed, then syncs. `blocks` are the block records' refs relative to
-    /// the start of `records`.
+    /// the start of `records`; `flush` tells the write log a flush of the heads from an import.
     fn write_records(
         &mut self,
         records: &[u8],
         blocks: Vec<RecordRef>,
         new_segment: bool,
         created_ms: i64,
+        flush: bool,
     ) -> Result<(), StorageError> {
         let seq = match (new_segment, self.active) {
             (false, Some(seq)) => seq,
@@ -637,7 +636,7 @@ impl Store {
                 let span = WriteSpan {
                     from: Cursor::at(seq, base),
                     until: Cursor::at(seq, seg.bytes + buf.len() as u64),
-                    flush: self.flushing,
+                    flush,
                 };
                 seg.bytes += buf.len() as u64;
                 if self.tap.is_some() {
@@ -825,7 +824,7 @@ impl Store {
             };
         self.make_room(need)?;
         let new_segment = new_segment || self.active.is_none();
-        self.write_records(&records, vec![r], new_segment, now_ms)
+        self.write_records(&records, vec![r], new_segment, now_ms, true)
     }
 
     /// Writes `items` as blocks (with the series declarations they need).
@@ -876,7 +875,8 @@ impl Store {
                 new_segment = true;
                 continue;
             }
-            self.write_records(&records, refs, new_segment, now_ms)?;
+            let flush = matches!(items, Source::Heads(_));
+            self.write_records(&records, refs, new_segment, now_ms, flush)?;
             let seq = self.active.unwrap_or(seq);
             for id in &declare {
                 if let Some(s) = self.series.get_mut(id) {
@@ -909,10 +909,7 @@ impl Store {
         }
         ids.sort_unstable();
         // Heads are decoded one series at a time into the block: no copy of all samples.
-        self.flushing = true;
-        let written = self.write_items(Source::Heads(&ids), now);
-        self.flushing = false;
-        written?;
+        self.write_items(Source::Heads(&ids), now)?;
         for id in &ids {
             if let Some(s) = self.series.get_mut(id) {
                 s.head.clear();
@@ -1051,14 +1048,18 @@ impl Store {
 impl Store {
     /// The block records whose position is in `range`, in order.
     fn blocks_in(&self, range: CursorRange) -> impl Iterator<Item = (Cursor, &RecordRef)> {
-        let from = range.from.unwrap_or_default();
-        let until = range.until.unwrap_or(Cursor::at(u64::MAX, u64::MAX));
+        let (from, until) = range.bounds();
         self.segments.iter().flat_map(move |seg| {
             seg.blocks.iter().filter_map(move |b| {
                 let at = Cursor::at(seg.seq, b.offset);
                 (at >= from && at < until).then_some((at, b))
             })
         })
+    }
+
+    /// Where the oldest data kept starts (the next segment's start when there is none).
+    fn oldest_cursor(&self) -> Cursor {
+        Cursor::at(self.segments.first().map_or(self.next_seq, |s| s.seq), 0)
     }
 
     /// One page of an export (see [`Storage::export`]): block records are taken whole, in
@@ -1072,12 +1073,8 @@ impl Store {
         limit: usize,
     ) -> Result<ExportPage, ExportError> {
         let from = range.from;
-        let until = range.until.unwrap_or(Cursor::at(u64::MAX, u64::MAX));
-        let start = from.unwrap_or_default();
-        let oldest = match self.segments.first() {
-            Some(s) => Cursor::at(s.seq, 0),
-            None => Cursor::at(self.next_seq, 0),
-        };
+        let (start, until) = range.bounds();
+        let oldest = self.oldest_cursor();
         if from.is_some() && start < oldest && start.segment < self.next_seq {
             return Err(ExportError::RotatedOut {
                 from: start,
@@ -1171,7 +1168,6 @@ impl Store {
             }
             series.push((self.symbols.labels(&s.labels), v));
         }
-        series.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(ExportPage { series, next, more })
     }
 }
@@ -1229,7 +1225,6 @@ impl FlashStorage {
             checkpoint_dirty: false,
             tap: None,
             writes: Vec::new(),
-            flushing: false,
         };
         let mut report = OpenReport::default();
         for (seq, name) in names {
@@ -1672,8 +1667,7 @@ impl Storage for FlashStorage {
     }
 
     fn oldest_cursor(&self) -> Cursor {
-        let st = self.store.borrow();
-        Cursor::at(st.segments.first().map_or(st.next_seq, |s| s.seq), 0)
+        self.store.borrow().oldest_cursor()
     }
 
     fn span_stats(&self, range: CursorRange) -> (u64, Option<i64>) {
@@ -2106,6 +2100,17 @@ mod tests {
         assert_eq!(s0.len(), 60);
     }
 
+    /// Ingests 50 series in flushed 10 s slices from `t` on until the ring has deleted
+    /// `segments` segments; returns the time after the last slice.
+    fn ingest_until_rotated(s: &FlashStorage, mut t: i64, segments: u64) -> i64 {
+        while s.counters().segments_deleted < segments {
+            ingest(s, 50, t, t + 10_000, 1000);
+            t += 10_000;
+            s.flush().unwrap();
+        }
+        t
+    }
+
     /// Pages an export from `from` to its end, returning the samples per series and the cursor
     /// after the last page.
     fn export_all(
@@ -2196,12 +2201,7 @@ mod tests {
         ingest(&s, 50, 0, 10_000, 1000);
         s.flush().unwrap();
         let (_, cursor, _) = export_all(&s, None, 1_000_000);
-        let mut t = 10_000;
-        while s.counters().segments_deleted < 3 {
-            ingest(&s, 50, t, t + 10_000, 1000);
-            t += 10_000;
-            s.flush().unwrap();
-        }
+        let t = ingest_until_rotated(&s, 10_000, 3);
         let sets = vec![vec![Matcher::equal("__name__", "m")]];
         match s.export(
             &sets,
@@ -2256,12 +2256,7 @@ mod tests {
         );
         s.set_checkpoint("push", b"two".to_vec());
         // Long after, with the first segments rotated out, the newest value is still there.
-        let mut t = 0;
-        while s.counters().segments_deleted < 3 {
-            ingest(&s, 50, t, t + 10_000, 1000);
-            t += 10_000;
-            s.flush().unwrap();
-        }
+        ingest_until_rotated(&s, 0, 3);
         let s2 = open(&b, opts);
         assert_eq!(s2.checkpoint("push").as_deref(), Some(&b"two"[..]));
         assert_eq!(s2.checkpoint("other"), None);

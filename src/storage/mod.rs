@@ -280,6 +280,16 @@ pub struct CursorRange {
     pub until: Option<Cursor>,
 }
 
+impl CursorRange {
+    /// The range with its open ends closed: the store's start, and past any position.
+    pub fn bounds(self) -> (Cursor, Cursor) {
+        (
+            self.from.unwrap_or_default(),
+            self.until.unwrap_or(Cursor::at(u64::MAX, u64::MAX)),
+        )
+    }
+}
+
 /// One append of records: a flush of the heads, or an import (backfill) written directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteSpan {
@@ -352,8 +362,8 @@ impl std::str::FromStr for Cursor {
 /// One page of an export.
 #[derive(Debug, Default)]
 pub struct ExportPage {
-    /// Series with their samples (ascending by time, staleness markers included), sorted by
-    /// labels.
+    /// Series with their samples (ascending by time, staleness markers included), in no
+    /// particular order (a consumer that needs one sorts: the OpenMetrics page by family).
     pub series: Vec<(Labels, Vec<Sample>)>,
     /// Where the next page starts.
     pub next: Cursor,

@@ -207,12 +207,10 @@ impl WebState {
                 if limit > 0 && n > limit {
                     return Err(ReadError(400, format!("exceeded sample limit ({limit})")));
                 }
-                out.timeseries.push(pb::TimeSeries {
-                    labels: merge_labels(&s.labels, &external),
+                out.timeseries.push(pb::TimeSeries::new(
+                    merge_labels(&s.labels, &external),
                     samples,
-                    exemplars: Vec::new(),
-                    histograms: Vec::new(),
-                });
+                ));
             }
             resp.results.push(out);
         }
