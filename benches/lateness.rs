@@ -8,13 +8,15 @@
 //! within the buckets as `histogram_quantile` does, the largest bucket reached, the count), and
 //! over the quiet warm-up for comparison. The goal (issue 5): p99 under 100 ms.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+// The integration tests' harness: the fixture target, the real binary, the HTTP client.
+#[path = "../tests/it/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{temp_dir, try_raw_request, wait_until, Fixture, Perch};
 
 const BIG_SERIES: usize = 20_000;
 const GROUPS: usize = 20;
@@ -22,35 +24,6 @@ const LOAD: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 2;
 const QUERY: &str = r#"sum by (g) (rate({__name__=~"big.*"}[30s]))"#;
 const STEP: f64 = 0.01;
-
-/// Serves `body(n)` to the n-th request (from 1); returns the address and the hit count.
-fn serve(body: impl Fn(usize) -> String + Send + 'static) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let mut req = Vec::new();
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let b = body(h.fetch_add(1, Ordering::SeqCst) + 1);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                b.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(b.as_bytes());
-        }
-    });
-    (addr, hits)
-}
 
 fn big_body(n: usize) -> String {
     let mut body = String::with_capacity(BIG_SERIES * 48);
@@ -65,41 +38,22 @@ fn big_body(n: usize) -> String {
     body
 }
 
-/// One HTTP/1.1 request with `Connection: close`; status and body.
+/// One request with a long read timeout (the heavy queries take seconds); status and body.
 fn request(port: u16, method: &str, path: &str, form: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let ctype = if method == "POST" {
-        "Content-Type: application/x-www-form-urlencoded\r\n"
+    let headers: &[(&str, &str)] = if method == "POST" {
+        &[("Content-Type", "application/x-www-form-urlencoded")]
     } else {
-        ""
+        &[]
     };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
+    let r = try_raw_request(
+        port,
+        method,
+        path,
+        headers,
+        form.as_bytes(),
+        Duration::from_secs(120),
     )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Ok((r.status, r.text()))
 }
 
 fn unix_now() -> f64 {
@@ -193,61 +147,25 @@ fn report(name: &str, before: &str, after: &str) {
     println!("  buckets (cumulative): {}", line.join(" "));
 }
 
-struct Perch(Child, PathBuf);
-
-impl Drop for Perch {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
 fn main() {
-    let bin = Path::new(env!("CARGO_BIN_EXE_perch"));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo bench --bench lateness`, which builds it",
-        bin.display()
+    let fixture = Fixture::serve("text/plain; version=0.0.4", false, |_| {
+        b"lateness_fixture_value 1\n".to_vec()
+    });
+    let big = Fixture::serve("text/plain; version=0.0.4", false, |n| {
+        big_body(n).into_bytes()
+    });
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fixture\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: big\n    static_configs:\n      - targets: [\"{}\"]\n",
+        fixture.addr, big.addr
     );
-    let (fixture, fixture_hits) = serve(|_| "lateness_fixture_value 1\n".to_owned());
-    let (big, big_hits) = serve(big_body);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("lateness-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fixture\n    static_configs:\n      - targets: [\"{fixture}\"]\n  - job_name: big\n    static_configs:\n      - targets: [\"{big}\"]\n"),
-    )
-    .unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let data_start = unix_now();
-    let child = Command::new(bin)
-        .arg("--config.file")
-        .arg(&config)
-        .arg("--storage.tsdb.path")
-        .arg(dir.join("data"))
-        .arg("--web.listen-address")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--log.level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start perch");
-    let _perch = Perch(child, dir);
+    // Started from the release binary cargo builds for the bench; ready when this returns.
+    let perch = Perch::start_in(temp_dir("lateness-bench"), Some(&config), &[]);
+    let port = perch.port;
     println!(
         "{} on :{port}: 2 targets every 1 s, one of {BIG_SERIES} series",
-        bin.display()
+        env!("CARGO_BIN_EXE_perch")
     );
-    wait_until(Duration::from_secs(20), || {
-        request(port, "GET", "/-/ready", "").is_ok_and(|r| r.0 == 200)
-    });
     let metrics = || {
         request(port, "GET", "/metrics", "")
             .expect("GET /metrics")
@@ -255,7 +173,7 @@ fn main() {
     };
     let start_metrics = metrics();
     wait_until(Duration::from_secs(60), || {
-        big_hits.load(Ordering::SeqCst) >= 11
+        big.hits.load(Ordering::SeqCst) >= 11
     });
     let quiet = metrics();
     report("quiet (warm-up, no queries)", &start_metrics, &quiet);
@@ -268,7 +186,7 @@ fn main() {
         end - data_start,
         ((end - data_start) / STEP) as u64
     );
-    let hits0 = fixture_hits.load(Ordering::SeqCst);
+    let hits0 = fixture.hits.load(Ordering::SeqCst);
     let stop = Arc::new(AtomicBool::new(false));
     let load_start = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
@@ -295,7 +213,7 @@ fn main() {
         .collect();
     let loaded = metrics();
     let elapsed = load_start.elapsed();
-    let fixture_scrapes = fixture_hits.load(Ordering::SeqCst) - hits0;
+    let fixture_scrapes = fixture.hits.load(Ordering::SeqCst) - hits0;
     times.sort();
     println!(
         "{} queries in {elapsed:.1?}: median {:.2?}, slowest {:.2?}; the 1 s fixture was scraped {fixture_scrapes} times",

@@ -343,6 +343,11 @@ fn range_port(port: u16, query: &str, start: i64, end: i64) -> Vec<String> {
             end as f64 / 1000.0
         ),
     );
+    sorted_results(&v)
+}
+
+/// The result list of a query answer, as JSON text per series, sorted.
+fn sorted_results(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = v["data"]["result"]
         .as_array()
         .unwrap()
@@ -457,14 +462,7 @@ fn remote_write_from_prometheus() {
                 end as f64 / 1000.0
             ),
         );
-        let mut out: Vec<String> = v["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        out.sort();
-        out
+        sorted_results(&v)
     };
     let (want, got) = (raw(port), raw(perch.port));
     if want != got {

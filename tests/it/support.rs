@@ -239,36 +239,21 @@ pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     request(port, "GET", path, None)
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP/1.1 request with `Connection: close` (a form body for POST when given); returns
+/// status and body text. An error when nothing could be sent or no answer came.
 pub fn request(
     port: u16,
     method: &str,
     path: &str,
     form: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = form.unwrap_or("");
-    let ctype = if form.is_some() {
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-    } else {
-        ""
+    let headers: &[(&str, &str)] = match form {
+        Some(_) => &[("Content-Type", "application/x-www-form-urlencoded")],
+        None => &[],
     };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
+    let body = form.unwrap_or("").as_bytes();
+    let r = try_raw_request(port, method, path, headers, body, Duration::from_secs(30))?;
+    Ok((r.status, r.text()))
 }
 
 /// Number of OS threads of a process.
@@ -414,8 +399,22 @@ pub fn raw_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> RawResponse {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    try_raw_request(port, method, path, headers, body, Duration::from_secs(60))
+        .expect("an HTTP answer")
+}
+
+/// As [`raw_request`], with a read timeout; an error when connecting or sending fails or no
+/// response head came back (a connection cut after the head keeps what arrived).
+pub fn try_raw_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<RawResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -424,14 +423,20 @@ pub fn raw_request(
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
+    if let Err(e) = s.read_to_end(&mut resp) {
+        if resp.is_empty() {
+            return Err(e);
+        }
+    }
+    let Some(split) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no HTTP response head",
+        ));
+    };
     let head = String::from_utf8_lossy(&resp[..split]).into_owned();
     let mut raw = resp[split + 4..].to_vec();
     let mut lines = head.split("\r\n");
@@ -467,9 +472,9 @@ pub fn raw_request(
         }
         raw = out;
     }
-    RawResponse {
+    Ok(RawResponse {
         status,
         headers,
         body: raw,
-    }
+    })
 }
