@@ -827,8 +827,14 @@ impl Store {
         self.write_records(&records, vec![r], new_segment, now_ms, true)
     }
 
-    /// Writes `items` as blocks (with the series declarations they need).
-    fn write_items(&mut self, items: Source<'_>, now_ms: i64) -> Result<(), StorageError> {
+    /// Writes `items` as blocks (with the series declarations they need), compressed at zstd
+    /// `level`.
+    fn write_items(
+        &mut self,
+        items: Source<'_>,
+        now_ms: i64,
+        level: i32,
+    ) -> Result<(), StorageError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -850,7 +856,7 @@ impl Store {
                 .map(|i| items.id(i))
                 .filter(|id| self.series.get(id).is_some_and(|s| s.declared_in != seq))
                 .collect();
-            let (mut records, mut refs) = self.frame(items, &declare, max_record, self.opts.level);
+            let (mut records, mut refs) = self.frame(items, &declare, max_record, level);
             // The named states ride along when changed, and once in every segment (so the
             // newest value survives the ring deleting older segments).
             if self.checkpoint_dirty || (new_segment && !self.checkpoints.is_empty()) {
@@ -909,7 +915,8 @@ impl Store {
         }
         ids.sort_unstable();
         // Heads are decoded one series at a time into the block: no copy of all samples.
-        self.write_items(Source::Heads(&ids), now)?;
+        let level = self.opts.level;
+        self.write_items(Source::Heads(&ids), now, level)?;
         for id in &ids {
             if let Some(s) = self.series.get_mut(id) {
                 s.head.clear();
@@ -1355,12 +1362,8 @@ impl FlashStorage {
             by_id.push((id, samples));
         }
         by_id.sort_by_key(|(id, _)| *id);
-        let level_before = st.opts.level;
-        st.opts.level = level;
         let now = st.max_time.unwrap_or(0);
-        let r = st.write_items(Source::Items(&by_id), now);
-        st.opts.level = level_before;
-        r?;
+        st.write_items(Source::Items(&by_id), now, level)?;
         st.appended_total += n as u64;
         Ok(n)
     }
