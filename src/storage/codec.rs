@@ -73,7 +73,19 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
+        // Most varints in chunks are one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
+        self.uvarint_long()
+    }
+
+    fn uvarint_long(&mut self) -> Result<u64, CodecError> {
         let mut v: u64 = 0;
         let mut shift = 0;
         loop {
@@ -96,6 +108,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn varint(&mut self) -> Result<i64, CodecError> {
         self.uvarint().map(unzigzag)
     }
@@ -550,17 +563,19 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
         return Ok(());
     }
     let start = out.len();
+    // The count is bounded above, and every sample takes at least a byte of the chunk (or the
+    // chunk is regular and constant, when n is as stated): reserve once.
+    out.reserve(n.min(r.buf.len().saturating_mul(8)));
     let t0 = r.varint()?;
     out.push(Sample { t: t0, v: 0.0 });
     if n > 1 {
         let step = r.varint()?;
         match r.u8()? {
             TS_REGULAR => {
-                let mut t = t0;
-                for _ in 1..n {
-                    t = t.wrapping_add(step);
-                    out.push(Sample { t, v: 0.0 });
-                }
+                out.extend((1..n as i64).map(|k| Sample {
+                    t: t0.wrapping_add(step.wrapping_mul(k)),
+                    v: 0.0,
+                }));
             }
             TS_DOD => {
                 let (mut t, mut d) = (t0.wrapping_add(step), step);
@@ -584,7 +599,7 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
             let e = r.u8()? as usize;
             let p = *POW10.get(e).ok_or(CodecError("bad decimal exponent"))?;
             let mut i = r.varint()?;
-            samples[0].v = i as f64 / p;
+            samples[0].v = i as f64;
             let mut delta = 0i64;
             for (k, s) in samples.iter_mut().enumerate().skip(1) {
                 if mode == V_DECIMAL_DELTA || k == 1 {
@@ -593,7 +608,12 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
                     delta = delta.wrapping_add(r.varint()?);
                 }
                 i = i.wrapping_add(delta);
-                s.v = i as f64 / p;
+                s.v = i as f64;
+            }
+            // Integers (e = 0, most counters) need no division; others are divided exactly as
+            // they were encoded (a multiplication by 10^-e would not read back bit for bit).
+            if e > 0 {
+                samples.iter_mut().for_each(|s| s.v /= p);
             }
         }
         V_XOR => {

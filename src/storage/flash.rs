@@ -1008,21 +1008,7 @@ impl Store {
                 let Some(block) = self.load_block(si, &r)? else {
                     continue;
                 };
-                // A block inside the range needs no filtering: decode straight into place.
-                let inside = r.min_t >= mint && r.max_t <= maxt;
-                for (k, id) in ids.iter().enumerate() {
-                    let res = if inside {
-                        block.series(*id, &mut per[k])
-                    } else {
-                        tmp.clear();
-                        let res = block.series(*id, &mut tmp);
-                        per[k].extend(tmp.iter().filter(|s| s.t >= mint && s.t <= maxt));
-                        res
-                    };
-                    if res.is_err() {
-                        self.counters.corrupt_records += 1;
-                    }
-                }
+                self.counters.corrupt_records += block.series_many(&ids, &mut per, mint, maxt);
             }
         }
         let mut out = Vec::new();
