@@ -9,9 +9,12 @@
 //! their checkpoints when their config changed. The remote-write senders, the flush task and
 //! the start-up trim of code pages ([`residency`]) are wired here too.
 //!
-//! Threads: the executor's thread, plus async-io's "async-io" fallback thread, which async-io
-//! starts once and which only drives the reactor while the main thread is busy elsewhere (it is
-//! idle while `block_on` runs here). Nothing else starts a thread: no `blocking` pool, no signal
+//! Threads: the executor's thread, plus async-io's "async-io" thread, which async-io starts
+//! once and which waits in the reactor (epoll) and wakes the executor's thread when I/O or a
+//! timer is ready. (Under `async_io::block_on` the two threads take turns at the reactor, as
+//! async-io's fallback logic takes it back whenever the main thread lets go; side by side with
+//! 11 targets at 1 s, that showed no fewer context switches and slightly more CPU than
+//! `futures_lite`'s `block_on`, used here.) Nothing else starts a thread: no `blocking` pool, no signal
 //! thread (`async-signal` uses a self-pipe), no name lookups through `getaddrinfo`.
 
 pub mod import;
