@@ -73,7 +73,19 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
+        // Most varints in a chunk are one byte (a regular timestamp, a small delta).
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
+        self.uvarint_long()
+    }
+
+    fn uvarint_long(&mut self) -> Result<u64, CodecError> {
         let mut v: u64 = 0;
         let mut shift = 0;
         loop {
@@ -96,6 +108,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn varint(&mut self) -> Result<i64, CodecError> {
         self.uvarint().map(unzigzag)
     }
@@ -549,6 +562,8 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
     if n == 0 {
         return Ok(());
     }
+    // Room for the samples up front (bounded: the count is not yet checked against the bytes).
+    out.reserve(n.min(1 << 16));
     let start = out.len();
     let t0 = r.varint()?;
     out.push(Sample { t: t0, v: 0.0 });

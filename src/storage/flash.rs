@@ -990,9 +990,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // Samples per wanted series, by position in `ids` (ascending).
+        // Samples per wanted series, by position in `ids` (ascending), and whether each is
+        // still in ascending order (checked as each part is appended, while it is in cache).
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
-        let mut tmp = Vec::new();
+        let mut ordered = vec![true; ids.len()];
         for si in 0..self.segments.len() {
             let seg = &self.segments[si];
             if seg.max_t < mint || seg.min_t > maxt {
@@ -1011,14 +1012,15 @@ impl Store {
                 // A block inside the range needs no filtering: decode straight into place.
                 let inside = r.min_t >= mint && r.max_t <= maxt;
                 for (k, id) in ids.iter().enumerate() {
-                    let res = if inside {
-                        block.series(*id, &mut per[k])
-                    } else {
-                        tmp.clear();
-                        let res = block.series(*id, &mut tmp);
-                        per[k].extend(tmp.iter().filter(|s| s.t >= mint && s.t <= maxt));
-                        res
-                    };
+                    let v = &mut per[k];
+                    let from = v.len();
+                    let res = block.series(*id, v);
+                    // An unordered part is sorted at the end (a no-op if trimming ordered it).
+                    let ok = ascending(&v[from.saturating_sub(1)..]);
+                    ordered[k] &= ok;
+                    if !inside {
+                        keep_within(v, from, mint, maxt, ok);
+                    }
                     if res.is_err() {
                         self.counters.corrupt_records += 1;
                     }
@@ -1031,25 +1033,55 @@ impl Store {
                 continue;
             };
             let mut v = std::mem::take(&mut per[k]);
-            tmp.clear();
-            s.head.decode_into(&mut tmp);
-            v.extend(tmp.iter().filter(|x| x.t >= mint && x.t <= maxt));
+            let from = v.len();
+            s.head.decode_into(&mut v);
+            let ok = ascending(&v[from.saturating_sub(1)..]);
+            keep_within(&mut v, from, mint, maxt, ok);
             if v.is_empty() {
                 continue;
             }
-            if !v.windows(2).all(|w| w[0].t < w[1].t) {
+            if !(ordered[k] && ok) {
                 // Imported blocks may overlap: order by time, first copy wins.
                 v.sort_by_key(|x| x.t);
                 v.dedup_by_key(|x| x.t);
             }
             out.push(Series {
                 labels: self.symbols.labels(&s.labels),
-                samples: Box::new(v.into_iter()),
+                samples: v.into_iter(),
             });
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
+}
+
+/// Drops the samples of `v[from..]` outside `[mint, maxt]`, in place, keeping their order;
+/// `sorted`: they ascend by time, so the ones kept are found by binary search.
+fn keep_within(v: &mut Vec<Sample>, from: usize, mint: i64, maxt: i64, sorted: bool) {
+    if sorted {
+        let part = v.get(from..).unwrap_or(&[]);
+        let (lo, hi) = (
+            part.partition_point(|s| s.t < mint),
+            part.partition_point(|s| s.t <= maxt),
+        );
+        v.truncate(from + hi.max(lo));
+        v.drain(from..from + lo);
+        return;
+    }
+    let mut kept = from;
+    for i in from..v.len() {
+        let s = v[i];
+        if s.t >= mint && s.t <= maxt {
+            v[kept] = s;
+            kept += 1;
+        }
+    }
+    v.truncate(kept);
+}
+
+/// Whether the timestamps of `v` strictly ascend.
+fn ascending(v: &[Sample]) -> bool {
+    v.windows(2).all(|w| w[0].t < w[1].t)
 }
 
 impl Store {
