@@ -255,7 +255,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     .detach();
 
     let mut signals = signals;
-    let why = futures_lite::future::block_on(
+    let why = async_io::block_on(
         ex.run(
             async {
                 loop {
