@@ -128,7 +128,7 @@ pub(super) async fn eval(
     let mut group_out: Vec<Option<u32>> = vec![None; groups.len()];
     let mut slot: Vec<(usize, usize)> = vec![(usize::MAX, 0); groups.len()];
     let mut accs: Vec<Acc> = Vec::new();
-    for (k, step) in input.steps.iter().enumerate() {
+    for (k, step) in input.steps().enumerate() {
         accs.clear();
         let kk = if k_mode {
             let p = param.get(k).copied().unwrap_or(0.0);
@@ -330,7 +330,7 @@ async fn count_values(
     if !without && !names.iter().any(|n| n == label) {
         names.push(label.to_string());
     }
-    for (k, step) in input.steps.iter().enumerate() {
+    for (k, step) in input.steps().enumerate() {
         let mut order: Vec<(Labels, f64)> = Vec::new();
         let mut index: std::collections::HashMap<Labels, usize> = Default::default();
         for &(i, v) in step {

@@ -213,7 +213,7 @@ async fn vector_scalar(
     }
     let mut b = StepVecBuilder::new(n);
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
-    for (k, step) in v.steps.iter().enumerate() {
+    for (k, step) in v.steps().enumerate() {
         ev.tick(1).await;
         let sv = s.get(k).copied().unwrap_or(f64::NAN);
         for &(i, x) in step {
@@ -294,7 +294,7 @@ async fn vector_vector(
     let mut b = StepVecBuilder::new(n);
     let mut cache: HashMap<(u32, u32), u32> = HashMap::new();
     for k in 0..n {
-        let (ms, os) = (&many.steps[k], &one.steps[k]);
+        let (ms, os) = (many.step(k), one.step(k));
         ev.tick(os.len() + 1).await;
         if ms.is_empty() || os.is_empty() {
             continue;
@@ -435,7 +435,7 @@ async fn set_op(
     let mut keep_l: Vec<(u32, f64)> = Vec::new();
     let mut keep_r: Vec<(u32, f64)> = Vec::new();
     for k in 0..n {
-        let (ls, rs) = (&l.steps[k], &r.steps[k]);
+        let (ls, rs) = (l.step(k), r.step(k));
         ev.tick(ls.len() + rs.len() + 1).await;
         keep_l.clear();
         keep_r.clear();

@@ -12,18 +12,23 @@
 
 use super::{aggregate, binary, functions, EngineOptions, QueryError, RangeSeries, VectorSample};
 use super::{QueryResult, QueryStats, Value, DEFAULT_SUBQUERY_STEP_MS};
+use crate::model::hash::FastHasher;
+use crate::model::FastMap;
 use crate::model::{is_stale, Labels, MatchKind, Matcher, Sample, METRIC_NAME};
 use crate::storage::Querier;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::pin::Pin;
 use std::time::UNIX_EPOCH;
 
 pub(crate) type EvalFuture<'a> = Pin<Box<dyn Future<Output = Result<Val, QueryError>> + 'a>>;
 
-/// Yield to the executor after about this much work (samples or points processed).
-const YIELD_EVERY: usize = 4096;
+/// Yield to the executor after about this much work (samples or points processed): a few
+/// hundred microseconds, far below a scrape's tolerance for lateness, and rare enough that the
+/// yields themselves (a round through the executor, a look at the client's socket) cost little.
+const YIELD_EVERY: usize = 1 << 16;
 
 /// The steps of an evaluation: `start, start + step, …, ≤ end` (ms).
 #[derive(Debug, Clone, Copy)]
@@ -51,18 +56,39 @@ impl Span {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Table {
     pub labels: Vec<Labels>,
-    index: HashMap<Labels, u32>,
+    /// The first index of each label hash; further label sets with the same hash follow
+    /// through `chain`. The label sets themselves are only in `labels`: interning clones
+    /// nothing.
+    index: FastMap<u64, u32>,
+    /// Per index, the next index with the same hash (`u32::MAX`: none).
+    chain: Vec<u32>,
 }
 
 impl Table {
     /// The index of `l`, added if new; the flag is true if it was new.
     pub fn intern(&mut self, l: Labels) -> (u32, bool) {
-        if let Some(&i) = self.index.get(&l) {
-            return (i, false);
-        }
+        let h = BuildHasherDefault::<FastHasher>::default().hash_one(&l);
         let i = self.labels.len() as u32;
-        self.index.insert(l.clone(), i);
+        match self.index.entry(h) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            Entry::Occupied(e) => {
+                let mut at = *e.get();
+                loop {
+                    if self.labels[at as usize] == l {
+                        return (at, false);
+                    }
+                    match self.chain[at as usize] {
+                        u32::MAX => break,
+                        next => at = next,
+                    }
+                }
+                self.chain[at as usize] = i;
+            }
+        }
         self.labels.push(l);
+        self.chain.push(u32::MAX);
         (i, true)
     }
 
@@ -79,25 +105,55 @@ impl Table {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct StepVec {
     pub table: Table,
-    /// Per step, the series present and their values, in evaluation order.
-    pub steps: Vec<Vec<(u32, f64)>>,
+    /// The series present at each step and their values, step after step, each step's in
+    /// evaluation order: step `k` is `points[ends[k - 1]..ends[k]]` (from 0 for the first).
+    /// Two allocations for the whole vector, however many steps it has.
+    points: Vec<(u32, f64)>,
+    ends: Vec<usize>,
 }
 
 impl StepVec {
     pub fn points(&self) -> usize {
-        self.steps.iter().map(|s| s.len()).sum()
+        self.points.len()
+    }
+
+    /// How many steps the vector has.
+    pub fn step_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn step_range(&self, k: usize) -> std::ops::Range<usize> {
+        let from = k.checked_sub(1).map_or(0, |p| self.ends[p]);
+        from..self.ends[k]
+    }
+
+    /// The series present at step `k` and their values (`k` below [`StepVec::step_count`]).
+    pub fn step(&self, k: usize) -> &[(u32, f64)] {
+        &self.points[self.step_range(k)]
+    }
+
+    pub fn step_mut(&mut self, k: usize) -> &mut [(u32, f64)] {
+        let r = self.step_range(k);
+        &mut self.points[r]
+    }
+
+    /// Every step, in order.
+    pub fn steps(&self) -> impl ExactSizeIterator<Item = &[(u32, f64)]> + '_ {
+        (0..self.ends.len()).map(|k| self.step(k))
     }
 
     /// The vector at the first (only) step, in evaluation order, stamped with `t`.
     pub fn into_instant(self, t: i64) -> Vec<VectorSample> {
-        let StepVec { table, steps } = self;
+        let first = if self.ends.is_empty() {
+            0..0
+        } else {
+            self.step_range(0)
+        };
+        let StepVec { table, points, .. } = self;
         let mut labels: Vec<Option<Labels>> = table.labels.into_iter().map(Some).collect();
-        steps
-            .into_iter()
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(i, v)| VectorSample {
+        points[first]
+            .iter()
+            .map(|&(i, v)| VectorSample {
                 labels: labels[i as usize].take().unwrap_or_default(),
                 t,
                 v,
@@ -107,15 +163,19 @@ impl StepVec {
 
     /// One series per label set with points, sorted by labels.
     pub fn into_matrix(self, span: Span) -> Vec<RangeSeries> {
-        let StepVec { table, steps } = self;
-        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); table.len()];
-        for (k, step) in steps.into_iter().enumerate() {
+        let mut counts = vec![0usize; self.table.len()];
+        for &(i, _) in &self.points {
+            counts[i as usize] += 1;
+        }
+        let mut samples: Vec<Vec<Sample>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+        for (k, step) in self.steps().enumerate() {
             let t = span.ts(k);
-            for (i, v) in step {
+            for &(i, v) in step {
                 samples[i as usize].push(Sample { t, v });
             }
         }
-        let mut out: Vec<RangeSeries> = table
+        let mut out: Vec<RangeSeries> = self
+            .table
             .labels
             .into_iter()
             .zip(samples)
@@ -131,29 +191,42 @@ pub(crate) fn same_labelset() -> QueryError {
     QueryError::Execution("vector cannot contain metrics with the same labelset".into())
 }
 
-/// Builds a [`StepVec`] step by step, rejecting a label set seen twice in one step.
+/// Builds a [`StepVec`] in any order of steps, rejecting a label set seen twice in one step.
+/// Points are gathered in one vector and put in step order by [`StepVecBuilder::finish`]
+/// (stably, so each step keeps the order its points came in).
 pub(crate) struct StepVecBuilder {
-    pub sv: StepVec,
+    table: Table,
+    /// `(step, series, value)` in the order pushed.
+    pushed: Vec<(u32, u32, f64)>,
+    /// Points per step.
+    counts: Vec<usize>,
+    /// Whether the steps were pushed in ascending order (then no reordering is needed).
+    in_order: bool,
     last: Vec<usize>,
 }
 
 impl StepVecBuilder {
     pub fn new(steps: usize) -> Self {
         StepVecBuilder {
-            sv: StepVec {
-                table: Table::default(),
-                steps: vec![Vec::new(); steps],
-            },
+            table: Table::default(),
+            pushed: Vec::new(),
+            counts: vec![0; steps],
+            in_order: true,
             last: Vec::new(),
         }
     }
 
     pub fn intern(&mut self, l: Labels) -> u32 {
-        let (i, new) = self.sv.table.intern(l);
+        let (i, new) = self.table.intern(l);
         if new {
             self.last.push(usize::MAX);
         }
         i
+    }
+
+    /// How many distinct label sets were interned so far.
+    pub fn series(&self) -> usize {
+        self.table.len()
     }
 
     pub fn push(&mut self, step: usize, i: u32, v: f64) -> Result<(), QueryError> {
@@ -162,12 +235,50 @@ impl StepVecBuilder {
             return Err(same_labelset());
         }
         *last = step;
-        self.sv.steps[step].push((i, v));
+        if let Some(&(prev, _, _)) = self.pushed.last() {
+            self.in_order &= prev as usize <= step;
+        }
+        self.counts[step] += 1;
+        self.pushed.push((step as u32, i, v));
         Ok(())
     }
 
     pub fn finish(self) -> StepVec {
-        self.sv
+        let StepVecBuilder {
+            table,
+            pushed,
+            counts,
+            in_order,
+            ..
+        } = self;
+        let mut ends = counts;
+        let mut total = 0;
+        for e in &mut ends {
+            total += *e;
+            *e = total;
+        }
+        let points = if in_order {
+            // Same size and alignment: collected in place, no new allocation.
+            pushed.into_iter().map(|(_, i, v)| (i, v)).collect()
+        } else {
+            // A counting sort by step: each point goes to the next free slot of its step.
+            let mut next: Vec<usize> = std::iter::once(0)
+                .chain(ends.iter().copied())
+                .take(ends.len())
+                .collect();
+            let mut points = vec![(0u32, 0.0f64); total];
+            for (k, i, v) in pushed {
+                let slot = &mut next[k as usize];
+                points[*slot] = (i, v);
+                *slot += 1;
+            }
+            points
+        };
+        StepVec {
+            table,
+            points,
+            ends,
+        }
     }
 }
 
@@ -211,10 +322,16 @@ impl RangeArg {
     }
 
     pub fn window<'a>(&self, samples: &'a [Sample], ts: i64) -> &'a [Sample] {
+        let (lo, hi) = self.window_bounds(samples, ts);
+        &samples[lo..hi]
+    }
+
+    /// Where the window at step time `ts` lies in `samples`: `lo..hi`, `lo <= hi`.
+    pub fn window_bounds(&self, samples: &[Sample], ts: i64) -> (usize, usize) {
         let r = self.ref_time(ts);
         let lo = samples.partition_point(|s| s.t <= r.saturating_sub(self.range));
         let hi = samples.partition_point(|s| s.t <= r);
-        &samples[lo..hi.max(lo)]
+        (lo, hi.max(lo))
     }
 }
 
@@ -379,7 +496,7 @@ impl<'q> Evaluator<'q> {
                 }
                 Val::Vector(sv) => {
                     // Series that end up with the same labels merge unless they overlap.
-                    let n = sv.steps.len();
+                    let n = sv.step_count();
                     let out = functions::transform(self, sv, n, drop_name, |_, v| Some(-v)).await?;
                     Ok(Val::Vector(out))
                 }
@@ -461,33 +578,31 @@ impl<'q> Evaluator<'q> {
         let n = span.len();
         let mut b = StepVecBuilder::new(n);
         for s in series {
-            let samples: Vec<Sample> = s.samples.collect();
-            self.tick(samples.len()).await;
+            // One pass over the samples: `samples[..cur]` are at or before the step's
+            // reference time.
+            let crate::storage::Series { labels, samples } = s;
+            let samples = samples.as_slice();
+            let mut labels = Some(labels);
+            let mut cur = 0usize;
             let mut idx = None;
-            let mut cur = 0usize; // samples[..cur] have t <= ref
             let mut count = 0usize;
             for k in 0..n {
-                self.tick(1).await;
                 let r = at.unwrap_or(span.ts(k)).saturating_sub(offset);
-                while cur < samples.len() && samples[cur].t <= r {
+                while samples.get(cur).is_some_and(|x| x.t <= r) {
                     cur += 1;
                 }
-                if cur == 0 {
+                let Some(&last) = cur.checked_sub(1).and_then(|i| samples.get(i)) else {
                     continue;
-                }
-                let last = samples[cur - 1];
+                };
                 if last.t <= r.saturating_sub(lookback) || is_stale(last.v) {
                     continue;
                 }
                 let i = match idx {
                     Some(i) => i,
                     None => {
-                        let l = if timestamps {
-                            drop_name(&s.labels)
-                        } else {
-                            s.labels.clone()
-                        };
-                        let i = b.intern(l);
+                        // Interned once per series: the selected labels move in.
+                        let l = labels.take().unwrap_or_default();
+                        let i = b.intern(if timestamps { drop_name(&l) } else { l });
                         idx = Some(i);
                         i
                     }
@@ -500,6 +615,7 @@ impl<'q> Evaluator<'q> {
                 b.push(k, i, v)?;
                 count += 1;
             }
+            self.tick(cur + n).await;
             self.read_samples(count);
             self.add_samples(count)?;
         }
@@ -523,6 +639,7 @@ impl<'q> Evaluator<'q> {
                 )?;
                 let mut series = Vec::with_capacity(selected.len());
                 for s in selected {
+                    // Filtered in place: the selected vector is reused, not copied.
                     let samples: Vec<Sample> = s.samples.filter(|x| !is_stale(x.v)).collect();
                     self.tick(samples.len()).await;
                     self.add_samples(samples.len())?;

@@ -42,8 +42,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         "scalar" => {
             let v = ev.eval_vector(a0()?, span).await?;
             Ok(Val::Scalar(
-                v.steps
-                    .iter()
+                v.steps()
                     .map(|s| if s.len() == 1 { s[0].1 } else { f64::NAN })
                     .collect(),
             ))
@@ -130,7 +129,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let mut b = StepVecBuilder::new(n);
             let mut idx = None;
             for k in 0..n {
-                if v.steps[k].is_empty() {
+                if v.step(k).is_empty() {
                     let i = match idx {
                         Some(i) => i,
                         None => *idx.insert(b.intern(absent_labels(e))),
@@ -146,15 +145,16 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             if n > 1 {
                 ev.warn("PromQL warning: sort is ineffective for range queries since results are always ordered by labels".into());
             }
-            for s in v.steps.iter_mut() {
+            for k in 0..v.step_count() {
                 // NaN sorts last either way.
-                s.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
-                    (true, true) => Ordering::Equal,
-                    (true, false) => Ordering::Greater,
-                    (false, true) => Ordering::Less,
-                    _ if desc => b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal),
-                    _ => a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal),
-                });
+                v.step_mut(k)
+                    .sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
+                        (true, true) => Ordering::Equal,
+                        (true, false) => Ordering::Greater,
+                        (false, true) => Ordering::Less,
+                        _ if desc => b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal),
+                        _ => a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal),
+                    });
             }
             Ok(Val::Vector(v))
         }
@@ -249,8 +249,26 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
         | "stddev_over_time" | "stdvar_over_time" => {
             let ra = ev.range_arg(a0()?, span).await?;
             let keep_name = name == "last_over_time" || name == "first_over_time";
-            let f = window_fn(name);
-            let out = over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?;
+            let out = match name {
+                // Windows only move forward: the extremes and the counter resets of a series
+                // are found once, not once per window that holds them.
+                "max_over_time" | "min_over_time" => {
+                    let mut ext = SlidingExtreme::new(name == "max_over_time");
+                    over_windows(ev, &ra, span, false, |w, c, _| Some(ext.at(w, c))).await?
+                }
+                "rate" | "increase" => {
+                    let mut resets = Resets::default();
+                    over_windows(ev, &ra, span, false, |w, c, _| {
+                        let r = resets.within(w, c);
+                        extrapolated_rate(w, c, Some(r), name == "rate")
+                    })
+                    .await?
+                }
+                _ => {
+                    let f = window_fn(name);
+                    over_windows(ev, &ra, span, keep_name, |w, c, _| f(w, c)).await?
+                }
+            };
             if (name == "rate" || name == "increase") && out.points() > 0 {
                 for (l, _) in &ra.series {
                     let m = l.metric_name();
@@ -343,7 +361,7 @@ pub(super) async fn transform(
 ) -> Result<StepVec, QueryError> {
     let mut b = StepVecBuilder::new(n);
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
-    for (k, step) in v.steps.iter().enumerate() {
+    for (k, step) in v.steps().enumerate() {
         for &(i, x) in step {
             ev.tick(1).await;
             let Some(y) = f(k, x) else { continue };
@@ -359,12 +377,18 @@ pub(super) async fn transform(
 }
 
 /// What a window function knows about the window besides its samples.
-pub(super) struct WindowCtx {
+pub(super) struct WindowCtx<'a> {
     /// The evaluation time.
     pub ts: i64,
     /// The window `(range_start, range_end]` (ms).
     pub range_start: i64,
     pub range_end: i64,
+    /// Which series of the range argument this is, and all its samples: the window is
+    /// `all[first..first + w.len()]`. Across the steps of one series both window edges only
+    /// move forward, which lets a function carry work over from one window to the next.
+    pub series: usize,
+    pub all: &'a [Sample],
+    pub first: usize,
 }
 
 /// Applies `f` to each series' window at each step; a series with any result becomes one output
@@ -379,20 +403,23 @@ pub(super) async fn over_windows(
     let n = span.len();
     let mut b = StepVecBuilder::new(n);
     let mut points = 0;
-    for (labels, samples) in &ra.series {
+    for (series, (labels, samples)) in ra.series.iter().enumerate() {
         let mut idx = None;
         for k in 0..n {
             let ts = span.ts(k);
-            let w = ra.window(samples, ts);
-            if w.is_empty() {
+            let (lo, hi) = ra.window_bounds(samples, ts);
+            let Some(w) = samples.get(lo..hi).filter(|w| !w.is_empty()) else {
                 continue;
-            }
+            };
             ev.read_samples(w.len());
             let end = ra.ref_time(ts);
             let c = WindowCtx {
                 ts,
                 range_start: end.saturating_sub(ra.range),
                 range_end: end,
+                series,
+                all: samples,
+                first: lo,
             };
             let Some(v) = f(w, &c, k) else { continue };
             let i = match idx {
@@ -403,9 +430,9 @@ pub(super) async fn over_windows(
                     } else {
                         drop_name(labels)
                     };
-                    let before = b.sv.table.len();
+                    let before = b.series();
                     let i = b.intern(l);
-                    if b.sv.table.len() == before {
+                    if b.series() == before {
                         return Err(same_labelset());
                     }
                     *idx.insert(i)
@@ -420,13 +447,100 @@ pub(super) async fn over_windows(
     Ok(b.finish())
 }
 
+/// `max_over_time` / `min_over_time` over windows that only move forward: a queue of the
+/// candidates for the extreme (indices ascending, values descending for max), so each sample is
+/// pushed and popped once per series instead of visited once per window holding it.
+///
+/// Same answer as Prometheus's loop (`if v > m || isNaN(m) { m = v }` from the first sample):
+/// the extreme of the window's non-NaN values, the earliest of equal ones (so `-0` and `0`
+/// keep their order), and the first sample (NaN) when all are NaN.
+struct SlidingExtreme {
+    max: bool,
+    /// The series and the window `[start, end)` the queue was built for.
+    series: usize,
+    start: usize,
+    end: usize,
+    queue: std::collections::VecDeque<(usize, f64)>,
+}
+
+impl SlidingExtreme {
+    fn new(max: bool) -> Self {
+        SlidingExtreme {
+            max,
+            series: usize::MAX,
+            start: 0,
+            end: 0,
+            queue: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn at(&mut self, w: &[Sample], c: &WindowCtx) -> f64 {
+        let (lo, hi) = (c.first, c.first + w.len());
+        // A new series, or a window not overlapping (or not after) the last one: start afresh.
+        if c.series != self.series || lo < self.start || lo >= self.end || hi < self.end {
+            self.queue.clear();
+            self.series = c.series;
+            self.end = lo;
+        }
+        self.start = lo;
+        for (j, s) in c.all.iter().enumerate().take(hi).skip(self.end) {
+            let v = s.v;
+            if v.is_nan() {
+                continue;
+            }
+            while let Some(&(_, b)) = self.queue.back() {
+                if (self.max && b < v) || (!self.max && b > v) {
+                    self.queue.pop_back();
+                } else {
+                    break;
+                }
+            }
+            self.queue.push_back((j, v));
+        }
+        self.end = hi;
+        while self.queue.front().is_some_and(|&(j, _)| j < lo) {
+            self.queue.pop_front();
+        }
+        match self.queue.front() {
+            Some(&(_, v)) => v,
+            None => w[0].v,
+        }
+    }
+}
+
+/// The counter resets of one series (indices `j` with `all[j] < all[j - 1]`), found once per
+/// series; [`Resets::within`] gives those inside a window, in order.
+#[derive(Default)]
+struct Resets {
+    series: Option<usize>,
+    at: Vec<usize>,
+}
+
+impl Resets {
+    fn within(&mut self, w: &[Sample], c: &WindowCtx) -> &[usize] {
+        if self.series != Some(c.series) {
+            self.series = Some(c.series);
+            self.at.clear();
+            self.at.extend(
+                c.all
+                    .windows(2)
+                    .enumerate()
+                    .filter(|(_, p)| p[1].v < p[0].v)
+                    .map(|(j, _)| j + 1),
+            );
+        }
+        // Resets between the window's first and last sample: first < j < first + len.
+        let from = self.at.partition_point(|&j| j <= c.first);
+        let to = self.at.partition_point(|&j| j < c.first + w.len());
+        self.at.get(from..to).unwrap_or(&[])
+    }
+}
+
 type WindowFn = fn(&[Sample], &WindowCtx) -> Option<f64>;
 
 fn window_fn(name: &str) -> WindowFn {
     match name {
-        "rate" => |w, c| extrapolated_rate(w, c, true, true),
-        "increase" => |w, c| extrapolated_rate(w, c, true, false),
-        "delta" => |w, c| extrapolated_rate(w, c, false, false),
+        "delta" => |w, c| extrapolated_rate(w, c, None, false),
         "irate" => |w, _| instant_value(w, true),
         "idelta" => |w, _| instant_value(w, false),
         "deriv" => |w, _| {
@@ -446,30 +560,9 @@ fn window_fn(name: &str) -> WindowFn {
             Some(n as f64)
         },
         "resets" => |w, _| Some(w.windows(2).filter(|p| p[1].v < p[0].v).count() as f64),
-        "avg_over_time" => |w, _| Some(avg(w.iter().map(|s| s.v))),
-        "min_over_time" => |w, _| {
-            let mut m = w[0].v;
-            for s in w {
-                if s.v < m || m.is_nan() {
-                    m = s.v;
-                }
-            }
-            Some(m)
-        },
-        "max_over_time" => |w, _| {
-            let mut m = w[0].v;
-            for s in w {
-                if s.v > m || m.is_nan() {
-                    m = s.v;
-                }
-            }
-            Some(m)
-        },
+        "avg_over_time" => |w, _| Some(avg(w)),
         "sum_over_time" => |w, _| {
-            let (mut sum, mut c) = (0.0, 0.0);
-            for s in w {
-                (sum, c) = kahan_inc(s.v, sum, c);
-            }
+            let (sum, c) = finite_sum(w, 0.0).unwrap_or_else(|| kahan_sum(w, 0.0, kahan_inc));
             Some(if sum.is_infinite() { sum } else { sum + c })
         },
         "count_over_time" => |w, _| Some(w.len() as f64),
@@ -482,6 +575,7 @@ fn window_fn(name: &str) -> WindowFn {
 }
 
 /// Kahan-Neumaier summation step: adds `inc` to `sum` with compensation `c`.
+#[inline]
 pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
     let c = if t.is_infinite() {
@@ -494,14 +588,57 @@ pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
+/// [`kahan_inc`] for a sum that stays finite, without a comparison: Knuth's TwoSum gives the
+/// rounding error of `sum + inc` exactly, as the Neumaier branch does (both are exact whenever
+/// nothing overflows, and the exact error is one number), so the compensation comes out the
+/// same to the bit. (A zero error may differ in sign, which adding it to `c` cannot show: `c`
+/// starts at `+0` and so is never `-0`.) A running sum that once is infinite or NaN stays so,
+/// and an overflow inside TwoSum leaves `c` infinite or NaN: a loop of these whose final sum
+/// and compensation are finite did exactly what a loop of `kahan_inc` does. When they are not,
+/// the caller runs that loop instead.
+#[inline(always)]
+pub(super) fn kahan_inc_finite(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let back = t - sum;
+    let err = (sum - (t - back)) + (inc - back);
+    (t, c + err)
+}
+
+/// The Kahan sum (and its compensation) of the values of `w` added to `start`, each added by
+/// `step` ([`kahan_inc`] or [`kahan_inc_finite`]).
+#[inline(always)]
+fn kahan_sum(w: &[Sample], start: f64, step: impl Fn(f64, f64, f64) -> (f64, f64)) -> (f64, f64) {
+    let (mut sum, mut c) = (start, 0.0);
+    for s in w {
+        (sum, c) = step(s.v, sum, c);
+    }
+    (sum, c)
+}
+
+/// [`kahan_sum`] on the fast path, if the sum stays finite (see [`kahan_inc_finite`]).
+fn finite_sum(w: &[Sample], start: f64) -> Option<(f64, f64)> {
+    let (sum, c) = kahan_sum(w, start, kahan_inc_finite);
+    (sum.is_finite() && c.is_finite()).then_some((sum, c))
+}
+
 /// The mean, summing directly while the sum stays finite and incrementally after.
-fn avg(mut it: impl Iterator<Item = f64>) -> f64 {
-    let Some(first) = it.next() else {
+fn avg(w: &[Sample]) -> f64 {
+    let Some((first, rest)) = w.split_first() else {
         return f64::NAN;
     };
+    // The common case: the sum never overflows.
+    match finite_sum(rest, first.v) {
+        Some((sum, c)) => (sum + c) / w.len() as f64,
+        None => avg_loop(first.v, rest),
+    }
+}
+
+/// The mean as Prometheus's loop computes it, switching to an incremental mean once the sum
+/// would overflow.
+fn avg_loop(first: f64, rest: &[Sample]) -> f64 {
     let (mut sum, mut c, mut count) = (first, 0.0, 1.0);
     let (mut mean, mut incremental) = (0.0, false);
-    for v in it {
+    for v in rest.iter().map(|s| s.v) {
         count += 1.0;
         if !incremental {
             let (ns, nc) = kahan_inc(v, sum, c);
@@ -535,20 +672,24 @@ fn variance(w: &[Sample]) -> f64 {
 }
 
 /// rate/increase/delta: the change over the window, extrapolated towards the window's edges.
-fn extrapolated_rate(w: &[Sample], c: &WindowCtx, is_counter: bool, is_rate: bool) -> Option<f64> {
+/// A counter (`resets` given: the indices in `c.all` where it went down, see [`Resets`]) adds
+/// the value before each reset, in order, as Prometheus's loop over the window does.
+fn extrapolated_rate(
+    w: &[Sample],
+    c: &WindowCtx,
+    resets: Option<&[usize]>,
+    is_rate: bool,
+) -> Option<f64> {
     if w.len() < 2 {
         return None;
     }
     let first = w[0];
     let last = w[w.len() - 1];
     let mut result = last.v - first.v;
-    if is_counter {
-        let mut prev = first.v;
-        for s in &w[1..] {
-            if s.v < prev {
-                result += prev;
-            }
-            prev = s.v;
+    let is_counter = resets.is_some();
+    for &j in resets.unwrap_or(&[]) {
+        if let Some(prev) = c.all.get(j.wrapping_sub(1)) {
+            result += prev.v;
         }
     }
     // In f64: extreme timestamps must not overflow.
@@ -599,32 +740,48 @@ fn instant_value(w: &[Sample], is_rate: bool) -> Option<f64> {
 
 /// Least-squares slope and intercept, x in seconds relative to `intercept_t`.
 fn linear_regression(w: &[Sample], intercept_t: i64) -> (f64, f64) {
-    let init_y = w[0].v;
-    let mut const_y = true;
-    let (mut n, mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
-    for (i, s) in w.iter().enumerate() {
-        if const_y && i > 0 && s.v != init_y {
-            const_y = false;
-        }
-        n += 1.0;
-        let x = (s.t as f64 - intercept_t as f64) / 1000.0;
-        (sx, cx) = kahan_inc(x, sx, cx);
-        (sy, cy) = kahan_inc(s.v, sy, cy);
-        (sxy, cxy) = kahan_inc(x * s.v, sxy, cxy);
-        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
-    }
-    if const_y {
+    let Some((first, rest)) = w.split_first() else {
+        return (f64::NAN, f64::NAN);
+    };
+    let init_y = first.v;
+    if rest.iter().all(|s| s.v == init_y) {
         if init_y.is_infinite() {
             return (f64::NAN, f64::NAN);
         }
         return (0.0, init_y);
     }
+    let n = w.len() as f64;
+    // The four sums, first on the fast path (see `kahan_inc_finite`).
+    let mut sums = regression_sums(w, intercept_t, kahan_inc_finite);
+    if !sums.iter().all(|(s, c)| s.is_finite() && c.is_finite()) {
+        sums = regression_sums(w, intercept_t, kahan_inc);
+    }
+    let [(sx, cx), (sy, cy), (sxy, cxy), (sx2, cx2)] = sums;
     let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
     let cov = sxy - sx * sy / n;
     let var = sx2 - sx * sx / n;
     let slope = cov / var;
     (slope, sy / n - slope * sx / n)
+}
+
+/// The Kahan sums (with compensations) of x, y, xy and x² over `w`, x in seconds relative to
+/// `intercept_t`, each added by `step`.
+#[inline(always)]
+fn regression_sums(
+    w: &[Sample],
+    intercept_t: i64,
+    step: impl Fn(f64, f64, f64) -> (f64, f64),
+) -> [(f64, f64); 4] {
+    let (mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0);
+    let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
+    for s in w {
+        let x = (s.t as f64 - intercept_t as f64) / 1000.0;
+        (sx, cx) = step(x, sx, cx);
+        (sy, cy) = step(s.v, sy, cy);
+        (sxy, cxy) = step(x * s.v, sxy, cxy);
+        (sx2, cx2) = step(x * x, sx2, cx2);
+    }
+    [(sx, cx), (sy, cy), (sxy, cxy), (sx2, cx2)]
 }
 
 /// The φ-quantile of `values` (sorted in place), interpolating between neighbours.
@@ -823,7 +980,7 @@ async fn classic_buckets(
     }
     let mut per_group: Vec<Vec<(f64, f64)>> = vec![Vec::new(); group_labels.len()];
     let mut order: Vec<u32> = Vec::new();
-    for (k, step) in v.steps.iter().enumerate() {
+    for (k, step) in v.steps().enumerate() {
         per_group.iter_mut().for_each(|g| g.clear());
         order.clear();
         for &(i, x) in step {
@@ -1045,5 +1202,168 @@ mod unit {
         let mut b = vec![(0.1, 1.0), (f64::INFINITY, 4.0), (0.5, 3.0)];
         let (r, _) = bucket_quantile(0.5, &mut b);
         assert!((r - 0.3).abs() < 1e-12);
+    }
+
+    /// Deterministic test data: a counter through SipHash with fixed keys.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            use std::hash::{Hash, Hasher};
+            self.0 += 1;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.0.hash(&mut h);
+            h.finish()
+        }
+
+        /// Values that stress the sums: wide magnitudes, both signs, ties, zeros, NaN.
+        fn value(&mut self) -> f64 {
+            let r = self.next();
+            let mag = f64::powi(10.0, (r % 40) as i32 - 20);
+            match r % 23 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f64::NAN,
+                3 => 5.0,
+                4 => (r >> 8) as f64,
+                _ => ((r >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * mag,
+            }
+        }
+
+        fn series(&mut self, len: usize, nan: bool) -> Vec<Sample> {
+            let mut t = 1_700_000_000_000i64;
+            (0..len)
+                .map(|_| {
+                    t += 900 + (self.next() % 200) as i64;
+                    let mut v = self.value();
+                    if !nan && v.is_nan() {
+                        v = 1.0;
+                    }
+                    Sample { t, v }
+                })
+                .collect()
+        }
+    }
+
+    fn same(a: f64, b: f64) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn two_sum_is_neumaier_to_the_bit() {
+        let mut r = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..200_000 {
+            let (sum, inc) = (r.value(), r.value());
+            let c = r.value().abs() * 1e-17;
+            let (t1, c1) = kahan_inc(inc, sum, c);
+            let (t2, c2) = kahan_inc_finite(inc, sum, c);
+            if t1.is_finite() && c2.is_finite() {
+                assert!(same(t1, t2) && same(c1, c2), "{sum:e} + {inc:e}, c {c:e}");
+            }
+        }
+        // Near the top of the range TwoSum may overflow: the fast path must then give up.
+        for (sum, inc) in [
+            (f64::MAX, -f64::MAX),
+            (f64::MAX * 0.75, -f64::MAX),
+            (1e308, 9e307),
+        ] {
+            let (t, c) = kahan_inc_finite(inc, sum, 0.0);
+            let (t1, c1) = kahan_inc(inc, sum, 0.0);
+            assert!(!t.is_finite() || !c.is_finite() || (same(t, t1) && same(c, c1)));
+        }
+    }
+
+    #[test]
+    fn fast_sums_agree_with_the_loops() {
+        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let big = [f64::MAX, f64::MAX, -f64::MAX, 1.0, f64::INFINITY];
+        let big: Vec<Sample> = big
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Sample {
+                t: i as i64 * 1000,
+                v,
+            })
+            .collect();
+        let mut cases: Vec<Vec<Sample>> = (2..=big.len()).map(|n| big[..n].to_vec()).collect();
+        for len in [1, 2, 3, 10, 61, 300] {
+            for _ in 0..400 {
+                let nan = r.next() % 3 != 0;
+                cases.push(r.series(len, nan));
+            }
+        }
+        for w in &cases {
+            let (s1, c1) = kahan_sum(w, 0.0, kahan_inc);
+            if let Some((s2, c2)) = finite_sum(w, 0.0) {
+                assert!(same(s1, s2) && same(c1, c2));
+            }
+            assert!(same(avg(w), avg_loop(w[0].v, &w[1..])));
+            let at = w[w.len() / 2].t;
+            let fast = regression_sums(w, at, kahan_inc_finite);
+            if fast.iter().all(|(s, c)| s.is_finite() && c.is_finite()) {
+                let careful = regression_sums(w, at, kahan_inc);
+                for (a, b) in fast.iter().zip(&careful) {
+                    assert!(same(a.0, b.0) && same(a.1, b.1), "{fast:?} {careful:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sliding_extremes_and_resets_match_each_window() {
+        let mut r = Rng(0xD1B5_4A32_D192_ED03);
+        // One state across rounds, each round a new series: the state must start afresh.
+        let (mut max, mut min, mut resets) = (
+            SlidingExtreme::new(true),
+            SlidingExtreme::new(false),
+            Resets::default(),
+        );
+        for series in 0..300 {
+            let len = 1 + (r.next() % 200) as usize;
+            let mut w = r.series(len, true);
+            if series % 3 == 0 {
+                // Counters: mostly rising, now and then reset.
+                let mut v = 0.0;
+                for s in &mut w {
+                    v = if r.next() % 17 == 0 {
+                        0.0
+                    } else {
+                        v + (r.next() % 5) as f64
+                    };
+                    s.v = v;
+                }
+            }
+            let (mut lo, mut hi) = (0usize, 0usize);
+            while hi < len {
+                hi = (hi + 1 + (r.next() % 9) as usize).min(len);
+                lo = lo.max(hi.saturating_sub(1 + (r.next() % 40) as usize));
+                if r.next() % 5 == 0 {
+                    lo = hi - 1; // a jump with no overlap
+                }
+                let win = &w[lo..hi];
+                let c = WindowCtx {
+                    ts: 0,
+                    range_start: win[0].t - 1,
+                    range_end: win[win.len() - 1].t,
+                    series,
+                    all: &w,
+                    first: lo,
+                };
+                let naive = |max: bool| {
+                    let mut m = win[0].v;
+                    for s in win {
+                        if (max && s.v > m) || (!max && s.v < m) || m.is_nan() {
+                            m = s.v;
+                        }
+                    }
+                    m
+                };
+                assert!(same(max.at(win, &c), naive(true)), "max {lo}..{hi}");
+                assert!(same(min.at(win, &c), naive(false)), "min {lo}..{hi}");
+                // The resets Prometheus's loop over this window would add, in its order.
+                let want: Vec<usize> = (lo + 1..hi).filter(|&j| w[j].v < w[j - 1].v).collect();
+                assert_eq!(resets.within(win, &c), want.as_slice(), "resets {lo}..{hi}");
+            }
+        }
     }
 }

@@ -9,8 +9,10 @@
 //! - Nothing panics on input: every unsupported construct or bad argument is a [`QueryError`].
 //!   A construct that is not implemented yet is `QueryError::Execution("... not supported yet")`,
 //!   never a silently wrong answer.
-//! - Evaluation is `async` only to yield: every few thousand samples processed the evaluator
-//!   calls `yield_now()`, so a long query shares the one executor thread. Timeouts and client
+//! - Evaluation is `async` only to yield: every 65,536 samples or points processed (a few
+//!   hundred microseconds of work) the evaluator calls `yield_now()`, so a long query shares the
+//!   one executor thread; each yield costs a round through the executor, so not more often than
+//!   that. (Selecting the series happens in one piece, between yields.) Timeouts and client
 //!   cancellation drop the future; the evaluator holds no `RefCell` borrow and no state across an
 //!   `.await` that would break on drop.
 //! - Memory is bounded by [`EngineOptions::max_samples`]: samples loaded and points held by

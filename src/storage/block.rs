@@ -430,9 +430,17 @@ impl Block {
 
     /// Appends the samples of each wanted series to its vector, in one pass over the directory:
     /// `per[k]` receives the samples of `ids[k]` (`ids` ascending, as long as `per`), only those
-    /// in `[mint, maxt]`. Frames are opened in order, once each. Returns how many chunks were
-    /// corrupt (skipped; the other series are still served).
-    pub fn series_many(&self, ids: &[u64], per: &mut [Vec<Sample>], mint: i64, maxt: i64) -> u64 {
+    /// in `[mint, maxt]`, and `ordered[k]` is cleared if they do not continue its samples in
+    /// ascending order (imported blocks may overlap). Frames are opened in order, once each.
+    /// Returns how many chunks were corrupt (skipped; the other series are still served).
+    pub fn series_many(
+        &self,
+        ids: &[u64],
+        per: &mut [Vec<Sample>],
+        ordered: &mut [bool],
+        mint: i64,
+        maxt: i64,
+    ) -> u64 {
         let mut corrupt = 0;
         // A few ids among many series: jump by binary search; otherwise walk both in step.
         let jump = ids.len().saturating_mul(8) < self.dir.len();
@@ -475,20 +483,16 @@ impl Block {
                 corrupt += 1;
                 continue;
             }
+            let ok = ascending(&out[start.saturating_sub(1)..]);
+            if let Some(o) = ordered.get_mut(k) {
+                *o &= ok;
+            }
             let inside = out[start..]
                 .first()
                 .zip(out.last())
                 .is_some_and(|(a, b)| a.t >= mint && b.t <= maxt);
             if !inside {
-                let mut w = start;
-                for r in start..out.len() {
-                    let s = out[r];
-                    if s.t >= mint && s.t <= maxt {
-                        out[w] = s;
-                        w += 1;
-                    }
-                }
-                out.truncate(w);
+                keep_within(out, start, mint, maxt, ok);
             }
         }
         corrupt
@@ -498,6 +502,35 @@ impl Block {
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.dir.iter().map(|e| e.0)
     }
+}
+
+/// Drops the samples of `v[from..]` outside `[mint, maxt]`, in place, keeping their order;
+/// `sorted`: they ascend by time, so the ones kept are found by binary search.
+pub fn keep_within(v: &mut Vec<Sample>, from: usize, mint: i64, maxt: i64, sorted: bool) {
+    if sorted {
+        let part = v.get(from..).unwrap_or(&[]);
+        let (lo, hi) = (
+            part.partition_point(|s| s.t < mint),
+            part.partition_point(|s| s.t <= maxt),
+        );
+        v.truncate(from + hi.max(lo));
+        v.drain(from..from + lo);
+        return;
+    }
+    let mut kept = from;
+    for i in from..v.len() {
+        let s = v[i];
+        if s.t >= mint && s.t <= maxt {
+            v[kept] = s;
+            kept += 1;
+        }
+    }
+    v.truncate(kept);
+}
+
+/// Whether the timestamps of `v` strictly ascend.
+pub fn ascending(v: &[Sample]) -> bool {
+    v.windows(2).all(|w| w[0].t < w[1].t)
 }
 
 #[cfg(test)]
@@ -587,7 +620,12 @@ mod tests {
         ] {
             for (mint, maxt) in [(i64::MIN, i64::MAX), (4500, 9000)] {
                 let mut per = vec![vec![Sample { t: -1, v: 0.0 }]; ids.len()];
-                assert_eq!(block.series_many(&ids, &mut per, mint, maxt), 0);
+                let mut ordered = vec![true; ids.len()];
+                assert_eq!(
+                    block.series_many(&ids, &mut per, &mut ordered, mint, maxt),
+                    0
+                );
+                assert!(ordered.iter().all(|o| *o));
                 for (k, id) in ids.iter().enumerate() {
                     let mut want = vec![Sample { t: -1, v: 0.0 }];
                     let mut one = Vec::new();
@@ -622,7 +660,7 @@ mod tests {
             if let Ok(b) = Block::parse(p) {
                 let mut out = Vec::new();
                 let _ = b.series(1, &mut out);
-                let _ = b.series_many(&[1], &mut [Vec::new()], i64::MIN, i64::MAX);
+                let _ = b.series_many(&[1], &mut [Vec::new()], &mut [true], i64::MIN, i64::MAX);
             }
         }
     }

@@ -75,7 +75,7 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
-        // Most varints in chunks are one byte.
+        // Most varints in a chunk are one byte (a regular timestamp, a small delta).
         if let Some(&b) = self.buf.get(self.pos) {
             if b < 0x80 {
                 self.pos += 1;

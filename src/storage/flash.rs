@@ -28,7 +28,7 @@
 //! sample as Prometheus does; `import_series` writes older data directly as blocks.
 
 use super::backend::Backend;
-use super::block::{self, Block, BlockBuilder};
+use super::block::{self, ascending, keep_within, Block, BlockBuilder};
 use super::codec::HeadChunk;
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
@@ -990,9 +990,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // Samples per wanted series, by position in `ids` (ascending).
+        // Samples per wanted series, by position in `ids` (ascending), and whether each is
+        // still in ascending order (checked as each part is appended, while it is in cache).
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
-        let mut tmp = Vec::new();
+        let mut ordered = vec![true; ids.len()];
         for si in 0..self.segments.len() {
             let seg = &self.segments[si];
             if seg.max_t < mint || seg.min_t > maxt {
@@ -1008,7 +1009,8 @@ impl Store {
                 let Some(block) = self.load_block(si, &r)? else {
                     continue;
                 };
-                self.counters.corrupt_records += block.series_many(&ids, &mut per, mint, maxt);
+                self.counters.corrupt_records +=
+                    block.series_many(&ids, &mut per, &mut ordered, mint, maxt);
             }
         }
         let mut out = Vec::new();
@@ -1017,20 +1019,21 @@ impl Store {
                 continue;
             };
             let mut v = std::mem::take(&mut per[k]);
-            tmp.clear();
-            s.head.decode_into(&mut tmp);
-            v.extend(tmp.iter().filter(|x| x.t >= mint && x.t <= maxt));
+            let from = v.len();
+            s.head.decode_into(&mut v);
+            let ok = ascending(&v[from.saturating_sub(1)..]);
+            keep_within(&mut v, from, mint, maxt, ok);
             if v.is_empty() {
                 continue;
             }
-            if !v.windows(2).all(|w| w[0].t < w[1].t) {
+            if !(ordered[k] && ok) {
                 // Imported blocks may overlap: order by time, first copy wins.
                 v.sort_by_key(|x| x.t);
                 v.dedup_by_key(|x| x.t);
             }
             out.push(Series {
                 labels: self.symbols.labels(&s.labels),
-                samples: Box::new(v.into_iter()),
+                samples: v.into_iter(),
             });
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));

@@ -253,7 +253,7 @@ impl Querier for MemQuerier {
                 let owned: Vec<Sample> = s.samples[lo..hi].to_vec();
                 Series {
                     labels: s.labels.clone(),
-                    samples: Box::new(owned.into_iter()),
+                    samples: owned.into_iter(),
                 }
             })
             .collect())

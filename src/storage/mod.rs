@@ -105,9 +105,11 @@ pub trait Appender {
 }
 
 /// One selected series: its labels and its samples in the selected range, ascending by time.
+/// The samples are owned and in memory: a reader walks them as a slice (`as_slice`) or takes
+/// the vector back without a copy (`collect`), with no call through a trait object per sample.
 pub struct Series {
     pub labels: Labels,
-    pub samples: Box<dyn Iterator<Item = Sample>>,
+    pub samples: std::vec::IntoIter<Sample>,
 }
 
 impl fmt::Debug for Series {

@@ -79,8 +79,17 @@ pub fn success(data: &str, warnings: &[String]) -> Response {
 /// when empty.
 fn success_with_infos(data: &str, warnings: &[String], infos: &[String]) -> Response {
     let mut s = String::with_capacity(data.len() + 40);
-    s.push_str("{\"status\":\"success\",\"data\":");
+    s.push_str(SUCCESS_HEAD);
     s.push_str(data);
+    finish_success(s, warnings, infos)
+}
+
+/// What a success envelope starts with; its data follows.
+const SUCCESS_HEAD: &str = "{\"status\":\"success\",\"data\":";
+
+/// Ends a success envelope that `s` holds up to the end of its data: the warnings and infos,
+/// then the closing brace.
+fn finish_success(mut s: String, warnings: &[String], infos: &[String]) -> Response {
     for (key, list) in [("warnings", warnings), ("infos", infos)] {
         if !list.is_empty() {
             s.push_str(",\"");
@@ -210,6 +219,16 @@ fn write_value(out: &mut String, v: &Value) {
     }
 }
 
+/// About how many bytes [`write_value`] writes for `v` (a capacity, not a bound).
+fn size_hint(v: &Value) -> usize {
+    match v {
+        Value::Scalar { .. } => 32,
+        Value::String { s, .. } => 32 + s.len(),
+        Value::Vector(samples) => samples.len() * 160,
+        Value::Matrix(series) => series.iter().map(|s| 128 + s.samples.len() * 28).sum(),
+    }
+}
+
 /// `"stats":{…}` of a query answer, in 2.42's layout (`stats.BuiltinStats`). Perch's engine has
 /// no query queue and no separate preparation or sorting phase: their timings are 0, and the
 /// evaluation's wall time is the inner, the eval total and the exec total time.
@@ -280,16 +299,18 @@ impl WebState {
             })
             .await?;
         let elapsed = started.elapsed();
-        let mut data = String::new();
-        write_value(&mut data, &res.value);
+        // The answer is written straight into the envelope, sized for it up front.
+        let mut out = String::with_capacity(256 + size_hint(&res.value));
+        out.push_str(SUCCESS_HEAD);
+        write_value(&mut out, &res.value);
         // As 2.42: any non-empty `stats` asks for them; `all` would add per-step figures only
         // with `--enable-feature=promql-per-step-stats`, which Perch does not have.
         if p.get("stats").is_some_and(|v| !v.is_empty()) {
-            data.push(',');
-            write_stats(&mut data, elapsed, &res.stats);
+            out.push(',');
+            write_stats(&mut out, elapsed, &res.stats);
         }
-        data.push('}');
-        Ok(success_with_infos(&data, &res.warnings, &res.infos))
+        out.push('}');
+        Ok(finish_success(out, &res.warnings, &res.infos))
     }
 
     /// `/api/v1/query`

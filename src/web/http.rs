@@ -416,21 +416,26 @@ pub fn client_gone<'a>(
 }
 
 /// Writes `resp`; returns false if the connection must be closed (write error or timeout).
-/// A streamed body is written with chunked encoding, each piece within the write timeout.
+/// A streamed body is written with chunked encoding, each piece within the write timeout. A
+/// body in memory goes out with its head in one write: one system call, and no small head
+/// segment for the client to acknowledge before the body follows.
 pub async fn write_response(
     stream: &mut Async<TcpStream>,
     resp: &mut Response,
     keep_alive: bool,
     limits: &Limits,
 ) -> bool {
-    let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    use std::fmt::Write;
+    let mut head = String::with_capacity(256);
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     if let Some(body) = resp.stream.take().filter(|_| !resp.head_only) {
-        head.push_str(&format!(
+        let _ = write!(
+            head,
             "Content-Type: {}\r\nTransfer-Encoding: chunked\r\n",
             resp.content_type
-        ));
+        );
         for (n, v) in &resp.headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
+            let _ = write!(head, "{n}: {v}\r\n");
         }
         if !keep_alive {
             head.push_str("Connection: close\r\n");
@@ -443,29 +448,25 @@ pub async fn write_response(
         && resp.status != 304
         && !(resp.content_type.is_empty() && resp.body.is_empty())
     {
-        head.push_str(&format!(
+        let _ = write!(
+            head,
             "Content-Type: {}\r\nContent-Length: {}\r\n",
             resp.content_type,
             resp.body.len()
-        ));
+        );
     }
     for (n, v) in &resp.headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
+        let _ = write!(head, "{n}: {v}\r\n");
     }
     if !keep_alive {
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    async {
-        stream.write_all(head.as_bytes()).await.is_ok()
-            && (resp.head_only || stream.write_all(&resp.body).await.is_ok())
-            && stream.flush().await.is_ok()
+    let mut out = head.into_bytes();
+    if !resp.head_only {
+        out.extend_from_slice(&resp.body);
     }
-    .or(async {
-        Timer::after(limits.write_timeout).await;
-        false
-    })
-    .await
+    write_timed(stream, &out, limits).await
 }
 
 /// Writes the head, then every piece of `body` as one chunk, yielding between pieces so a long

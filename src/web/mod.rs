@@ -399,6 +399,11 @@ pub async fn serve(
             continue;
         }
         state.connections.set(active + 1);
+        // Each response goes out in one write (see `http::write_response`); without Nagle's
+        // algorithm the last segment of a large one is not held back waiting for an ACK.
+        if let Err(e) = stream.get_ref().set_nodelay(true) {
+            log::debug!("setting TCP_NODELAY: {e}");
+        }
         let state = state.clone();
         ex.spawn(async move {
             connection(stream, &state).await;
