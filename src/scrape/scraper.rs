@@ -76,6 +76,9 @@ pub struct Scraper {
     /// The synthetic series ([`REPORT_NAMES`] order): labels built once, and each one's
     /// reference once the store gave it, so that reporting a scrape allocates nothing.
     report: [(Labels, Option<SeriesRef>); 5],
+    /// The connection kept open from the last scrape, if its response allowed it (HTTP
+    /// keep-alive); a failed or timed-out scrape leaves none.
+    conn: Option<client::Conn>,
 }
 
 /// Wall-clock now in ms.
@@ -123,6 +126,7 @@ impl Scraper {
             forced_error: Rc::new(RefCell::new(None)),
             current: Vec::new(),
             generation: 0,
+            conn: None,
         }
     }
 
@@ -210,6 +214,7 @@ impl Scraper {
                     headers.push_str(&format!("Authorization: {a}\r\n"));
                 }
                 client::fetch(
+                    &mut self.conn,
                     &self.target.address,
                     &self.target.path_and_query,
                     &headers,
