@@ -1,8 +1,9 @@
 //! The scrape HTTP client: one GET on the executor, over the target's kept connection.
 //!
-//! Input: a target address (`host:port`), a path with query, a timeout and a body bound, and
-//! the target's kept connection ([`Conn`], or none). Output: the response body in a
-//! caller-owned buffer, or a [`FetchError`] saying what went wrong in words a person can act on.
+//! Input: a [`Request`] (target address `host:port`, path with query, extra headers, body
+//! bound, and for `https` the job's TLS client), the target's kept connection ([`Conn`], or
+//! none); the caller races a timeout. Output: the response body in a caller-owned buffer, or a
+//! [`FetchError`] saying what went wrong in words a person can act on.
 //!
 //! Contract:
 //! - Everything runs on the async-io reactor; nothing blocks. Names are resolved without
@@ -17,6 +18,9 @@
 //!   or a reset comes first), the request is sent once more on a new connection; after a byte
 //!   arrived, never. Read-to-close bodies, errors and timeouts leave no connection behind. A
 //!   kept connection costs its socket only: no buffer is kept with it.
+//! - `https`: TLS over the TCP connection, handshake on connect ([`crate::scrape::tls`], only
+//!   in builds with the `tls` feature; config load refuses `https` in the others). A TLS
+//!   error is a [`FetchError::Tls`], worded as Go words it where people know the words.
 //! - The timeout bounds the whole exchange, connect to last byte (the caller races it and
 //!   drops the fetch, and with it the connection, whose state is then unknown).
 //! - Responses: `Content-Length`, `Transfer-Encoding: chunked` (decoded as it arrives), or
@@ -26,10 +30,14 @@
 //! - `Accept` prefers OpenMetrics as Prometheus 2.42 does; the caller picks the parser from the
 //!   returned `Content-Type`.
 
+use crate::config::TlsClient;
 use async_io::Async;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Why a fetch failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +46,8 @@ pub enum FetchError {
     Resolve(String),
     /// Connecting, writing or reading failed.
     Io(String),
+    /// The TLS handshake failed (e.g. the server's certificate is not trusted).
+    Tls(String),
     /// The server answered with a status other than 200.
     Status(u16, String),
     /// The response head is not valid HTTP.
@@ -54,7 +64,7 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::Resolve(m) => write!(f, "{m}"),
-            FetchError::Io(m) | FetchError::Request(m) => write!(f, "{m}"),
+            FetchError::Io(m) | FetchError::Tls(m) | FetchError::Request(m) => write!(f, "{m}"),
             FetchError::Status(c, r) => write!(f, "server returned HTTP status {c} {r}"),
             FetchError::BadResponse(m) => write!(f, "invalid HTTP response: {m}"),
             // 2.42's text exactly; the limit is in the job's config.
@@ -130,30 +140,138 @@ fn lookup_hosts(hosts: &str, host: &str) -> Option<IpAddr> {
     found
 }
 
+/// What one scrape asks for.
+pub struct Request<'a> {
+    /// `host:port`.
+    pub addr: &'a str,
+    pub path_and_query: &'a str,
+    /// Extra header lines, each ending in CRLF.
+    pub headers: &'a str,
+    /// The largest body accepted, decompressed.
+    pub body_limit: usize,
+    /// The job's TLS client for an `https` target; `None`: plain `http`.
+    pub tls: Option<&'a TlsClient>,
+}
+
+/// A scrape connection: plain TCP, or TLS over it (boxed: rustls's state is large, and a plain
+/// connection should not pay for it).
+enum Stream {
+    Plain(Async<TcpStream>),
+    #[cfg(feature = "tls")]
+    Tls(Box<super::tls::TlsStream>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s.get_ref(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_ref().0.get_ref(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
 /// A connection kept open between scrapes of one target (HTTP/1.1 keep-alive), with the
 /// address it was opened to: when the target's name resolves elsewhere, a new one is opened.
-/// It holds no buffer: a response is read to its exact end, so nothing is left over.
+/// It holds no buffer of its own: a response is read to its exact end, so nothing is left over.
 pub struct Conn {
-    stream: Async<TcpStream>,
+    stream: Stream,
     peer: SocketAddr,
 }
 
 impl Conn {
-    async fn open(sa: SocketAddr) -> Result<Conn, FetchError> {
-        let stream = Async::<TcpStream>::connect(sa)
+    /// Connects to `sa`, and runs the TLS handshake for an `https` request.
+    async fn open(sa: SocketAddr, req: &Request<'_>) -> Result<Conn, FetchError> {
+        let tcp = Async::<TcpStream>::connect(sa)
             .await
             .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
+        let stream = match req.tls {
+            None => Stream::Plain(tcp),
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                let host = host_of(req.addr);
+                Stream::Tls(Box::new(super::tls::handshake(tcp, host, tls).await?))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+        };
         Ok(Conn { stream, peer: sa })
     }
 
+    /// Keeps the connection in `slot`, made ready to idle: over TLS, rustls's read buffer is
+    /// shrunk.
+    fn keep_in(self, slot: &mut Option<Conn>) {
+        *slot = Some(self);
+        #[cfg(feature = "tls")]
+        if let Some(Conn {
+            stream: Stream::Tls(s),
+            ..
+        }) = slot
+        {
+            super::tls::release_buffers(s);
+        }
+    }
+
     /// Whether an idle kept connection still looks usable: neither closed by the server nor
-    /// holding bytes nobody asked for. One non-blocking peek (async-io made the socket
-    /// non-blocking); a connection that dies right after it is caught by the retry in [`fetch`].
+    /// holding bytes nobody asked for (over TLS, e.g. a close_notify). One non-blocking peek
+    /// at the socket (async-io made it non-blocking); a connection that dies right after it
+    /// is caught by the retry in [`fetch`].
     fn idle_ok(&self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.stream.get_ref().peek(&mut b),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(self.stream.tcp().peek(&mut b),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// The host of `host:port` or `[v6]:port`, without port or brackets.
+#[cfg(feature = "tls")]
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// How a failed exchange ended: `retry` when the connection died before any byte of the
@@ -172,47 +290,51 @@ impl From<FetchError> for Failed {
     }
 }
 
-/// Fetches `http://{addr}{path_and_query}` into `body` (cleared first); returns the response's
-/// `Content-Type` (empty if none).
+/// Fetches `req` into `body` (cleared first); returns the response's `Content-Type` (empty
+/// if none).
 ///
-/// `conn` is the target's kept connection: used if there is one to the address `addr` resolves
-/// to now, and left holding the connection afterwards if the response allows it (complete,
-/// framed by `Content-Length` or chunked, and neither `Connection: close` nor an HTTP/1.0
-/// answer without `keep-alive`). A kept connection found dead before any response byte
+/// `conn` is the target's kept connection: used if there is one to the address `req.addr`
+/// resolves to now, and left holding the connection afterwards if the response allows it
+/// (complete, framed by `Content-Length` or chunked, and neither `Connection: close` nor an
+/// HTTP/1.0 answer without `keep-alive`). A kept connection found dead before any response byte
 /// arrived (the write fails, or EOF or a reset comes first) is replaced by a new one and the
 /// request sent once more; once response bytes arrived, a failure is the scrape's. Dropping
 /// the future (a timeout) drops the connection with it: its state is unknown.
 pub async fn fetch(
     conn: &mut Option<Conn>,
-    addr: &str,
-    path_and_query: &str,
-    extra_headers: &str,
-    body_limit: usize,
+    req: &Request<'_>,
     body: &mut Vec<u8>,
 ) -> Result<String, FetchError> {
     body.clear();
-    let sa = resolve(addr).await?;
-    let req = format!(
-        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Perch/{}\r\n\
-         Accept: {ACCEPT}\r\nAccept-Encoding: gzip\r\n{extra_headers}\r\n",
-        env!("CARGO_PKG_VERSION")
+    let sa = resolve(req.addr).await?;
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Perch/{}\r\n\
+         Accept: {ACCEPT}\r\nAccept-Encoding: gzip\r\n{}\r\n",
+        req.path_and_query,
+        req.addr,
+        env!("CARGO_PKG_VERSION"),
+        req.headers,
     );
     // Taken out, so that an error or a dropped future leaves no connection behind.
     if let Some(mut c) = conn.take().filter(|c| c.peer == sa && c.idle_ok()) {
-        match exchange(&mut c.stream, sa, &req, body_limit, body).await {
+        match exchange(&mut c.stream, sa, &head, req.body_limit, body).await {
             Ok((content_type, keep)) => {
-                *conn = keep.then_some(c);
+                if keep {
+                    c.keep_in(conn);
+                }
                 return Ok(content_type);
             }
             Err(Failed { retry: true, .. }) => body.clear(),
             Err(f) => return Err(f.error),
         }
     }
-    let mut c = Conn::open(sa).await?;
-    let (content_type, keep) = exchange(&mut c.stream, sa, &req, body_limit, body)
+    let mut c = Conn::open(sa, req).await?;
+    let (content_type, keep) = exchange(&mut c.stream, sa, &head, req.body_limit, body)
         .await
         .map_err(|f| f.error)?;
-    *conn = keep.then_some(c);
+    if keep {
+        c.keep_in(conn);
+    }
     Ok(content_type)
 }
 
@@ -233,15 +355,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     body_limit: usize,
     body: &mut Vec<u8>,
 ) -> Result<(String, bool), Failed> {
-    let dead = |error| Failed { error, retry: true };
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| dead(FetchError::Io(format!("write to {sa}: {e}"))))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| dead(FetchError::Io(format!("write to {sa}: {e}"))))?;
+    let dead = |e| Failed {
+        error: io_error(e, "write to", sa),
+        retry: true,
+    };
+    stream.write_all(req.as_bytes()).await.map_err(dead)?;
+    stream.flush().await.map_err(dead)?;
 
     // Read until the head is complete; what follows it is the start of the body.
     let mut buf = Vec::with_capacity(4096);
@@ -250,9 +369,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         let n = match stream.read(&mut chunk).await {
             Ok(n) => n,
             Err(e) => {
-                let error = FetchError::Io(format!("read from {sa}: {e}"));
                 return Err(Failed {
-                    error,
+                    error: io_error(e, "read from", sa),
                     retry: buf.is_empty(),
                 });
             }
@@ -321,10 +439,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if body.len() > raw_limit {
             return Err(FetchError::BodyTooLarge(body_limit).into());
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| FetchError::Io(format!("read from {sa}: {e}")))?;
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            // A TLS server that ends a read-to-close body without close_notify: the end, as
+            // for Go's client.
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    && matches!(framing, Framing::Close) =>
+            {
+                0
+            }
+            Err(e) => return Err(io_error(e, "read from", sa).into()),
+        };
         if n == 0 {
             match framing {
                 Framing::Length(len) => {
@@ -346,6 +472,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let content_type = finish(body, body_limit, head.content_type, head.gzip)?;
     Ok((content_type, clean_end && head.keep_alive))
+}
+
+/// A failed read or write (`what`: "read from", "write to") on the connection to `sa`; a TLS
+/// error in TLS's words.
+fn io_error(e: io::Error, what: &str, sa: SocketAddr) -> FetchError {
+    #[cfg(feature = "tls")]
+    if let Some(m) = super::tls::tls_error(&e) {
+        return FetchError::Tls(m);
+    }
+    FetchError::Io(format!("{what} {sa}: {e}"))
 }
 
 /// What the scraper needs from a response head.
@@ -631,10 +767,22 @@ mod tests {
     const CHUNKED: &str =
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nb 2\n\r\n0\r\n\r\n";
 
+    /// A plain GET of `/m` from `addr`, for at most 1000 bytes.
+    fn request(addr: &str) -> Request<'_> {
+        Request {
+            addr,
+            path_and_query: "/m",
+            headers: "",
+            body_limit: 1000,
+            tls: None,
+        }
+    }
+
     /// Fetches `/m` from `addr` through `conn`; the body as text.
     fn get(conn: &mut Option<Conn>, addr: SocketAddr) -> Result<String, FetchError> {
         let mut body = Vec::new();
-        async_io::block_on(fetch(conn, &addr.to_string(), "/m", "", 1000, &mut body))?;
+        let addr = addr.to_string();
+        async_io::block_on(fetch(conn, &request(&addr), &mut body))?;
         Ok(String::from_utf8(body).unwrap())
     }
 
@@ -711,7 +859,7 @@ mod tests {
         get(&mut conn, addr).unwrap();
         let mut body = Vec::new();
         let timed_out = async_io::block_on(
-            fetch(&mut conn, &addr.to_string(), "/m", "", 1000, &mut body).or(async {
+            fetch(&mut conn, &request(&addr.to_string()), &mut body).or(async {
                 async_io::Timer::after(std::time::Duration::from_millis(200)).await;
                 Err(FetchError::Timeout)
             }),

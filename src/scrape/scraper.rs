@@ -213,19 +213,19 @@ impl Scraper {
                 if let Some(a) = auth {
                     headers.push_str(&format!("Authorization: {a}\r\n"));
                 }
-                client::fetch(
-                    &mut self.conn,
-                    &self.target.address,
-                    &self.target.path_and_query,
-                    &headers,
-                    self.target.body_limit,
-                    &mut body,
-                )
-                .or(async {
-                    async_io::Timer::after(timeout).await;
-                    Err(client::FetchError::Timeout)
-                })
-                .await
+                let req = client::Request {
+                    addr: &self.target.address,
+                    path_and_query: &self.target.path_and_query,
+                    headers: &headers,
+                    body_limit: self.target.body_limit,
+                    tls: self.target.tls.as_ref(),
+                };
+                client::fetch(&mut self.conn, &req, &mut body)
+                    .or(async {
+                        async_io::Timer::after(timeout).await;
+                        Err(client::FetchError::Timeout)
+                    })
+                    .await
             }
             // 2.42 fails the request, in Go's words for a failed GET.
             Err(e) => Err(client::FetchError::Request(format!(

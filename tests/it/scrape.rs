@@ -54,14 +54,14 @@ fn limits_config(addr: &str, dir: &Path) -> String {
         .replace("PASSWORD_FILE", &pw.display().to_string())
 }
 
-fn api(port: u16, path: &str) -> Value {
+pub(crate) fn api(port: u16, path: &str) -> Value {
     // Read whole, de-chunked (Prometheus answers large bodies chunked).
     let r = raw_request(port, "GET", path, &[], b"");
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     serde_json::from_str::<Value>(&r.text()).unwrap()["data"].clone()
 }
 
-fn query(port: u16, q: &str) -> Value {
+pub(crate) fn query(port: u16, q: &str) -> Value {
     let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
     api(port, &format!("/api/v1/query?query={q}"))["result"].clone()
 }

@@ -102,6 +102,27 @@ impl Fixture {
         )
     }
 
+    /// An `https` target with `tests/data/tls/server.crt` (for 127.0.0.1 and localhost, signed
+    /// by `ca.crt`) that answers `body(n)`; it asks for a client certificate signed by `ca.crt`
+    /// when `client_auth` is set.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        policy: ConnPolicy,
+        client_auth: bool,
+        body: impl Fn(usize) -> Vec<u8> + Send + 'static,
+    ) -> Fixture {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = Arc::new(tls_server_config(client_auth));
+        Fixture::serving(
+            listener,
+            policy,
+            "text/plain; version=0.0.4",
+            false,
+            move |n, _| (200, body(n)),
+            Some(config),
+        )
+    }
+
     /// As [`Fixture::handle_on`], each connection in its own thread and treated as `policy`
     /// says; the answers are made one at a time.
     pub fn with_policy(
@@ -110,6 +131,18 @@ impl Fixture {
         content_type: &'static str,
         gzip: bool,
         answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
+    ) -> Fixture {
+        Fixture::serving(listener, policy, content_type, gzip, answer, None)
+    }
+
+    /// As [`Fixture::with_policy`], over TLS with `tls` if given.
+    fn serving(
+        listener: TcpListener,
+        policy: ConnPolicy,
+        content_type: &'static str,
+        gzip: bool,
+        answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Fixture {
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -120,12 +153,25 @@ impl Fixture {
             for stream in listener.incoming() {
                 let Ok(s) = stream else { continue };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (h, answer) = (h.clone(), answer.clone());
+                let (h, answer, tls) = (h.clone(), answer.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    serve_conn(s, policy, content_type, gzip, |head| {
+                    if let ConnPolicy::KeepAlive(idle) = policy {
+                        let _ = s.set_read_timeout(Some(idle));
+                    }
+                    let answer = |head: &str| {
                         let n = h.fetch_add(1, Ordering::SeqCst);
                         (answer.lock().unwrap())(n, head)
-                    })
+                    };
+                    match tls {
+                        None => serve_conn(s, policy, content_type, gzip, answer),
+                        Some(config) => {
+                            let conn = rustls::ServerConnection::new(config).unwrap();
+                            let mut tls = rustls::StreamOwned::new(conn, s);
+                            serve_conn(&mut tls, policy, content_type, gzip, answer);
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                        }
+                    }
                 });
             }
         });
@@ -141,17 +187,45 @@ impl Fixture {
     }
 }
 
+/// The https fixture's server config (see [`Fixture::tls`]).
+#[cfg(feature = "tls")]
+fn tls_server_config(client_auth: bool) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = data_dir().join("tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("server.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(dir.join("ca.crt")).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    builder.with_single_cert(certs, key).unwrap()
+}
+
 /// Answers the requests on one connection as `policy` says, each with `answer(head)`.
 fn serve_conn(
-    mut s: TcpStream,
+    mut s: impl Read + Write,
     policy: ConnPolicy,
     content_type: &str,
     gzip: bool,
     mut answer: impl FnMut(&str) -> (u16, Vec<u8>),
 ) {
-    if let ConnPolicy::KeepAlive(idle) = policy {
-        let _ = s.set_read_timeout(Some(idle));
-    }
     loop {
         let mut buf = [0u8; 4096];
         let mut req = Vec::new();
