@@ -5,6 +5,10 @@
 #   cross/build.sh            build, report sizes, smoke-test under qemu
 #   cross/build.sh --no-run   build and report sizes only
 #
+# Two binaries per target: `perch`, the board binary, built without the `tls` feature
+# (`--no-default-features`: no `scheme: https`) so that it stays within the 4 MiB budget
+# (checked below), and `perch-tls`, with the default features (https scrapes), larger.
+#
 # Targets (see cross/targets.txt): aarch64-unknown-linux-musl (static musl), and
 # armv7-unknown-linux-gnueabihf linked statically (+crt-static), since rustup has no armv7 musl
 # std here. Installs the Debian linkers and qemu-user with apt-get when they are missing.
@@ -32,26 +36,68 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C target-feature=+crt-static"
 
-for target in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf; do
-  echo "+ cargo build --release --locked --target $target"
+targets="aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf"
+for target in $targets; do
+  # The TLS build first, kept as perch-tls; then the board binary takes the name perch.
+  echo "+ cargo build --release --locked --target $target --bin perch"
   cargo build --release --locked --target "$target" --bin perch
+  cp "target/$target/release/perch" "target/$target/release/perch-tls"
+  echo "+ cargo build --release --locked --target $target --bin perch --no-default-features"
+  cargo build --release --locked --target "$target" --bin perch --no-default-features
 done
 
+budget=4194304
+over=0
 echo
-echo "stripped sizes (release profile strips symbols):"
-for target in aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf; do
-  bin="target/$target/release/perch"
-  printf '  %-32s %9d bytes (%s MiB)\n' "$target" "$(stat -c %s "$bin")" \
-    "$(awk -v b="$(stat -c %s "$bin")" 'BEGIN{printf "%.2f", b/1048576}')"
-  file "$bin" 2>/dev/null | sed 's/^/    /' || true
+echo "stripped sizes (release profile strips symbols); budget for perch: $budget bytes (4 MiB):"
+for target in $targets; do
+  for name in perch perch-tls; do
+    bin="target/$target/release/$name"
+    size=$(stat -c %s "$bin")
+    printf '  %-32s %-9s %9d bytes (%s MiB)\n' "$target" "$name" "$size" \
+      "$(awk -v b="$size" 'BEGIN{printf "%.2f", b/1048576}')"
+    if [ "$name" = perch ] && [ "$size" -gt $budget ]; then
+      echo "    over the budget by $((size - budget)) bytes"
+      over=1
+    fi
+  done
+  file "target/$target/release/perch" 2>/dev/null | sed 's/^/    /' || true
 done
+[ $over = 0 ] || { echo "FAILED: a board binary is over 4 MiB"; exit 1; }
 
 [ $run = 1 ] || exit 0
 
+# An https target for the TLS smoke test: answers every GET with one sample, keep-alive, with
+# tests/data/tls/server.crt. Arguments: port, certificate, key.
+https_target='
+import http.server, ssl, sys
+class Metrics(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"tls_smoke 1\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Metrics)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+'
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# smoke QEMU BINARY [tls]: the binary scrapes itself; with `tls`, also an https target.
 smoke() {
-  local qemu=$1 bin=$2 dir port pid ok=0
+  local qemu=$1 bin=$2 tls=${3:-} dir port pid ok=0 tport tpid=
   dir=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   cat > "$dir/prometheus.yml" <<YML
 global:
   scrape_interval: 1s
@@ -60,6 +106,21 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:$port"]
 YML
+  local want=('"job":"perch"},"value":\[[0-9.]*,"1"\]')
+  if [ -n "$tls" ]; then
+    tport=$(free_port)
+    python3 -c "$https_target" "$tport" tests/data/tls/server.crt tests/data/tls/server.key &
+    tpid=$!
+    cat >> "$dir/prometheus.yml" <<YML
+  - job_name: https
+    scheme: https
+    tls_config:
+      ca_file: $PWD/tests/data/tls/ca.crt
+    static_configs:
+      - targets: ["localhost:$tport"]
+YML
+    want+=('"job":"https"},"value":\[[0-9.]*,"1"\]')
+  fi
   echo "+ $qemu $bin --config.file $dir/prometheus.yml --web.listen-address 127.0.0.1:$port"
   "$qemu" "$bin" --config.file "$dir/prometheus.yml" --storage.tsdb.path "$dir/data" \
     --web.listen-address "127.0.0.1:$port" 2>"$dir/log" &
@@ -67,13 +128,18 @@ YML
   for _ in $(seq 1 120); do
     sleep 0.5
     answer=$(curl -s "http://127.0.0.1:$port/api/v1/query?query=up" || true)
-    if echo "$answer" | grep -q '"job":"perch"},"value":\[[0-9.]*,"1"\]'; then ok=1; break; fi
+    ok=1
+    for w in "${want[@]}"; do echo "$answer" | grep -q "$w" || ok=0; done
+    [ $ok = 1 ] && break
   done
   echo "  up: ${answer:-no answer}"
   kill -TERM $pid; wait $pid || { echo "  exit status $? after SIGTERM"; ok=0; }
+  [ -z "$tpid" ] || { kill $tpid; wait $tpid 2>/dev/null || true; }
   if [ $ok != 1 ]; then echo "FAILED under $qemu; log:"; cat "$dir/log"; rm -rf "$dir"; return 1; fi
   rm -rf "$dir"
-  echo "  ok: scraped itself under $qemu"
+  echo "  ok: scraped itself${tls:+ and an https target} under $qemu"
 }
 smoke qemu-aarch64 target/aarch64-unknown-linux-musl/release/perch
 smoke qemu-arm target/armv7-unknown-linux-gnueabihf/release/perch
+smoke qemu-aarch64 target/aarch64-unknown-linux-musl/release/perch-tls tls
+smoke qemu-arm target/armv7-unknown-linux-gnueabihf/release/perch-tls tls

@@ -7,7 +7,7 @@
 //!
 //! The YAML follows Prometheus 2.42: `global` (scrape_interval, scrape_timeout,
 //! evaluation_interval, external_labels) and `scrape_configs` (job_name, scrape_interval,
-//! scrape_timeout, metrics_path, scheme, params, honor_labels, honor_timestamps, static_configs,
+//! scrape_timeout, metrics_path, scheme (`http`, `https`), `tls_config` — see [`tls`] —, params, honor_labels, honor_timestamps, static_configs,
 //! file_sd_configs, dns_sd_configs, Perch's mdns_sd_configs, relabel_configs, metric_relabel_configs — see [`relabel`] —, the limits
 //! `sample_limit`, `label_limit`, `label_name_length_limit`, `label_value_length_limit`,
 //! `body_size_limit`, `target_limit` ([`ScrapeLimits`]), and the credentials `basic_auth`,
@@ -22,11 +22,13 @@ pub mod auth;
 pub mod duration;
 pub mod relabel;
 pub mod remote;
+pub mod tls;
 
 pub use auth::Auth;
 pub use duration::{format_duration, parse_base2_bytes, parse_duration, parse_size};
 pub use relabel::{Action, RelabelConfig};
 pub use remote::RemoteWriteConfig;
+pub use tls::{TlsClient, TlsConfig};
 
 use crate::model::{Labels, LabelsBuilder};
 use serde::Deserialize;
@@ -476,7 +478,7 @@ struct RawScrapeConfig {
     /// Accepted; Perch speaks HTTP/1.1 only.
     enable_http2: Option<bool>,
     oauth2: Option<serde_norway::Value>,
-    tls_config: Option<serde_norway::Value>,
+    tls_config: Option<tls::RawTlsConfig>,
     proxy_url: Option<serde_norway::Value>,
     proxy_connect_header: Option<serde_norway::Value>,
 }
@@ -607,6 +609,9 @@ pub struct ScrapeConfig {
     pub scrape_timeout: Duration,
     pub metrics_path: String,
     pub scheme: String,
+    /// The client for `https` targets: present when the job's scheme is `https` or it has a
+    /// `tls_config` (see [`tls`]).
+    pub tls: Option<TlsClient>,
     /// URL parameters, in name order, each value in the order written.
     pub params: Vec<(String, String)>,
     pub honor_labels: bool,
@@ -773,6 +778,7 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
         )?,
     };
     let mut jobs: Vec<ScrapeConfig> = Vec::new();
+    let mut system_roots = tls::SystemRoots::default();
     for (i, sc) in raw
         .scrape_configs
         .unwrap_or_default()
@@ -812,11 +818,29 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             )));
         }
         let scheme = sc.scheme.unwrap_or_else(|| "http".into());
-        if scheme != "http" {
+        if scheme != "http" && scheme != "https" {
             return Err(invalid(format!(
-                "{at}.scheme: {scheme:?} is not supported (only \"http\")"
+                "{at}.scheme: {scheme:?} is not supported (\"http\" or \"https\")"
             )));
         }
+        // A client for `https`, whether the job's scheme or one a target is relabeled to.
+        let tls = match (sc.tls_config, scheme == "https") {
+            (None, false) => None,
+            (raw, _) => {
+                // Errors name `tls_config`'s fields, or `scheme` when there is none.
+                let field = if raw.is_some() {
+                    "tls_config"
+                } else {
+                    "scheme"
+                };
+                let settings = raw
+                    .unwrap_or_default()
+                    .validate(&format!("{at}.tls_config"), dir)
+                    .map_err(&invalid)?;
+                let built = TlsClient::build(settings, &format!("{at}.{field}"), &mut system_roots);
+                Some(built.map_err(&invalid)?)
+            }
+        };
         let metrics_path = sc.metrics_path.unwrap_or_else(|| "/metrics".into());
         if !metrics_path.starts_with('/') {
             return Err(invalid(format!(
@@ -920,7 +944,6 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
         auth::refuse_unsupported(
             &at,
             &[
-                (sc.tls_config.is_some(), "tls_config"),
                 (sc.proxy_url.is_some(), "proxy_url"),
                 (sc.proxy_connect_header.is_some(), "proxy_connect_header"),
                 (sc.oauth2.is_some(), "oauth2"),
@@ -957,6 +980,7 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
             scrape_timeout: timeout,
             metrics_path,
             scheme,
+            tls,
             params,
             honor_labels: sc.honor_labels.unwrap_or(false),
             honor_timestamps: sc.honor_timestamps.unwrap_or(true),
@@ -1362,10 +1386,13 @@ scrape_configs:
     #[test]
     fn unsupported_and_bad_http_and_sd_fields_are_named() {
         for (field, want) in [
-            ("tls_config: {insecure_skip_verify: true}", "scrape_configs[0].tls_config: not supported by Perch (no TLS in the binary)"),
+            ("tls_config: {cert_file: c.pem}", "scrape_configs[0].tls_config: exactly one of key or key_file must be configured when a client certificate is configured"),
+            ("tls_config: {ca: x, ca_file: y}", "scrape_configs[0].tls_config: at most one of ca and ca_file must be configured"),
+            ("tls_config: {min_version: TLS9}", "scrape_configs[0].tls_config.min_version: unknown TLS version: TLS9"),
+            ("tls_config: {ca_files: x}", "unknown field `ca_files`"),
             ("proxy_url: http://p:3128", "scrape_configs[0].proxy_url: not supported by Perch"),
             ("oauth2: {client_id: x}", "scrape_configs[0].oauth2: not supported by Perch"),
-            ("scheme: https", "scrape_configs[0].scheme: \"https\" is not supported"),
+            ("scheme: ftp", "scrape_configs[0].scheme: \"ftp\" is not supported (\"http\" or \"https\")"),
             ("bearer_token: a\n    bearer_token_file: b", "scrape_configs[0]: at most one of bearer_token & bearer_token_file must be configured"),
             ("body_size_limit: 100", "units: unknown unit  in 100"),
             ("sample_limit: -1", "sample_limit"),

@@ -1,6 +1,6 @@
 //! The `remote_write` section: Prometheus 2.42's fields, validated into [`RemoteWriteConfig`].
 //!
-//! Understood: `url` (http only: Perch has no TLS), `name`, `remote_timeout`, `headers`,
+//! Understood: `url` (http only: the remote-write client has no TLS yet), `name`, `remote_timeout`, `headers`,
 //! `write_relabel_configs`, `basic_auth` (`username`, `password`/`password_file`),
 //! `authorization` (`type`, `credentials`/`credentials_file`), `bearer_token(_file)` (checked
 //! by [`super::auth`], as for scrapes; secret files are read once, at load time), and in
@@ -126,8 +126,9 @@ impl RawRemoteWrite {
             Some(("http", rest)) => rest,
             Some(("https", _)) => {
                 return Err(format!(
-                    "{at}.url: {:?}: https is not supported by Perch (no TLS in the binary); use http, e.g. through a local TLS proxy",
-                    self.url
+                    "{at}.url: {:?}: https is not supported: {}",
+                    self.url,
+                    super::auth::REMOTE_NO_TLS
                 ))
             }
             _ => return Err(format!("{at}.url: {:?} is not an http:// URL", self.url)),

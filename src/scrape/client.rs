@@ -1,7 +1,8 @@
-//! The scrape HTTP client: one GET over a fresh TCP connection, on the executor.
+//! The scrape HTTP client: one GET on the executor, over the target's kept connection.
 //!
-//! Input: a target address (`host:port`), a path with query, a timeout and a body bound. Output:
-//! the response body in a caller-owned buffer (reused from scrape to scrape), or a
+//! Input: a [`Request`] (target address `host:port`, path with query, extra headers, body
+//! bound, and for `https` the job's TLS client), the target's kept connection ([`Conn`], or
+//! none); the caller races a timeout. Output: the response body in a caller-owned buffer, or a
 //! [`FetchError`] saying what went wrong in words a person can act on.
 //!
 //! Contract:
@@ -9,17 +10,34 @@
 //!   `getaddrinfo`: IP literals, `localhost`, `/etc/hosts` (a small local file), then DNS
 //!   through the async [`crate::scrape::resolver`] (A, else AAAA, along the search list of
 //!   `/etc/resolv.conf`). No answers are cached: each scrape asks again, as Go's resolver does.
-//! - The timeout bounds the whole exchange, connect to last byte (the caller races it).
-//! - Responses: `Content-Length`, `Transfer-Encoding: chunked`, or read-to-close bodies, gzip
-//!   or not (`Accept-Encoding: gzip`, as Prometheus); any status but 200 is an error. The body,
-//!   decompressed, is never larger than `body_limit`.
+//! - HTTP/1.1 keep-alive, as Go's client for Prometheus: a connection is kept between scrapes
+//!   when its response was complete and exactly framed (`Content-Length`, or chunked to the last
+//!   chunk, with no bytes after it) and the server did not close it (`Connection: close`, or
+//!   HTTP/1.0 without `keep-alive`). A kept connection is used again only for the same resolved
+//!   address. If it proves dead before the first byte of the response (the write fails, or EOF
+//!   or a reset comes first), the request is sent once more on a new connection; after a byte
+//!   arrived, never. Read-to-close bodies, errors and timeouts leave no connection behind. A
+//!   kept connection costs its socket only: no buffer is kept with it.
+//! - `https`: TLS over the TCP connection, handshake on connect ([`crate::scrape::tls`], only
+//!   in builds with the `tls` feature; config load refuses `https` in the others). A TLS
+//!   error is a [`FetchError::Tls`], worded as Go words it where people know the words.
+//! - The timeout bounds the whole exchange, connect to last byte (the caller races it and
+//!   drops the fetch, and with it the connection, whose state is then unknown).
+//! - Responses: `Content-Length`, `Transfer-Encoding: chunked` (decoded as it arrives), or
+//!   read-to-close bodies, gzip or not (`Accept-Encoding: gzip`, as Prometheus); any status but
+//!   200 is an error. The body, decompressed, is never larger than `body_limit`; a body is
+//!   refused as soon as it is seen to be larger (from `Content-Length`, or as it arrives).
 //! - `Accept` prefers OpenMetrics as Prometheus 2.42 does; the caller picks the parser from the
 //!   returned `Content-Type`.
 
+use crate::config::TlsClient;
 use async_io::Async;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Why a fetch failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +46,8 @@ pub enum FetchError {
     Resolve(String),
     /// Connecting, writing or reading failed.
     Io(String),
+    /// The TLS handshake failed (e.g. the server's certificate is not trusted).
+    Tls(String),
     /// The server answered with a status other than 200.
     Status(u16, String),
     /// The response head is not valid HTTP.
@@ -44,7 +64,7 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::Resolve(m) => write!(f, "{m}"),
-            FetchError::Io(m) | FetchError::Request(m) => write!(f, "{m}"),
+            FetchError::Io(m) | FetchError::Tls(m) | FetchError::Request(m) => write!(f, "{m}"),
             FetchError::Status(c, r) => write!(f, "server returned HTTP status {c} {r}"),
             FetchError::BadResponse(m) => write!(f, "invalid HTTP response: {m}"),
             // 2.42's text exactly; the limit is in the job's config.
@@ -120,135 +140,412 @@ fn lookup_hosts(hosts: &str, host: &str) -> Option<IpAddr> {
     found
 }
 
-/// Fetches `http://{addr}{path_and_query}` into `body` (cleared first); returns the response's
-/// `Content-Type` (empty if none).
+/// What one scrape asks for.
+pub struct Request<'a> {
+    /// `host:port`.
+    pub addr: &'a str,
+    pub path_and_query: &'a str,
+    /// Extra header lines, each ending in CRLF.
+    pub headers: &'a str,
+    /// The largest body accepted, decompressed.
+    pub body_limit: usize,
+    /// The job's TLS client for an `https` target; `None`: plain `http`.
+    pub tls: Option<&'a TlsClient>,
+}
+
+/// A scrape connection: plain TCP, or TLS over it (boxed: rustls's state is large, and a plain
+/// connection should not pay for it).
+enum Stream {
+    Plain(Async<TcpStream>),
+    #[cfg(feature = "tls")]
+    Tls(Box<super::tls::TlsStream>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s.get_ref(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_ref().0.get_ref(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// A connection kept open between scrapes of one target (HTTP/1.1 keep-alive), with the
+/// address it was opened to: when the target's name resolves elsewhere, a new one is opened.
+/// It holds no buffer of its own: a response is read to its exact end, so nothing is left over.
+pub struct Conn {
+    stream: Stream,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Connects to `sa`, and runs the TLS handshake for an `https` request.
+    async fn open(sa: SocketAddr, req: &Request<'_>) -> Result<Conn, FetchError> {
+        let tcp = Async::<TcpStream>::connect(sa)
+            .await
+            .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
+        let stream = match req.tls {
+            None => Stream::Plain(tcp),
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                let host = host_of(req.addr);
+                Stream::Tls(Box::new(super::tls::handshake(tcp, host, tls).await?))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+        };
+        Ok(Conn { stream, peer: sa })
+    }
+
+    /// Keeps the connection in `slot`, made ready to idle: over TLS, rustls's read buffer is
+    /// shrunk.
+    fn keep_in(self, slot: &mut Option<Conn>) {
+        *slot = Some(self);
+        #[cfg(feature = "tls")]
+        if let Some(Conn {
+            stream: Stream::Tls(s),
+            ..
+        }) = slot
+        {
+            super::tls::release_buffers(s);
+        }
+    }
+
+    /// Whether an idle kept connection still looks usable: neither closed by the server nor
+    /// holding bytes nobody asked for (over TLS, e.g. a close_notify). One non-blocking peek
+    /// at the socket (async-io made it non-blocking); a connection that dies right after it
+    /// is caught by the retry in [`fetch`].
+    fn idle_ok(&self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.tcp().peek(&mut b),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// The host of `host:port` or `[v6]:port`, without port or brackets.
+#[cfg(feature = "tls")]
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// How a failed exchange ended: `retry` when the connection died before any byte of the
+/// response arrived (the request may be sent again on a new connection).
+struct Failed {
+    error: FetchError,
+    retry: bool,
+}
+
+impl From<FetchError> for Failed {
+    fn from(error: FetchError) -> Failed {
+        Failed {
+            error,
+            retry: false,
+        }
+    }
+}
+
+/// Fetches `req` into `body` (cleared first); returns the response's `Content-Type` (empty
+/// if none).
+///
+/// `conn` is the target's kept connection: used if there is one to the address `req.addr`
+/// resolves to now, and left holding the connection afterwards if the response allows it
+/// (complete, framed by `Content-Length` or chunked, and neither `Connection: close` nor an
+/// HTTP/1.0 answer without `keep-alive`). A kept connection found dead before any response byte
+/// arrived (the write fails, or EOF or a reset comes first) is replaced by a new one and the
+/// request sent once more; once response bytes arrived, a failure is the scrape's. Dropping
+/// the future (a timeout) drops the connection with it: its state is unknown.
 pub async fn fetch(
-    addr: &str,
-    path_and_query: &str,
-    extra_headers: &str,
-    body_limit: usize,
+    conn: &mut Option<Conn>,
+    req: &Request<'_>,
     body: &mut Vec<u8>,
 ) -> Result<String, FetchError> {
     body.clear();
-    let sa = resolve(addr).await?;
-    let mut stream = Async::<TcpStream>::connect(sa)
-        .await
-        .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
-    let req = format!(
-        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Perch/{}\r\n\
-         Accept: {ACCEPT}\r\nAccept-Encoding: gzip\r\n\
-         {extra_headers}Connection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
+    let sa = resolve(req.addr).await?;
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Perch/{}\r\n\
+         Accept: {ACCEPT}\r\nAccept-Encoding: gzip\r\n{}\r\n",
+        req.path_and_query,
+        req.addr,
+        env!("CARGO_PKG_VERSION"),
+        req.headers,
     );
-    stream
-        .write_all(req.as_bytes())
+    // Taken out, so that an error or a dropped future leaves no connection behind.
+    if let Some(mut c) = conn.take().filter(|c| c.peer == sa && c.idle_ok()) {
+        match exchange(&mut c.stream, sa, &head, req.body_limit, body).await {
+            Ok((content_type, keep)) => {
+                if keep {
+                    c.keep_in(conn);
+                }
+                return Ok(content_type);
+            }
+            Err(Failed { retry: true, .. }) => body.clear(),
+            Err(f) => return Err(f.error),
+        }
+    }
+    let mut c = Conn::open(sa, req).await?;
+    let (content_type, keep) = exchange(&mut c.stream, sa, &head, req.body_limit, body)
         .await
-        .map_err(|e| FetchError::Io(format!("write to {sa}: {e}")))?;
+        .map_err(|f| f.error)?;
+    if keep {
+        c.keep_in(conn);
+    }
+    Ok(content_type)
+}
+
+/// How the end of a response body is found.
+enum Framing {
+    Length(usize),
+    Chunked(Dechunker),
+    /// Read to the end of the connection.
+    Close,
+}
+
+/// One request and its response on `stream`: the `Content-Type`, and whether the connection
+/// may carry another request.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    sa: SocketAddr,
+    req: &str,
+    body_limit: usize,
+    body: &mut Vec<u8>,
+) -> Result<(String, bool), Failed> {
+    let dead = |e| Failed {
+        error: io_error(e, "write to", sa),
+        retry: true,
+    };
+    stream.write_all(req.as_bytes()).await.map_err(dead)?;
+    stream.flush().await.map_err(dead)?;
 
     // Read until the head is complete; what follows it is the start of the body.
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
-    let (head_len, status, reason, content_type, length, chunked, gzip) = loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| FetchError::Io(format!("read from {sa}: {e}")))?;
+    let head = loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(Failed {
+                    error: io_error(e, "read from", sa),
+                    retry: buf.is_empty(),
+                });
+            }
+        };
         if n == 0 {
-            return Err(FetchError::BadResponse(
+            let error = FetchError::BadResponse(
                 "connection closed before the response head was complete".into(),
-            ));
+            );
+            return Err(Failed {
+                error,
+                retry: buf.is_empty(),
+            });
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let mut ctype = String::new();
-                let mut length = None;
-                let mut chunked = false;
-                let mut gzip = false;
-                for h in resp.headers.iter() {
-                    let v = String::from_utf8_lossy(h.value);
-                    if h.name.eq_ignore_ascii_case("content-type") {
-                        ctype = v.into_owned();
-                    } else if h.name.eq_ignore_ascii_case("content-length") {
-                        length = Some(v.trim().parse::<usize>().map_err(|_| {
-                            FetchError::BadResponse(format!("bad Content-Length {v:?}"))
-                        })?);
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = v.to_ascii_lowercase().contains("chunked");
-                    } else if h.name.eq_ignore_ascii_case("content-encoding") {
-                        gzip = v.trim().eq_ignore_ascii_case("gzip");
-                    }
-                }
-                break (
-                    len,
-                    resp.code.unwrap_or(0),
-                    resp.reason.unwrap_or("").to_owned(),
-                    ctype,
-                    length,
-                    chunked,
-                    gzip,
-                );
-            }
-            Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => {
-                return Err(FetchError::BadResponse(
-                    "response head larger than 64 KiB".into(),
-                ))
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(FetchError::BadResponse(e.to_string())),
+        if let Some(head) = parse_head(&buf)? {
+            break head;
         }
     };
-    if status != 200 {
-        return Err(FetchError::Status(status, reason));
+    if head.status != 200 {
+        return Err(FetchError::Status(head.status, head.reason).into());
     }
-    if let Some(len) = length {
+    let mut framing = if head.chunked {
+        Framing::Chunked(Dechunker::default())
+    } else if let Some(len) = head.length {
         if len > body_limit {
-            return Err(FetchError::BodyTooLarge(body_limit));
+            return Err(FetchError::BodyTooLarge(body_limit).into());
         }
-    }
-    let mut raw = buf.split_off(head_len);
-    // The rest of the body, bounded: chunked framing costs a little over the payload.
-    let raw_limit = body_limit
-        .saturating_add(body_limit / 8)
-        .saturating_add(4096);
-    loop {
-        if let Some(len) = length {
-            if raw.len() >= len {
-                raw.truncate(len);
-                break;
-            }
-        }
-        if raw.len() > raw_limit {
-            return Err(FetchError::BodyTooLarge(body_limit));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| FetchError::Io(format!("read from {sa}: {e}")))?;
-        if n == 0 {
-            if let Some(len) = length {
-                if raw.len() < len {
-                    return Err(FetchError::Io(format!(
-                        "unexpected EOF: got {} of {len} body bytes",
-                        raw.len()
-                    )));
+        Framing::Length(len)
+    } else {
+        Framing::Close
+    };
+    // The payload as received (gzip still compressed) is bounded as it arrives; a gzip body
+    // gets some room, as the limit bounds it decompressed.
+    let raw_limit = if head.gzip {
+        body_limit
+            .saturating_add(body_limit / 8)
+            .saturating_add(4096)
+    } else {
+        body_limit
+    };
+    // Bytes received and not yet framed: the start of the body after the head, then each read.
+    let mut pending = buf.split_off(head.len);
+    drop(buf);
+    let clean_end = loop {
+        match &mut framing {
+            Framing::Length(len) => {
+                let take = pending.len().min(*len - body.len());
+                body.extend_from_slice(&pending[..take]);
+                if body.len() == *len {
+                    // Bytes past the end were not asked for: the connection is not reused.
+                    break take == pending.len();
                 }
             }
-            break;
+            Framing::Chunked(d) => {
+                let used = d.feed(&pending, body)?;
+                if d.done() {
+                    break used == pending.len();
+                }
+                pending.drain(..used);
+            }
+            Framing::Close => body.extend_from_slice(&pending),
         }
-        raw.extend_from_slice(&chunk[..n]);
-        if chunked && raw.ends_with(b"0\r\n\r\n") && dechunk(&raw, body, usize::MAX).is_ok() {
-            return finish(body, body_limit, content_type, gzip);
+        if !matches!(framing, Framing::Chunked(_)) {
+            pending.clear();
+        }
+        if body.len() > raw_limit {
+            return Err(FetchError::BodyTooLarge(body_limit).into());
+        }
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            // A TLS server that ends a read-to-close body without close_notify: the end, as
+            // for Go's client.
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    && matches!(framing, Framing::Close) =>
+            {
+                0
+            }
+            Err(e) => return Err(io_error(e, "read from", sa).into()),
+        };
+        if n == 0 {
+            match framing {
+                Framing::Length(len) => {
+                    return Err(FetchError::Io(format!(
+                        "unexpected EOF: got {} of {len} body bytes",
+                        body.len()
+                    ))
+                    .into())
+                }
+                Framing::Chunked(_) => {
+                    return Err(
+                        FetchError::BadResponse("bad chunked encoding: truncated".into()).into(),
+                    )
+                }
+                Framing::Close => break false,
+            }
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let content_type = finish(body, body_limit, head.content_type, head.gzip)?;
+    Ok((content_type, clean_end && head.keep_alive))
+}
+
+/// A failed read or write (`what`: "read from", "write to") on the connection to `sa`; a TLS
+/// error in TLS's words.
+fn io_error(e: io::Error, what: &str, sa: SocketAddr) -> FetchError {
+    #[cfg(feature = "tls")]
+    if let Some(m) = super::tls::tls_error(&e) {
+        return FetchError::Tls(m);
+    }
+    FetchError::Io(format!("{what} {sa}: {e}"))
+}
+
+/// What the scraper needs from a response head.
+struct Head {
+    /// Its length in bytes.
+    len: usize,
+    status: u16,
+    reason: String,
+    content_type: String,
+    length: Option<usize>,
+    chunked: bool,
+    gzip: bool,
+    /// HTTP/1.1 without `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`.
+    keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf`; `None`: not complete yet.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, FetchError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => {
+            return Err(FetchError::BadResponse(
+                "response head larger than 64 KiB".into(),
+            ))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(FetchError::BadResponse(e.to_string())),
+    };
+    let mut head = Head {
+        len,
+        status: resp.code.unwrap_or(0),
+        reason: resp.reason.unwrap_or("").to_owned(),
+        content_type: String::new(),
+        length: None,
+        chunked: false,
+        gzip: false,
+        keep_alive: false,
+    };
+    let (mut close, mut keep) = (false, false);
+    for h in resp.headers.iter() {
+        let v = String::from_utf8_lossy(h.value);
+        if h.name.eq_ignore_ascii_case("content-type") {
+            head.content_type = v.into_owned();
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            head.length = Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| FetchError::BadResponse(format!("bad Content-Length {v:?}")))?,
+            );
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = v.to_ascii_lowercase().contains("chunked");
+        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+            head.gzip = v.trim().eq_ignore_ascii_case("gzip");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in v.split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep |= token.eq_ignore_ascii_case("keep-alive");
+            }
         }
     }
-    if chunked {
-        dechunk(&raw, body, body_limit)?;
-    } else {
-        *body = raw;
-    }
-    finish(body, body_limit, content_type, gzip)
+    head.keep_alive = !close && (resp.version == Some(1) || keep);
+    Ok(Some(head))
 }
 
 fn finish(
@@ -276,30 +573,81 @@ fn finish(
 /// The `Accept` header, as Prometheus 2.42 sends it: OpenMetrics preferred, then the text format.
 pub const ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
-/// Decodes a complete chunked body into `out`.
-fn dechunk(mut raw: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), FetchError> {
-    out.clear();
-    let bad = |m: &str| FetchError::BadResponse(format!("bad chunked encoding: {m}"));
-    loop {
-        let line_end = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("missing chunk size line"))?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).map_err(|_| bad("size"))?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("size"))?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Ok(());
+/// The longest chunk-size or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// A chunked body decoded as it arrives, so the encoded body is never held whole.
+#[derive(Default)]
+struct Dechunker {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, with this many bytes left.
+    Data(usize),
+    /// Expecting the line end after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines, up to an empty one.
+    Trailer,
+    Done,
+}
+
+impl Dechunker {
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decodes what it can of `input`, appending the payload to `out`; returns how many bytes
+    /// it used. A line cut short is left unused, for the next call with more bytes after it.
+    /// Once done, nothing more is used: what follows is not part of this response.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, FetchError> {
+        let bad = |m: &str| FetchError::BadResponse(format!("bad chunked encoding: {m}"));
+        let mut at = 0;
+        loop {
+            let rest = &input[at..];
+            if let ChunkState::Data(left) = self.state {
+                let take = left.min(rest.len());
+                out.extend_from_slice(&rest[..take]);
+                at += take;
+                self.state = match left - take {
+                    0 => ChunkState::DataEnd,
+                    left => ChunkState::Data(left),
+                };
+                if take == rest.len() {
+                    return Ok(at);
+                }
+                continue;
+            }
+            if self.state == ChunkState::Done {
+                return Ok(at);
+            }
+            let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
+                if rest.len() > MAX_CHUNK_LINE {
+                    return Err(bad("line too long"));
+                }
+                return Ok(at);
+            };
+            let line = rest[..eol].strip_suffix(b"\r").unwrap_or(&rest[..eol]);
+            at += eol + 1;
+            self.state = match self.state {
+                ChunkState::Size => {
+                    let text = std::str::from_utf8(line).map_err(|_| bad("size"))?;
+                    let text = text.split(';').next().unwrap_or("").trim();
+                    match usize::from_str_radix(text, 16).map_err(|_| bad("size"))? {
+                        0 => ChunkState::Trailer,
+                        n => ChunkState::Data(n),
+                    }
+                }
+                ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
+                ChunkState::DataEnd => return Err(bad("chunk longer than its size")),
+                ChunkState::Trailer if line.is_empty() => ChunkState::Done,
+                other => other,
+            };
         }
-        if raw.len() < size + 2 {
-            return Err(bad("truncated chunk"));
-        }
-        if out.len() + size > limit {
-            return Err(FetchError::BodyTooLarge(limit));
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
     }
 }
 
@@ -327,15 +675,196 @@ mod tests {
         assert_eq!(lookup_hosts(hosts, "none"), None);
     }
 
+    /// Decodes `input` fed in pieces of `step` bytes, as reads would deliver it; the payload
+    /// and how many bytes of the input the body took.
+    fn dechunk_in_steps(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), FetchError> {
+        let (mut d, mut out, mut pending, mut used) = (Dechunker::default(), vec![], vec![], 0);
+        for piece in input.chunks(step) {
+            pending.extend_from_slice(piece);
+            let n = d.feed(&pending, &mut out)?;
+            used += n;
+            pending.drain(..n);
+            if d.done() {
+                return Ok((out, used));
+            }
+        }
+        Err(FetchError::BadResponse("truncated".into()))
+    }
+
     #[test]
-    fn dechunks() {
-        let mut out = Vec::new();
-        dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n", &mut out, 100).unwrap();
-        assert_eq!(out, b"abcde");
-        assert!(dechunk(b"3\r\nab", &mut out, 100).is_err());
-        assert!(matches!(
-            dechunk(b"3\r\nabc\r\n0\r\n\r\n", &mut out, 2),
-            Err(FetchError::BodyTooLarge(2))
+    fn dechunks_as_bytes_arrive() {
+        let body = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nTrailer: t\r\n\r\nNEXT";
+        for step in [1, 2, 5, body.len()] {
+            let (out, used) = dechunk_in_steps(body, step).unwrap();
+            assert_eq!(out, b"abcde", "step {step}");
+            assert_eq!(used, body.len() - 4, "the bytes after the body are left");
+        }
+        assert!(dechunk_in_steps(b"3\r\nab", 100).is_err());
+        assert!(dechunk_in_steps(b"3\r\nabcd\r\n0\r\n\r\n", 100).is_err());
+        assert!(dechunk_in_steps(b"zz\r\n", 100).is_err());
+        let long = vec![b'1'; MAX_CHUNK_LINE + 2];
+        assert!(dechunk_in_steps(&long, 100).is_err());
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        let keep = |head: &str| parse_head(head.as_bytes()).unwrap().unwrap().keep_alive;
+        assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n"));
+        assert!(!keep(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n"
         ));
+        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(keep("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
+    }
+
+    /// A server whose n-th accepted connection (from 0) answers the requests on it with
+    /// `script[n]` in turn, then keeps it open until the client closes it. An empty answer
+    /// closes it on that request without a byte; [`CLOSE`] closes it at once. Returns its
+    /// address and the number of connections accepted.
+    fn scripted(script: Vec<Vec<&'static str>>) -> (SocketAddr, Arc<AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for (stream, answers) in listener.incoming().zip(script) {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut s = stream.unwrap();
+                std::thread::spawn(move || {
+                    for answer in answers {
+                        if answer == CLOSE {
+                            return;
+                        }
+                        let mut req = Vec::new();
+                        let mut b = [0u8; 1024];
+                        while !req.ends_with(b"\r\n\r\n") {
+                            match s.read(&mut b) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => req.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        if answer.is_empty() {
+                            return;
+                        }
+                        s.write_all(answer.as_bytes()).unwrap();
+                    }
+                    let _ = s.read_to_end(&mut Vec::new());
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// In a script: close the connection now.
+    const CLOSE: &str = "close";
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\na 1\n";
+    const CHUNKED: &str =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nb 2\n\r\n0\r\n\r\n";
+
+    /// A plain GET of `/m` from `addr`, for at most 1000 bytes.
+    fn request(addr: &str) -> Request<'_> {
+        Request {
+            addr,
+            path_and_query: "/m",
+            headers: "",
+            body_limit: 1000,
+            tls: None,
+        }
+    }
+
+    /// Fetches `/m` from `addr` through `conn`; the body as text.
+    fn get(conn: &mut Option<Conn>, addr: SocketAddr) -> Result<String, FetchError> {
+        let mut body = Vec::new();
+        let addr = addr.to_string();
+        async_io::block_on(fetch(conn, &request(&addr), &mut body))?;
+        Ok(String::from_utf8(body).unwrap())
+    }
+
+    #[test]
+    fn keeps_the_connection_between_fetches() {
+        let (addr, accepted) = scripted(vec![vec![OK, CHUNKED, OK]]);
+        let mut conn = None;
+        assert_eq!(get(&mut conn, addr).unwrap(), "a 1\n");
+        assert!(conn.is_some());
+        assert_eq!(get(&mut conn, addr).unwrap(), "b 2\n");
+        assert_eq!(get(&mut conn, addr).unwrap(), "a 1\n");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_kept_connection_dead_before_answering_is_replaced_once() {
+        // The first connection takes the second request and closes without a byte.
+        let (addr, accepted) = scripted(vec![vec![OK, ""], vec![OK]]);
+        let mut conn = None;
+        get(&mut conn, addr).unwrap();
+        assert_eq!(get(&mut conn, addr).unwrap(), "a 1\n");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(conn.is_some());
+    }
+
+    #[test]
+    fn no_retry_once_response_bytes_arrived() {
+        // A second connection would answer; it must not be asked.
+        let (addr, _) = scripted(vec![vec![OK, "HTTP/1.1 200 O", CLOSE], vec![OK]]);
+        let mut conn = None;
+        get(&mut conn, addr).unwrap();
+        let e = get(&mut conn, addr).unwrap_err();
+        assert!(
+            e.to_string().contains("closed before the response head"),
+            "{e}"
+        );
+        assert!(conn.is_none());
+    }
+
+    #[test]
+    fn connections_the_response_does_not_allow_are_dropped() {
+        for answer in [
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\na 1\n",
+            "HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\na 1\n",
+            // Read to the end of the connection.
+            "HTTP/1.1 200 OK\r\n\r\na 1\n",
+            // Bytes past the announced length.
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\na 1\n",
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (addr, _) = scripted(vec![vec![answer, CLOSE]]);
+            let mut conn = None;
+            let _ = get(&mut conn, addr);
+            assert!(conn.is_none(), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_address_gets_a_new_connection() {
+        let (a, _) = scripted(vec![vec![OK, OK]]);
+        let (b, accepted_b) = scripted(vec![vec![CHUNKED]]);
+        let mut conn = None;
+        get(&mut conn, a).unwrap();
+        assert_eq!(get(&mut conn, b).unwrap(), "b 2\n");
+        assert_eq!(accepted_b.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_fetch_cut_short_leaves_no_connection() {
+        use futures_lite::FutureExt;
+        // The second request is never answered (the connection stays open).
+        let (addr, _) = scripted(vec![vec![OK, "HTTP/1.1 200 OK\r\n"]]);
+        let mut conn = None;
+        get(&mut conn, addr).unwrap();
+        let mut body = Vec::new();
+        let timed_out = async_io::block_on(
+            fetch(&mut conn, &request(&addr.to_string()), &mut body).or(async {
+                async_io::Timer::after(std::time::Duration::from_millis(200)).await;
+                Err(FetchError::Timeout)
+            }),
+        );
+        assert_eq!(timed_out, Err(FetchError::Timeout));
+        assert!(conn.is_none());
     }
 }

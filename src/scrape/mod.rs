@@ -5,7 +5,8 @@
 //! [`discovery`]: the files of `file_sd_configs`, DNS lookups of `dns_sd_configs` through the
 //! async [`resolver`], multicast DNS browses of `mdns_sd_configs`) → [`Target`]s (labels `job`, `instance` and the
 //! group's labels, after `relabel_configs`) → one task per target on the executor ([`scraper`])
-//! that fetches ([`client`]), parses ([`parse`]) and appends through the storage seam's
+//! that fetches ([`client`], keeping its connection between scrapes; `https` over TLS with the job's
+//! [`crate::config::TlsClient`]), parses ([`parse`]) and appends through the storage seam's
 //! `Appender`, then commits — or rolls back, so a body that does not parse, or breaks a limit
 //! of the job, stores nothing from that scrape.
 //!
@@ -31,6 +32,8 @@ pub mod parse;
 pub mod relabel;
 pub mod resolver;
 pub mod scraper;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use crate::config::{FileConfig, ScrapeConfig, TargetGroup};
 use crate::model::{Labels, LabelsBuilder};
@@ -81,6 +84,8 @@ pub struct Target {
     pub limits: crate::config::ScrapeLimits,
     /// The job's credentials, sent as `Authorization`.
     pub auth: Option<Rc<crate::config::Auth>>,
+    /// For an `https` target, the job's TLS client; `None`: plain `http`.
+    pub tls: Option<crate::config::TlsClient>,
     /// The job's `metric_relabel_configs`, applied to each new series.
     pub metric_relabel_configs: Rc<Vec<crate::config::RelabelConfig>>,
 }
@@ -88,7 +93,8 @@ pub struct Target {
 impl Target {
     /// The URL scraped, for the API and logs.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.address, self.path_and_query)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.address, self.path_and_query)
     }
 }
 
@@ -224,9 +230,16 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
             _ => return Err(format!("invalid scheme: {scheme:?}")),
         }
     }
-    if scheme == "https" {
-        return Err("scheme \"https\" is not supported (only \"http\")".into());
+    // The job's TLS client serves its `https` targets; a job has one when its scheme is
+    // `https` or it has a `tls_config` (see `config::tls`).
+    if scheme == "https" && job.tls.is_none() {
+        return Err("scheme \"https\": the job has neither scheme: https nor a tls_config".into());
     }
+    let tls = if scheme == "https" {
+        job.tls.clone()
+    } else {
+        None
+    };
     if address.contains('/') || address.chars().any(char::is_whitespace) {
         return Err(format!("{address:?} is not a valid hostname"));
     }
@@ -296,6 +309,7 @@ pub fn populate(job: &ScrapeConfig, discovered: &Labels) -> Result<Populated, St
         body_limit: body_limit(job.limits.body_size_limit),
         limits: job.limits,
         auth: job.auth.clone().map(Rc::new),
+        tls,
         metric_relabel_configs: Rc::new(job.metric_relabel_configs.clone()),
     })))
 }

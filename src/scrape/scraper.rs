@@ -76,6 +76,9 @@ pub struct Scraper {
     /// The synthetic series ([`REPORT_NAMES`] order): labels built once, and each one's
     /// reference once the store gave it, so that reporting a scrape allocates nothing.
     report: [(Labels, Option<SeriesRef>); 5],
+    /// The connection kept open from the last scrape, if its response allowed it (HTTP
+    /// keep-alive); a failed or timed-out scrape leaves none.
+    conn: Option<client::Conn>,
 }
 
 /// Wall-clock now in ms.
@@ -123,6 +126,7 @@ impl Scraper {
             forced_error: Rc::new(RefCell::new(None)),
             current: Vec::new(),
             generation: 0,
+            conn: None,
         }
     }
 
@@ -209,18 +213,19 @@ impl Scraper {
                 if let Some(a) = auth {
                     headers.push_str(&format!("Authorization: {a}\r\n"));
                 }
-                client::fetch(
-                    &self.target.address,
-                    &self.target.path_and_query,
-                    &headers,
-                    self.target.body_limit,
-                    &mut body,
-                )
-                .or(async {
-                    async_io::Timer::after(timeout).await;
-                    Err(client::FetchError::Timeout)
-                })
-                .await
+                let req = client::Request {
+                    addr: &self.target.address,
+                    path_and_query: &self.target.path_and_query,
+                    headers: &headers,
+                    body_limit: self.target.body_limit,
+                    tls: self.target.tls.as_ref(),
+                };
+                client::fetch(&mut self.conn, &req, &mut body)
+                    .or(async {
+                        async_io::Timer::after(timeout).await;
+                        Err(client::FetchError::Timeout)
+                    })
+                    .await
             }
             // 2.42 fails the request, in Go's words for a failed GET.
             Err(e) => Err(client::FetchError::Request(format!(

@@ -14,6 +14,8 @@ mod promql;
 mod pull;
 mod scrape;
 mod scrape_parity;
+#[cfg(feature = "tls")]
+mod scrape_tls;
 mod storage;
 mod threads;
 mod ui;

@@ -2,7 +2,9 @@
 //! with targets coming and going while Perch runs. Recorded 2.42 answers are in
 //! `tests/data/scrape/`; the ignored tests check them against a live 2.42.
 
-use crate::support::{data_dir, raw_request, temp_dir, wait_until, Fixture, Perch, Prometheus};
+use crate::support::{
+    data_dir, raw_request, temp_dir, wait_until, ConnPolicy, Fixture, Perch, Prometheus,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,14 +54,14 @@ fn limits_config(addr: &str, dir: &Path) -> String {
         .replace("PASSWORD_FILE", &pw.display().to_string())
 }
 
-fn api(port: u16, path: &str) -> Value {
+pub(crate) fn api(port: u16, path: &str) -> Value {
     // Read whole, de-chunked (Prometheus answers large bodies chunked).
     let r = raw_request(port, "GET", path, &[], b"");
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     serde_json::from_str::<Value>(&r.text()).unwrap()["data"].clone()
 }
 
-fn query(port: u16, q: &str) -> Value {
+pub(crate) fn query(port: u16, q: &str) -> Value {
     let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
     api(port, &format!("/api/v1/query?query={q}"))["result"].clone()
 }
@@ -330,4 +332,70 @@ fn assert_bearer_request(heads: &[String]) {
         bearer.contains("\r\nX-Prometheus-Scrape-Timeout-Seconds: 0.5\r\n"),
         "{bearer}"
     );
+}
+
+/// Issue #4, HTTP/1.1 keep-alive: one target per way a server may treat its connections, all
+/// scraped every second. A keep-alive target gets one connection for all its scrapes; a target
+/// that closes after each answer (saying so or not), or that closes a kept connection when it
+/// idles for 300 ms, gets a new connection per scrape and never a failed one; a target that
+/// says `Connection: close` but leaves the connection open is taken at its word.
+#[test]
+fn keep_alive_connections_as_each_target_allows() {
+    let body = |n: usize| format!("kept_total {n}\n").into_bytes();
+    let targets = [
+        (
+            "keep",
+            Fixture::keeping(ConnPolicy::KeepAlive(Duration::from_secs(60)), body),
+        ),
+        ("close", Fixture::keeping(ConnPolicy::Close, body)),
+        ("silent", Fixture::keeping(ConnPolicy::CloseSilently, body)),
+        (
+            "idle",
+            Fixture::keeping(ConnPolicy::KeepAlive(Duration::from_millis(300)), body),
+        ),
+        (
+            "honour",
+            Fixture::keeping(ConnPolicy::SayCloseKeepOpen, body),
+        ),
+    ];
+    let mut config = String::from("global:\n  scrape_interval: 1s\nscrape_configs:\n");
+    for (job, f) in &targets {
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['{}']\n",
+            f.addr
+        ));
+    }
+    let perch = Perch::start("scrape-keepalive", Some(&config));
+    wait_until(Duration::from_secs(30), || {
+        targets.iter().all(|(_, f)| f.hits() >= 5)
+    });
+    for (job, f) in &targets {
+        let (hits, conns) = (f.hits(), f.conns());
+        if *job == "keep" {
+            assert_eq!(conns, 1, "{job}: {hits} scrapes");
+        } else {
+            // A scrape may have connected and not yet sent its request.
+            assert!(
+                conns == hits || conns == hits + 1,
+                "{job}: {conns} connections, {hits} scrapes"
+            );
+        }
+        // Every scrape succeeded (`up` always 1) and stored the body.
+        let over = |f: &str, m: &str| -> usize {
+            let r = query(perch.port, &format!("{f}({m}{{job=\"{job}\"}}[1h])"));
+            r[0]["value"][1].as_str().unwrap().parse().unwrap()
+        };
+        let scrapes = over("count_over_time", "up");
+        assert!(scrapes >= 5, "{job}: {scrapes} scrapes");
+        assert_eq!(
+            over("sum_over_time", "up"),
+            scrapes,
+            "{job}: failed scrapes"
+        );
+        assert_eq!(
+            over("count_over_time", "kept_total"),
+            scrapes,
+            "{job}: samples"
+        );
+    }
 }

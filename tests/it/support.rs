@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The repository's `tests/data`.
@@ -28,6 +28,21 @@ pub fn free_port() -> u16 {
 pub struct Fixture {
     pub addr: String,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
+}
+
+/// What a fixture does with a connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnPolicy {
+    /// Says `Connection: close` and closes it (as the fixture always did).
+    Close,
+    /// Closes it without saying so first.
+    CloseSilently,
+    /// Says `Connection: close` but keeps it open, waiting for another request.
+    SayCloseKeepOpen,
+    /// Keeps it open for more requests; closes it when idle this long.
+    KeepAlive(Duration),
 }
 
 impl Fixture {
@@ -69,52 +84,186 @@ impl Fixture {
         gzip: bool,
         answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
     ) -> Fixture {
+        Fixture::with_policy(listener, ConnPolicy::Close, content_type, gzip, answer)
+    }
+
+    /// A target that answers `body(n)` and treats its connections as `policy` says.
+    pub fn keeping(
+        policy: ConnPolicy,
+        body: impl Fn(usize) -> Vec<u8> + Send + 'static,
+    ) -> Fixture {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Fixture::with_policy(
+            listener,
+            policy,
+            "text/plain; version=0.0.4",
+            false,
+            move |n, _| (200, body(n)),
+        )
+    }
+
+    /// An `https` target with `tests/data/tls/server.crt` (for 127.0.0.1 and localhost, signed
+    /// by `ca.crt`) that answers `body(n)`; it asks for a client certificate signed by `ca.crt`
+    /// when `client_auth` is set.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        policy: ConnPolicy,
+        client_auth: bool,
+        body: impl Fn(usize) -> Vec<u8> + Send + 'static,
+    ) -> Fixture {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = Arc::new(tls_server_config(client_auth));
+        Fixture::serving(
+            listener,
+            policy,
+            "text/plain; version=0.0.4",
+            false,
+            move |n, _| (200, body(n)),
+            Some(config),
+        )
+    }
+
+    /// As [`Fixture::handle_on`], each connection in its own thread and treated as `policy`
+    /// says; the answers are made one at a time.
+    pub fn with_policy(
+        listener: TcpListener,
+        policy: ConnPolicy,
+        content_type: &'static str,
+        gzip: bool,
+        answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
+    ) -> Fixture {
+        Fixture::serving(listener, policy, content_type, gzip, answer, None)
+    }
+
+    /// As [`Fixture::with_policy`], over TLS with `tls` if given.
+    fn serving(
+        listener: TcpListener,
+        policy: ConnPolicy,
+        content_type: &'static str,
+        gzip: bool,
+        answer: impl Fn(usize, &str) -> (u16, Vec<u8>) + Send + 'static,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Fixture {
         let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(AtomicUsize::new(0));
-        let h = hits.clone();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        let answer = Arc::new(Mutex::new(answer));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mut buf = [0u8; 4096];
-                let mut req = Vec::new();
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                let Ok(s) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (h, answer, tls) = (h.clone(), answer.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    if let ConnPolicy::KeepAlive(idle) = policy {
+                        let _ = s.set_read_timeout(Some(idle));
                     }
-                }
-                let (status, plain) = answer(
-                    h.fetch_add(1, Ordering::SeqCst),
-                    &String::from_utf8_lossy(&req),
-                );
-                let (body, encoding) = if gzip {
-                    use std::io::Write as _;
-                    let mut e =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    e.write_all(&plain).unwrap();
-                    (e.finish().unwrap(), "Content-Encoding: gzip\r\n")
-                } else {
-                    (plain, "")
-                };
-                let reason = match status {
-                    200 => "OK",
-                    401 => "Unauthorized",
-                    404 => "Not Found",
-                    _ => "Error",
-                };
-                let head = format!(
-                    "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{encoding}Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
+                    let answer = |head: &str| {
+                        let n = h.fetch_add(1, Ordering::SeqCst);
+                        (answer.lock().unwrap())(n, head)
+                    };
+                    match tls {
+                        None => serve_conn(s, policy, content_type, gzip, answer),
+                        Some(config) => {
+                            let conn = rustls::ServerConnection::new(config).unwrap();
+                            let mut tls = rustls::StreamOwned::new(conn, s);
+                            serve_conn(&mut tls, policy, content_type, gzip, answer);
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                        }
+                    }
+                });
             }
         });
-        Fixture { addr, hits }
+        Fixture { addr, hits, conns }
     }
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+/// The https fixture's server config (see [`Fixture::tls`]).
+#[cfg(feature = "tls")]
+fn tls_server_config(client_auth: bool) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = data_dir().join("tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("server.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(dir.join("ca.crt")).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    builder.with_single_cert(certs, key).unwrap()
+}
+
+/// Answers the requests on one connection as `policy` says, each with `answer(head)`.
+fn serve_conn(
+    mut s: impl Read + Write,
+    policy: ConnPolicy,
+    content_type: &str,
+    gzip: bool,
+    mut answer: impl FnMut(&str) -> (u16, Vec<u8>),
+) {
+    loop {
+        let mut buf = [0u8; 4096];
+        let mut req = Vec::new();
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                // EOF, or idle too long (a read timeout).
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let (status, plain) = answer(&String::from_utf8_lossy(&req));
+        let (body, encoding) = if gzip {
+            use std::io::Write as _;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&plain).unwrap();
+            (e.finish().unwrap(), "Content-Encoding: gzip\r\n")
+        } else {
+            (plain, "")
+        };
+        let reason = match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            _ => "Error",
+        };
+        let close = match policy {
+            ConnPolicy::Close | ConnPolicy::SayCloseKeepOpen => "Connection: close\r\n",
+            _ => "",
+        };
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{encoding}Content-Length: {}\r\n{close}\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&body);
+        if matches!(policy, ConnPolicy::Close | ConnPolicy::CloseSilently) {
+            return;
+        }
     }
 }
 
