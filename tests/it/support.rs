@@ -276,10 +276,13 @@ pub struct Perch {
 
 /// A fresh, empty directory under the target dir.
 pub fn temp_dir(name: &str) -> PathBuf {
+    // Unique per call: tests of one process may ask for the same name (a test's files and the
+    // peer it starts), and must not wipe each other's.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "{name}-{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
