@@ -1,8 +1,9 @@
 //! The loop of one target: wait for its slot, fetch, parse, append, commit, report.
 //!
-//! The scrape cache maps the raw bytes of a series in the body (`name{labels}` as written) to its
-//! storage reference, so a series seen before costs one hash lookup: no label parsing, no index
-//! lookup. A body that fails to parse, or breaks a limit of the job (`sample_limit`,
+//! The scrape cache maps the raw bytes of a series in the body (`name{labels}` as written), kept
+//! as a 128-bit keyed fingerprint ([`crate::model::hash::fingerprint`]) rather than a copy of the
+//! text, to its storage reference, so a series seen before costs one hash lookup: no label
+//! parsing, no index lookup. A body that fails to parse, or breaks a limit of the job (`sample_limit`,
 //! `label_limit`, `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
 //! then, as for a failed fetch, every series of the last good scrape gets a staleness marker and
 //! only the synthetic series are written — with the counts 2.42 reports for such a scrape
@@ -17,6 +18,7 @@
 use super::parse::{Entry, Format, TextParser};
 use super::{client, relabel, Health, Target, TargetStatus};
 use crate::config::ScrapeLimits;
+use crate::model::hash::fingerprint;
 use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
 use crate::telemetry::{ScrapeResult, Telemetry};
@@ -66,7 +68,7 @@ pub struct Scraper {
     storage: Rc<dyn Storage>,
     telemetry: Rc<Telemetry>,
     status: Rc<RefCell<TargetStatus>>,
-    cache: FastMap<Box<[u8]>, CacheEntry>,
+    cache: FastMap<[u64; 2], CacheEntry>,
     /// References written by the last successful scrape, sorted; they go stale if not seen again.
     /// Shared with the target's [`EndOfRun`].
     live: Rc<RefCell<Vec<SeriesRef>>>,
@@ -380,7 +382,8 @@ impl Scraper {
                 Some(t) if self.target.honor_timestamps => t,
                 _ => ts,
             };
-            let cached = self.cache.get_mut(s.series).map(|e| {
+            let key = fingerprint(s.series);
+            let cached = self.cache.get_mut(&key).map(|e| {
                 e.last_seen = self.generation;
                 e.r
             });
@@ -411,7 +414,7 @@ impl Scraper {
                         match relabel::process(labels, &self.target.metric_relabel_configs) {
                             Some(l) if !l.is_empty() => labels = l,
                             _ => {
-                                self.cache_insert(s.series, None);
+                                self.cache_insert(key, None);
                                 continue;
                             }
                         }
@@ -434,7 +437,7 @@ impl Scraper {
                     }
                     match app.append(&labels, t, s.value) {
                         Ok(r) => {
-                            self.cache_insert(s.series, Some(r));
+                            self.cache_insert(key, Some(r));
                             // A series known to the cache is not new, even when the store
                             // forgot its reference (as 2.42 counts).
                             if cached.is_none() {
@@ -511,10 +514,10 @@ impl Scraper {
     }
 
     /// Remembers the reference of the series written `series` in the body (`None`: dropped).
-    fn cache_insert(&mut self, series: &[u8], r: Option<SeriesRef>) {
+    fn cache_insert(&mut self, key: [u64; 2], r: Option<SeriesRef>) {
         if self.cache.len() < 4 * 1024 * 1024 {
             self.cache.insert(
-                series.into(),
+                key,
                 CacheEntry {
                     r,
                     last_seen: self.generation,
@@ -908,14 +911,17 @@ mod tests {
         );
         assert_eq!(series(&st, "scrape_series_added")[0].1, vec![(1000, 2.0)]);
         // Dropped series are remembered as dropped; kept ones by reference.
-        assert!(s.cache.get(&b"go_gc"[..]).is_some_and(|e| e.r.is_none()));
         assert!(s
             .cache
-            .get(&b"cpu{mode=\"iowait\"}"[..])
+            .get(&fingerprint(b"go_gc"))
             .is_some_and(|e| e.r.is_none()));
         assert!(s
             .cache
-            .get(&b"cpu{mode=\"idle\"}"[..])
+            .get(&fingerprint(b"cpu{mode=\"iowait\"}"))
+            .is_some_and(|e| e.r.is_none()));
+        assert!(s
+            .cache
+            .get(&fingerprint(b"cpu{mode=\"idle\"}"))
             .is_some_and(|e| e.r.is_some()));
         // The second scrape is served from the cache, with the same outcome.
         s.ingest(Ok(body), 2000, D);
