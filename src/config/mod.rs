@@ -92,6 +92,9 @@ pub struct Flags {
     pub remote_read_sample_limit: usize,
     /// Most bytes of one frame of a streamed remote-read response.
     pub remote_read_max_bytes_in_frame: usize,
+    /// PromQL removes `__name__` at the end of a query, not at the operation that drops it
+    /// (`--enable-feature=promql-delayed-name-removal`).
+    pub promql_delayed_name_removal: bool,
 }
 
 impl Default for Flags {
@@ -112,9 +115,14 @@ impl Default for Flags {
             cors_origin: ".*".into(),
             remote_read_sample_limit: 50_000_000,
             remote_read_max_bytes_in_frame: 1_048_576,
+            promql_delayed_name_removal: false,
         }
     }
 }
+
+/// The names `--enable-feature` takes. Prometheus's other feature names are refused: Perch has
+/// none of those features.
+pub const FEATURES: &[&str] = &["promql-delayed-name-removal"];
 
 /// What the command line asks for.
 #[derive(Debug, Clone)]
@@ -145,6 +153,7 @@ pub const FLAG_HELP: &[(&str, &str, &str)] = &[
     ("web.cors.origin", "REGEX", "Regex for CORS origin. It is fully anchored. [default: .*]"),
     ("storage.remote.read-sample-limit", "N", "Maximum overall number of samples to return via the remote read interface, in a single query. 0 means no limit. Ignored for streamed responses. [default: 50000000]"),
     ("storage.remote.read-max-bytes-in-frame", "N", "Maximum number of bytes in a single frame of a streamed remote read response. [default: 1048576]"),
+    ("enable-feature", "NAME,...", "Enable experimental features (comma-separated; the flag may be repeated). Perch has one: promql-delayed-name-removal (remove __name__ at the end of a query, as Prometheus with the same flag). [default: none]"),
     ("board", "NAME", "Apply a board preset first (rpi-zero-2w, rpi3, rpi4, rpi5, generic; see boards/); flags given here win."),
     ("log.level", "LEVEL", "Only log messages with the given severity or above: debug, info, warn, error. [default: info]"),
 ];
@@ -356,6 +365,20 @@ impl Flags {
                         .ok()
                         .filter(|n| *n > 0)
                         .ok_or_else(|| bad(format!("not a positive whole number: {value:?}")))?
+                }
+                "enable-feature" => {
+                    // Comma-separated, and repeatable, as in Prometheus.
+                    for feature in value.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                        match feature {
+                            "promql-delayed-name-removal" => f.promql_delayed_name_removal = true,
+                            _ => {
+                                return Err(bad(format!(
+                                    "unknown feature {feature:?}; Perch knows {}",
+                                    FEATURES.join(", ")
+                                )))
+                            }
+                        }
+                    }
                 }
                 "log.level" => {
                     f.log_level = match value.as_str() {
@@ -1177,6 +1200,45 @@ mod tests {
         assert!(run(&["--web.enable-lifecycle=yes"]).is_err());
         assert!(run(&["--web.cors.origin", "("]).is_err());
         assert!(run(&["--no-web.listen-address"]).is_err());
+    }
+
+    #[test]
+    fn enable_feature_turns_on_delayed_name_removal() {
+        assert!(!run(&[]).unwrap().promql_delayed_name_removal);
+        for args in [
+            &["--enable-feature=promql-delayed-name-removal"][..],
+            &["--enable-feature", "promql-delayed-name-removal"][..],
+            &["--enable-feature=promql-delayed-name-removal,"][..],
+            &[
+                "--enable-feature",
+                "promql-delayed-name-removal",
+                "--enable-feature=promql-delayed-name-removal",
+            ][..],
+        ] {
+            assert!(run(args).unwrap().promql_delayed_name_removal, "{args:?}");
+        }
+        // An empty list enables nothing.
+        assert!(
+            !run(&["--enable-feature="])
+                .unwrap()
+                .promql_delayed_name_removal
+        );
+    }
+
+    #[test]
+    fn enable_feature_refuses_other_features() {
+        for args in [
+            &["--enable-feature=exemplar-storage"][..],
+            &["--enable-feature=promql-delayed-name-removal,native-histograms"][..],
+            &["--enable-feature", "PROMQL-DELAYED-NAME-REMOVAL"][..],
+        ] {
+            let e = run(args).unwrap_err().to_string();
+            assert!(e.contains("--enable-feature: unknown feature"), "{e}");
+            assert!(e.contains("promql-delayed-name-removal"), "{e}");
+        }
+        let e = run(&["--enable-feature"]).unwrap_err().to_string();
+        assert!(e.contains("enable-feature"), "{e}");
+        assert!(run(&["--no-enable-feature"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! Each input series is assigned to a group once (its grouping labels); then every step folds
 //! the samples present into per-group accumulators, in order of first appearance, as Prometheus
 //! does.
+//!
+//! Delayed name removal: `by (__name__)` sees the name of a series marked for removal (`without`
+//! always drops it); a group's result is marked if any of its members is marked at that step
+//! (the last step decides for the whole series, as in Prometheus); `topk`/`bottomk` keep their
+//! members' marks; `count_values` gives unmarked results.
 
 use super::eval::{not_supported, Evaluator, Span, StepVec, StepVecBuilder, Table, Val};
 use super::functions::{kahan_inc, quantile};
@@ -128,6 +133,10 @@ pub(super) async fn eval(
     let mut group_out: Vec<Option<u32>> = vec![None; groups.len()];
     let mut slot: Vec<(usize, usize)> = vec![(usize::MAX, 0); groups.len()];
     let mut accs: Vec<Acc> = Vec::new();
+    // Only with delayed name removal and marked input: per accumulator, whether a member is
+    // marked (kept apart from the fold, which stays as it is without marks).
+    let marking = ev.delayed_names() && input.table.has_marks();
+    let mut acc_marked: Vec<bool> = Vec::new();
     for (k, step) in input.steps().enumerate() {
         accs.clear();
         let kk = if k_mode {
@@ -155,7 +164,16 @@ pub(super) async fn eval(
             let acc = &mut accs[pos];
             fold(op, acc, i, v, kk);
         }
-        for acc in accs.iter_mut() {
+        if marking {
+            acc_marked.clear();
+            acc_marked.resize(accs.len(), false);
+            for &(i, _) in step {
+                if input.table.marked(i) {
+                    acc_marked[slot[group_of[i as usize] as usize].1] = true;
+                }
+            }
+        }
+        for (a, acc) in accs.iter_mut().enumerate() {
             match op {
                 Op::Topk | Op::Bottomk => {
                     let m = &mut acc.members;
@@ -164,7 +182,9 @@ pub(super) async fn eval(
                         let j = match out_idx[i as usize] {
                             Some(j) => j,
                             None => {
-                                *out_idx[i as usize].insert(b.intern(input.table.get(i).clone()))
+                                let l = input.table.get(i).clone();
+                                *out_idx[i as usize]
+                                    .insert(b.intern_marked(l, input.table.marked(i)))
                             }
                         };
                         b.push(k, j, v)?;
@@ -177,6 +197,9 @@ pub(super) async fn eval(
                         Some(j) => j,
                         None => *group_out[g as usize].insert(b.intern(groups.get(g).clone())),
                     };
+                    if marking {
+                        b.set_mark(j, acc_marked[a]);
+                    }
                     b.push(k, j, v)?;
                 }
             }

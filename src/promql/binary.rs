@@ -1,8 +1,16 @@
 //! Binary operators: arithmetic, comparisons (filtering or `bool`), `atan2` and the set
 //! operators, between scalars and instant vectors, with Prometheus's vector matching
 //! (`on`/`ignoring`, `group_left`/`group_right`) and its error messages.
+//!
+//! Delayed name removal, as Prometheus has it: a vector-scalar arithmetic or `bool` operation
+//! marks its results; between two vectors, arithmetic drops the name (and `__type__`/`__unit__`)
+//! at once in either mode, a `bool` comparison marks its results, and any other comparison gives
+//! unmarked results (the left side's mark is not passed on, as in Prometheus); set operators pass
+//! each side's series and marks through.
 
-use super::eval::{drop_name, not_supported, Evaluator, Span, StepVec, StepVecBuilder, Val};
+use super::eval::{
+    drop_name, name_dropped, not_supported, Evaluator, Span, StepVec, StepVecBuilder, Val,
+};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
@@ -211,6 +219,7 @@ async fn vector_scalar(
             "set operator not allowed in binary scalar expression".into(),
         ));
     }
+    let drop_names = name_dropped(ev.delayed_names());
     let mut b = StepVecBuilder::new(n);
     let mut map: Vec<Option<u32>> = vec![None; v.table.len()];
     for (k, step) in v.steps().enumerate() {
@@ -233,13 +242,13 @@ async fn vector_scalar(
             let j = match map[i as usize] {
                 Some(j) => j,
                 None => {
-                    let l = v.table.get(i);
-                    let l = if op.drops_name() || return_bool {
-                        drop_name(l)
+                    let (l, mark) = (v.table.get(i), v.table.marked(i));
+                    let (l, mark) = if op.drops_name() || return_bool {
+                        drop_names(l, mark)
                     } else {
-                        l.clone()
+                        (l.clone(), mark)
                     };
-                    *map[i as usize].insert(b.intern(l))
+                    *map[i as usize].insert(b.intern_marked(l, mark))
                 }
             };
             b.push(k, j, val)?;
@@ -291,6 +300,7 @@ async fn vector_vector(
     let mut matched_at: Vec<usize> = vec![usize::MAX; sigs.len()];
     // (group, output series) pairs matched in this step (many-to-one).
     let mut matched_out: HashSet<(u32, u32)> = HashSet::new();
+    let delayed = ev.delayed_names();
     let mut b = StepVecBuilder::new(n);
     let mut cache: HashMap<(u32, u32), u32> = HashMap::new();
     for k in 0..n {
@@ -339,8 +349,13 @@ async fn vector_vector(
                         many.table.get(i),
                         one.table.get(j),
                     );
-                    let lab = if return_bool { drop_name(&lab) } else { lab };
-                    let o = b.intern(lab);
+                    let o = if !return_bool {
+                        b.intern(lab)
+                    } else if delayed {
+                        b.intern_marked(lab, true)
+                    } else {
+                        b.intern(drop_name(&lab))
+                    };
                     cache.insert((i, j), o);
                     o
                 }
@@ -472,14 +487,20 @@ async fn set_op(
         for &(i, v) in &keep_l {
             let o = match lmap[i as usize] {
                 Some(o) => o,
-                None => *lmap[i as usize].insert(b.intern(l.table.get(i).clone())),
+                None => {
+                    let o = b.intern_marked(l.table.get(i).clone(), l.table.marked(i));
+                    *lmap[i as usize].insert(o)
+                }
             };
             b.push(k, o, v)?;
         }
         for &(j, v) in &keep_r {
             let o = match rmap[j as usize] {
                 Some(o) => o,
-                None => *rmap[j as usize].insert(b.intern(r.table.get(j).clone())),
+                None => {
+                    let o = b.intern_marked(r.table.get(j).clone(), r.table.marked(j));
+                    *rmap[j as usize].insert(o)
+                }
             };
             b.push(k, o, v)?;
         }

@@ -9,6 +9,15 @@
 //! Invariants: every label set in a [`Table`] is distinct; a [`StepVec`] never has the same
 //! series twice in one step (that is Prometheus's "vector cannot contain metrics with the same
 //! labelset" error, checked by [`StepVecBuilder`]).
+//!
+//! Delayed `__name__` removal ([`EngineOptions::delayed_name_removal`], off by default): an
+//! operation that drops the metric name keeps the labels and *marks* the series instead
+//! ([`Table::marked`]; see [`name_dropped`]); `label_replace`/`label_join`, `by`/`without` and
+//! vector matching still see the name. [`Evaluator::eval_top`] removes the name and the
+//! `__type__`/`__unit__` labels of marked series at the end and only then rejects two equal label
+//! sets at one step (series that become equal but never share a step merge). Without the mode no
+//! series is ever marked: the marks are an empty vector and every check of one is a bounds check
+//! per series, never per point.
 
 use super::{aggregate, binary, functions, EngineOptions, QueryError, RangeSeries, VectorSample};
 use super::{QueryResult, QueryStats, Value, DEFAULT_SUBQUERY_STEP_MS};
@@ -62,6 +71,9 @@ pub(crate) struct Table {
     index: FastMap<u64, u32>,
     /// Per index, the next index with the same hash (`u32::MAX`: none).
     chain: Vec<u32>,
+    /// Per index, whether the series is marked for delayed name removal. Only as long as the
+    /// highest marked index needs: empty when nothing is marked (always, without the mode).
+    marks: Vec<bool>,
 }
 
 impl Table {
@@ -98,6 +110,28 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.labels.len()
+    }
+
+    /// Whether series `i` is marked for delayed name removal.
+    pub fn marked(&self, i: u32) -> bool {
+        self.marks.get(i as usize).copied().unwrap_or(false)
+    }
+
+    /// Marks or unmarks series `i`.
+    pub fn set_mark(&mut self, i: u32, mark: bool) {
+        let i = i as usize;
+        if i >= self.marks.len() {
+            if !mark {
+                return;
+            }
+            self.marks.resize(i + 1, false);
+        }
+        self.marks[i] = mark;
+    }
+
+    /// Whether any series is marked.
+    pub fn has_marks(&self) -> bool {
+        self.marks.contains(&true)
     }
 }
 
@@ -185,6 +219,99 @@ impl StepVec {
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
     }
+
+    /// [`StepVec::into_matrix`] with each series' delayed-removal mark beside it (empty if
+    /// nothing is marked), for a subquery's result.
+    pub fn into_matrix_marked(self, span: Span) -> (Vec<RangeSeries>, Vec<bool>) {
+        if !self.table.has_marks() {
+            return (self.into_matrix(span), Vec::new());
+        }
+        let marks: Vec<bool> = (0..self.table.len() as u32)
+            .map(|i| self.table.marked(i))
+            .collect();
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); self.table.len()];
+        for (k, step) in self.steps().enumerate() {
+            let t = span.ts(k);
+            for &(i, v) in step {
+                samples[i as usize].push(Sample { t, v });
+            }
+        }
+        let mut out: Vec<(RangeSeries, bool)> = (self.table.labels.into_iter().zip(samples))
+            .zip(marks)
+            .filter(|((_, s), _)| !s.is_empty())
+            .map(|((labels, samples), m)| (RangeSeries { labels, samples }, m))
+            .collect();
+        out.sort_by(|a, b| a.0.labels.cmp(&b.0.labels));
+        out.into_iter().unzip()
+    }
+
+    /// The end of delayed name removal: marked series lose `__name__`, `__type__` and
+    /// `__unit__`; series that end up with the same labels merge, unless they are both present
+    /// at one step, which is Prometheus's "vector cannot contain metrics with the same
+    /// labelset". The order within each step is kept.
+    pub fn drop_marked_names(self) -> Result<StepVec, QueryError> {
+        if !self.table.has_marks() {
+            return Ok(self);
+        }
+        let mut b = StepVecBuilder::new(self.step_count());
+        let map: Vec<u32> = (0..self.table.len() as u32)
+            .map(|i| {
+                let l = self.table.get(i);
+                b.intern(if self.table.marked(i) {
+                    drop_name(l)
+                } else {
+                    l.clone()
+                })
+            })
+            .collect();
+        for (k, step) in self.steps().enumerate() {
+            for &(i, v) in step {
+                b.push(k, map[i as usize], v)?;
+            }
+        }
+        Ok(b.finish())
+    }
+}
+
+/// The end of delayed name removal for a range vector (a subquery as the whole query): marked
+/// series lose `__name__`, `__type__` and `__unit__`; series with the same labels then merge, and
+/// two samples of them at one time are "vector cannot contain metrics with the same labelset".
+/// Sorted by labels, as every matrix result.
+pub(crate) fn drop_marked_names_matrix(
+    series: Vec<RangeSeries>,
+    marks: &[bool],
+) -> Result<Vec<RangeSeries>, QueryError> {
+    if !marks.contains(&true) {
+        return Ok(series);
+    }
+    let mut out: Vec<RangeSeries> = Vec::with_capacity(series.len());
+    let mut index: std::collections::HashMap<Labels, usize> = Default::default();
+    let mut merged = false;
+    for (i, mut s) in series.into_iter().enumerate() {
+        if marks.get(i).copied().unwrap_or(false) {
+            s.labels = drop_name(&s.labels);
+        }
+        match index.entry(s.labels.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                out[*e.get()].samples.extend(s.samples);
+                merged = true;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(s);
+            }
+        }
+    }
+    if merged {
+        for s in &mut out {
+            s.samples.sort_by_key(|x| x.t);
+            if s.samples.windows(2).any(|w| w[0].t == w[1].t) {
+                return Err(same_labelset());
+            }
+        }
+    }
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(out)
 }
 
 pub(crate) fn same_labelset() -> QueryError {
@@ -222,6 +349,24 @@ impl StepVecBuilder {
             self.last.push(usize::MAX);
         }
         i
+    }
+
+    /// [`StepVecBuilder::intern`] with a delayed-removal mark for a new label set; a label set
+    /// already there keeps its mark (the first series of a merge decides, as in Prometheus).
+    pub fn intern_marked(&mut self, l: Labels, mark: bool) -> u32 {
+        let (i, new) = self.table.intern(l);
+        if new {
+            self.last.push(usize::MAX);
+            if mark {
+                self.table.set_mark(i, true);
+            }
+        }
+        i
+    }
+
+    /// Sets the delayed-removal mark of series `i`.
+    pub fn set_mark(&mut self, i: u32, mark: bool) {
+        self.table.set_mark(i, mark);
     }
 
     /// How many distinct label sets were interned so far.
@@ -307,6 +452,9 @@ impl Val {
 /// cut each step's window `(ref - range, ref]`, `ref = (at or t) - offset`.
 pub(crate) struct RangeArg {
     pub series: Vec<(Labels, Vec<Sample>)>,
+    /// Per series, whether a subquery's inner expression marked it for delayed name removal
+    /// (empty if none is marked).
+    pub marks: Vec<bool>,
     pub range: i64,
     pub offset: i64,
     pub at: Option<i64>,
@@ -316,6 +464,11 @@ pub(crate) struct RangeArg {
 }
 
 impl RangeArg {
+    /// Whether series `i` is marked for delayed name removal.
+    pub fn marked(&self, i: usize) -> bool {
+        self.marks.get(i).copied().unwrap_or(false)
+    }
+
     /// The reference time (right edge) of the window at step time `ts`.
     pub fn ref_time(&self, ts: i64) -> i64 {
         self.at.unwrap_or(ts).saturating_sub(self.offset)
@@ -453,7 +606,8 @@ impl<'q> Evaluator<'q> {
                 let selector = matches!(unparen(e), Expr::MatrixSelector(_));
                 self.stats.total_samples = self.stats.total_samples.saturating_add(arg.inner_read);
                 let mut out = Vec::new();
-                for (labels, samples) in arg.series.iter() {
+                let mut marks = Vec::new();
+                for (i, (labels, samples)) in arg.series.iter().enumerate() {
                     let w = arg.window(samples, span.start);
                     if selector {
                         self.read_samples(w.len());
@@ -463,12 +617,25 @@ impl<'q> Evaluator<'q> {
                             labels: labels.clone(),
                             samples: w.to_vec(),
                         });
+                        if !arg.marks.is_empty() {
+                            marks.push(arg.marked(i));
+                        }
                     }
                 }
-                Ok(Val::Matrix(out))
+                Ok(Val::Matrix(drop_marked_names_matrix(out, &marks)?))
             }
-            _ => self.eval(e, span).await,
+            _ => match self.eval(e, span).await? {
+                // Only delayed name removal marks series.
+                Val::Vector(sv) => Ok(Val::Vector(sv.drop_marked_names()?)),
+                v => Ok(v),
+            },
         }
+    }
+
+    /// Whether names are removed at the end of the query (delayed name removal) rather than at
+    /// the operation that drops them.
+    pub fn delayed_names(&self) -> bool {
+        self.opts.delayed_name_removal
     }
 
     /// Evaluates `e` at every step of `span`.
@@ -497,7 +664,9 @@ impl<'q> Evaluator<'q> {
                 Val::Vector(sv) => {
                     // Series that end up with the same labels merge unless they overlap.
                     let n = sv.step_count();
-                    let out = functions::transform(self, sv, n, drop_name, |_, v| Some(-v)).await?;
+                    let drop_names = name_dropped(self.delayed_names());
+                    let out =
+                        functions::transform(self, sv, n, drop_names, |_, v| Some(-v)).await?;
                     Ok(Val::Vector(out))
                 }
                 _ => Err(QueryError::Execution(
@@ -602,7 +771,12 @@ impl<'q> Evaluator<'q> {
                     None => {
                         // Interned once per series: the selected labels move in.
                         let l = labels.take().unwrap_or_default();
-                        let i = b.intern(if timestamps { drop_name(&l) } else { l });
+                        let i = if timestamps {
+                            let (l, mark) = name_dropped(self.delayed_names())(&l, false);
+                            b.intern_marked(l, mark)
+                        } else {
+                            b.intern(l)
+                        };
                         idx = Some(i);
                         i
                     }
@@ -647,6 +821,7 @@ impl<'q> Evaluator<'q> {
                 }
                 Ok(RangeArg {
                     series,
+                    marks: Vec::new(),
                     range,
                     offset,
                     at,
@@ -677,6 +852,7 @@ impl<'q> Evaluator<'q> {
             start = start.saturating_add(step);
         }
         let mut series = Vec::new();
+        let mut marks = Vec::new();
         // What the inner expression reads is not the caller's (see `RangeArg::inner_read`).
         let read_before = self.stats.total_samples;
         if start <= max_ref {
@@ -688,7 +864,13 @@ impl<'q> Evaluator<'q> {
             self.check_steps(inner.len())?;
             match self.eval(&sq.expr, inner).await? {
                 Val::Vector(sv) => {
-                    for rs in sv.into_matrix(inner) {
+                    let (m, mk) = if self.delayed_names() {
+                        sv.into_matrix_marked(inner)
+                    } else {
+                        (sv.into_matrix(inner), Vec::new())
+                    };
+                    marks = mk;
+                    for rs in m {
                         series.push((rs.labels, rs.samples));
                     }
                 }
@@ -711,6 +893,7 @@ impl<'q> Evaluator<'q> {
         self.stats.total_samples = read_before;
         Ok(RangeArg {
             series,
+            marks,
             range,
             offset,
             at,
@@ -753,6 +936,19 @@ pub(crate) fn drop_name(l: &Labels) -> Labels {
     let mut b = l.builder();
     b.del(METRIC_NAME).del("__type__").del("__unit__");
     b.take()
+}
+
+/// What an operation that drops the metric name does to a series' labels and mark: without
+/// delayed name removal the name and `__type__`/`__unit__` go at once; with it the labels stay
+/// and the series is marked, to lose them at the end of the query.
+pub(crate) fn name_dropped(delayed: bool) -> impl Fn(&Labels, bool) -> (Labels, bool) + Copy {
+    move |l, _| {
+        if delayed {
+            (l.clone(), true)
+        } else {
+            (drop_name(l), false)
+        }
+    }
 }
 
 /// The storage matchers of a selector: its matchers plus `__name__="<name>"`.

@@ -1,12 +1,14 @@
 //! PromQL functions: per-step functions over instant vectors and window functions over range
 //! vectors, with Prometheus 3.x's numerics (Kahan summation, rate extrapolation, …).
 //!
-//! Every function except `last_over_time`, `sort*`, `label_*` and `vector` drops the metric
-//! name from its results, as Prometheus does without delayed name removal.
+//! Every function except `last_over_time`, `first_over_time`, `sort*`, `label_*` and `vector`
+//! drops the metric name from its results: at once, or with delayed name removal by marking the
+//! series (`name_dropped`), which `last_over_time`/`first_over_time` pass on from a subquery and
+//! `label_replace`/`label_join` clear when they write `__name__`, as Prometheus does.
 
 use super::eval::{
-    drop_name, not_supported, same_labelset, selector_matchers, unparen, Evaluator, RangeArg, Span,
-    StepVec, StepVecBuilder, Val,
+    drop_name, name_dropped, not_supported, same_labelset, selector_matchers, unparen, Evaluator,
+    RangeArg, Span, StepVec, StepVecBuilder, Val,
 };
 use super::QueryError;
 use crate::model::{Labels, MatchKind, Sample, METRIC_NAME};
@@ -25,6 +27,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
     let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
     let n = span.len();
     let a0 = || arg(&args, 0, name);
+    let drop_names = name_dropped(ev.delayed_names());
     match name {
         "time" => Ok(Val::Scalar(
             (0..n).map(|i| span.ts(i) as f64 / 1000.0).collect(),
@@ -53,7 +56,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let f = math_fn(name);
             let v = ev.eval_vector(a0()?, span).await?;
             Ok(Val::Vector(
-                transform(ev, v, n, drop_name, |_, x| Some(f(x))).await?,
+                transform(ev, v, n, drop_names, |_, x| Some(f(x))).await?,
             ))
         }
         "round" => {
@@ -63,7 +66,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                 None => vec![1.0; n],
             };
             Ok(Val::Vector(
-                transform(ev, v, n, drop_name, |k, x| {
+                transform(ev, v, n, drop_names, |k, x| {
                     let inv = 1.0 / to[k];
                     Some((x * inv + 0.5).floor() / inv)
                 })
@@ -78,7 +81,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                 _ => Vec::new(),
             };
             Ok(Val::Vector(
-                transform(ev, v, n, drop_name, |k, x| match name {
+                transform(ev, v, n, drop_names, |k, x| match name {
                     "clamp" => {
                         let (lo, hi) = (p1[k], p2[k]);
                         if hi < lo {
@@ -108,7 +111,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                 Some(e) => {
                     let v = ev.eval_vector(e, span).await?;
                     Ok(Val::Vector(
-                        transform(ev, v, n, drop_name, |_, x| Some(f(x as i64))).await?,
+                        transform(ev, v, n, drop_names, |_, x| Some(f(x as i64))).await?,
                     ))
                 }
             }
@@ -120,7 +123,10 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             }
             let v = ev.eval_vector(e, span).await?;
             Ok(Val::Vector(
-                transform(ev, v, n, drop_name, |k, _| Some(span.ts(k) as f64 / 1000.0)).await?,
+                transform(ev, v, n, drop_names, |k, _| {
+                    Some(span.ts(k) as f64 / 1000.0)
+                })
+                .await?,
             ))
         }
         "absent" => {
@@ -177,7 +183,8 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     "invalid destination label name in label_replace(): {dst}"
                 )));
             }
-            let relabel = |l: &Labels| {
+            // Writing `__name__` keeps the name a delayed removal would have dropped.
+            let relabel = |l: &Labels, mark: bool| {
                 let sv = l.get(&src);
                 match re.captures(sv) {
                     Some(caps) => {
@@ -185,9 +192,9 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                         caps.expand(&repl, &mut res);
                         let mut b = l.builder();
                         b.set(&dst, &res);
-                        b.take()
+                        (b.take(), mark && dst != METRIC_NAME)
                     }
-                    None => l.clone(),
+                    None => (l.clone(), mark),
                 }
             };
             // Series that end up with the same labels merge unless they overlap.
@@ -214,11 +221,11 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     "invalid destination label name in label_join(): {dst}"
                 )));
             }
-            let relabel = |l: &Labels| {
+            let relabel = |l: &Labels, mark: bool| {
                 let joined = srcs.iter().map(|s| l.get(s)).collect::<Vec<_>>().join(&sep);
                 let mut b = l.builder();
                 b.set(&dst, &joined);
-                b.take()
+                (b.take(), mark && dst != METRIC_NAME)
             };
             Ok(Val::Vector(
                 transform(ev, v, n, relabel, |_, x| Some(x)).await?,
@@ -228,10 +235,10 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let q = ev.eval_scalar(a0()?, span).await?;
             let v = ev.eval_vector(arg(&args, 1, name)?, span).await?;
             ev.check_quantiles(&q);
-            classic_buckets(ev, v, n, |ev, k, b| {
+            classic_buckets(ev, v, n, |ev, k, name, b| {
                 let (res, forced) = bucket_quantile(q[k], b);
                 if forced {
-                        ev.info("PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)".into());
+                        ev.info(format!("PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile){}", for_metric_name(name)));
                 }
                 res
             })
@@ -241,7 +248,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             let lo = ev.eval_scalar(a0()?, span).await?;
             let hi = ev.eval_scalar(arg(&args, 1, name)?, span).await?;
             let v = ev.eval_vector(arg(&args, 2, name)?, span).await?;
-            classic_buckets(ev, v, n, |_, k, b| bucket_fraction(lo[k], hi[k], b)).await
+            classic_buckets(ev, v, n, |_, k, _, b| bucket_fraction(lo[k], hi[k], b)).await
         }
         "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets"
         | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
@@ -350,13 +357,13 @@ async fn string_arg(
     }
 }
 
-/// Maps every point of `v` through `f` (per step) and every label set through `lf`, rejecting a
-/// label set twice in one step.
+/// Maps every point of `v` through `f` (per step) and every label set and its delayed-removal
+/// mark through `lf`, rejecting a label set twice in one step.
 pub(super) async fn transform(
     ev: &mut Evaluator<'_>,
     v: StepVec,
     n: usize,
-    lf: impl Fn(&Labels) -> Labels,
+    lf: impl Fn(&Labels, bool) -> (Labels, bool),
     mut f: impl FnMut(usize, f64) -> Option<f64>,
 ) -> Result<StepVec, QueryError> {
     let mut b = StepVecBuilder::new(n);
@@ -367,7 +374,10 @@ pub(super) async fn transform(
             let Some(y) = f(k, x) else { continue };
             let j = match map[i as usize] {
                 Some(j) => j,
-                None => *map[i as usize].insert(b.intern(lf(v.table.get(i)))),
+                None => {
+                    let (l, mark) = lf(v.table.get(i), v.table.marked(i));
+                    *map[i as usize].insert(b.intern_marked(l, mark))
+                }
             };
             b.push(k, j, y)?;
         }
@@ -403,6 +413,7 @@ pub(super) async fn over_windows(
     let n = span.len();
     let mut b = StepVecBuilder::new(n);
     let mut points = 0;
+    let delayed = ev.delayed_names();
     for (series, (labels, samples)) in ra.series.iter().enumerate() {
         let mut idx = None;
         for k in 0..n {
@@ -425,17 +436,24 @@ pub(super) async fn over_windows(
             let i = match idx {
                 Some(i) => i,
                 None => {
-                    let l = if keep_name {
-                        labels.clone()
+                    if delayed {
+                        // The labels stay (the series are distinct); a name to drop is marked,
+                        // and a subquery's mark passes through `last_over_time` too.
+                        let mark = !keep_name || ra.marked(series);
+                        *idx.insert(b.intern_marked(labels.clone(), mark))
                     } else {
-                        drop_name(labels)
-                    };
-                    let before = b.series();
-                    let i = b.intern(l);
-                    if b.series() == before {
-                        return Err(same_labelset());
+                        let l = if keep_name {
+                            labels.clone()
+                        } else {
+                            drop_name(labels)
+                        };
+                        let before = b.series();
+                        let i = b.intern(l);
+                        if b.series() == before {
+                            return Err(same_labelset());
+                        }
+                        *idx.insert(i)
                     }
-                    *idx.insert(i)
                 }
             };
             b.push(k, i, v)?;
@@ -938,13 +956,16 @@ fn absent_labels(e: &Expr) -> Labels {
 
 /// Applies `f` per step to the classic histograms in `v`: series grouped by their labels without
 /// `le`, each with its buckets `(upper bound, count)`. Series without a valid `le` are skipped
-/// with a warning. The results have neither `le` nor the metric name.
+/// with a warning. The results have neither `le` nor the metric name (with delayed name removal:
+/// keep the name, marked). `f` gets the evaluator, the step, the metric name for annotations
+/// (`""` without delayed name removal, as in Prometheus) and the buckets.
 async fn classic_buckets(
     ev: &mut Evaluator<'_>,
     v: StepVec,
     n: usize,
-    mut f: impl FnMut(&mut Evaluator<'_>, usize, &mut [(f64, f64)]) -> f64,
+    mut f: impl FnMut(&mut Evaluator<'_>, usize, &str, &mut [(f64, f64)]) -> f64,
 ) -> Result<Val, QueryError> {
+    let delayed = ev.delayed_names();
     let mut b = StepVecBuilder::new(n);
     let mut groups: HashMap<Labels, u32> = HashMap::new();
     let mut group_labels: Vec<Labels> = Vec::new();
@@ -962,7 +983,11 @@ async fn classic_buckets(
                     Some(&g) => g,
                     None => {
                         let g = group_labels.len() as u32;
-                        group_labels.push(drop_name(&key));
+                        group_labels.push(if delayed {
+                            key.clone()
+                        } else {
+                            drop_name(&key)
+                        });
                         group_out.push(None);
                         groups.insert(key, g);
                         g
@@ -971,8 +996,10 @@ async fn classic_buckets(
                 info.push(Some((bound, g)));
             }
             None => {
+                let name = if delayed { l.metric_name() } else { "" };
                 ev.warn(format!(
-                    "PromQL warning: bucket label \"le\" is missing or has a malformed value of \"{le}\""
+                    "PromQL warning: bucket label \"le\" is missing or has a malformed value of \"{le}\"{}",
+                    for_metric_name(name)
                 ));
                 info.push(None);
             }
@@ -992,10 +1019,12 @@ async fn classic_buckets(
             }
         }
         for &g in &order {
-            let res = f(ev, k, &mut per_group[g as usize]);
+            let labels = &group_labels[g as usize];
+            let name = if delayed { labels.metric_name() } else { "" };
+            let res = f(ev, k, name, &mut per_group[g as usize]);
             let o = match group_out[g as usize] {
                 Some(o) => o,
-                None => *group_out[g as usize].insert(b.intern(group_labels[g as usize].clone())),
+                None => *group_out[g as usize].insert(b.intern_marked(labels.clone(), delayed)),
             };
             // Two groups that differ only in their metric names collide here, as in Prometheus.
             b.push(k, o, res)?;
@@ -1003,6 +1032,15 @@ async fn classic_buckets(
         ev.tick(step.len() + 1).await;
     }
     Ok(Val::Vector(b.finish()))
+}
+
+/// Prometheus's suffix naming the metric in an annotation, `""` for no name.
+fn for_metric_name(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(" for metric name {name:?}")
+    }
 }
 
 /// Sorts buckets by bound and merges buckets with equal bounds; false if there is no `+Inf`

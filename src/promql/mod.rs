@@ -3,7 +3,8 @@
 //! Role: takes a query string (parsed by the `promql-parser` crate) and a time or a time range,
 //! selects series through the storage seam and computes the result the way Prometheus 3.x does
 //! with default settings (5m lookback, left-open ranges `(t - d, t]`, no delayed `__name__`
-//! removal).
+//! removal unless [`EngineOptions::delayed_name_removal`] asks for it, as
+//! `--enable-feature=promql-delayed-name-removal` does in Prometheus).
 //!
 //! Contract:
 //! - Nothing panics on input: every unsupported construct or bad argument is a [`QueryError`].
@@ -87,6 +88,12 @@ pub struct EngineOptions {
     pub lookback_delta_ms: i64,
     /// At most this many samples (loaded or held by intermediate results) at once.
     pub max_samples: usize,
+    /// Delayed `__name__` removal, Prometheus's `--enable-feature=promql-delayed-name-removal`
+    /// (off by default, as in a Prometheus server): operations that drop the metric name mark
+    /// the series instead, so that `label_replace`/`label_join`, `by`/`without` and vector
+    /// matching still see `__name__` (and `__type__`/`__unit__`); the marked labels go at the
+    /// end of the query, and only then must the label sets be distinct.
+    pub delayed_name_removal: bool,
 }
 
 impl Default for EngineOptions {
@@ -94,6 +101,7 @@ impl Default for EngineOptions {
         EngineOptions {
             lookback_delta_ms: 300_000,
             max_samples: 50_000_000,
+            delayed_name_removal: false,
         }
     }
 }

@@ -14,8 +14,8 @@ use std::future::Future;
 #[test]
 fn errors_and_limits() {
     let engine = Engine::new(EngineOptions {
-        lookback_delta_ms: 300_000,
         max_samples: 10,
+        ..EngineOptions::default()
     });
     let store = MemStorage::new(MemOptions::default());
     let mut app = store.appender();
@@ -199,4 +199,46 @@ fn evaluation_yields_to_the_executor() {
         }
     }
     assert!(polls > 10, "only {polls} polls");
+}
+
+/// Delayed `__name__` removal is opt-in: the default engine drops names at once, as a default
+/// Prometheus server; with the option the same query reads the name and loses it at the end.
+/// (The scripted cases are in `tests/data/promql/delayed_name_removal.test`.)
+#[test]
+fn delayed_name_removal_is_opt_in() {
+    assert!(!EngineOptions::default().delayed_name_removal);
+    let store = MemStorage::new(MemOptions::default());
+    let mut app = store.appender();
+    for name in ["a_total", "b_total"] {
+        let l = Labels::from_pairs(&[("__name__", name), ("x", "1")]);
+        app.append(&l, 0, 1.0).unwrap();
+    }
+    app.commit().unwrap();
+    let q = store.querier();
+    let query = r#"label_replace(-{x="1"}, "n", "$1", "__name__", "(.+)")"#;
+    let default = Engine::new(EngineOptions::default());
+    let r = block_on(default.instant(q.as_ref(), query, 0));
+    assert!(
+        matches!(r, Err(QueryError::Execution(ref m)) if m.contains("same labelset")),
+        "{r:?}"
+    );
+    let delayed = Engine::new(EngineOptions {
+        delayed_name_removal: true,
+        ..EngineOptions::default()
+    });
+    for r in [
+        block_on(delayed.instant(q.as_ref(), query, 0)).map(|r| r.value),
+        block_on(delayed.range(q.as_ref(), query, 0, 0, 1000)).map(|r| r.value),
+    ] {
+        let labels: Vec<Labels> = match r.unwrap() {
+            Value::Vector(v) => v.into_iter().map(|s| s.labels).collect(),
+            Value::Matrix(m) => m.into_iter().map(|s| s.labels).collect(),
+            v => panic!("{v:?}"),
+        };
+        let mut want = ["a_total", "b_total"].map(|n| Labels::from_pairs(&[("n", n), ("x", "1")]));
+        let mut got = labels;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
 }

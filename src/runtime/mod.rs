@@ -160,6 +160,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Engine::new(EngineOptions {
             lookback_delta_ms: flags.lookback_delta.as_millis() as i64,
             max_samples: flags.query_max_samples,
+            delayed_name_removal: flags.promql_delayed_name_removal,
         }),
         telemetry.clone(),
         Limits::default(),

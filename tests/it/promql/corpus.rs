@@ -10,6 +10,15 @@
 //! (it never removes a line). `PERCH_PROMQL_FILE=<substring>` runs only matching files;
 //! `PERCH_PROMQL_VERBOSE=1` lists the failures of every tier, not only `core`, and the
 //! annotation and consistency complaints of passing evals.
+//!
+//! The run is in the engine's default mode, as a default Prometheus server answers. The corpus's
+//! reference runner has delayed `__name__` removal on, so a second report re-runs every `core`
+//! eval that failed with the engine's `delayed_name_removal` on and lists those that pass that
+//! way, then says how many `core` evals pass in one mode or the other.
+//! `tests/data/promql/passing_delayed.tsv` lists the cases that passed only in that re-run; any
+//! of them failing in both modes fails the test (it grows like `passing.tsv`).
+//! `PERCH_PROMQL_DELAYED_NAME_REMOVAL=1` runs the whole corpus with the mode on instead (a
+//! report only: the lists are not checked, since they were made in the default mode).
 
 use super::runner::{self, Outcome, PANIC};
 use super::{report, test_files};
@@ -114,11 +123,23 @@ pub fn run(dir: &Path) {
     let delayed = read_cases(&parent.join("needs_delayed_name_removal.tsv"));
     let passing_path = crate::support::data_dir().join("promql/passing.tsv");
     let listed = read_cases(&passing_path);
+    let delayed_passing_path = crate::support::data_dir().join("promql/passing_delayed.tsv");
+    let listed_delayed = read_cases(&delayed_passing_path);
     let only = std::env::var("PERCH_PROMQL_FILE").ok();
     let verbose = std::env::var_os("PERCH_PROMQL_VERBOSE").is_some();
+    let all_delayed = std::env::var_os("PERCH_PROMQL_DELAYED_NAME_REMOVAL").is_some();
 
     let mut out = String::new();
-    let _ = writeln!(out, "\npromql conformance corpus: {}", dir.display());
+    let _ = writeln!(
+        out,
+        "\npromql conformance corpus: {} (delayed __name__ removal {})",
+        dir.display(),
+        if all_delayed {
+            "ON for every eval: PERCH_PROMQL_DELAYED_NAME_REMOVAL is set"
+        } else {
+            "off, as in a default Prometheus server"
+        }
+    );
     let _ = writeln!(
         out,
         "{:<26} {:>10} {:>13} {:>10}   {:>12} {:>12}",
@@ -133,6 +154,8 @@ pub fn run(dir: &Path) {
     let mut side_notes = Vec::new();
     let mut panics = Vec::new();
     let mut ran_files = BTreeSet::new();
+    // The core evals that failed, re-run with delayed name removal: case → (expr, why not).
+    let mut rerun: BTreeMap<Case, (String, Result<(), String>)> = BTreeMap::new();
     for path in test_files(dir) {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
@@ -143,7 +166,7 @@ pub fn run(dir: &Path) {
             .get(&name)
             .unwrap_or_else(|| panic!("{name}: not in the manifest"));
         let text = std::fs::read_to_string(&path).unwrap();
-        let outcomes = runner::run(&text, |_| true);
+        let outcomes = runner::run(&text, all_delayed, |_| true);
         assert_eq!(
             outcomes.len(),
             rows.len(),
@@ -153,6 +176,7 @@ pub fn run(dir: &Path) {
         );
         let mut file_tiers: BTreeMap<&str, Count> = BTreeMap::new();
         let (mut file_ann, mut file_cons) = (Count::default(), Count::default());
+        let mut failed_core: BTreeSet<usize> = BTreeSet::new();
         for (o, row) in outcomes.iter().zip(rows) {
             assert_eq!(
                 o.expr.trim(),
@@ -193,6 +217,18 @@ pub fn run(dir: &Path) {
             }
             if !o.passed() && (verbose || row.tier == "core") {
                 failures.push(describe(&name, row, o, delayed.contains_key(&case)));
+            }
+            if !o.passed() && row.tier == "core" {
+                failed_core.insert(o.index);
+            }
+        }
+        if !all_delayed && !failed_core.is_empty() {
+            for o in runner::run(&text, true, |i| failed_core.contains(&i)) {
+                let row = &rows[o.index];
+                if o.result.as_ref().err().is_some_and(|w| w == PANIC) {
+                    panics.push(format!("{name}:{} {} (delayed)", row.line, o.expr));
+                }
+                rerun.insert((name.clone(), row.line), (o.expr.clone(), o.result));
             }
         }
         let _ = writeln!(
@@ -242,6 +278,51 @@ pub fn run(dir: &Path) {
         }
     }
 
+    // The second report: the failing core evals with delayed name removal on.
+    let rerun_passed: BTreeSet<&Case> = rerun
+        .iter()
+        .filter(|(_, (_, r))| r.is_ok())
+        .map(|(c, _)| c)
+        .collect();
+    if !all_delayed {
+        let core = tiers.get("core").copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "core evals failing by default, re-run with delayed __name__ removal \
+             (--enable-feature=promql-delayed-name-removal): {}",
+            Count {
+                passed: rerun_passed.len(),
+                total: rerun.len()
+            }
+            .cell()
+        );
+        for (c, (expr, r)) in &rerun {
+            match r {
+                Ok(()) => {
+                    let _ = writeln!(out, "  passes with it: {}:{} {expr}", c.0, c.1);
+                }
+                Err(why) => {
+                    let why: String = why.chars().take(300).collect();
+                    let _ = writeln!(out, "  fails in both modes: {}:{} {expr}: {why}", c.0, c.1);
+                }
+            }
+        }
+        let either = Count {
+            passed: core.passed + delayed_count.passed + rerun_passed.len(),
+            total: core.total + delayed_count.total,
+        };
+        let _ = writeln!(
+            out,
+            "core evals passing in one mode or the other: {}{}",
+            either.rate(),
+            if either.passed == either.total {
+                ": all of them"
+            } else {
+                ""
+            }
+        );
+    }
+
     if !side_notes.is_empty() {
         let _ = writeln!(out, "passing evals with other complaints:");
         for n in &side_notes {
@@ -264,14 +345,69 @@ pub fn run(dir: &Path) {
         .collect();
     let _ = writeln!(
         out,
-        "passing.tsv: {} listed, {} regressed, {} new passes not listed yet",
+        "passing.tsv: {} listed, {} regressed, {} new passes not listed yet{}",
         listed.len(),
         regressed.len(),
-        new.len()
+        new.len(),
+        if all_delayed {
+            " (made in the default mode: not checked in this run)"
+        } else {
+            ""
+        }
     );
+    // The same for the cases that pass only with delayed name removal: each must still pass in
+    // one mode or the other.
+    let regressed_delayed: Vec<&Case> = listed_delayed
+        .keys()
+        .filter(|c| {
+            ran_files.contains(&c.0) && !passed_now.contains_key(*c) && !rerun_passed.contains(c)
+        })
+        .collect();
+    let new_delayed: Vec<&Case> = rerun_passed
+        .iter()
+        .copied()
+        .filter(|c| !listed_delayed.contains_key(*c))
+        .collect();
+    if !all_delayed {
+        let _ = writeln!(
+            out,
+            "passing_delayed.tsv: {} listed, {} regressed, {} new passes not listed yet",
+            listed_delayed.len(),
+            regressed_delayed.len(),
+            new_delayed.len()
+        );
+    }
+    if !new_delayed.is_empty() && !all_delayed {
+        if std::env::var_os("PERCH_PROMQL_UPDATE_PASSING").is_some() && only.is_none() {
+            let tiers_exprs: BTreeMap<Case, (String, String)> = new_delayed
+                .iter()
+                .map(|c| ((*c).clone(), ("core".to_string(), rerun[*c].0.clone())))
+                .collect();
+            write_passing(
+                &delayed_passing_path,
+                PASSING_DELAYED_HEAD,
+                &listed_delayed,
+                &tiers_exprs,
+            );
+            let _ = writeln!(
+                out,
+                "passing_delayed.tsv: added the {} new passes",
+                new_delayed.len()
+            );
+        } else {
+            for c in &new_delayed {
+                let _ = writeln!(out, "  new pass with delayed name removal: {}:{}", c.0, c.1);
+            }
+        }
+    }
+    if all_delayed {
+        report(&out);
+        assert!(panics.is_empty(), "the engine panicked on: {panics:#?}");
+        return;
+    }
     if !new.is_empty() {
         if std::env::var_os("PERCH_PROMQL_UPDATE_PASSING").is_some() && only.is_none() {
-            write_passing(&passing_path, &listed, &passed_now);
+            write_passing(&passing_path, PASSING_HEAD, &listed, &passed_now);
             let _ = writeln!(out, "passing.tsv: added the {} new passes", new.len());
         } else {
             for c in new.iter().take(20) {
@@ -298,6 +434,12 @@ pub fn run(dir: &Path) {
         passing_path.display(),
         regressed
     );
+    assert!(
+        regressed_delayed.is_empty(),
+        "cases listed in {} fail now in both modes: {:?}",
+        delayed_passing_path.display(),
+        regressed_delayed
+    );
 }
 
 fn tier_key(t: &str) -> &'static str {
@@ -314,17 +456,25 @@ fn describe(file: &str, row: &Row, o: &Outcome, delayed: bool) -> String {
 }
 
 /// Rewrites the list as the union of what it held and what passes now.
+/// The head of `passing.tsv`.
+const PASSING_HEAD: &str = "# Corpus cases (../shared/promql) that pass: file, upstream line (manifest.tsv), tier, expr.\n\
+     # tests/it/promql.rs fails if any of them fails. Only grows: PERCH_PROMQL_UPDATE_PASSING=1\n\
+     # adds new passes; a line is removed only with a reason in the commit message.\n";
+
+/// The head of `passing_delayed.tsv`.
+const PASSING_DELAYED_HEAD: &str = "# Corpus core cases (../shared/promql) that fail in the engine's default mode (a default\n\
+     # Prometheus server's answer differs) and pass with delayed __name__ removal on\n\
+     # (EngineOptions::delayed_name_removal, --enable-feature=promql-delayed-name-removal), as the\n\
+     # corpus's reference runner has it. tests/it/promql.rs fails if one of them passes in neither\n\
+     # mode. Only grows: PERCH_PROMQL_UPDATE_PASSING=1 adds new ones.\n";
+
 fn write_passing(
     path: &Path,
+    head: &str,
     listed: &BTreeMap<Case, String>,
     passed_now: &BTreeMap<Case, (String, String)>,
 ) {
-    let mut out = String::from(
-        "# Corpus cases (../shared/promql) that pass: file, upstream line (manifest.tsv), tier, expr.\n\
-         # tests/it/promql.rs fails if any of them fails. Only grows: PERCH_PROMQL_UPDATE_PASSING=1\n\
-         # adds new passes; a line is removed only with a reason in the commit message.\n\
-         file\tline\ttier\texpr\n",
-    );
+    let mut out = format!("{head}file\tline\ttier\texpr\n");
     let all: BTreeSet<&Case> = listed.keys().chain(passed_now.keys()).collect();
     for c in all {
         match (listed.get(c), passed_now.get(c)) {

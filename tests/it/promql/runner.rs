@@ -1,5 +1,7 @@
 //! Runs parsed scripts through Perch's engine over a fresh `MemStorage` and judges every eval
-//! on its own (`FORMAT.md` §5.3), going on after a failure.
+//! on its own (`FORMAT.md` §5.3), going on after a failure. The engine runs in its default mode
+//! or with delayed `__name__` removal, as the caller and the script's
+//! `# perch: delayed-name-removal on|off` lines say.
 //!
 //! Each eval gets three separate verdicts:
 //! - the result check (values, labels, order with `expect ordered`, the expected failure): this
@@ -65,9 +67,13 @@ fn new_store() -> MemStorage {
 }
 
 /// The engine as the reference runner configures it (5m lookback; the sample limit is
-/// Perch's default, as no case is meant to hit it).
-fn engine() -> Engine {
-    Engine::new(EngineOptions::default())
+/// Perch's default, as no case is meant to hit it), with or without delayed name removal
+/// (which the reference runner has on and a default Prometheus server off).
+fn engine(delayed_name_removal: bool) -> Engine {
+    Engine::new(EngineOptions {
+        delayed_name_removal,
+        ..EngineOptions::default()
+    })
 }
 
 fn load(store: &MemStorage, interval: i64, series: &[(Labels, Vec<Option<f64>>)]) {
@@ -86,14 +92,18 @@ fn load(store: &MemStorage, interval: i64, series: &[(Labels, Vec<Option<f64>>)]
 }
 
 /// Runs every eval of a script; `want(index)` selects which (the others are skipped).
-pub fn run(text: &str, mut want: impl FnMut(usize) -> bool) -> Vec<Outcome> {
-    let engine = engine();
+/// `delayed` is the engine mode the script starts in (`--enable-feature=promql-delayed-name-removal`);
+/// a `# perch: delayed-name-removal on|off` line changes it for the evals after it.
+pub fn run(text: &str, delayed: bool, mut want: impl FnMut(usize) -> bool) -> Vec<Outcome> {
+    let engines = [engine(false), engine(true)];
+    let mut mode = delayed;
     let mut store = new_store();
     let mut out = Vec::new();
     let mut index = 0;
     for cmd in script::parse(text) {
         match cmd {
             Cmd::Clear => store = new_store(),
+            Cmd::DelayedNameRemoval(on) => mode = on,
             Cmd::Load {
                 interval_ms,
                 series,
@@ -106,7 +116,7 @@ pub fn run(text: &str, mut want: impl FnMut(usize) -> bool) -> Vec<Outcome> {
                     // The engine must not panic on any input; if it does, the eval fails with
                     // PANIC and the rest of the file still runs.
                     let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_eval(&engine, q.as_ref(), &ev, i)
+                        run_eval(&engines[mode as usize], q.as_ref(), &ev, i)
                     }));
                     out.push(o.unwrap_or_else(|_| Outcome {
                         index: i,

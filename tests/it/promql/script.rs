@@ -20,6 +20,10 @@ pub enum Cmd {
         series: Vec<(Labels, Vec<Option<f64>>)>,
     },
     Eval(Eval),
+    /// `# perch: delayed-name-removal on|off`: a comment to other runners, to this one the
+    /// engine mode of the evals that follow (Prometheus's
+    /// `--enable-feature=promql-delayed-name-removal`).
+    DelayedNameRemoval(bool),
 }
 
 /// One `eval` command.
@@ -304,6 +308,9 @@ pub fn parse(text: &str) -> Vec<Cmd> {
     while i < lines.len() {
         let l = lines[i];
         if blank(l) {
+            if let Some(on) = directive(l) {
+                cmds.push(Cmd::DelayedNameRemoval(on));
+            }
             i += 1;
             continue;
         }
@@ -330,6 +337,23 @@ pub fn parse(text: &str) -> Vec<Cmd> {
         }
     }
     cmds
+}
+
+/// A Perch directive in a comment line (`# perch: delayed-name-removal on`): the mode it sets.
+/// Like every comment it also ends a block. An unknown `# perch:` directive is a mistake in the
+/// script, not something to skip.
+fn directive(line: &str) -> Option<bool> {
+    let d = line
+        .strip_prefix('#')?
+        .trim()
+        .strip_prefix("perch:")?
+        .trim();
+    let words: Vec<&str> = d.split_whitespace().collect();
+    match words[..] {
+        ["delayed-name-removal", "on"] => Some(true),
+        ["delayed-name-removal", "off"] => Some(false),
+        _ => panic!("unknown directive {line:?}: use `# perch: delayed-name-removal on|off`"),
+    }
 }
 
 fn parse_load(header: &str, body: &[&str]) -> Cmd {
