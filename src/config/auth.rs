@@ -9,8 +9,8 @@
 //! rotated secret is picked up without a reload.
 //!
 //! Refused with a clear error (no OAuth client in the binary, no proxy support):
-//! `proxy_url`, `proxy_connect_header`, `oauth2`, and `remote_write`'s `tls_config` — see
-//! [`refuse_unsupported`]. A scrape job's `tls_config` is [`super::tls`]'s.
+//! `proxy_url`, `proxy_connect_header`, `oauth2` — see [`refuse_unsupported`]. `tls_config`
+//! is [`super::tls`]'s.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -142,20 +142,11 @@ pub fn join_dir(dir: &Path, file: &str) -> PathBuf {
     }
 }
 
-/// Why `remote_write` refuses TLS (its client is plain TCP), and what to do instead.
-pub(super) const REMOTE_NO_TLS: &str = if cfg!(feature = "tls") {
-    "Perch's remote_write client has no TLS yet (scrapes have it); use http, e.g. through a local TLS proxy"
-} else {
-    "no TLS in this build (built without the `tls` feature), and Perch's remote_write client has none yet; use http, e.g. through a local TLS proxy"
-};
-
 /// An error for each HTTP client field Perch cannot honour; `at` names the section.
 pub(super) fn refuse_unsupported(at: &str, present: &[(bool, &str)]) -> Result<(), String> {
     for (is, field) in present {
         if *is {
             let why = match *field {
-                // Only `remote_write` still refuses it.
-                "tls_config" => REMOTE_NO_TLS,
                 "oauth2" => "no OAuth 2.0 client in the binary",
                 "proxy_url" | "proxy_connect_header" => "Perch connects directly",
                 _ => "not built in",

@@ -15,8 +15,8 @@
 //! (`password_file`, `file_sd_configs.files`, …) are resolved against the config file's
 //! directory, as Prometheus does.
 //! Unknown fields are errors; sections of Prometheus that Perch does not use yet (`rule_files`,
-//! `alerting`, `remote_write`, `remote_read`, `storage`, `tracing`) are accepted with one warning
-//! each, listed in [`FileConfig::ignored_sections`].
+//! `alerting`, `remote_read`, `storage`, `tracing`) are accepted with one warning each, listed
+//! in [`FileConfig::ignored_sections`]. `remote_write` is [`remote`]'s.
 
 pub mod auth;
 pub mod duration;
@@ -1020,7 +1020,7 @@ pub fn parse_yaml(text: &str, name: &str) -> Result<FileConfig, ConfigError> {
     let mut remote_write: Vec<RemoteWriteConfig> = Vec::new();
     for (i, rw) in raw.remote_write.unwrap_or_default().into_iter().enumerate() {
         let c = rw
-            .validate(&format!("remote_write[{i}]"), dir)
+            .validate(&format!("remote_write[{i}]"), dir, &mut system_roots)
             .map_err(&invalid)?;
         if remote_write.iter().any(|o| o.name == c.name) {
             return Err(invalid(format!(

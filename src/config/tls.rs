@@ -1,5 +1,5 @@
-//! A scrape job's `tls_config`, as Prometheus 2.42 configures it (prometheus/common's
-//! `TLSConfig`), validated and built into a [`TlsClient`] at load time.
+//! A scrape job's or a `remote_write` entry's `tls_config`, as Prometheus 2.42 configures it
+//! (prometheus/common's `TLSConfig`), validated and built into a [`TlsClient`] at load time.
 //!
 //! Understood: `ca_file` / `ca`, `cert_file` / `cert`, `key_file` / `key` (PEM, in a file or
 //! inline), `server_name`, `insecure_skip_verify` and `min_version` (`TLS10` … `TLS13`; Perch
@@ -7,11 +7,13 @@
 //! are the CA certificates given, and only those, as in Go; without them, the system's file:
 //! `$SSL_CERT_FILE`, else the first of Go's list that exists (`/etc/ssl/certs/
 //! ca-certificates.crt` on Debian). Every file is read and parsed here, so a missing or bad
-//! file is a config error naming its field; a reload reads them again. The system roots are
-//! read once per load and shared by the jobs that use them.
+//! file is a config error naming its field; a reload reads them again, and a client built from
+//! rewritten files is not equal to the old one (so the job or sender using it is restarted).
+//! The system roots are read once per load and shared by the clients that use them.
 //!
-//! A job gets a [`TlsClient`] when it says `scheme: https` or has a `tls_config`. A build
-//! without the `tls` cargo feature has no TLS: both are refused with [`NO_TLS`], which says how
+//! A job gets a [`TlsClient`] when it says `scheme: https` or has a `tls_config`; a
+//! `remote_write` entry when its URL is `https://` or it has a `tls_config`. A build without
+//! the `tls` cargo feature has no TLS: all of these are refused with [`NO_TLS`], which says how
 //! to get a build with it.
 
 use serde::Deserialize;
@@ -160,6 +162,7 @@ mod with_tls {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
     use std::fmt;
+    use std::hash::{DefaultHasher, Hasher};
     use std::sync::Arc;
 
     /// Where Go looks for the system's CA certificates on Linux, in its order.
@@ -172,12 +175,12 @@ mod with_tls {
         "/etc/ssl/cert.pem",
     ];
 
-    /// The system's roots, read at most once per config load.
+    /// The system's roots, read at most once per config load, with the hash of the file.
     #[derive(Default)]
-    pub struct SystemRoots(Option<Arc<RootCertStore>>);
+    pub struct SystemRoots(Option<(Arc<RootCertStore>, u64)>);
 
     impl SystemRoots {
-        fn get(&mut self, at: &str) -> Result<Arc<RootCertStore>, String> {
+        fn get(&mut self, at: &str) -> Result<(Arc<RootCertStore>, u64), String> {
             if let Some(r) = &self.0 {
                 return Ok(r.clone());
             }
@@ -193,27 +196,32 @@ mod with_tls {
                         SYSTEM_CA_FILES.join(", ")
                     )
                 })?;
-            let roots = Arc::new(roots(&Pem::File(path.into()), at, "system CA file")?);
+            let mut seen = DefaultHasher::new();
+            let roots = roots(&Pem::File(path.into()), at, "system CA file", &mut seen)?;
+            let roots = (Arc::new(roots), seen.finish());
             self.0 = Some(roots.clone());
             Ok(roots)
         }
     }
 
-    /// A job's TLS client: the rustls config built from its `tls_config`, shared by its
-    /// targets' connections.
+    /// A job's (or a `remote_write` entry's) TLS client: the rustls config built from its
+    /// `tls_config`, shared by its connections.
     #[derive(Clone)]
     pub struct TlsClient {
         pub settings: TlsConfig,
         pub config: Arc<rustls::ClientConfig>,
         /// `server_name`, checked once here.
         pub server_name: Option<ServerName<'static>>,
+        /// A hash of the PEM text read (files and inline), so that a reload sees a rotated file.
+        material: u64,
     }
 
     impl PartialEq for TlsClient {
-        /// The same settings build the same client (a reload keeps a job whose settings and
-        /// the rest of its config are unchanged).
+        /// The same settings and the same files build the same client: a reload keeps a job
+        /// (or sender) whose config is unchanged, and replaces one whose certificate or key
+        /// file was rewritten.
         fn eq(&self, other: &TlsClient) -> bool {
-            self.settings == other.settings
+            self.settings == other.settings && self.material == other.material
         }
     }
 
@@ -223,13 +231,21 @@ mod with_tls {
         }
     }
 
-    /// The PEM text of `source`; `at` names the section, `what` the contents, in errors.
-    fn read(source: &Pem, at: &str, what: &str) -> Result<Vec<u8>, String> {
-        match source {
-            Pem::Inline(text) => Ok(text.as_bytes().to_vec()),
+    /// The PEM text of `source`, also fed to `seen`; `at` names the section, `what` the
+    /// contents, in errors.
+    fn read(
+        source: &Pem,
+        at: &str,
+        what: &str,
+        seen: &mut DefaultHasher,
+    ) -> Result<Vec<u8>, String> {
+        let text = match source {
+            Pem::Inline(text) => text.as_bytes().to_vec(),
             Pem::File(path) => std::fs::read(path)
-                .map_err(|e| format!("{at}: unable to read {what} {}: {e}", path.display())),
-        }
+                .map_err(|e| format!("{at}: unable to read {what} {}: {e}", path.display()))?,
+        };
+        seen.write(&text);
+        Ok(text)
     }
 
     /// `at` with the field `source` came from: `name`, or `name_file`.
@@ -240,8 +256,13 @@ mod with_tls {
         }
     }
 
-    fn certs(source: &Pem, at: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-        let text = read(source, at, what)?;
+    fn certs(
+        source: &Pem,
+        at: &str,
+        what: &str,
+        seen: &mut DefaultHasher,
+    ) -> Result<Vec<CertificateDer<'static>>, String> {
+        let text = read(source, at, what, seen)?;
         let certs = CertificateDer::pem_slice_iter(&text)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("{at}: {what}: {e}"))?;
@@ -251,9 +272,14 @@ mod with_tls {
         Ok(certs)
     }
 
-    fn roots(source: &Pem, at: &str, what: &str) -> Result<RootCertStore, String> {
+    fn roots(
+        source: &Pem,
+        at: &str,
+        what: &str,
+        seen: &mut DefaultHasher,
+    ) -> Result<RootCertStore, String> {
         let mut store = RootCertStore::empty();
-        let (added, _ignored) = store.add_parsable_certificates(certs(source, at, what)?);
+        let (added, _ignored) = store.add_parsable_certificates(certs(source, at, what, seen)?);
         if added == 0 {
             return Err(format!("{at}: {what}: no usable CA certificate"));
         }
@@ -276,6 +302,7 @@ mod with_tls {
             } else {
                 &[&rustls::version::TLS13, &rustls::version::TLS12]
             };
+            let mut seen = DefaultHasher::new();
             let builder = rustls::ClientConfig::builder_with_provider(provider())
                 .with_protocol_versions(versions)
                 .map_err(|e| format!("{at}: {e}"))?;
@@ -285,16 +312,30 @@ mod with_tls {
                     .with_custom_certificate_verifier(Arc::new(SkipVerify(provider())))
             } else {
                 let roots = match &settings.ca {
-                    Some(ca) => Arc::new(roots(ca, &field(at, "ca", ca), "CA certificate")?),
-                    None => system.get(at)?,
+                    Some(ca) => Arc::new(roots(
+                        ca,
+                        &field(at, "ca", ca),
+                        "CA certificate",
+                        &mut seen,
+                    )?),
+                    None => {
+                        let (roots, hash) = system.get(at)?;
+                        seen.write_u64(hash);
+                        roots
+                    }
                 };
                 builder.with_root_certificates(roots)
             };
             let config = match (&settings.cert, &settings.key) {
                 (Some(cert), Some(key)) => {
-                    let chain = certs(cert, &field(at, "cert", cert), "client certificate")?;
+                    let chain = certs(
+                        cert,
+                        &field(at, "cert", cert),
+                        "client certificate",
+                        &mut seen,
+                    )?;
                     let key_at = field(at, "key", key);
-                    let key_text = read(key, &key_at, "client key")?;
+                    let key_text = read(key, &key_at, "client key", &mut seen)?;
                     let key = PrivateKeyDer::from_pem_slice(&key_text)
                         .map_err(|e| format!("{key_at}: client key: {e}"))?;
                     builder
@@ -314,6 +355,7 @@ mod with_tls {
                 settings,
                 config: Arc::new(config),
                 server_name,
+                material: seen.finish(),
             })
         }
     }

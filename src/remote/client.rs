@@ -1,20 +1,25 @@
-//! One remote-write POST over a fresh TCP connection, on the executor, bounded by a timeout.
+//! One remote-write POST over a fresh connection, on the executor, bounded by a timeout.
 //!
-//! Names are resolved as the scraper resolves them (IP literals, `localhost`, `/etc/hosts`;
-//! never `getaddrinfo`). The answer's status decides what the sender does; up to 4 KiB of the
-//! body is kept for the log.
+//! Names are resolved, connections made and TLS handshakes run as the scraper does them
+//! ([`crate::scrape::client::connect`]: IP literals, `localhost`, `/etc/hosts`, then DNS, never
+//! `getaddrinfo`; for `https`, the entry's [`TlsClient`] built at load, the certificate checked
+//! against `tls_config.server_name` or the URL's host, TLS errors in Go's words). Each request
+//! has its own connection, closed after the answer (`Connection: close`); over TLS, rustls
+//! resumes the session of the previous one, so a new connection costs less than a full
+//! handshake. The answer's status decides what the sender does; up to 4 KiB of the body is kept
+//! for the log.
 
-use crate::scrape::client::resolve;
-use async_io::{Async, Timer};
+use crate::config::TlsClient;
+use crate::scrape::client::{connect, io_error, resolve, FetchError};
+use async_io::Timer;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use std::fmt;
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// Why a send failed; [`SendError::reason`] is the label of the failure counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
-    /// Resolving, connecting, writing or reading failed.
+    /// Resolving, connecting, the TLS handshake, writing or reading failed.
     Network(String),
     Timeout,
     /// The receiver answered with a status other than 2xx.
@@ -53,21 +58,25 @@ impl fmt::Display for SendError {
     }
 }
 
-/// POSTs `body` to `http://{host}{path}` with `headers`; Ok on a 2xx answer.
+impl From<FetchError> for SendError {
+    fn from(e: FetchError) -> SendError {
+        SendError::Network(e.to_string())
+    }
+}
+
+/// POSTs `body` to `http://{host}{path}` with `headers`, or to `https://…` with `tls`; Ok on a
+/// 2xx answer.
 pub async fn post(
     host: &str,
     path: &str,
+    tls: Option<&TlsClient>,
     headers: &[(String, String)],
     body: &[u8],
     timeout: Duration,
 ) -> Result<(), SendError> {
     async {
-        let sa = resolve(host)
-            .await
-            .map_err(|e| SendError::Network(e.to_string()))?;
-        let mut stream = Async::<TcpStream>::connect(sa)
-            .await
-            .map_err(|e| SendError::Network(format!("dial tcp {sa}: {e}")))?;
+        let sa = resolve(host).await?;
+        let mut stream = connect(sa, host, tls).await?;
         let mut head = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
@@ -79,15 +88,20 @@ pub async fn post(
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        let io = |e: std::io::Error| SendError::Network(format!("{sa}: {e}"));
-        stream.write_all(head.as_bytes()).await.map_err(io)?;
-        stream.write_all(body).await.map_err(io)?;
-        stream.flush().await.map_err(io)?;
+        let write = |e| SendError::from(io_error(e, "write to", sa));
+        stream.write_all(head.as_bytes()).await.map_err(write)?;
+        stream.write_all(body).await.map_err(write)?;
+        stream.flush().await.map_err(write)?;
         // The status line and a bounded piece of the body are all that matter.
         let mut resp = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
         loop {
-            let n = stream.read(&mut chunk).await.map_err(io)?;
+            let n = match stream.read(&mut chunk).await {
+                Ok(n) => n,
+                // A TLS receiver that closes without close_notify: the end, as for Go's client.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => 0,
+                Err(e) => return Err(io_error(e, "read from", sa).into()),
+            };
             if n == 0 {
                 break;
             }

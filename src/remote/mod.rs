@@ -28,9 +28,10 @@
 //!
 //! Requests follow remote write 1.0: a snappy block of a protobuf `WriteRequest`, the external
 //! labels added to series that lack them, `write_relabel_configs` applied, the headers
-//! Prometheus sends. A 2xx answer is success; network errors, timeouts and 5xx (and 429 with
-//! `retry_on_http_429`) are retried with exponential backoff between `min_backoff` and
-//! `max_backoff`; any other answer drops that request, counted by reason.
+//! Prometheus sends, over http or https ([`client`]). A 2xx answer is success; network errors
+//! (TLS errors included), timeouts and 5xx (and 429 with `retry_on_http_429`) are retried with
+//! exponential backoff between `min_backoff` and `max_backoff`; any other answer drops that
+//! request, counted by reason.
 
 pub mod client;
 pub mod pb;
@@ -279,6 +280,7 @@ impl Writer {
         client::post(
             &self.cfg.host,
             &self.cfg.path,
+            self.cfg.tls.as_ref(),
             &self.headers(),
             &body,
             self.cfg.remote_timeout,

@@ -21,6 +21,7 @@
 //! - `https`: TLS over the TCP connection, handshake on connect ([`crate::scrape::tls`], only
 //!   in builds with the `tls` feature; config load refuses `https` in the others). A TLS
 //!   error is a [`FetchError::Tls`], worded as Go words it where people know the words.
+//!   [`connect`] (connect and handshake) and [`io_error`] serve the remote-write sender too.
 //! - The timeout bounds the whole exchange, connect to last byte (the caller races it and
 //!   drops the fetch, and with it the connection, whose state is then unknown).
 //! - Responses: `Content-Length`, `Transfer-Encoding: chunked` (decoded as it arrives), or
@@ -153,9 +154,9 @@ pub struct Request<'a> {
     pub tls: Option<&'a TlsClient>,
 }
 
-/// A scrape connection: plain TCP, or TLS over it (boxed: rustls's state is large, and a plain
-/// connection should not pay for it).
-enum Stream {
+/// A connection: plain TCP, or TLS over it (boxed: rustls's state is large, and a plain
+/// connection should not pay for it). The remote-write sender uses it too ([`connect`]).
+pub enum Stream {
     Plain(Async<TcpStream>),
     #[cfg(feature = "tls")]
     Tls(Box<super::tls::TlsStream>),
@@ -223,22 +224,34 @@ pub struct Conn {
     peer: SocketAddr,
 }
 
+/// Connects to `sa` (what `addr`, `host:port`, resolved to) and, with a TLS client, runs the
+/// handshake for `addr`'s host (see [`crate::scrape::tls`]): errors are an
+/// [`FetchError::Io`] (`dial tcp …`) or a [`FetchError::Tls`] in Go's words.
+pub async fn connect(
+    sa: SocketAddr,
+    addr: &str,
+    tls: Option<&TlsClient>,
+) -> Result<Stream, FetchError> {
+    let tcp = Async::<TcpStream>::connect(sa)
+        .await
+        .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
+    #[cfg(not(feature = "tls"))]
+    let _ = addr; // only a handshake needs the host
+    Ok(match tls {
+        None => Stream::Plain(tcp),
+        #[cfg(feature = "tls")]
+        Some(tls) => Stream::Tls(Box::new(
+            super::tls::handshake(tcp, host_of(addr), tls).await?,
+        )),
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match *never {},
+    })
+}
+
 impl Conn {
     /// Connects to `sa`, and runs the TLS handshake for an `https` request.
     async fn open(sa: SocketAddr, req: &Request<'_>) -> Result<Conn, FetchError> {
-        let tcp = Async::<TcpStream>::connect(sa)
-            .await
-            .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
-        let stream = match req.tls {
-            None => Stream::Plain(tcp),
-            #[cfg(feature = "tls")]
-            Some(tls) => {
-                let host = host_of(req.addr);
-                Stream::Tls(Box::new(super::tls::handshake(tcp, host, tls).await?))
-            }
-            #[cfg(not(feature = "tls"))]
-            Some(never) => match *never {},
-        };
+        let stream = connect(sa, req.addr, req.tls).await?;
         Ok(Conn { stream, peer: sa })
     }
 
@@ -476,7 +489,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A failed read or write (`what`: "read from", "write to") on the connection to `sa`; a TLS
 /// error in TLS's words.
-fn io_error(e: io::Error, what: &str, sa: SocketAddr) -> FetchError {
+pub fn io_error(e: io::Error, what: &str, sa: SocketAddr) -> FetchError {
     #[cfg(feature = "tls")]
     if let Some(m) = super::tls::tls_error(&e) {
         return FetchError::Tls(m);

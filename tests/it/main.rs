@@ -12,6 +12,8 @@ mod ingest;
 mod lateness;
 mod promql;
 mod pull;
+#[cfg(feature = "tls")]
+mod remote_tls;
 mod scrape;
 mod scrape_parity;
 #[cfg(feature = "tls")]

@@ -187,9 +187,10 @@ impl Fixture {
     }
 }
 
-/// The https fixture's server config (see [`Fixture::tls`]).
+/// The https fixture's server config (see [`Fixture::tls`]); also the https remote-write
+/// receiver's (`remote_tls`).
 #[cfg(feature = "tls")]
-fn tls_server_config(client_auth: bool) -> rustls::ServerConfig {
+pub fn tls_server_config(client_auth: bool) -> rustls::ServerConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let dir = data_dir().join("tls");
