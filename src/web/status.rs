@@ -69,6 +69,16 @@ pub fn flag_map(f: &Flags) -> BTreeMap<&'static str, String> {
     m.insert("query.timeout", format_duration(f.query_timeout));
     m.insert("query.max-samples", f.query_max_samples.to_string());
     m.insert("log.level", f.log_level.to_string().to_ascii_lowercase());
+    // As Prometheus: the features turned on, comma-separated ("" when none).
+    m.insert(
+        "enable-feature",
+        if f.promql_delayed_name_removal {
+            "promql-delayed-name-removal"
+        } else {
+            ""
+        }
+        .to_owned(),
+    );
     m.insert(
         "storage.remote.read-sample-limit",
         f.remote_read_sample_limit.to_string(),

@@ -629,6 +629,7 @@ fn errors_methods_and_fixed_answers_as_prometheus() {
     );
     assert_eq!(d["storage.tsdb.retention.time"], "100y");
     assert_eq!(d["web.enable-lifecycle"], "false");
+    assert_eq!(d["enable-feature"], "");
     let a = exchange(perch.port, "GET", "/api/v1/status/tsdb", "", &[]);
     let d = &a.json()["data"];
     assert!(d["headStats"]["numSeries"].as_u64().unwrap() >= 17, "{d}");
