@@ -73,7 +73,7 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
         // Most varints in a chunk are one byte (a regular timestamp, a small delta).
         if let Some(&b) = self.buf.get(self.pos) {
@@ -87,6 +87,7 @@ impl<'a> Reader<'a> {
 
     /// A varint of up to eight bytes (56 bits: timestamps, most integers) from one 8-byte load,
     /// without a branch per byte; longer ones, and ones cut by the end, byte by byte.
+    #[inline]
     fn uvarint_long(&mut self) -> Result<u64, CodecError> {
         let rest = self.buf.get(self.pos..).unwrap_or(&[]);
         let word = match rest.first_chunk::<8>() {
@@ -138,7 +139,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<i64, CodecError> {
         self.uvarint().map(unzigzag)
     }
