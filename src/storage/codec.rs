@@ -623,17 +623,19 @@ fn decode_chunk_body(
     // chunk is regular and constant, when n is as stated): reserve once.
     out.reserve(n.min(len.saturating_mul(8)));
     let t0 = r.varint()?;
-    out.push(Sample { t: t0, v: 0.0 });
-    if n > 1 {
+    if n == 1 {
+        out.push(Sample { t: t0, v: 0.0 });
+    } else {
         let step = r.varint()?;
         match r.u8()? {
             TS_REGULAR => {
-                out.extend((1..n as i64).map(|k| Sample {
+                out.extend((0..n as i64).map(|k| Sample {
                     t: t0.wrapping_add(step.wrapping_mul(k)),
                     v: 0.0,
                 }));
             }
             TS_DOD => {
+                out.push(Sample { t: t0, v: 0.0 });
                 let (mut t, mut d) = (t0.wrapping_add(step), step);
                 out.push(Sample { t, v: 0.0 });
                 for _ in 2..n {
@@ -656,15 +658,19 @@ fn decode_chunk_body(
             let p = *POW10.get(e).ok_or(CodecError("bad decimal exponent"))?;
             let mut i = r.varint()?;
             samples[0].v = i as f64;
-            let mut delta = 0i64;
-            for (k, s) in samples.iter_mut().enumerate().skip(1) {
-                if mode == V_DECIMAL_DELTA || k == 1 {
-                    delta = r.varint()?;
-                } else {
-                    delta = delta.wrapping_add(r.varint()?);
+            if mode == V_DECIMAL_DELTA {
+                for s in samples.iter_mut().skip(1) {
+                    i = i.wrapping_add(r.varint()?);
+                    s.v = i as f64;
                 }
-                i = i.wrapping_add(delta);
-                s.v = i as f64;
+            } else {
+                let mut delta = 0i64;
+                for (k, s) in samples.iter_mut().enumerate().skip(1) {
+                    let d = r.varint()?;
+                    delta = if k == 1 { d } else { delta.wrapping_add(d) };
+                    i = i.wrapping_add(delta);
+                    s.v = i as f64;
+                }
             }
             // Integers (e = 0, most counters) need no division; others are divided exactly as
             // they were encoded (a multiplication by 10^-e would not read back bit for bit).
