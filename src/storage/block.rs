@@ -469,16 +469,19 @@ impl Block {
             if frame.is_none() || fi != before {
                 frame = self.frame(fi).ok();
             }
+            // The chunk and what follows it in its frame: varints are read a word at a time
+            // when the bytes ahead are there. A chunk read past its length is corrupt.
             let Some(bytes) = frame.as_ref().and_then(|f| {
                 let start = off.checked_sub(self.frames.get(fi).map_or(0, |f| f.2))?;
-                f.get(start..start.checked_add(len)?)
+                f.get(start..start.checked_add(len)?)?;
+                f.get(start..)
             }) else {
                 corrupt += 1;
                 continue;
             };
             let out = &mut per[k];
             let start = out.len();
-            if codec::decode_chunk(&mut Reader::new(bytes), out).is_err() {
+            if codec::decode_chunk_of(&mut Reader::new(bytes), len, out).is_err() {
                 out.truncate(start);
                 corrupt += 1;
                 continue;

@@ -73,7 +73,7 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
         // Most varints in a chunk are one byte (a regular timestamp, a small delta).
         if let Some(&b) = self.buf.get(self.pos) {
@@ -85,7 +85,38 @@ impl<'a> Reader<'a> {
         self.uvarint_long()
     }
 
+    /// A varint of up to eight bytes (56 bits: timestamps, most integers) from one 8-byte load,
+    /// without a branch per byte; longer ones, and ones cut by the end, byte by byte.
+    #[inline]
     fn uvarint_long(&mut self) -> Result<u64, CodecError> {
+        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
+        let word = match rest.first_chunk::<8>() {
+            Some(w) => u64::from_le_bytes(*w),
+            None => {
+                // Near the end: the missing bytes read as zero, a stop past the end (checked).
+                let mut a = [0u8; 8];
+                a[..rest.len()].copy_from_slice(rest);
+                u64::from_le_bytes(a)
+            }
+        };
+        // The first byte without the continuation bit ends the varint.
+        let stops = !word & 0x8080_8080_8080_8080;
+        let len = (stops.trailing_zeros() / 8 + 1) as usize;
+        if stops == 0 || len > rest.len() {
+            return self.uvarint_slow();
+        }
+        let keep = u64::MAX >> (64 - 8 * len);
+        // Pack the 7-bit groups: pairs into 14 bits, then 28, then 56.
+        let x = word & keep & 0x7f7f_7f7f_7f7f_7f7f;
+        let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+        let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+        let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+        self.pos += len;
+        Ok(x)
+    }
+
+    /// A varint read byte by byte, each checked against the end.
+    fn uvarint_slow(&mut self) -> Result<u64, CodecError> {
         let mut v: u64 = 0;
         let mut shift = 0;
         loop {
@@ -108,7 +139,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<i64, CodecError> {
         self.uvarint().map(unzigzag)
     }
@@ -554,6 +585,31 @@ pub const MAX_CHUNK_SAMPLES: u64 = 1 << 24;
 
 /// Decodes one chunk from `r`, appending its samples to `out`.
 pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), CodecError> {
+    let len = r.buf.len().saturating_sub(r.pos);
+    decode_chunk_of(r, len, out)
+}
+
+/// As [`decode_chunk`], for a chunk of `len` bytes at `r`'s position that `r` may read past
+/// (the bytes after it let varints be read a word at a time): a chunk that reads past `len` is
+/// an error, so the result is the same as with `r` cut at `len`.
+pub fn decode_chunk_of(
+    r: &mut Reader<'_>,
+    len: usize,
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
+    let end = r.pos.saturating_add(len);
+    decode_chunk_body(r, len, out)?;
+    if r.pos > end {
+        return Err(CodecError("chunk longer than its length"));
+    }
+    Ok(())
+}
+
+fn decode_chunk_body(
+    r: &mut Reader<'_>,
+    len: usize,
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
     let n = r.uvarint()?;
     if n > MAX_CHUNK_SAMPLES {
         return Err(CodecError("sample count too large"));
@@ -565,19 +621,21 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
     let start = out.len();
     // The count is bounded above, and every sample takes at least a byte of the chunk (or the
     // chunk is regular and constant, when n is as stated): reserve once.
-    out.reserve(n.min(r.buf.len().saturating_mul(8)));
+    out.reserve(n.min(len.saturating_mul(8)));
     let t0 = r.varint()?;
-    out.push(Sample { t: t0, v: 0.0 });
-    if n > 1 {
+    if n == 1 {
+        out.push(Sample { t: t0, v: 0.0 });
+    } else {
         let step = r.varint()?;
         match r.u8()? {
             TS_REGULAR => {
-                out.extend((1..n as i64).map(|k| Sample {
+                out.extend((0..n as i64).map(|k| Sample {
                     t: t0.wrapping_add(step.wrapping_mul(k)),
                     v: 0.0,
                 }));
             }
             TS_DOD => {
+                out.push(Sample { t: t0, v: 0.0 });
                 let (mut t, mut d) = (t0.wrapping_add(step), step);
                 out.push(Sample { t, v: 0.0 });
                 for _ in 2..n {
@@ -600,15 +658,19 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
             let p = *POW10.get(e).ok_or(CodecError("bad decimal exponent"))?;
             let mut i = r.varint()?;
             samples[0].v = i as f64;
-            let mut delta = 0i64;
-            for (k, s) in samples.iter_mut().enumerate().skip(1) {
-                if mode == V_DECIMAL_DELTA || k == 1 {
-                    delta = r.varint()?;
-                } else {
-                    delta = delta.wrapping_add(r.varint()?);
+            if mode == V_DECIMAL_DELTA {
+                for s in samples.iter_mut().skip(1) {
+                    i = i.wrapping_add(r.varint()?);
+                    s.v = i as f64;
                 }
-                i = i.wrapping_add(delta);
-                s.v = i as f64;
+            } else {
+                let mut delta = 0i64;
+                for (k, s) in samples.iter_mut().enumerate().skip(1) {
+                    let d = r.varint()?;
+                    delta = if k == 1 { d } else { delta.wrapping_add(d) };
+                    i = i.wrapping_add(delta);
+                    s.v = i as f64;
+                }
             }
             // Integers (e = 0, most counters) need no division; others are divided exactly as
             // they were encoded (a multiplication by 10^-e would not read back bit for bit).
@@ -640,6 +702,44 @@ mod tests {
             && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
+    }
+
+    #[test]
+    fn varints_read_the_same_near_the_end_and_far_from_it() {
+        let mut x = 7u64;
+        for k in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut buf = Vec::new();
+            if k % 2 == 0 {
+                put_uvarint(&mut buf, x >> (k % 64));
+            }
+            // Random bytes, biased to continuation bytes so long and overlong varints occur.
+            let mut y = x;
+            for _ in 0..12 {
+                buf.push(if y % 5 == 0 {
+                    y as u8 & 0x7f
+                } else {
+                    y as u8 | 0x80
+                });
+                y = y.rotate_left(9);
+            }
+            for end in 0..buf.len() {
+                let mut fast = Reader::new(&buf[..end]);
+                let mut slow = Reader::new(&buf[..end]);
+                let a = fast.uvarint();
+                let b = if slow.buf.first().is_some_and(|b| *b < 0x80) {
+                    slow.uvarint()
+                } else {
+                    slow.uvarint_slow()
+                };
+                assert_eq!(a, b, "{:?}", &buf[..end]);
+                if a.is_ok() {
+                    assert_eq!(fast.pos, slow.pos);
+                }
+            }
+        }
     }
 
     fn round_trip(samples: &[Sample]) -> usize {
@@ -762,6 +862,27 @@ mod tests {
                 samples.push(Sample { t, v });
             }
             round_trip(&samples);
+            cut_chunks_read_the_same_with_bytes_after(&samples, &mut rng);
+        }
+    }
+
+    /// A chunk cut short decodes (or fails) alike whether the buffer ends at the cut or goes on
+    /// with other bytes that `decode_chunk_of` may look at but not use.
+    fn cut_chunks_read_the_same_with_bytes_after(samples: &[Sample], rng: &mut Rng) {
+        let mut buf = Vec::new();
+        encode_chunk(&samples[..samples.len().min(6)], &mut buf);
+        let full = buf.len();
+        let mut after = buf.clone();
+        after.extend((0..16).map(|_| rng.next() as u8));
+        for cut in 0..=full {
+            let mut a = vec![Sample { t: 1, v: 1.0 }];
+            let mut b = a.clone();
+            let ra = decode_chunk(&mut Reader::new(&buf[..cut]), &mut a);
+            let rb = decode_chunk_of(&mut Reader::new(&after), cut, &mut b);
+            assert_eq!(ra.is_ok(), rb.is_ok(), "cut {cut} of {full}");
+            if ra.is_ok() {
+                assert!(same(&a, &b));
+            }
         }
     }
 

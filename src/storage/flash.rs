@@ -994,23 +994,34 @@ impl Store {
         // still in ascending order (checked as each part is appended, while it is in cache).
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
         let mut ordered = vec![true; ids.len()];
-        for si in 0..self.segments.len() {
-            let seg = &self.segments[si];
+        let mut blocks: Vec<(usize, RecordRef)> = Vec::new();
+        for (si, seg) in self.segments.iter().enumerate() {
             if seg.max_t < mint || seg.min_t > maxt {
                 continue;
             }
-            let blocks: Vec<RecordRef> = seg
-                .blocks
-                .iter()
-                .filter(|b| b.max_t >= mint && b.min_t <= maxt)
-                .copied()
-                .collect();
-            for r in blocks {
-                let Some(block) = self.load_block(si, &r)? else {
-                    continue;
-                };
-                self.counters.corrupt_records +=
-                    block.series_many(&ids, &mut per, &mut ordered, mint, maxt);
+            blocks.extend(
+                seg.blocks
+                    .iter()
+                    .filter(|b| b.max_t >= mint && b.min_t <= maxt)
+                    .map(|b| (si, *b)),
+            );
+        }
+        let mut reserved = false;
+        for (i, (si, r)) in blocks.iter().enumerate() {
+            let left = blocks.len() - 1 - i;
+            let Some(block) = self.load_block(*si, r)? else {
+                continue;
+            };
+            self.counters.corrupt_records +=
+                block.series_many(&ids, &mut per, &mut ordered, mint, maxt);
+            if !reserved {
+                // Blocks of a live store are alike: guess that each series has as many samples
+                // in each of the blocks left as in the first, and grow each vector once.
+                reserved = true;
+                let first: usize = per.iter().map(Vec::len).sum();
+                if first.saturating_mul(left) <= MAX_RESERVE_SAMPLES {
+                    per.iter_mut().for_each(|v| v.reserve_exact(v.len() * left));
+                }
             }
         }
         let mut out = Vec::new();
@@ -1040,6 +1051,9 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Most samples a select reserves room for ahead of decoding them (16 bytes each).
+const MAX_RESERVE_SAMPLES: usize = 1 << 21;
 
 impl Store {
     /// The block records whose position is in `range`, in order.
