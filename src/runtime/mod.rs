@@ -238,7 +238,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             Ok(())
         }));
     }
-    // Start-up is done: let go of the code pages only it used.
+    // Start-up is done: let go of the code pages only it used (and again after each flush).
     residency::trim_code_pages();
     let quit = state.quit.clone();
     let web_state = state.clone();
@@ -254,6 +254,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
             }
             hk_remote.borrow().flushed(&*hk_storage);
             hk_storage.housekeeping();
+            // Code that ran once since (the first scrapes, where every series is new, relabeled
+            // and indexed; the first flush's series records; a reload) gives its pages back too.
+            // The steady state's pages fault back in at once, a 64 KiB window at a time.
+            residency::trim_code_pages();
         }
     })
     .detach();

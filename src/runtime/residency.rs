@@ -4,7 +4,7 @@
 //! again, and the kernel maps the executable in 64 KiB windows around each page fault. On a
 //! board with a few hundred MB of RAM that is memory the resident set reports but Perch does not
 //! need. [`trim_code_pages`] asks the kernel to drop the executable's read-only file pages
-//! once start-up is done (`MADV_DONTNEED`); the ones steady-state code uses come back on their
+//! once start-up is done, and again after each flush (`MADV_DONTNEED`); the ones steady-state code uses come back on their
 //! first use, from the page cache, at the cost of a few minor faults. Writable mappings (data,
 //! heap) are never touched. Linux only; a failure is ignored (it only costs memory).
 
