@@ -205,7 +205,7 @@ pub(super) async fn eval(
             }
         }
     }
-    Ok(Val::Vector(b.finish()))
+    Ok(Val::Vector(b.finish_yielding(ev).await))
 }
 
 /// Orders `a` before `b` by value (descending if `desc`), NaN last.
@@ -384,7 +384,7 @@ async fn count_values(
             b.push(k, j, c)?;
         }
     }
-    Ok(Val::Vector(b.finish()))
+    Ok(Val::Vector(b.finish_yielding(ev).await))
 }
 
 /// Formats a float as Go's `strconv.FormatFloat(f, 'f', -1, 64)`.

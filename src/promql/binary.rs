@@ -254,7 +254,7 @@ async fn vector_scalar(
             b.push(k, j, val)?;
         }
     }
-    Ok(b.finish())
+    Ok(b.finish_yielding(ev).await)
 }
 
 /// Go's `labels.Labels.String()`: `{__name__="x", a="b"}`.
@@ -376,7 +376,7 @@ async fn vector_vector(
             b.push(k, out, val)?;
         }
     }
-    Ok(b.finish())
+    Ok(b.finish_yielding(ev).await)
 }
 
 /// Interns match-group signatures as small integers.
@@ -505,5 +505,5 @@ async fn set_op(
             b.push(k, o, v)?;
         }
     }
-    Ok(b.finish())
+    Ok(b.finish_yielding(ev).await)
 }

@@ -389,6 +389,29 @@ impl StepVecBuilder {
     }
 
     pub fn finish(self) -> StepVec {
+        let (mut sorter, pushed) = self.into_sorter();
+        for p in pushed {
+            sorter.place(p);
+        }
+        sorter.done()
+    }
+
+    /// As [`StepVecBuilder::finish`], yielding to the executor while it orders a large table by
+    /// step (a range query over many series pushes millions of points, series by series).
+    pub async fn finish_yielding(self, ev: &mut Evaluator<'_>) -> StepVec {
+        let (mut sorter, pushed) = self.into_sorter();
+        for part in pushed.chunks(1 << 12) {
+            for p in part {
+                sorter.place(*p);
+            }
+            ev.tick(part.len()).await;
+        }
+        sorter.done()
+    }
+
+    /// The table, ready to take the pushed points in any order (none if they came in step
+    /// order: then they are already placed), and the points still to place.
+    fn into_sorter(self) -> (StepSorter, Vec<(u32, u32, f64)>) {
         let StepVecBuilder {
             table,
             pushed,
@@ -402,27 +425,53 @@ impl StepVecBuilder {
             total += *e;
             *e = total;
         }
-        let points = if in_order {
+        if in_order {
             // Same size and alignment: collected in place, no new allocation.
-            pushed.into_iter().map(|(_, i, v)| (i, v)).collect()
-        } else {
-            // A counting sort by step: each point goes to the next free slot of its step.
-            let mut next: Vec<usize> = std::iter::once(0)
-                .chain(ends.iter().copied())
-                .take(ends.len())
-                .collect();
-            let mut points = vec![(0u32, 0.0f64); total];
-            for (k, i, v) in pushed {
-                let slot = &mut next[k as usize];
-                points[*slot] = (i, v);
-                *slot += 1;
-            }
-            points
-        };
-        StepVec {
+            let points = pushed.into_iter().map(|(_, i, v)| (i, v)).collect();
+            let sorter = StepSorter {
+                table,
+                points,
+                ends,
+                next: Vec::new(),
+            };
+            return (sorter, Vec::new());
+        }
+        // A counting sort by step: each point goes to the next free slot of its step.
+        let next: Vec<usize> = std::iter::once(0)
+            .chain(ends.iter().copied())
+            .take(ends.len())
+            .collect();
+        let sorter = StepSorter {
             table,
-            points,
+            points: vec![(0u32, 0.0f64); total],
             ends,
+            next,
+        };
+        (sorter, pushed)
+    }
+}
+
+/// A [`StepVec`] being filled by a counting sort of its points by step.
+struct StepSorter {
+    table: Table,
+    points: Vec<(u32, f64)>,
+    ends: Vec<usize>,
+    /// The next free slot of each step.
+    next: Vec<usize>,
+}
+
+impl StepSorter {
+    fn place(&mut self, (k, i, v): (u32, u32, f64)) {
+        let slot = &mut self.next[k as usize];
+        self.points[*slot] = (i, v);
+        *slot += 1;
+    }
+
+    fn done(self) -> StepVec {
+        StepVec {
+            table: self.table,
+            points: self.points,
+            ends: self.ends,
         }
     }
 }
@@ -793,7 +842,7 @@ impl<'q> Evaluator<'q> {
             self.read_samples(count);
             self.add_samples(count)?;
         }
-        Ok(b.finish())
+        Ok(b.finish_yielding(self).await)
     }
 
     /// A matrix selector or subquery as a function argument over `span`.

@@ -40,7 +40,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
             for (k, v) in s.into_iter().enumerate() {
                 b.push(k, i, v)?;
             }
-            Ok(Val::Vector(b.finish()))
+            Ok(Val::Vector(b.finish_yielding(ev).await))
         }
         "scalar" => {
             let v = ev.eval_vector(a0()?, span).await?;
@@ -106,7 +106,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     for k in 0..n {
                         b.push(k, i, f(span.ts(k).div_euclid(1000)))?;
                     }
-                    Ok(Val::Vector(b.finish()))
+                    Ok(Val::Vector(b.finish_yielding(ev).await))
                 }
                 Some(e) => {
                     let v = ev.eval_vector(e, span).await?;
@@ -143,7 +143,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     b.push(k, i, 1.0)?;
                 }
             }
-            Ok(Val::Vector(b.finish()))
+            Ok(Val::Vector(b.finish_yielding(ev).await))
         }
         "sort" | "sort_desc" => {
             let mut v = ev.eval_vector(a0()?, span).await?;
@@ -335,7 +335,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     b.push(k, i, 1.0)?;
                 }
             }
-            Ok(Val::Vector(b.finish()))
+            Ok(Val::Vector(b.finish_yielding(ev).await))
         }
         _ => Err(not_supported(&format!("function {name}()"))),
     }
@@ -383,7 +383,7 @@ pub(super) async fn transform(
         }
         ev.tick(1).await;
     }
-    Ok(b.finish())
+    Ok(b.finish_yielding(ev).await)
 }
 
 /// What a window function knows about the window besides its samples.
@@ -462,7 +462,7 @@ pub(super) async fn over_windows(
         }
     }
     ev.add_samples(points)?;
-    Ok(b.finish())
+    Ok(b.finish_yielding(ev).await)
 }
 
 /// `max_over_time` / `min_over_time` over windows that only move forward: a queue of the
@@ -1031,7 +1031,7 @@ async fn classic_buckets(
         }
         ev.tick(step.len() + 1).await;
     }
-    Ok(Val::Vector(b.finish()))
+    Ok(Val::Vector(b.finish_yielding(ev).await))
 }
 
 /// Prometheus's suffix naming the metric in an annotation, `""` for no name.

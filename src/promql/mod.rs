@@ -13,7 +13,8 @@
 //! - Evaluation is `async` only to yield: every 65,536 samples or points processed (a few
 //!   hundred microseconds of work) the evaluator calls `yield_now()`, so a long query shares the
 //!   one executor thread; each yield costs a round through the executor, so not more often than
-//!   that. (Selecting the series happens in one piece, between yields.) Timeouts and client
+//!   that. Ordering a large intermediate table by step ([`eval::StepVecBuilder::finish_yielding`])
+//!   yields the same way. (Selecting the series happens in one piece, between yields.) Timeouts and client
 //!   cancellation drop the future; the evaluator holds no `RefCell` borrow and no state across an
 //!   `.await` that would break on drop.
 //! - Memory is bounded by [`EngineOptions::max_samples`]: samples loaded and points held by
