@@ -420,12 +420,26 @@ impl Block {
             .partition_point(|f| f.2 <= off)
             .saturating_sub(1);
         let frame = self.frame(fi)?;
-        let start = off - self.frames.get(fi).map_or(0, |f| f.2);
-        let bytes = frame
-            .get(start..start + len)
+        let bytes = self
+            .chunk_onwards(&frame, fi, off, len)
             .ok_or(CodecError("chunk past the end of its frame"))?;
-        codec::decode_chunk(&mut Reader::new(bytes), out)?;
+        codec::decode_chunk_of(&mut Reader::new(bytes), len, out)?;
         Ok(true)
+    }
+
+    /// The bytes of frame `fi` (decompressed: `frame`) from the chunk at `off` in chunk space
+    /// to the frame's end, if the chunk's `len` bytes are all there: varints may be read a word
+    /// at a time when the bytes ahead are there; a chunk read past `len` is corrupt.
+    fn chunk_onwards<'f>(
+        &self,
+        frame: &'f [u8],
+        fi: usize,
+        off: usize,
+        len: usize,
+    ) -> Option<&'f [u8]> {
+        let start = off.checked_sub(self.frames.get(fi).map_or(0, |f| f.2))?;
+        frame.get(start..start.checked_add(len)?)?;
+        frame.get(start..)
     }
 
     /// Appends the samples of each wanted series to its vector, in one pass over the directory:
@@ -469,13 +483,10 @@ impl Block {
             if frame.is_none() || fi != before {
                 frame = self.frame(fi).ok();
             }
-            // The chunk and what follows it in its frame: varints are read a word at a time
-            // when the bytes ahead are there. A chunk read past its length is corrupt.
-            let Some(bytes) = frame.as_ref().and_then(|f| {
-                let start = off.checked_sub(self.frames.get(fi).map_or(0, |f| f.2))?;
-                f.get(start..start.checked_add(len)?)?;
-                f.get(start..)
-            }) else {
+            let Some(bytes) = frame
+                .as_ref()
+                .and_then(|f| self.chunk_onwards(f, fi, off, len))
+            else {
                 corrupt += 1;
                 continue;
             };

@@ -1101,7 +1101,6 @@ impl Store {
         let mut gathered = 0usize;
         let mut next = start;
         let mut more = false;
-        let mut tmp = Vec::new();
         'segments: for si in 0..self.segments.len() {
             let seg = &self.segments[si];
             let seq = seg.seq;
@@ -1147,13 +1146,14 @@ impl Store {
                         more = true;
                         break 'segments;
                     }
-                    tmp.clear();
-                    if block.series(*id, &mut tmp).is_err() {
-                        self.counters.corrupt_records += 1;
-                        continue;
-                    }
                     let before = per[k].len();
-                    per[k].extend(tmp.iter().filter(|x| x.t >= mint && x.t <= maxt));
+                    self.counters.corrupt_records += block.series_many(
+                        std::slice::from_ref(id),
+                        std::slice::from_mut(&mut per[k]),
+                        &mut [true],
+                        mint,
+                        maxt,
+                    );
                     gathered += per[k].len() - before;
                 }
             }
