@@ -56,7 +56,27 @@ impl Labels {
         for (n, v) in pairs {
             b.set(n.as_ref(), v.as_ref());
         }
-        b.build()
+        b.take()
+    }
+
+    /// Builds labels from pairs that are usually already a valid set (as a stored series'
+    /// are): they are taken as they come, with one allocation per string, when names ascend
+    /// strictly and no value is empty, and go through [`Labels::from_pairs`] otherwise.
+    pub fn from_sorted_pairs<'a>(pairs: &[(&'a str, &'a str)]) -> Self {
+        let valid =
+            pairs.windows(2).all(|w| w[0].0 < w[1].0) && pairs.iter().all(|(_, v)| !v.is_empty());
+        if !valid {
+            return Labels::from_pairs(pairs);
+        }
+        Labels(
+            pairs
+                .iter()
+                .map(|(n, v)| Label {
+                    name: (*n).to_owned(),
+                    value: (*v).to_owned(),
+                })
+                .collect(),
+        )
     }
 
     /// The value of label `name`, or "" when absent (as Prometheus treats absent labels).
@@ -344,6 +364,24 @@ mod tests {
         assert_eq!(names, ["__name__", "a", "b"]);
         assert_eq!(l.get("c"), "");
         assert_eq!(l.to_string(), r#"up{a="1", b="2"}"#);
+    }
+
+    #[test]
+    fn sorted_pairs_give_the_same_labels_as_any_pairs() {
+        let cases: [&[(&str, &str)]; 5] = [
+            &[("__name__", "up"), ("a", "1"), ("b", "2")],
+            &[("b", "2"), ("a", "1")],
+            &[("a", "1"), ("a", "2")],
+            &[("a", ""), ("b", "2")],
+            &[],
+        ];
+        for pairs in cases {
+            assert_eq!(
+                Labels::from_sorted_pairs(pairs),
+                Labels::from_pairs(pairs),
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]

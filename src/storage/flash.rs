@@ -164,7 +164,7 @@ impl Symbols {
             .chunks_exact(2)
             .map(|p| (self.get(p[0]), self.get(p[1])))
             .collect();
-        Labels::from_pairs(&pairs)
+        Labels::from_sorted_pairs(&pairs)
     }
 
     /// The value of label `name` ("" when absent).
