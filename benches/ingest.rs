@@ -3,19 +3,17 @@
 //! `cargo bench --bench ingest` reads the recorded bodies in `../shared/data/` in place and
 //! prints, per body, the median over several rounds of:
 //! - parse: the text parser alone, every label parsed (ns per sample, MB/s);
-//! - ingest: parse + scrape cache + append + commit into the in-memory store, as a scraper does
-//!   from its second scrape on (ns per sample), and the store's memory per series afterwards;
+//! - ingest: parse + scrape cache + append + commit into the flash store the agent runs on (over
+//!   a memory backend, not flushed), as a scraper does from its second scrape on (ns per
+//!   sample), and the store's memory per series afterwards;
 //! - allocs/scrape: heap allocations (and reallocations) of one such scrape after warm-up,
-//!   counted by a wrapper around the system allocator, into the in-memory store above and into
-//!   the flash store (in a memory backend, not flushed) that the agent runs on. The target is
+//!   counted by a wrapper around the system allocator, into a fresh such store. The target is
 //!   zero per sample: a scrape may allocate a few times in total, never once per sample.
 
 use perch::scrape::parse::{Entry, TextParser};
 use perch::scrape::scraper::Scraper;
 use perch::scrape::{targets_of, TargetStatus};
-use perch::storage::backend::MemBackend;
 use perch::storage::flash::{FlashOptions, FlashStorage};
-use perch::storage::memory::{MemOptions, MemStorage};
 use perch::storage::Storage;
 use perch::telemetry::Telemetry;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -88,6 +86,11 @@ fn scraper(storage: Rc<dyn Storage>) -> Scraper {
     Scraper::new(target, storage, Rc::new(Telemetry::new(0.0)), status)
 }
 
+/// The flash store with its default bounds, over a memory backend.
+fn flash_store() -> FlashStorage {
+    FlashStorage::in_memory(FlashOptions::default()).expect("an empty flash store opens")
+}
+
 /// Heap allocations of one scrape of `body` into `storage`, after warm-up (the mean over
 /// several, as a buffer may grow now and then, e.g. a store cutting a new chunk).
 fn allocs_per_scrape(storage: Rc<dyn Storage>, body: &[u8]) -> f64 {
@@ -109,7 +112,7 @@ fn allocs_per_scrape(storage: Rc<dyn Storage>, body: &[u8]) -> f64 {
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     println!(
-        "{:<28} {:>8} {:>17} {:>10} {:>17} {:>15} {:>13} {:>13} {:>14}",
+        "{:<28} {:>8} {:>17} {:>10} {:>17} {:>15} {:>13} {:>14}",
         "body",
         "samples",
         "parse ns/sample",
@@ -117,7 +120,6 @@ fn main() {
         "ingest ns/sample",
         "store B/series",
         "allocs/scrape",
-        "(flash store)",
         "allocs/sample"
     );
     for name in [
@@ -147,7 +149,7 @@ fn main() {
             parse_mbs.push((reps * body.len()) as f64 / el / 1e6);
         }
 
-        let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions::default()));
+        let storage: Rc<dyn Storage> = Rc::new(flash_store());
         let mut s = scraper(storage.clone());
         let mut ts = 1_700_000_000_000i64;
         // The first scrape fills the cache and creates the series; it is not counted.
@@ -163,22 +165,17 @@ fn main() {
             ingest_ns.push(t.elapsed().as_secs_f64() * 1e9 / (reps * samples) as f64);
         }
         let stats = storage.stats();
-        let mem_allocs = allocs_per_scrape(Rc::new(MemStorage::new(MemOptions::default())), &body);
-        let flash = FlashStorage::open(Box::new(MemBackend::new()), FlashOptions::default())
-            .expect("an empty flash store opens")
-            .0;
-        let flash_allocs = allocs_per_scrape(Rc::new(flash), &body);
+        let allocs = allocs_per_scrape(Rc::new(flash_store()), &body);
         println!(
-            "{:<28} {:>8} {:>17.0} {:>10.1} {:>17.0} {:>15.0} {:>13.1} {:>13.1} {:>14.4}",
+            "{:<28} {:>8} {:>17.0} {:>10.1} {:>17.0} {:>15.0} {:>13.1} {:>14.4}",
             name,
             samples,
             median(parse_ns),
             median(parse_mbs),
             median(ingest_ns),
             stats.memory_bytes as f64 / stats.series as f64,
-            mem_allocs,
-            flash_allocs,
-            mem_allocs.max(flash_allocs) / samples as f64
+            allocs,
+            allocs / samples as f64
         );
     }
 }

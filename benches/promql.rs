@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench promql` loads `../shared/data/node-1s.om.zst` (20 minutes of node
 //! exporter, Prometheus and VictoriaMetrics scraped every second: 1,576 series, 1.87M samples)
-//! into a `MemStorage`, then runs each query several times and prints the median and the
+//! into the flash store (over a memory backend, appended a timestamp at a time and flushed every
+//! minute of data, as the agent does), then runs each query several times and prints the median and the
 //! fastest latency:
 //! - as a Grafana panel asks it: a range query over the last hour of the recording at a 15 s
 //!   step (240 steps; the recording fills the last 20 minutes of it);
@@ -16,7 +17,7 @@ use futures_lite::future::block_on;
 use perch::model::{Labels, Sample};
 use perch::promql::{Engine, EngineOptions, Value};
 use perch::scrape::parse::{Entry, Format, TextParser};
-use perch::storage::memory::{MemOptions, MemStorage};
+use perch::storage::flash::{FlashOptions, FlashStorage};
 use perch::storage::Storage;
 use std::collections::HashMap;
 use std::io::Read;
@@ -57,25 +58,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn store_of(series: &[(Labels, Vec<Sample>)], samples: usize, name_label: bool) -> MemStorage {
-    let store = MemStorage::new(MemOptions {
-        max_samples: (samples as u64).max(8 << 20),
+/// The recording in a flash store over memory, appended as the agent's scrapes append it (one
+/// batch per timestamp) and flushed every minute of data as the agent flushes, so queries read
+/// 60 s blocks as on a board.
+fn store_of(series: &[(Labels, Vec<Sample>)], name_label: bool) -> FlashStorage {
+    let store = FlashStorage::in_memory(FlashOptions {
         retention_ms: 100 * 365 * 86_400_000,
-        ..MemOptions::default()
-    });
-    for (labels, ss) in series {
-        let labels = match name_label {
-            true => labels.builder().set("metric", labels.metric_name()).build(),
-            false => labels.clone(),
-        };
+        budget_bytes: 1 << 30,
+        max_head_bytes: 1 << 30,
+        ..FlashOptions::default()
+    })
+    .expect("an empty flash store opens");
+    let labels: Vec<Labels> = series
+        .iter()
+        .map(|(l, _)| match name_label {
+            true => l.builder().set("metric", l.metric_name()).build(),
+            false => l.clone(),
+        })
+        .collect();
+    let mut points: Vec<(i64, usize, f64)> = series
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, ss))| ss.iter().map(move |s| (s.t, i, s.v)))
+        .collect();
+    points.sort_by_key(|p| (p.0, p.1));
+    let mut refs = vec![None; series.len()];
+    let mut flushed_at = points.first().map_or(0, |p| p.0);
+    for batch in points.chunk_by(|a, b| a.0 == b.0) {
+        let t = batch[0].0;
+        if t - flushed_at >= 60_000 {
+            store.flush().expect("flush");
+            flushed_at = t;
+        }
         let mut app = store.appender();
-        let Some(first) = ss.first() else { continue };
-        let r = app.append(&labels, first.t, first.v).expect("append");
-        for s in &ss[1..] {
-            app.append_ref(r, s.t, s.v).expect("append");
+        for &(t, i, v) in batch {
+            match refs[i] {
+                Some(r) => app.append_ref(r, t, v).expect("append"),
+                None => refs[i] = Some(app.append(&labels[i], t, v).expect("append")),
+            }
         }
         app.commit().expect("commit");
     }
+    store.flush().expect("flush");
     store
 }
 
@@ -123,8 +147,8 @@ fn main() {
     let t0 = Instant::now();
     let (series, end) = load(&path);
     let samples: usize = series.iter().map(|s| s.1.len()).sum();
-    let store = store_of(&series, samples, false);
-    let named = store_of(&series, samples, true);
+    let store = store_of(&series, false);
+    let named = store_of(&series, true);
     drop(series);
     println!(
         "loaded {samples} samples of {} series in {:.1} s; range queries: the last 1h at {} s step ({} steps), instant queries at the end; median (min) of {RUNS} runs",

@@ -6,10 +6,15 @@
 
 use super::{Engine, EngineOptions, QueryError, Value};
 use crate::model::Labels;
-use crate::storage::memory::{MemOptions, MemStorage};
+use crate::storage::flash::{FlashOptions, FlashStorage};
 use crate::storage::Storage;
 use futures_lite::future::block_on;
 use std::future::Future;
+
+/// The flash store over memory, as the agent runs it (minus the card).
+fn store() -> FlashStorage {
+    FlashStorage::in_memory(FlashOptions::default()).unwrap()
+}
 
 #[test]
 fn errors_and_limits() {
@@ -17,7 +22,7 @@ fn errors_and_limits() {
         max_samples: 10,
         ..EngineOptions::default()
     });
-    let store = MemStorage::new(MemOptions::default());
+    let store = store();
     let mut app = store.appender();
     for i in 0..5 {
         let l = Labels::from_pairs(&[("__name__", "m"), ("i", &i.to_string())]);
@@ -50,7 +55,7 @@ fn errors_and_limits() {
 /// live 2.42 where tests/it/api.rs compares them).
 #[test]
 fn sample_stats() {
-    let store = MemStorage::new(MemOptions::default());
+    let store = store();
     let mut app = store.appender();
     for i in 0..3 {
         let l = Labels::from_pairs(&[("__name__", "m"), ("i", &i.to_string())]);
@@ -120,7 +125,7 @@ fn sample_stats() {
 
 #[test]
 fn absurd_inputs_are_errors_or_results_never_panics() {
-    let store = MemStorage::new(MemOptions::default());
+    let store = store();
     let mut app = store.appender();
     let l = Labels::from_pairs(&[("__name__", "m"), ("le", "1")]);
     for t in [i64::MIN + 1, -5, 0, 7, i64::MAX - 1] {
@@ -177,7 +182,7 @@ fn absurd_inputs_are_errors_or_results_never_panics() {
 #[test]
 fn evaluation_yields_to_the_executor() {
     // A query over many samples must not hog the executor: count polls of the future.
-    let store = MemStorage::new(MemOptions::default());
+    let store = store();
     let mut app = store.appender();
     let l = Labels::from_pairs(&[("__name__", "m")]);
     for t in 0..20_000 {
@@ -207,7 +212,7 @@ fn evaluation_yields_to_the_executor() {
 #[test]
 fn delayed_name_removal_is_opt_in() {
     assert!(!EngineOptions::default().delayed_name_removal);
-    let store = MemStorage::new(MemOptions::default());
+    let store = store();
     let mut app = store.appender();
     for name in ["a_total", "b_total"] {
         let l = Labels::from_pairs(&[("__name__", name), ("x", "1")]);

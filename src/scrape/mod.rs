@@ -730,15 +730,15 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::config::parse_yaml;
+    use crate::storage::flash::{FlashOptions, FlashStorage};
 
     #[test]
     fn reload_keeps_unchanged_jobs_running() {
         let two = "scrape_configs:\n  - job_name: a\n    static_configs: [{targets: ['h1:1']}]\n  - job_name: b\n    static_configs: [{targets: ['h2:1']}]\n";
         let cfg = parse_yaml(two, "t").unwrap();
         let ex = Rc::new(async_executor::LocalExecutor::new());
-        let storage: Rc<dyn Storage> = Rc::new(crate::storage::memory::MemStorage::new(
-            crate::storage::memory::MemOptions::default(),
-        ));
+        let storage: Rc<dyn Storage> =
+            Rc::new(FlashStorage::in_memory(FlashOptions::default()).unwrap());
         let publish: Publish = Rc::new(|_, _| {});
         let mut m = ScrapeManager::start(&ex, &cfg, storage, Rc::new(Telemetry::new(0.0)), publish);
         let before = m.status();
@@ -776,9 +776,8 @@ mod tests {
         );
         let cfg = parse_yaml(&y, "t").unwrap();
         let ex = Rc::new(async_executor::LocalExecutor::new());
-        let storage: Rc<dyn Storage> = Rc::new(crate::storage::memory::MemStorage::new(
-            crate::storage::memory::MemOptions::default(),
-        ));
+        let storage: Rc<dyn Storage> =
+            Rc::new(FlashStorage::in_memory(FlashOptions::default()).unwrap());
         let published = Rc::new(RefCell::new(Vec::new()));
         let p = published.clone();
         let publish: Publish = Rc::new(move |t, _| *p.borrow_mut() = t);

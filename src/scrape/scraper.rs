@@ -710,7 +710,7 @@ impl EndOfRun {
 mod tests {
     use super::*;
     use crate::model::{is_stale, Matcher};
-    use crate::storage::memory::{MemOptions, MemStorage};
+    use crate::storage::flash::{FlashOptions, FlashStorage};
 
     fn scraper(honor_labels: bool) -> (Scraper, Rc<dyn Storage>) {
         scraper_with(&format!("    honor_labels: {honor_labels}\n"))
@@ -723,7 +723,8 @@ mod tests {
         );
         let cfg = crate::config::parse_yaml(&yaml, "t").unwrap();
         let target = super::super::targets_of(&cfg.scrape_configs[0]).remove(0);
-        let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions::default()));
+        let storage: Rc<dyn Storage> =
+            Rc::new(FlashStorage::in_memory(FlashOptions::default()).unwrap());
         let status = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
         let telemetry = Rc::new(Telemetry::new(0.0));
         (
@@ -1095,7 +1096,8 @@ mod tests {
         );
         let cfg = crate::config::parse_yaml(&yaml, "t").unwrap();
         let target = super::super::targets_of(&cfg.scrape_configs[0]).remove(0);
-        let storage: Rc<dyn Storage> = Rc::new(MemStorage::new(MemOptions::default()));
+        let storage: Rc<dyn Storage> =
+            Rc::new(FlashStorage::in_memory(FlashOptions::default()).unwrap());
         let status = Rc::new(RefCell::new(TargetStatus::new(target.clone())));
         let mut s = Scraper::new(target, storage, Rc::new(Telemetry::new(0.0)), status);
         futures_lite::future::block_on(s.scrape_once(None));

@@ -1326,6 +1326,17 @@ impl FlashStorage {
         ))
     }
 
+    /// A store over a fresh [`MemBackend`](super::backend::MemBackend): the same store as on
+    /// flash, with its segment files in RAM, for tests and benchmarks. Nothing survives the
+    /// value; what it writes counts against `opts.budget_bytes` as it would on a card.
+    ///
+    /// Opening an empty backend reads nothing, so this does not fail in practice; the `Result`
+    /// is [`FlashStorage::open`]'s.
+    pub fn in_memory(opts: FlashOptions) -> Result<FlashStorage, StorageError> {
+        let backend = Box::new(super::backend::MemBackend::new());
+        Ok(FlashStorage::open(backend, opts)?.0)
+    }
+
     /// Counters for `/metrics`.
     pub fn counters(&self) -> FlashCounters {
         self.store.borrow().counters

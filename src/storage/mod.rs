@@ -13,13 +13,14 @@
 //! out of order; one with the same timestamp and a different value as a duplicate; one with the
 //! same timestamp and value is accepted silently and stored once.
 //!
-//! [`memory::MemStorage`] is the in-memory implementation that the foundation runs on.
+//! [`flash::FlashStorage`] is the one implementation: over files on the card
+//! ([`backend::FileBackend`]) in the agent, over memory ([`flash::FlashStorage::in_memory`]) in
+//! tests and benchmarks.
 
 pub mod backend;
 pub mod block;
 pub mod codec;
 pub mod flash;
-pub mod memory;
 pub mod segment;
 
 use crate::model::{Labels, Matcher, Sample};

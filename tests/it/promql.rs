@@ -1,5 +1,5 @@
 //! PromQL scripts in Prometheus's promqltest language, run through Perch's public API
-//! (`perch::promql::Engine` over `perch::storage::memory::MemStorage`).
+//! (`perch::promql::Engine` over `perch::storage::flash::FlashStorage` in memory).
 //!
 //! - `our_cases`: every `tests/data/promql/*.test` must pass completely: results, the
 //!   annotations the script asks for, and the range-mode and `@`-invariance re-runs. A script

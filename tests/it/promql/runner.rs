@@ -1,5 +1,5 @@
-//! Runs parsed scripts through Perch's engine over a fresh `MemStorage` and judges every eval
-//! on its own (`FORMAT.md` §5.3), going on after a failure. The engine runs in its default mode
+//! Runs parsed scripts through Perch's engine over a fresh flash store (the store the agent runs,
+//! with its segments in memory) and judges every eval on its own (`FORMAT.md` §5.3), going on after a failure. The engine runs in its default mode
 //! or with delayed `__name__` removal, as the caller and the script's
 //! `# perch: delayed-name-removal on|off` lines say.
 //!
@@ -15,7 +15,7 @@ use super::script::{self, Cmd, Eval, Expect};
 use futures_lite::future::block_on;
 use perch::model::{is_stale, Labels, Sample};
 use perch::promql::{Engine, EngineOptions, QueryError, QueryResult, Value, VectorSample};
-use perch::storage::memory::{MemOptions, MemStorage};
+use perch::storage::flash::{FlashOptions, FlashStorage};
 use perch::storage::{Querier, Storage};
 
 /// The failure reason of an eval whose evaluation panicked.
@@ -58,12 +58,18 @@ impl Outcome {
     }
 }
 
-/// The store the scripts load into: nothing a script writes may be dropped.
-fn new_store() -> MemStorage {
-    MemStorage::new(MemOptions {
+/// The store the scripts load into: nothing a script writes may be dropped, so retention is a
+/// century and the bounds are far above any script (the segments live in RAM: only what is
+/// written takes memory).
+fn new_store() -> FlashStorage {
+    FlashStorage::in_memory(FlashOptions {
         retention_ms: 100 * 365 * 86_400_000,
-        ..MemOptions::default()
+        budget_bytes: 1 << 30,
+        max_series: 1 << 24,
+        max_head_bytes: 1 << 30,
+        ..FlashOptions::default()
     })
+    .expect("an empty store in memory opens")
 }
 
 /// The engine as the reference runner configures it (5m lookback; the sample limit is
@@ -76,7 +82,9 @@ fn engine(delayed_name_removal: bool) -> Engine {
     })
 }
 
-fn load(store: &MemStorage, interval: i64, series: &[(Labels, Vec<Option<f64>>)]) {
+/// Appends a `load` command's samples and flushes them, so evals read them back from blocks
+/// as the agent reads flushed data (the engine's own tests cover the head).
+fn load(store: &FlashStorage, interval: i64, series: &[(Labels, Vec<Option<f64>>)]) {
     // One batch per position, so every series' samples stay in order.
     let max = series.iter().map(|s| s.1.len()).max().unwrap_or(0);
     for pos in 0..max {
@@ -89,6 +97,8 @@ fn load(store: &MemStorage, interval: i64, series: &[(Labels, Vec<Option<f64>>)]
         }
         let _ = app.commit();
     }
+    // A flush that fails leaves the samples in the head, still visible to the evals.
+    let _ = store.flush();
 }
 
 /// Runs every eval of a script; `want(index)` selects which (the others are skipped).
