@@ -411,6 +411,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if len > body_limit {
             return Err(FetchError::BodyTooLarge(body_limit).into());
         }
+        // One allocation of the announced size, not a doubling series of copies.
+        body.reserve_exact(len.saturating_sub(body.len()));
         Framing::Length(len)
     } else {
         Framing::Close
@@ -570,7 +572,19 @@ fn finish(
     if gzip {
         // The limit bounds the body as the parser sees it, decompressed.
         use std::io::Read;
-        let mut out = Vec::with_capacity(body.len() * 4);
+        // Sized by the length of the data that the gzip trailer states (mod 2^32), so the
+        // output is allocated once rather than grown by copies. It is only a guess: bounded by
+        // deflate's largest ratio (1032:1), the limit and 16 MiB, it grows past that as needed.
+        let stated = match body.len().checked_sub(4).and_then(|at| body.get(at..)) {
+            Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
+            _ => 0,
+        };
+        let guess = if stated >= body.len() {
+            stated.min(body.len().saturating_mul(1032))
+        } else {
+            body.len().saturating_mul(4)
+        };
+        let mut out = Vec::with_capacity(guess.min(limit.saturating_add(1)).min(16 << 20));
         flate2::read::GzDecoder::new(body.as_slice())
             .take(limit as u64 + 1)
             .read_to_end(&mut out)

@@ -108,8 +108,9 @@ pub struct TargetStatus {
     pub last_scrape_ms: i64,
     pub last_scrape_duration: Duration,
     pub last_samples: usize,
-    /// TYPE, HELP and UNIT per metric family, as the target last exposed them.
-    pub metadata: std::collections::BTreeMap<String, MetricMetadata>,
+    /// TYPE, HELP and UNIT per metric family, as the target last exposed them (unordered: a
+    /// scrape looks a family up once per metadata line; the API sorts what it shows).
+    pub metadata: crate::model::hash::FastMap<String, MetricMetadata>,
 }
 
 /// What a target says about one metric family.
@@ -135,7 +136,7 @@ impl TargetStatus {
             last_scrape_ms: 0,
             last_scrape_duration: Duration::ZERO,
             last_samples: 0,
-            metadata: std::collections::BTreeMap::new(),
+            metadata: Default::default(),
         }
     }
 }

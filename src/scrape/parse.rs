@@ -160,6 +160,9 @@ impl Format {
 /// A pull parser over one scrape body in the Prometheus text format 0.0.4 or OpenMetrics.
 pub struct TextParser<'a> {
     body: &'a [u8],
+    /// The body as text when all of it is UTF-8 (checked once, in one fast pass): names and
+    /// help texts are then sliced from it rather than checked one by one.
+    text: Option<&'a str>,
     format: Format,
     /// Offset of the next unread byte.
     pos: usize,
@@ -364,6 +367,7 @@ impl<'a> TextParser<'a> {
     pub fn with_format(body: &'a [u8], format: Format) -> Self {
         TextParser {
             body,
+            text: std::str::from_utf8(body).ok(),
             format,
             pos: 0,
             line: 1,
@@ -436,18 +440,19 @@ impl<'a> TextParser<'a> {
     fn metadata(&mut self, help: bool) -> Result<Entry<'a>, ParseErrorKind> {
         let metric = self.metric_name()?;
         // As in promparse, the text starts after exactly one blank; further blanks belong to it.
-        let text = match self.peek() {
-            None | Some(b'\n') => &[][..],
+        let (start, end) = match self.peek() {
+            None | Some(b'\n') => (self.pos, self.pos),
             Some(c) if is_blank(c) => {
                 let start = self.pos + 1;
                 let end = self.line_end(start);
                 self.pos = end;
-                self.slice(start, end)
+                (start, end)
             }
             Some(c) => return Err(unexpected(c, ParseErrorKind::InvalidMetricName)),
         };
+        let text = self.slice(start, end);
         let entry = if help {
-            let text = std::str::from_utf8(text).map_err(|_| ParseErrorKind::InvalidUtf8)?;
+            let text = self.str_at(start, end)?;
             Entry::Help {
                 metric,
                 text: unescape(text, false),
@@ -575,7 +580,7 @@ impl<'a> TextParser<'a> {
             None => return Err(ParseErrorKind::InvalidMetricName),
         }
         self.skip_while(&METRIC_CHAR);
-        ascii_str(self.slice(start, self.pos))
+        self.str_at(start, self.pos)
     }
 
     /// The bytes from `pos` to the next blank, line break or end of input.
@@ -602,6 +607,16 @@ impl<'a> TextParser<'a> {
 
     fn slice(&self, start: usize, end: usize) -> &'a [u8] {
         self.body.get(start..end).unwrap_or_default()
+    }
+
+    /// `body[start..end]` as text (an error if it is not UTF-8).
+    fn str_at(&self, start: usize, end: usize) -> Result<&'a str, ParseErrorKind> {
+        match self.text.and_then(|t| t.get(start..end)) {
+            Some(s) => Ok(s),
+            None => {
+                std::str::from_utf8(self.slice(start, end)).map_err(|_| ParseErrorKind::InvalidUtf8)
+            }
+        }
     }
 
     /// Skips spaces and tabs; returns how many.
@@ -699,7 +714,7 @@ impl<'a> TextParser<'a> {
         let text = self.slice(start, end);
         let entry = match keyword {
             MetaKind::Help => {
-                let text = std::str::from_utf8(text).map_err(|_| ParseErrorKind::InvalidUtf8)?;
+                let text = self.str_at(start, end)?;
                 Entry::Help {
                     metric,
                     text: unescape(text, true),

@@ -787,10 +787,11 @@ impl WebState {
             if !Matcher::all_match(&matchers, &st.target.labels) {
                 continue;
             }
-            let entries: Vec<(&String, &crate::scrape::MetricMetadata)> = match metric {
+            let mut entries: Vec<(&String, &crate::scrape::MetricMetadata)> = match metric {
                 Some(m) => st.metadata.get_key_value(m).into_iter().collect(),
                 None => st.metadata.iter().collect(),
             };
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (name, m) in entries {
                 if n > 0 {
                     data.push(',');
