@@ -365,6 +365,7 @@ fn part_select() {
             vec![
                 ("{job=\"bench\"}", "job", "bench"),
                 ("{group=\"3\"}", "group", "3"),
+                ("{series=\"0421\"}", "series", "0421"),
             ],
         ),
         (100, vec![("{job=\"bench\"}", "job", "bench")]),
@@ -396,10 +397,10 @@ fn part_select() {
                     times.push(el.as_secs_f64() * 1e3);
                 }
             }
-            let expect_series = if name == "group" {
-                store_series / 10
-            } else {
-                store_series
+            let expect_series = match name {
+                "group" => store_series / 10,
+                "series" => 1,
+                _ => store_series,
             };
             assert_eq!(got, (expect_series, expect_series * 240), "{shown}");
             let med = median(times.clone());

@@ -411,8 +411,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if len > body_limit {
             return Err(FetchError::BodyTooLarge(body_limit).into());
         }
-        // One allocation of the announced size, not a doubling series of copies.
-        body.reserve_exact(len.saturating_sub(body.len()));
+        // One allocation of the announced size, not a doubling series of copies; only up to
+        // a few MiB ahead of the bytes, as a server may announce more than it sends.
+        body.reserve_exact(len.min(4 << 20).saturating_sub(body.len()));
         Framing::Length(len)
     } else {
         Framing::Close

@@ -109,8 +109,9 @@ pub struct TargetStatus {
     pub last_scrape_duration: Duration,
     pub last_samples: usize,
     /// TYPE, HELP and UNIT per metric family, as the target last exposed them (unordered: a
-    /// scrape looks a family up once per metadata line; the API sorts what it shows).
-    pub metadata: crate::model::hash::FastMap<String, MetricMetadata>,
+    /// scrape looks a family up once per metadata line; the API sorts what it shows). The std
+    /// hasher's random keys keep a target from choosing names that collide.
+    pub metadata: std::collections::HashMap<String, MetricMetadata>,
 }
 
 /// What a target says about one metric family.
