@@ -62,8 +62,9 @@ fn seal_raw(body: &[u8]) -> Vec<u8> {
 }
 
 /// Most bytes zstd may look back for a match. Series records and imported frames are about
-/// 64 KiB, so a window of that size loses nothing; capping it (with the tables) bounds the compressor's memory to a few
-/// hundred KiB at any level — at level 19 on a large body zstd would otherwise take many MiB.
+/// 64 KiB, so a window of that size loses nothing; capping it (with the tables) bounds the
+/// compressor's memory to a few hundred KiB at any level — at level 19 on a large body zstd
+/// would otherwise take many MiB.
 /// Imports (level 15 and up) use tables twice as large: a little smaller on disk, and an import
 /// is a one-off that can afford the memory; a live flush keeps the running agent's peak low.
 const ZSTD_WINDOW_LOG: u32 = 17;
@@ -74,25 +75,30 @@ const ZSTD_WINDOW_LOG_FLUSH: u32 = 16;
 /// 64 KiB window: distant matches in this data cost more bits than they save.
 const ZSTD_WINDOW_LOG_FLUSH_FRAMES: u32 = 14;
 
+/// Whether `level` is a backfill's (imports compress at 15 and up, live flushes below): the
+/// one rule that picks windows and frame sizes for the two.
+fn is_import(level: i32) -> bool {
+    level >= 15
+}
+
 /// A zstd compressor at `level` with the window capped.
 pub fn compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
-    compressor_with(
-        level,
-        if level >= 15 {
-            ZSTD_WINDOW_LOG
-        } else {
-            ZSTD_WINDOW_LOG_FLUSH
-        },
-    )
+    let window = if is_import(level) {
+        ZSTD_WINDOW_LOG
+    } else {
+        ZSTD_WINDOW_LOG_FLUSH
+    };
+    compressor_with(level, window)
 }
 
 /// The compressor of a block's chunk frames at `level` (see [`frame_bytes`]).
 fn frame_compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
-    if level >= 15 {
-        compressor(level)
+    let window = if is_import(level) {
+        ZSTD_WINDOW_LOG
     } else {
-        compressor_with(level, ZSTD_WINDOW_LOG_FLUSH_FRAMES)
-    }
+        ZSTD_WINDOW_LOG_FLUSH_FRAMES
+    };
+    compressor_with(level, window)
 }
 
 fn compressor_with(level: i32, window: u32) -> Option<zstd::bulk::Compressor<'static>> {
@@ -332,10 +338,10 @@ pub const FRAME_BYTES: usize = 64 << 10;
 /// and 16 KiB frames 1.5 %.
 pub const FRAME_BYTES_FLUSH: usize = 32 << 10;
 
-/// The frame size of blocks written at zstd `level`: imports (15 and up) keep the larger
-/// frames that `storage_bytes.py`'s figures were measured with.
+/// The frame size of blocks written at zstd `level`: imports keep the larger frames that
+/// `storage_bytes.py`'s figures were measured with.
 pub fn frame_bytes(level: i32) -> usize {
-    if level >= 15 {
+    if is_import(level) {
         FRAME_BYTES
     } else {
         FRAME_BYTES_FLUSH
