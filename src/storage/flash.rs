@@ -28,8 +28,8 @@
 //! sample as Prometheus does; `import_series` writes older data directly as blocks.
 
 use super::backend::Backend;
-use super::block::{self, ascending, keep_within, Block, BlockBuilder};
-use super::codec::HeadChunk;
+use super::block::{self, ascending, keep_within, Block, BlockBuilder, BlockError};
+use super::codec::{CodecError, HeadChunk};
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
     AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, Querier,
@@ -945,7 +945,9 @@ impl Store {
         }
     }
 
-    /// Loads a block (cached: the last one read).
+    /// Loads a block (cached: the last one read): its frame table and directory, from one
+    /// read of its first bytes for most blocks. Its frames are fetched as they are needed,
+    /// through [`block_fetch`].
     fn load_block(
         &mut self,
         seg_idx: usize,
@@ -958,21 +960,32 @@ impl Store {
                 return Ok(Some(b.clone()));
             }
         }
-        let payload = match segment::read_payload(&*self.backend, &seg.name, r) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                self.counters.corrupt_records += 1;
-                return Ok(None);
+        let total = r.len as usize;
+        let fetch = block_fetch(&*self.backend, &seg.name, r);
+        let prefix = fetch(0, total.min(block::BLOCK_PREFIX)).map_err(io_err)?;
+        let read = if prefix.first() == Some(&block::BLOCK_VERSION) {
+            Block::read(prefix, total, &fetch)
+        } else {
+            // A block of an older store: read whole and checked by its record's CRC.
+            let payload = if prefix.len() == total {
+                prefix
+            } else {
+                fetch(0, total).map_err(io_err)?
+            };
+            if crc32fast::hash(&payload) == r.crc {
+                Block::parse(payload).map_err(BlockError::Corrupt)
+            } else {
+                Err(BlockError::Corrupt(CodecError("record fails its CRC")))
             }
-            Err(e) => return Err(io_err(e)),
         };
-        match Block::parse(payload) {
+        match read {
             Ok(b) => {
                 let b = Rc::new(b);
                 self.cache = Some((key, b.clone()));
                 Ok(Some(b))
             }
-            Err(e) => {
+            Err(BlockError::Io(e)) => Err(io_err(e)),
+            Err(BlockError::Corrupt(e)) => {
                 log::warn!("segment {}: block at {}: {e}", seg.name, r.offset);
                 self.counters.corrupt_records += 1;
                 Ok(None)
@@ -1012,8 +1025,10 @@ impl Store {
             let Some(block) = self.load_block(*si, r)? else {
                 continue;
             };
-            self.counters.corrupt_records +=
-                block.series_many(&ids, &mut per, &mut ordered, mint, maxt);
+            let fetch = block_fetch(&*self.backend, &self.segments[*si].name, r);
+            self.counters.corrupt_records += block
+                .series_many(&ids, &mut per, &mut ordered, mint, maxt, &fetch)
+                .map_err(io_err)?;
             if !reserved {
                 // Blocks of a live store are alike: guess that each series has as many samples
                 // in each of the blocks left as in the first, and grow each vector once.
@@ -1050,6 +1065,16 @@ impl Store {
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
+}
+
+/// Reads bytes of the block record `r` of segment `name`, by offset within its payload.
+fn block_fetch<'a>(
+    backend: &'a dyn Backend,
+    name: &'a str,
+    r: &RecordRef,
+) -> impl Fn(usize, usize) -> std::io::Result<Vec<u8>> + 'a {
+    let at = r.offset;
+    move |off, len| backend.read_exact_at(name, at + off as u64, len)
 }
 
 /// Most samples a select reserves room for ahead of decoding them (16 bytes each).
@@ -1147,13 +1172,17 @@ impl Store {
                         break 'segments;
                     }
                     let before = per[k].len();
-                    self.counters.corrupt_records += block.series_many(
-                        std::slice::from_ref(id),
-                        std::slice::from_mut(&mut per[k]),
-                        &mut [true],
-                        mint,
-                        maxt,
-                    );
+                    let fetch = block_fetch(&*self.backend, &self.segments[si].name, &r);
+                    self.counters.corrupt_records += block
+                        .series_many(
+                            std::slice::from_ref(id),
+                            std::slice::from_mut(&mut per[k]),
+                            &mut [true],
+                            mint,
+                            maxt,
+                            &fetch,
+                        )
+                        .map_err(io_err)?;
                     gathered += per[k].len() - before;
                 }
             }

@@ -261,9 +261,9 @@ pub fn read_payload(b: &dyn Backend, name: &str, r: &RecordRef) -> io::Result<Op
 /// Walks the records of segment `name` by their headers, hopping over payloads, so opening a
 /// store reads a few bytes per record rather than the whole file. Payload CRCs are checked here
 /// for the last record of the file (where a torn write would be) and for every record when
-/// `verify_all`; otherwise a block's CRC is checked when it is read. A bad header makes the scan
-/// look for the next valid one byte by byte. A segment whose header is bad yields no records
-/// (and one corrupt count).
+/// `verify_all`; otherwise a block is checked as it is read (its parts by their own CRCs, an
+/// old block by the record's). A bad header makes the scan look for the next valid one byte by
+/// byte. A segment whose header is bad yields no records (and one corrupt count).
 pub fn scan(b: &dyn Backend, name: &str, verify_all: bool) -> io::Result<Scan> {
     let len = b.len(name)?;
     let mut s = Scan::default();
