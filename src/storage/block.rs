@@ -438,28 +438,55 @@ struct Table {
     frames: Vec<FrameRef>,
 }
 
-/// Parses the frame table at the start of `b`, a payload `total` bytes long (an error may mean
-/// that `b` is too short to hold it).
-fn parse_table(b: &[u8], total: usize) -> Result<Table, CodecError> {
+/// Why a frame table did not parse.
+#[derive(Debug)]
+enum TableError {
+    /// The bytes given end inside it: read more.
+    Short,
+    Bad(CodecError),
+}
+
+/// Parses the frame table at the start of `b`, a payload `total` bytes long.
+fn parse_table(b: &[u8], total: usize) -> Result<Table, TableError> {
+    // Running out of `b` is `Short`; any other error is a damaged table.
+    let short = |_| TableError::Short;
     let mut r = Reader::new(b);
-    let version = r.u8()?;
+    let version = r.u8().map_err(short)?;
     let checked = version == BLOCK_VERSION;
     if !checked && version != BLOCK_VERSION_WHOLE {
-        return Err(CodecError("unknown block version"));
+        return Err(TableError::Bad(CodecError("unknown block version")));
     }
-    let table_crc = if checked { Some(r.u32_le()?) } else { None };
+    let table_crc = if checked {
+        Some(r.u32_le().map_err(short)?)
+    } else {
+        None
+    };
     let crc_from = r.pos;
-    let dir_len = r.uvarint()? as usize;
-    let dir_crc = if checked { Some(r.u32_le()?) } else { None };
-    let nframes = r.uvarint()?;
-    if nframes > total as u64 {
-        return Err(CodecError("frame count larger than block"));
+    let dir_len = r.uvarint().map_err(short)? as usize;
+    let dir_crc = if checked {
+        Some(r.u32_le().map_err(short)?)
+    } else {
+        None
+    };
+    let nframes = r.uvarint().map_err(short)?;
+    // Each entry takes at least 6 bytes (1 in an old block): a count the bytes at hand cannot
+    // hold is read further before anything is allocated for it, and one the block cannot hold
+    // is damage.
+    let entry = if checked { 6 } else { 1 };
+    if nframes > (total / entry) as u64 {
+        return Err(TableError::Bad(CodecError("frame count larger than block")));
+    }
+    if nframes > ((b.len() - r.pos) / entry) as u64 {
+        return Err(TableError::Short);
     }
     let mut frames = Vec::with_capacity(nframes as usize);
     for _ in 0..nframes {
-        let len = r.uvarint()? as usize;
+        let len = r.uvarint().map_err(short)? as usize;
         let (body_len, crc) = if checked {
-            (r.uvarint()? as usize, Some(r.u32_le()?))
+            (
+                r.uvarint().map_err(short)? as usize,
+                Some(r.u32_le().map_err(short)?),
+            )
         } else {
             (0, None)
         };
@@ -471,22 +498,23 @@ fn parse_table(b: &[u8], total: usize) -> Result<Table, CodecError> {
             crc,
         });
     }
+    let bad = |e: &'static str| TableError::Bad(CodecError(e));
     if let Some(crc) = table_crc {
         if crc32fast::hash(&b[crc_from..r.pos]) != crc {
-            return Err(CodecError("block frame table fails its CRC"));
+            return Err(bad("block frame table fails its CRC"));
         }
     }
     let dir_start = r.pos;
     let dir_end = dir_start
         .checked_add(dir_len)
         .filter(|e| *e <= total)
-        .ok_or(CodecError("directory past the end"))?;
+        .ok_or(bad("directory past the end"))?;
     let mut at = dir_end;
     for f in &mut frames {
         let end = at
             .checked_add(f.end)
             .filter(|e| *e <= total)
-            .ok_or(CodecError("frame past the end of the block"))?;
+            .ok_or(bad("frame past the end of the block"))?;
         (f.start, f.end) = (at, end);
         at = end;
     }
@@ -494,6 +522,15 @@ fn parse_table(b: &[u8], total: usize) -> Result<Table, CodecError> {
         dir: (dir_start, dir_end, dir_crc),
         frames,
     })
+}
+
+/// `fetch(off, len)`, which must return `len` bytes.
+fn fetch_exact(fetch: Fetch, off: usize, len: usize) -> Result<Vec<u8>, std::io::Error> {
+    let got = fetch(off, len)?;
+    if got.len() != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(got)
 }
 
 impl Block {
@@ -516,17 +553,19 @@ impl Block {
         let table = loop {
             match parse_table(&bytes, total) {
                 Ok(t) => break t,
-                // The table may not fit the bytes read so far: read twice as much and retry.
-                Err(_) if bytes.len() < total => {
+                // The table runs past the bytes read so far: read twice as much and retry.
+                Err(TableError::Short) if bytes.len() < total => {
                     let more = bytes.len().max(64).min(total - bytes.len());
-                    bytes.extend(fetch(bytes.len(), more).map_err(BlockError::Io)?);
+                    bytes.extend(fetch_exact(fetch, bytes.len(), more).map_err(BlockError::Io)?);
                 }
-                Err(e) => return Err(e.into()),
+                Err(TableError::Short) => return Err(CodecError("truncated frame table").into()),
+                Err(TableError::Bad(e)) => return Err(e.into()),
             }
         };
         let (dir_start, dir_end, dir_crc) = table.dir;
         if bytes.len() < dir_end {
-            bytes.extend(fetch(bytes.len(), dir_end - bytes.len()).map_err(BlockError::Io)?);
+            let more = fetch_exact(fetch, bytes.len(), dir_end - bytes.len());
+            bytes.extend(more.map_err(BlockError::Io)?);
         }
         if table.frames.first().is_some_and(|f| f.crc.is_none()) && bytes.len() < total {
             return Err(CodecError("an old block must be read whole").into());
@@ -617,7 +656,7 @@ impl Block {
                 let f = self.frames[i];
                 let st = match self.bytes.get(f.start..f.end) {
                     Some(raw) => self.decode_frame(i, raw),
-                    None => self.decode_frame(i, &fetch(f.start, f.end - f.start)?),
+                    None => self.decode_frame(i, &fetch_exact(fetch, f.start, f.end - f.start)?),
                 };
                 self.open.borrow_mut()[i] = st.clone();
                 st
@@ -648,7 +687,7 @@ impl Block {
                 j += 1;
             }
             let from = self.frames[i].start;
-            let raw = fetch(from, self.frames[j - 1].end - from)?;
+            let raw = fetch_exact(fetch, from, self.frames[j - 1].end - from)?;
             for k in i..j {
                 let f = self.frames[k];
                 let st = match raw.get(f.start - from..f.end - from) {
@@ -720,13 +759,7 @@ impl Block {
         maxt: i64,
         fetch: Fetch,
     ) -> Result<u64, std::io::Error> {
-        if self.frames.iter().any(|f| f.end > self.bytes.len()) {
-            let mut need = vec![false; self.frames.len()];
-            for c in self.chunks(ids) {
-                need[c.frame] = true;
-            }
-            self.fetch_frames(&need, fetch)?;
-        }
+        self.prefetch(ids, fetch)?;
         let mut corrupt = 0;
         let mut current: Option<(usize, Option<std::rc::Rc<Vec<u8>>>)> = None;
         for Chunk {
@@ -767,6 +800,19 @@ impl Block {
             }
         }
         Ok(corrupt)
+    }
+
+    /// Reads the frames that hold the chunks of `ids` (ascending) and are not in memory yet,
+    /// one read per run of adjacent frames: for callers that then read the series one by one.
+    pub fn prefetch(&self, ids: &[u64], fetch: Fetch) -> Result<(), std::io::Error> {
+        if self.frames.iter().all(|f| f.end <= self.bytes.len()) {
+            return Ok(());
+        }
+        let mut need = vec![false; self.frames.len()];
+        for c in self.chunks(ids) {
+            need[c.frame] = true;
+        }
+        self.fetch_frames(&need, fetch)
     }
 
     /// The ids in this block.
@@ -1113,6 +1159,16 @@ mod tests {
             let mut p = payload.clone();
             p[at] ^= 1;
             assert!(Block::parse(p).is_err(), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn a_short_read_is_an_error_not_a_loop() {
+        let (payload, _) = big_block(300);
+        let nothing = |_: usize, _: usize| Ok(Vec::new());
+        for prefix in [1, 10, 100] {
+            let got = Block::read(payload[..prefix].to_vec(), payload.len(), &nothing);
+            assert!(matches!(got, Err(BlockError::Io(_))), "prefix {prefix}");
         }
     }
 

@@ -183,7 +183,7 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone, Default)]
 struct BitWriter {
     bytes: Vec<u8>,
-    /// Bits used in the last byte (0..8; 0 means a new byte is needed).
+    /// Bits still free in the last byte (0..8; 0: the next bit starts a new byte).
     used: u8,
 }
 
@@ -752,6 +752,41 @@ mod tests {
             && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
+    }
+
+    #[test]
+    fn bit_streams_match_a_bit_at_a_time_coder() {
+        // The stream's layout is on disk: the byte-wise writer and the word-wise reader must
+        // agree bit for bit with the plainest coder, for every width at every offset.
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for lead in 0..8u32 {
+            for n in 0..=64u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let fields = [(x >> 3, lead), (x, n), (!x, 64 - n), (x.rotate_left(9), 5)];
+                let mut w = BitWriter::default();
+                let mut plain: Vec<bool> = Vec::new();
+                for (v, width) in fields {
+                    w.bits(v, width);
+                    plain.extend((0..width).rev().map(|i| v >> i & 1 == 1));
+                }
+                let mut want = vec![0u8; plain.len().div_ceil(8)];
+                for (i, b) in plain.iter().enumerate() {
+                    want[i / 8] |= (*b as u8) << (7 - i % 8);
+                }
+                assert_eq!(w.bytes, want, "lead {lead}, n {n}");
+                assert_eq!(w.used as usize, want.len() * 8 - plain.len());
+                let mut r = BitReader {
+                    bytes: &w.bytes,
+                    pos: 0,
+                };
+                for (v, width) in fields {
+                    assert_eq!(r.bits(width).unwrap(), v & low_bits(width), "n {n}");
+                }
+                assert!(r.bits(w.used as u32 + 1).is_err());
+            }
+        }
     }
 
     #[test]

@@ -1161,6 +1161,10 @@ impl Store {
                 } else {
                     0
                 };
+                // The series are read one by one below: fetch their frames together first.
+                let fetch = block_fetch(&*self.backend, &self.segments[si].name, &r);
+                let from = ids.partition_point(|id| *id < first_id);
+                block.prefetch(&ids[from..], &fetch).map_err(io_err)?;
                 for (k, id) in ids.iter().enumerate() {
                     if *id < first_id {
                         continue;
@@ -1172,7 +1176,6 @@ impl Store {
                         break 'segments;
                     }
                     let before = per[k].len();
-                    let fetch = block_fetch(&*self.backend, &self.segments[si].name, &r);
                     self.counters.corrupt_records += block
                         .series_many(
                             std::slice::from_ref(id),
