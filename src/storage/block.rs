@@ -242,6 +242,8 @@ pub struct BlockBuilder {
     /// Raw bytes at which a frame is cut.
     frame_bytes: usize,
     raw_total: usize,
+    /// The first chunk's first timestamp: every chunk's is written as its distance from it.
+    base: Option<i64>,
     pub min_t: i64,
     pub max_t: i64,
     pub samples: usize,
@@ -257,6 +259,7 @@ impl BlockBuilder {
             compressor: frame_compressor(level),
             frame_bytes: frame_bytes(level),
             raw_total: 0,
+            base: None,
             min_t: i64::MAX,
             max_t: i64::MIN,
             samples: 0,
@@ -269,7 +272,8 @@ impl BlockBuilder {
             return;
         };
         let before = self.chunks.len();
-        codec::encode_chunk(samples, &mut self.chunks);
+        let base = *self.base.get_or_insert(first.t);
+        codec::encode_chunk(samples, base, &mut self.chunks);
         let len = self.chunks.len() - before;
         self.dir.push((id, len));
         self.raw_total += len;
@@ -309,6 +313,7 @@ impl BlockBuilder {
         }
         let mut dir = Vec::with_capacity(self.dir.len() * 3 + 8);
         put_uvarint(&mut dir, self.dir.len() as u64);
+        codec::put_varint(&mut dir, self.base.unwrap_or(0));
         let mut prev = 0u64;
         for (id, len) in &self.dir {
             put_uvarint(&mut dir, id.wrapping_sub(prev));
@@ -429,11 +434,15 @@ pub struct Block {
     /// (id, offset in chunk space, length), ascending by id; 16 bytes an entry, as a live block
     /// has one per series.
     dir: Vec<(u64, u32, u32)>,
+    /// The timestamp the chunks' first timestamps count from.
+    base: i64,
     open: std::cell::RefCell<Vec<FrameState>>,
 }
 
 /// A block's frame table: where the directory is, and the frames.
 struct Table {
+    /// Version 3: the parts carry CRCs (and the directory a base timestamp).
+    checked: bool,
     dir: (usize, usize, Option<u32>),
     frames: Vec<FrameRef>,
 }
@@ -519,6 +528,7 @@ fn parse_table(b: &[u8], total: usize) -> Result<Table, TableError> {
         at = end;
     }
     Ok(Table {
+        checked,
         dir: (dir_start, dir_end, dir_crc),
         frames,
     })
@@ -582,6 +592,8 @@ impl Block {
         if n > body.len() as u64 {
             return Err(CodecError("directory larger than block").into());
         }
+        // The chunks' first timestamps count from it (version 2: from 0).
+        let base = if table.checked { d.varint()? } else { 0 };
         let mut dir = Vec::with_capacity(n as usize);
         let (mut id, mut off) = (0u64, 0u32);
         for k in 0..n {
@@ -600,6 +612,7 @@ impl Block {
             bytes,
             frames: table.frames,
             dir,
+            base,
             open: open_frames,
         };
         b.locate_frames()?;
@@ -782,7 +795,7 @@ impl Block {
             };
             let out = &mut per[k];
             let start = out.len();
-            if codec::decode_chunk_of(&mut Reader::new(bytes), len, out).is_err() {
+            if codec::decode_chunk_of(&mut Reader::new(bytes), len, self.base, out).is_err() {
                 out.truncate(start);
                 corrupt += 1;
                 continue;
@@ -1174,16 +1187,25 @@ mod tests {
 
     #[test]
     fn an_old_block_without_part_crcs_still_reads() {
+        // Its samples start at t = 0, so the chunks' timestamps are as version 2 wrote them.
         let (payload, want) = big_block(300);
-        // Rewrite the frame table as version 2 wrote it: lengths only.
         let t = parse_table(&payload, payload.len()).unwrap();
+        // Version 2's directory had no base timestamp (here one byte, 0, after the count).
+        let mut dir = open(&payload[t.dir.0..t.dir.1]).unwrap();
+        let mut r = Reader::new(&dir);
+        r.uvarint().unwrap();
+        let base_at = r.pos;
+        assert_eq!(dir.remove(base_at), 0);
+        let dir = seal(&dir, 3);
+        // Its frame table had lengths only.
         let mut old = vec![BLOCK_VERSION_WHOLE];
-        put_uvarint(&mut old, (t.dir.1 - t.dir.0) as u64);
+        put_uvarint(&mut old, dir.len() as u64);
         put_uvarint(&mut old, t.frames.len() as u64);
         for f in &t.frames {
             put_uvarint(&mut old, (f.end - f.start) as u64);
         }
-        old.extend_from_slice(&payload[t.dir.0..]);
+        old.extend_from_slice(&dir);
+        old.extend_from_slice(&payload[t.dir.1..]);
         let block = Block::parse(old.clone()).unwrap();
         for id in [1u64, 150, 300] {
             let mut out = Vec::new();

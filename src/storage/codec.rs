@@ -549,14 +549,15 @@ fn scaled(v: f64, e: usize) -> Option<i64> {
     ((i as f64 / p).to_bits() == v.to_bits()).then_some(i)
 }
 
-/// Encodes samples (ascending timestamps, at least one) as one on-disk chunk, appended to `out`.
-pub fn encode_chunk(samples: &[Sample], out: &mut Vec<u8>) {
+/// Encodes samples (ascending timestamps, at least one) as one on-disk chunk, appended to `out`;
+/// the first timestamp is written as its distance from `base` (a block's, shared by its chunks).
+pub fn encode_chunk(samples: &[Sample], base: i64, out: &mut Vec<u8>) {
     put_uvarint(out, samples.len() as u64);
     let Some(first) = samples.first() else {
         return;
     };
     // Timestamps.
-    put_varint(out, first.t);
+    put_varint(out, first.t.wrapping_sub(base));
     if samples.len() > 1 {
         let step = samples[1].t.wrapping_sub(first.t);
         put_varint(out, step);
@@ -625,9 +626,13 @@ pub fn encode_chunk(samples: &[Sample], out: &mut Vec<u8>) {
 pub const MAX_CHUNK_SAMPLES: u64 = 1 << 24;
 
 /// Decodes one chunk from `r`, appending its samples to `out`.
-pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), CodecError> {
+pub fn decode_chunk(
+    r: &mut Reader<'_>,
+    base: i64,
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
     let len = r.buf.len().saturating_sub(r.pos);
-    decode_chunk_of(r, len, out)
+    decode_chunk_of(r, len, base, out)
 }
 
 /// As [`decode_chunk`], for a chunk of `len` bytes at `r`'s position that `r` may read past
@@ -636,20 +641,18 @@ pub fn decode_chunk(r: &mut Reader<'_>, out: &mut Vec<Sample>) -> Result<(), Cod
 pub fn decode_chunk_of(
     r: &mut Reader<'_>,
     len: usize,
+    base: i64,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     let end = r.pos.saturating_add(len);
-    decode_chunk_body(r, len, out)?;
+    decode_chunk_body(r, len, base, out)?;
     if r.pos > end {
         return Err(CodecError("chunk longer than its length"));
     }
     Ok(())
 }
 
-/// Reads XOR-coded values into `samples` (one each). Kept out of line: inlined into the
-/// select loop, its bit reader lost its registers (36 ns/sample against 28 in `cargo bench
-/// --bench storage -- select`).
-#[inline(never)]
+/// Reads XOR-coded values into `samples` (one each).
 fn decode_xor(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
     let mut br = BitReader { bytes, pos: 0 };
     let mut x = XorState::new();
@@ -662,6 +665,7 @@ fn decode_xor(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
 fn decode_chunk_body(
     r: &mut Reader<'_>,
     len: usize,
+    base: i64,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     let n = r.uvarint()?;
@@ -676,7 +680,7 @@ fn decode_chunk_body(
     // The count is bounded above, and every sample takes at least a byte of the chunk (or the
     // chunk is regular and constant, when n is as stated): reserve once.
     out.reserve(n.min(len.saturating_mul(8)));
-    let t0 = r.varint()?;
+    let t0 = base.wrapping_add(r.varint()?);
     if n == 1 {
         out.push(Sample { t: t0, v: 0.0 });
     } else {
@@ -828,11 +832,19 @@ mod tests {
     }
 
     fn round_trip(samples: &[Sample]) -> usize {
+        // A block's base is any timestamp: before, inside or after the chunk's, or far off.
+        for base in [1_700_000_000_000, i64::MIN, i64::MAX, -5] {
+            let mut buf = Vec::new();
+            encode_chunk(samples, base, &mut buf);
+            let mut out = Vec::new();
+            decode_chunk(&mut Reader::new(&buf), base, &mut out).unwrap();
+            assert!(same(samples, &out), "base {base}");
+        }
         let mut buf = Vec::new();
-        encode_chunk(samples, &mut buf);
+        encode_chunk(samples, 0, &mut buf);
         let mut out = Vec::new();
         let mut r = Reader::new(&buf);
-        decode_chunk(&mut r, &mut out).unwrap();
+        decode_chunk(&mut r, 0, &mut out).unwrap();
         assert!(r.is_empty(), "trailing bytes");
         assert!(
             same(samples, &out),
@@ -955,15 +967,15 @@ mod tests {
     /// with other bytes that `decode_chunk_of` may look at but not use.
     fn cut_chunks_read_the_same_with_bytes_after(samples: &[Sample], rng: &mut Rng) {
         let mut buf = Vec::new();
-        encode_chunk(&samples[..samples.len().min(6)], &mut buf);
+        encode_chunk(&samples[..samples.len().min(6)], 0, &mut buf);
         let full = buf.len();
         let mut after = buf.clone();
         after.extend((0..16).map(|_| rng.next() as u8));
         for cut in 0..=full {
             let mut a = vec![Sample { t: 1, v: 1.0 }];
             let mut b = a.clone();
-            let ra = decode_chunk(&mut Reader::new(&buf[..cut]), &mut a);
-            let rb = decode_chunk_of(&mut Reader::new(&after), cut, &mut b);
+            let ra = decode_chunk(&mut Reader::new(&buf[..cut]), 0, &mut a);
+            let rb = decode_chunk_of(&mut Reader::new(&after), cut, 0, &mut b);
             assert_eq!(ra.is_ok(), rb.is_ok(), "cut {cut} of {full}");
             if ra.is_ok() {
                 assert!(same(&a, &b));
@@ -980,7 +992,7 @@ mod tests {
             })
             .collect();
         let mut buf = Vec::new();
-        encode_chunk(&s, &mut buf);
+        encode_chunk(&s, 0, &mut buf);
         let mut rng = Rng(7);
         for i in 0..2000 {
             let mut b = buf.clone();
@@ -991,9 +1003,9 @@ mod tests {
                 b[k] ^= 1 << (rng.next() % 8);
             }
             let mut out = Vec::new();
-            let _ = decode_chunk(&mut Reader::new(&b), &mut out);
+            let _ = decode_chunk(&mut Reader::new(&b), 0, &mut out);
         }
         let mut out = Vec::new();
-        assert!(decode_chunk(&mut Reader::new(&[0xff; 12]), &mut out).is_err());
+        assert!(decode_chunk(&mut Reader::new(&[0xff; 12]), 0, &mut out).is_err());
     }
 }

@@ -1062,7 +1062,8 @@ impl Store {
                 samples: v.into_iter(),
             });
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        // Label sets are distinct: an unstable sort gives the one order, faster.
+        out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
 }
