@@ -121,6 +121,14 @@ thread_local! {
 
 /// Decompresses a payload into its body.
 pub fn open(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    open_into(payload, &mut out)?;
+    Ok(out)
+}
+
+/// As [`open`], into `out` (cleared first), so a caller can reuse its buffer.
+pub fn open_into(payload: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    out.clear();
     let mut r = Reader::new(payload);
     if r.u8()? != PAYLOAD_VERSION {
         return Err(CodecError("unknown payload version"));
@@ -133,25 +141,27 @@ pub fn open(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
     }
     let rest = &payload[r.pos..];
     match comp {
-        0 if rest.len() == len => Ok(rest.to_vec()),
+        0 if rest.len() == len => {
+            out.extend_from_slice(rest);
+            Ok(())
+        }
         1 => {
             // The frame states its size too; both must agree before anything is allocated.
             match zstd::zstd_safe::get_frame_content_size(rest) {
                 Ok(Some(n)) if n == len as u64 => {}
                 _ => return Err(CodecError("compressed body has the wrong length")),
             }
-            let out = DECOMPRESSOR.with(|d| {
+            out.reserve_exact(len);
+            let done = DECOMPRESSOR.with(|d| {
                 let mut d = d.borrow_mut();
                 if d.is_none() {
                     *d = zstd::bulk::Decompressor::new().ok();
                 }
-                match d.as_mut() {
-                    Some(d) => d.decompress(rest, len).ok(),
-                    None => zstd::bulk::decompress(rest, len).ok(),
-                }
+                d.as_mut()
+                    .and_then(|d| d.decompress_to_buffer(rest, out).ok())
             });
-            match out {
-                Some(out) if out.len() == len => Ok(out),
+            match done {
+                Some(n) if n == len && out.len() == len => Ok(()),
                 _ => Err(CodecError("bad compressed body")),
             }
         }
@@ -433,7 +443,7 @@ pub struct Block {
     frames: Vec<FrameRef>,
     /// (id, offset in chunk space, length), ascending by id; 16 bytes an entry, as a live block
     /// has one per series.
-    dir: Vec<(u64, u32, u32)>,
+    dir: Vec<DirEntry>,
     /// The timestamp the chunks' first timestamps count from.
     base: i64,
     open: std::cell::RefCell<Vec<FrameState>>,
@@ -534,6 +544,42 @@ fn parse_table(b: &[u8], total: usize) -> Result<Table, TableError> {
     })
 }
 
+thread_local! {
+    /// A buffer for directory bodies, which are parsed and dropped: one allocation fewer per
+    /// block read. One larger than [`DIR_SCRATCH_KEEP`] (an import's) is not kept.
+    static DIR_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+const DIR_SCRATCH_KEEP: usize = 64 << 10;
+
+/// A block directory's entry: (series id, chunk's offset in chunk space, chunk's length).
+type DirEntry = (u64, u32, u32);
+
+/// Parses a directory body: (id, offset in chunk space, length) per series, ascending by id,
+/// and the timestamp the chunks' first timestamps count from (`with_base`: version 3; an old
+/// block's count from 0).
+fn parse_dir(body: &[u8], with_base: bool) -> Result<(Vec<DirEntry>, i64), CodecError> {
+    let mut d = Reader::new(body);
+    let n = d.uvarint()?;
+    if n > body.len() as u64 {
+        return Err(CodecError("directory larger than block"));
+    }
+    let base = if with_base { d.varint()? } else { 0 };
+    let mut dir = Vec::with_capacity(n as usize);
+    let (mut id, mut off) = (0u64, 0u32);
+    for k in 0..n {
+        // Ids ascend strictly: every delta but the first is positive, and none wraps.
+        let delta = d.uvarint()?;
+        id = match id.checked_add(delta) {
+            Some(next) if delta > 0 || k == 0 => next,
+            _ => return Err(CodecError("block directory not sorted")),
+        };
+        let len = u32::try_from(d.uvarint()?).map_err(|_| CodecError("chunk length"))?;
+        dir.push((id, off, len));
+        off = off.checked_add(len).ok_or(CodecError("chunk length"))?;
+    }
+    Ok((dir, base))
+}
+
 /// `fetch(off, len)`, which must return `len` bytes.
 fn fetch_exact(fetch: Fetch, off: usize, len: usize) -> Result<Vec<u8>, std::io::Error> {
     let got = fetch(off, len)?;
@@ -586,27 +632,13 @@ impl Block {
         if dir_crc.is_some_and(|crc| crc32fast::hash(dir_bytes) != crc) {
             return Err(CodecError("block directory fails its CRC").into());
         }
-        let body = open(dir_bytes)?;
-        let mut d = Reader::new(&body);
-        let n = d.uvarint()?;
-        if n > body.len() as u64 {
-            return Err(CodecError("directory larger than block").into());
+        // The directory's body is only parsed: decompressed into a buffer kept for the next.
+        let mut body = DIR_SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let parsed = open_into(dir_bytes, &mut body).and_then(|_| parse_dir(&body, table.checked));
+        if body.capacity() <= DIR_SCRATCH_KEEP {
+            DIR_SCRATCH.with(|b| *b.borrow_mut() = body);
         }
-        // The chunks' first timestamps count from it (version 2: from 0).
-        let base = if table.checked { d.varint()? } else { 0 };
-        let mut dir = Vec::with_capacity(n as usize);
-        let (mut id, mut off) = (0u64, 0u32);
-        for k in 0..n {
-            // Ids ascend strictly: every delta but the first is positive, and none wraps.
-            let delta = d.uvarint()?;
-            id = match id.checked_add(delta) {
-                Some(next) if delta > 0 || k == 0 => next,
-                _ => return Err(CodecError("block directory not sorted").into()),
-            };
-            let len = u32::try_from(d.uvarint()?).map_err(|_| CodecError("chunk length"))?;
-            dir.push((id, off, len));
-            off = off.checked_add(len).ok_or(CodecError("chunk length"))?;
-        }
+        let (dir, base) = parsed?;
         let open_frames = std::cell::RefCell::new(vec![FrameState::Unread; table.frames.len()]);
         let mut b = Block {
             bytes,
@@ -795,12 +827,18 @@ impl Block {
             };
             let out = &mut per[k];
             let start = out.len();
-            if codec::decode_chunk_of(&mut Reader::new(bytes), len, self.base, out).is_err() {
+            let Ok(ascends) = codec::decode_chunk_of(&mut Reader::new(bytes), len, self.base, out)
+            else {
                 out.truncate(start);
                 corrupt += 1;
                 continue;
-            }
-            let ok = ascending(&out[start.saturating_sub(1)..]);
+            };
+            // In order: within the chunk (known for a regular one), and after the samples before.
+            let ok = if ascends {
+                start == 0 || out.get(start).is_none_or(|s| out[start - 1].t < s.t)
+            } else {
+                ascending(&out[start.saturating_sub(1)..])
+            };
             if let Some(o) = ordered.get_mut(k) {
                 *o &= ok;
             }
@@ -813,6 +851,32 @@ impl Block {
             }
         }
         Ok(corrupt)
+    }
+
+    /// Adds to `counts[k]` the number of samples of `ids[k]` (ascending) in this block, read from
+    /// its chunk's first byte(s) without decoding it; chunks in damaged frames count nothing.
+    pub fn sample_counts(
+        &self,
+        ids: &[u64],
+        counts: &mut [usize],
+        fetch: Fetch,
+    ) -> Result<(), std::io::Error> {
+        self.prefetch(ids, fetch)?;
+        let mut current: Option<(usize, Option<std::rc::Rc<Vec<u8>>>)> = None;
+        for c in self.chunks(ids) {
+            if current.as_ref().is_none_or(|f| f.0 != c.frame) {
+                current = Some((c.frame, self.frame(c.frame, fetch)?));
+            }
+            let n = current
+                .as_ref()
+                .and_then(|(_, f)| f.as_ref())
+                .and_then(|f| self.chunk_onwards(f, c.frame, c.off, c.len))
+                .and_then(|b| Reader::new(b).uvarint().ok());
+            if let (Some(n), Some(count)) = (n, counts.get_mut(c.k)) {
+                *count = count.saturating_add(n.min(codec::MAX_CHUNK_SAMPLES) as usize);
+            }
+        }
+        Ok(())
     }
 
     /// Reads the frames that hold the chunks of `ids` (ascending) and are not in memory yet,

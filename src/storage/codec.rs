@@ -632,24 +632,26 @@ pub fn decode_chunk(
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     let len = r.buf.len().saturating_sub(r.pos);
-    decode_chunk_of(r, len, base, out)
+    decode_chunk_of(r, len, base, out).map(|_| ())
 }
 
 /// As [`decode_chunk`], for a chunk of `len` bytes at `r`'s position that `r` may read past
 /// (the bytes after it let varints be read a word at a time): a chunk that reads past `len` is
-/// an error, so the result is the same as with `r` cut at `len`.
+/// an error, so the result is the same as with `r` cut at `len`. True if the chunk's
+/// timestamps are known to ascend strictly (one sample, or a regular step that does not wrap);
+/// false says nothing.
 pub fn decode_chunk_of(
     r: &mut Reader<'_>,
     len: usize,
     base: i64,
     out: &mut Vec<Sample>,
-) -> Result<(), CodecError> {
+) -> Result<bool, CodecError> {
     let end = r.pos.saturating_add(len);
-    decode_chunk_body(r, len, base, out)?;
+    let ascends = decode_chunk_body(r, len, base, out)?;
     if r.pos > end {
         return Err(CodecError("chunk longer than its length"));
     }
-    Ok(())
+    Ok(ascends)
 }
 
 /// Reads XOR-coded values into `samples` (one each).
@@ -667,15 +669,16 @@ fn decode_chunk_body(
     len: usize,
     base: i64,
     out: &mut Vec<Sample>,
-) -> Result<(), CodecError> {
+) -> Result<bool, CodecError> {
     let n = r.uvarint()?;
     if n > MAX_CHUNK_SAMPLES {
         return Err(CodecError("sample count too large"));
     }
     let n = n as usize;
     if n == 0 {
-        return Ok(());
+        return Ok(true);
     }
+    let mut ascends = n == 1;
     let start = out.len();
     // The count is bounded above, and every sample takes at least a byte of the chunk (or the
     // chunk is regular and constant, when n is as stated): reserve once.
@@ -687,6 +690,11 @@ fn decode_chunk_body(
         let step = r.varint()?;
         match r.u8()? {
             TS_REGULAR => {
+                ascends = step > 0
+                    && step
+                        .checked_mul(n as i64 - 1)
+                        .and_then(|span| t0.checked_add(span))
+                        .is_some();
                 out.extend((0..n as i64).map(|k| Sample {
                     t: t0.wrapping_add(step.wrapping_mul(k)),
                     v: 0.0,
@@ -743,7 +751,7 @@ fn decode_chunk_body(
         }
         _ => return Err(CodecError("unknown value mode")),
     }
-    Ok(())
+    Ok(ascends)
 }
 
 #[cfg(test)]
@@ -756,6 +764,23 @@ mod tests {
             && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
+    }
+
+    #[test]
+    fn a_regular_chunk_is_known_to_ascend_only_if_its_step_is_positive_and_does_not_wrap() {
+        for (step, known) in [(5i64, true), (0, false), (-5, false), (i64::MAX / 2, false)] {
+            let mut c = Vec::new();
+            put_uvarint(&mut c, 3);
+            put_varint(&mut c, 100);
+            put_varint(&mut c, step);
+            c.push(TS_REGULAR);
+            c.push(V_CONST);
+            c.extend_from_slice(&1.5f64.to_bits().to_le_bytes());
+            let mut out = Vec::new();
+            let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, &mut out);
+            assert_eq!(got, Ok(known), "step {step}");
+            assert_eq!(out.len(), 3);
+        }
     }
 
     #[test]

@@ -1020,24 +1020,29 @@ impl Store {
             );
         }
         let mut reserved = false;
-        for (i, (si, r)) in blocks.iter().enumerate() {
-            let left = blocks.len() - 1 - i;
+        for (si, r) in &blocks {
             let Some(block) = self.load_block(*si, r)? else {
                 continue;
             };
             let fetch = block_fetch(&*self.backend, &self.segments[*si].name, r);
+            if !reserved {
+                // Blocks of a live store are alike: guess that each series has as many samples
+                // in each block as in the first, and allocate each vector once.
+                reserved = true;
+                let mut counts = vec![0usize; ids.len()];
+                block
+                    .sample_counts(&ids, &mut counts, &fetch)
+                    .map_err(io_err)?;
+                let total: usize = counts.iter().sum();
+                if total.saturating_mul(blocks.len()) <= MAX_RESERVE_SAMPLES {
+                    for (v, n) in per.iter_mut().zip(counts) {
+                        v.reserve_exact(n * blocks.len());
+                    }
+                }
+            }
             self.counters.corrupt_records += block
                 .series_many(&ids, &mut per, &mut ordered, mint, maxt, &fetch)
                 .map_err(io_err)?;
-            if !reserved {
-                // Blocks of a live store are alike: guess that each series has as many samples
-                // in each of the blocks left as in the first, and grow each vector once.
-                reserved = true;
-                let first: usize = per.iter().map(Vec::len).sum();
-                if first.saturating_mul(left) <= MAX_RESERVE_SAMPLES {
-                    per.iter_mut().for_each(|v| v.reserve_exact(v.len() * left));
-                }
-            }
         }
         let mut out = Vec::new();
         for (k, id) in ids.into_iter().enumerate() {
