@@ -157,6 +157,7 @@ pub fn open_into(payload: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
                 if d.is_none() {
                     *d = zstd::bulk::Decompressor::new().ok();
                 }
+                // (No fallback: zstd's one-shot functions make the same context.)
                 d.as_mut()
                     .and_then(|d| d.decompress_to_buffer(rest, out).ok())
             });
@@ -576,6 +577,9 @@ fn parse_dir(body: &[u8], with_base: bool) -> Result<(Vec<DirEntry>, i64), Codec
         let len = u32::try_from(d.uvarint()?).map_err(|_| CodecError("chunk length"))?;
         dir.push((id, off, len));
         off = off.checked_add(len).ok_or(CodecError("chunk length"))?;
+    }
+    if !d.is_empty() {
+        return Err(CodecError("directory has bytes past its entries"));
     }
     Ok((dir, base))
 }
@@ -1237,6 +1241,17 @@ mod tests {
             p[at] ^= 1;
             assert!(Block::parse(p).is_err(), "byte {at}");
         }
+    }
+
+    #[test]
+    fn sample_counts_are_read_without_decoding() {
+        let (payload, _) = big_block(2000);
+        let block = Block::parse(payload).unwrap();
+        let ids = [1u64, 777, 2000, 2001];
+        let mut counts = [1usize, 0, 0, 0];
+        block.sample_counts(&ids, &mut counts, &whole).unwrap();
+        // Added to what was there; an id the block lacks counts nothing.
+        assert_eq!(counts, [61, 60, 60, 0]);
     }
 
     #[test]

@@ -1033,10 +1033,15 @@ impl Store {
                 block
                     .sample_counts(&ids, &mut counts, &fetch)
                     .map_err(io_err)?;
+                // Only the blocks wholly inside the range keep all of theirs.
+                let inside = blocks
+                    .iter()
+                    .filter(|(_, b)| b.min_t >= mint && b.max_t <= maxt)
+                    .count();
                 let total: usize = counts.iter().sum();
-                if total.saturating_mul(blocks.len()) <= MAX_RESERVE_SAMPLES {
+                if total.saturating_mul(inside) <= MAX_RESERVE_SAMPLES {
                     for (v, n) in per.iter_mut().zip(counts) {
-                        v.reserve_exact(n * blocks.len());
+                        v.reserve_exact(n * inside);
                     }
                 }
             }
