@@ -968,14 +968,13 @@ impl Store {
         } else {
             // A block of an older store: read whole and checked by its record's CRC.
             let payload = if prefix.len() == total {
-                prefix
+                Some(prefix).filter(|p| segment::payload_intact(r, p))
             } else {
-                fetch(0, total).map_err(io_err)?
+                segment::read_payload(&*self.backend, &seg.name, r).map_err(io_err)?
             };
-            if crc32fast::hash(&payload) == r.crc {
-                Block::parse(payload).map_err(BlockError::Corrupt)
-            } else {
-                Err(BlockError::Corrupt(CodecError("record fails its CRC")))
+            match payload {
+                Some(p) => Block::parse(p).map_err(BlockError::Corrupt),
+                None => Err(BlockError::Corrupt(CodecError("record fails its CRC"))),
             }
         };
         match read {

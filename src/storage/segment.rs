@@ -255,7 +255,12 @@ pub struct Scan {
 /// Reads a record's payload and checks its CRC.
 pub fn read_payload(b: &dyn Backend, name: &str, r: &RecordRef) -> io::Result<Option<Vec<u8>>> {
     let p = b.read_exact_at(name, r.offset, r.len as usize)?;
-    Ok((crc32fast::hash(&p) == r.crc).then_some(p))
+    Ok(payload_intact(r, &p).then_some(p))
+}
+
+/// Whether `payload`, read whole, is record `r`'s as written (its CRC matches).
+pub fn payload_intact(r: &RecordRef, payload: &[u8]) -> bool {
+    crc32fast::hash(payload) == r.crc
 }
 
 /// Walks the records of segment `name` by their headers, hopping over payloads, so opening a
