@@ -447,6 +447,9 @@ pub struct Block {
     dir: Vec<DirEntry>,
     /// The timestamp the chunks' first timestamps count from.
     base: i64,
+    /// The times the block's samples lie within (its record's header states them; unbounded
+    /// until [`Block::within`]): a chunk that claims samples outside them is corrupt.
+    span: (i64, i64),
     open: std::cell::RefCell<Vec<FrameState>>,
 }
 
@@ -649,10 +652,19 @@ impl Block {
             frames: table.frames,
             dir,
             base,
+            span: (i64::MIN, i64::MAX),
             open: open_frames,
         };
         b.locate_frames()?;
         Ok(b)
+    }
+
+    /// The block, with its samples known to lie within `[min_t, max_t]` (its record's header):
+    /// a regular chunk can then claim no more samples than fit in that span at its step, so a
+    /// corrupt count of a few bytes cannot ask for a large allocation.
+    pub fn within(mut self, min_t: i64, max_t: i64) -> Block {
+        self.span = (min_t, max_t);
+        self
     }
 
     /// Fills in each frame's start in chunk space from the frames' body lengths: stated in the
@@ -831,7 +843,8 @@ impl Block {
             };
             let out = &mut per[k];
             let start = out.len();
-            let Ok(ascends) = codec::decode_chunk_of(&mut Reader::new(bytes), len, self.base, out)
+            let Ok(ascends) =
+                codec::decode_chunk_of(&mut Reader::new(bytes), len, self.base, self.span, out)
             else {
                 out.truncate(start);
                 corrupt += 1;

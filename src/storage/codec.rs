@@ -561,9 +561,15 @@ pub fn encode_chunk(samples: &[Sample], base: i64, out: &mut Vec<u8>) {
     if samples.len() > 1 {
         let step = samples[1].t.wrapping_sub(first.t);
         put_varint(out, step);
-        let regular = samples
-            .windows(2)
-            .all(|w| w[1].t.wrapping_sub(w[0].t) == step);
+        // Regular: a positive step that does not wrap (what a reader accepts as regular).
+        let regular = step > 0
+            && samples
+                .windows(2)
+                .all(|w| w[1].t.wrapping_sub(w[0].t) == step)
+            && step
+                .checked_mul(samples.len() as i64 - 1)
+                .and_then(|d| first.t.checked_add(d))
+                .is_some();
         if regular {
             out.push(TS_REGULAR);
         } else {
@@ -632,22 +638,24 @@ pub fn decode_chunk(
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     let len = r.buf.len().saturating_sub(r.pos);
-    decode_chunk_of(r, len, base, out).map(|_| ())
+    decode_chunk_of(r, len, base, (i64::MIN, i64::MAX), out).map(|_| ())
 }
 
 /// As [`decode_chunk`], for a chunk of `len` bytes at `r`'s position that `r` may read past
 /// (the bytes after it let varints be read a word at a time): a chunk that reads past `len` is
-/// an error, so the result is the same as with `r` cut at `len`. True if the chunk's
-/// timestamps are known to ascend strictly (one sample, or a regular step that does not wrap);
-/// false says nothing.
+/// an error, so the result is the same as with `r` cut at `len`. `span`: the times the chunk's
+/// samples lie within (its block's); a regular chunk that claims samples outside it is an
+/// error before any of them is allocated. True if the chunk's timestamps are known to ascend
+/// strictly (one sample, or a regular chunk); false says nothing.
 pub fn decode_chunk_of(
     r: &mut Reader<'_>,
     len: usize,
     base: i64,
+    span: (i64, i64),
     out: &mut Vec<Sample>,
 ) -> Result<bool, CodecError> {
     let end = r.pos.saturating_add(len);
-    let ascends = decode_chunk_body(r, len, base, out)?;
+    let ascends = decode_chunk_body(r, len, base, span, out)?;
     if r.pos > end {
         return Err(CodecError("chunk longer than its length"));
     }
@@ -668,6 +676,7 @@ fn decode_chunk_body(
     r: &mut Reader<'_>,
     len: usize,
     base: i64,
+    span: (i64, i64),
     out: &mut Vec<Sample>,
 ) -> Result<bool, CodecError> {
     let n = r.uvarint()?;
@@ -690,11 +699,15 @@ fn decode_chunk_body(
         let step = r.varint()?;
         match r.u8()? {
             TS_REGULAR => {
-                ascends = step > 0
-                    && step
-                        .checked_mul(n as i64 - 1)
-                        .and_then(|span| t0.checked_add(span))
-                        .is_some();
+                // The only chunk whose count its bytes do not bound: its samples ascend (the
+                // writer's always do) and end within the span, or it is not read at all.
+                let last = step
+                    .checked_mul(n as i64 - 1)
+                    .and_then(|d| t0.checked_add(d));
+                if step <= 0 || t0 < span.0 || last.is_none_or(|l| l > span.1) {
+                    return Err(CodecError("regular chunk outside its block's time range"));
+                }
+                ascends = true;
                 out.extend((0..n as i64).map(|k| Sample {
                     t: t0.wrapping_add(step.wrapping_mul(k)),
                     v: 0.0,
@@ -766,20 +779,64 @@ mod tests {
                 .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
     }
 
+    /// A regular chunk of `n` samples from 100 at `step`, all 1.5.
+    fn regular_chunk(n: u64, step: i64) -> Vec<u8> {
+        let mut c = Vec::new();
+        put_uvarint(&mut c, n);
+        put_varint(&mut c, 100);
+        put_varint(&mut c, step);
+        c.push(TS_REGULAR);
+        c.push(V_CONST);
+        c.extend_from_slice(&1.5f64.to_bits().to_le_bytes());
+        c
+    }
+
     #[test]
-    fn a_regular_chunk_is_known_to_ascend_only_if_its_step_is_positive_and_does_not_wrap() {
-        for (step, known) in [(5i64, true), (0, false), (-5, false), (i64::MAX / 2, false)] {
-            let mut c = Vec::new();
-            put_uvarint(&mut c, 3);
-            put_varint(&mut c, 100);
-            put_varint(&mut c, step);
-            c.push(TS_REGULAR);
-            c.push(V_CONST);
-            c.extend_from_slice(&1.5f64.to_bits().to_le_bytes());
+    fn a_regular_chunk_ascends_within_its_span_or_is_corrupt() {
+        let all = (i64::MIN, i64::MAX);
+        for (step, span, ok) in [
+            (5i64, all, true),
+            (5, (100, 110), true),
+            (5, (101, 110), false),
+            (5, (100, 109), false),
+            (0, all, false),
+            (-5, all, false),
+            (i64::MAX / 2, all, false),
+        ] {
+            let c = regular_chunk(3, step);
             let mut out = Vec::new();
-            let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, &mut out);
-            assert_eq!(got, Ok(known), "step {step}");
-            assert_eq!(out.len(), 3);
+            let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, span, &mut out);
+            assert_eq!(got.is_ok(), ok, "step {step} span {span:?}");
+            assert_eq!(got.unwrap_or(true), true);
+            assert_eq!(out.len(), if ok { 3 } else { 0 });
+        }
+    }
+
+    #[test]
+    fn a_few_bytes_cannot_claim_more_samples_than_the_span_holds() {
+        // 20 bytes that claim 2^24 samples of one value, 1 ms apart, in a block of 60 s: an
+        // error before anything is allocated (they would take 256 MiB).
+        let c = regular_chunk(MAX_CHUNK_SAMPLES, 1);
+        assert!(c.len() < 24);
+        let mut out = Vec::new();
+        let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, (0, 60_000), &mut out);
+        assert!(got.is_err());
+        assert!(out.capacity() < 1 << 10, "{}", out.capacity());
+    }
+
+    #[test]
+    fn timestamps_that_do_not_ascend_round_trip_without_the_regular_mode() {
+        for ts in [
+            vec![5i64, 5, 5],
+            vec![9, 4, -1],
+            vec![0, i64::MAX / 2 + 1, i64::MIN + 1],
+        ] {
+            let samples: Vec<Sample> = ts.iter().map(|&t| Sample { t, v: 2.0 }).collect();
+            let mut c = Vec::new();
+            encode_chunk(&samples, 0, &mut c);
+            let mut out = Vec::new();
+            decode_chunk(&mut Reader::new(&c), 0, &mut out).unwrap();
+            assert!(same(&samples, &out), "{ts:?}");
         }
     }
 
@@ -1000,7 +1057,13 @@ mod tests {
             let mut a = vec![Sample { t: 1, v: 1.0 }];
             let mut b = a.clone();
             let ra = decode_chunk(&mut Reader::new(&buf[..cut]), 0, &mut a);
-            let rb = decode_chunk_of(&mut Reader::new(&after), cut, 0, &mut b);
+            let rb = decode_chunk_of(
+                &mut Reader::new(&after),
+                cut,
+                0,
+                (i64::MIN, i64::MAX),
+                &mut b,
+            );
             assert_eq!(ra.is_ok(), rb.is_ok(), "cut {cut} of {full}");
             if ra.is_ok() {
                 assert!(same(&a, &b));

@@ -979,7 +979,7 @@ impl Store {
         };
         match read {
             Ok(b) => {
-                let b = Rc::new(b);
+                let b = Rc::new(b.within(r.min_t, r.max_t));
                 self.cache = Some((key, b.clone()));
                 Ok(Some(b))
             }
