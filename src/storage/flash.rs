@@ -398,8 +398,11 @@ fn io_err(e: std::io::Error) -> StorageError {
 }
 
 impl Store {
-    /// Adds series `id` with interned labels `syms` to the postings.
-    fn index(&mut self, id: u64, syms: &[u32]) {
+    /// Adds series `id` with interned labels `syms` to the postings. `sorted`: keep each list
+    /// sorted; false appends, for opening a store, whose series records declare series in label
+    /// order rather than id order (inserting in place would move a long list's tail once per
+    /// series), and [`Store::sort_postings`] must follow.
+    fn index(&mut self, id: u64, syms: &[u32], sorted: bool) {
         for p in syms.chunks_exact(2) {
             let list = self
                 .postings
@@ -407,8 +410,21 @@ impl Store {
                 .or_default()
                 .entry(p[1])
                 .or_default();
-            if let Err(i) = list.binary_search(&id) {
+            if !sorted {
+                list.push(id);
+            } else if let Err(i) = list.binary_search(&id) {
                 list.insert(i, id);
+            }
+        }
+    }
+
+    /// Sorts every postings list after unsorted [`Store::index`] calls (lists are runs of ascending
+    /// ids, which the stable sort merges).
+    fn sort_postings(&mut self) {
+        for values in self.postings.values_mut() {
+            for list in values.values_mut() {
+                list.sort();
+                list.dedup();
             }
         }
     }
@@ -451,7 +467,7 @@ impl Store {
         self.next_id += 1;
         self.by_hash.insert(label_hash(labels), id);
         let syms = self.symbols.intern_labels(labels);
-        self.index(id, &syms);
+        self.index(id, &syms, true);
         self.series.insert(
             id,
             SeriesEntry {
@@ -467,7 +483,7 @@ impl Store {
         Ok((id, true))
     }
 
-    /// Adds a series read from disk (its id is fixed).
+    /// Adds a series read from disk (its id is fixed); [`Store::sort_postings`] must follow.
     fn load_series(&mut self, id: u64, labels: Labels, seq: u64) {
         self.next_id = self.next_id.max(id + 1);
         if let Some(e) = self.series.get_mut(&id) {
@@ -481,7 +497,7 @@ impl Store {
         }
         self.by_hash.insert(label_hash(&labels), id);
         let syms = self.symbols.intern_labels(&labels);
-        self.index(id, &syms);
+        self.index(id, &syms, false);
         self.series.insert(
             id,
             SeriesEntry {
@@ -732,10 +748,18 @@ impl Store {
         // Written straight from the symbols (no copy of every label set), in records of a few
         // hundred series: compressing one large body would need buffers as large.
         let mut comp = block::compressor(level);
+        // Declared in label order: the same metric of different targets (labels that differ
+        // only in `instance`) then sit within the compressor's window of each other.
+        let mut declare = declare.to_vec();
+        let labels_of = |id: &u64| -> &[u32] { self.series.get(id).map_or(&[], |s| &s.labels) };
+        declare.sort_by(|a, b| {
+            let texts = |id| labels_of(id).iter().map(|&sym| self.symbols.get(sym));
+            texts(a).cmp(texts(b))
+        });
         for group in declare.chunks(SERIES_PER_RECORD) {
             let mut w = block::SeriesWriter::new(group.len());
             for id in group {
-                let syms: &[u32] = self.series.get(id).map_or(&[], |s| &s.labels);
+                let syms = labels_of(id);
                 w.series(*id, syms.len() / 2);
                 for sym in syms {
                     w.text(self.symbols.get(*sym));
@@ -1333,6 +1357,7 @@ impl FlashStorage {
             }
             st.segments.push(info);
         }
+        st.sort_postings();
         // The newest checkpoint in force; a damaged one falls back to the one before it.
         for seg in st.segments.iter().rev() {
             let Some(r) = seg.checkpoint else {
@@ -1877,6 +1902,41 @@ mod tests {
         assert_eq!(
             s.querier().series(&[], i64::MIN, i64::MAX).unwrap().len(),
             2
+        );
+    }
+
+    #[test]
+    fn series_declared_in_label_order_are_indexed_in_id_order() {
+        // Ids follow creation (0, 1, 2, …); labels sort "0", "1", "10", …, "19", "2", …: the
+        // series records list them in label order, and the postings must still ascend.
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 20, 0, 10_000, 1000);
+        s.flush().unwrap();
+        drop(s);
+        let s = open(&b, FlashOptions::default());
+        {
+            let st = s.store.borrow();
+            let lists = st.postings.values().flat_map(|v| v.values());
+            assert!(lists.clone().count() > 20);
+            assert!(lists.clone().all(|l| l.windows(2).all(|w| w[0] < w[1])));
+        }
+        let m = |k, n: &str, v: &str| Matcher::new(k, n, v).unwrap();
+        let got = s
+            .querier()
+            .select(
+                &[
+                    m(MatchKind::Equal, "job", "j"),
+                    m(MatchKind::Regex, "i", "1.*"),
+                ],
+                i64::MIN,
+                i64::MAX,
+            )
+            .unwrap();
+        let is: Vec<String> = got.iter().map(|x| x.labels.get("i").to_string()).collect();
+        assert_eq!(
+            is,
+            ["1", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19"]
         );
     }
 
