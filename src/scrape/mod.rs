@@ -110,18 +110,65 @@ pub struct TargetStatus {
     pub last_samples: usize,
     /// TYPE, HELP and UNIT per metric family, as the target last exposed them (unordered: a
     /// scrape looks a family up once per metadata line; the API sorts what it shows). The std
-    /// hasher's random keys keep a target from choosing names that collide.
-    pub metadata: std::collections::HashMap<String, MetricMetadata>,
+    /// hasher's random keys keep a target from choosing names that collide. Names and entries
+    /// are shared between targets ([`shared_metadata`]).
+    pub metadata: std::collections::HashMap<Rc<str>, Rc<MetricMetadata>>,
 }
 
 /// What a target says about one metric family.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct MetricMetadata {
     /// As the API names it: counter, gauge, histogram, gaugehistogram, summary, info,
     /// stateset or unknown (the text format's `untyped` included, as Prometheus does).
     pub kind: &'static str,
-    pub help: String,
-    pub unit: String,
+    pub help: Box<str>,
+    pub unit: Box<str>,
+}
+
+/// Family names and metadata entries, each held once however many targets say the same (ten
+/// node exporters repeat every HELP text: shared, the metadata of the contract's live run
+/// takes about a tenth). A copy no target holds any more is dropped when the pool has doubled
+/// since it was last swept, so a target that changes its texts cannot grow it without bound.
+#[derive(Default)]
+struct MetadataPool {
+    names: std::collections::HashSet<Rc<str>>,
+    entries: std::collections::HashSet<Rc<MetricMetadata>>,
+    swept_at: usize,
+}
+
+thread_local! {
+    // The scrapers run on the executor's one thread.
+    static METADATA_POOL: RefCell<MetadataPool> = RefCell::default();
+}
+
+/// The shared copies of `name` and `m` (see [`MetadataPool`]).
+pub fn shared_metadata(name: &str, m: MetricMetadata) -> (Rc<str>, Rc<MetricMetadata>) {
+    METADATA_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let size = p.names.len() + p.entries.len();
+        if size > 2 * p.swept_at + 1024 {
+            p.names.retain(|n| Rc::strong_count(n) > 1);
+            p.entries.retain(|e| Rc::strong_count(e) > 1);
+            p.swept_at = p.names.len() + p.entries.len();
+        }
+        let name = match p.names.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Rc<str> = Rc::from(name);
+                p.names.insert(n.clone());
+                n
+            }
+        };
+        let entry = match p.entries.get(&m) {
+            Some(e) => e.clone(),
+            None => {
+                let e = Rc::new(m);
+                p.entries.insert(e.clone());
+                e
+            }
+        };
+        (name, entry)
+    })
 }
 
 /// Most metric families whose metadata is kept per target.

@@ -471,13 +471,20 @@ impl Scraper {
     }
 
     /// Keeps a TYPE, HELP or UNIT line in the target's metadata (changed entries only, so a
-    /// scrape that repeats them allocates nothing).
+    /// scrape that repeats them allocates nothing). Entries are shared between targets.
     fn note_metadata(&self, e: Entry<'_>) {
         use super::parse::MetricType;
-        let mut st = self.status.borrow_mut();
-        let (metric, set): (&str, &dyn Fn(&mut super::MetricMetadata)) = match &e {
-            Entry::Type { metric, kind } => {
-                let k = match kind {
+        use super::MetricMetadata;
+        /// The one field a metadata line states.
+        enum Said<'a> {
+            Kind(&'static str),
+            Help(&'a str),
+            Unit(&'a str),
+        }
+        let (metric, said) = match &e {
+            Entry::Type { metric, kind } => (
+                metric,
+                Said::Kind(match kind {
                     MetricType::Counter => "counter",
                     MetricType::Gauge => "gauge",
                     MetricType::Histogram => "histogram",
@@ -486,31 +493,38 @@ impl Scraper {
                     MetricType::Info => "info",
                     MetricType::Stateset => "stateset",
                     MetricType::Untyped | MetricType::Unknown => "unknown",
-                };
-                (metric, &move |m| m.kind = k)
-            }
-            Entry::Help { metric, text } => (metric, &|m: &mut super::MetricMetadata| {
-                if m.help != *text {
-                    m.help = text.to_string();
-                }
-            }),
-            Entry::Unit { metric, unit } => (metric, &|m: &mut super::MetricMetadata| {
-                if m.unit != *unit {
-                    m.unit = unit.to_string();
-                }
-            }),
+                }),
+            ),
+            Entry::Help { metric, text } => (metric, Said::Help(text)),
+            Entry::Unit { metric, unit } => (metric, Said::Unit(unit)),
             Entry::Sample(_) => return,
         };
-        if let Some(m) = st.metadata.get_mut(metric) {
-            set(m);
-        } else if st.metadata.len() < super::MAX_METADATA_PER_TARGET {
-            let mut m = super::MetricMetadata {
+        let mut st = self.status.borrow_mut();
+        let current = st.metadata.get(*metric);
+        let differs = |m: &MetricMetadata| match said {
+            Said::Kind(k) => m.kind != k,
+            Said::Help(t) => *m.help != *t,
+            Said::Unit(u) => *m.unit != *u,
+        };
+        match current {
+            Some(m) if !differs(m) => return,
+            None if st.metadata.len() >= super::MAX_METADATA_PER_TARGET => return,
+            _ => {}
+        }
+        let mut m = current.map_or_else(
+            || MetricMetadata {
                 kind: "unknown",
                 ..Default::default()
-            };
-            set(&mut m);
-            st.metadata.insert(metric.to_owned(), m);
+            },
+            |m| MetricMetadata::clone(m),
+        );
+        match said {
+            Said::Kind(k) => m.kind = k,
+            Said::Help(t) => m.help = t.into(),
+            Said::Unit(u) => m.unit = u.into(),
         }
+        let (name, m) = super::shared_metadata(metric, m);
+        st.metadata.insert(name, m);
     }
 
     /// Remembers the reference of the series written `series` in the body (`None`: dropped).

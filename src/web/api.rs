@@ -728,12 +728,15 @@ impl WebState {
         let limit = metadata_limit(p, "limit")?;
         let per_metric = metadata_limit(p, "limit_per_metric")?;
         let only = p.get("metric").filter(|m| !m.is_empty());
-        let mut all: std::collections::BTreeMap<String, Vec<crate::scrape::MetricMetadata>> =
-            std::collections::BTreeMap::new();
+        type Shared<T> = std::rc::Rc<T>;
+        let mut all: std::collections::BTreeMap<
+            Shared<str>,
+            Vec<Shared<crate::scrape::MetricMetadata>>,
+        > = std::collections::BTreeMap::new();
         for st in self.scrape_status() {
             let st = st.borrow();
             for (name, m) in &st.metadata {
-                if only.is_some_and(|o| o != name) {
+                if only.is_some_and(|o| o != &**name) {
                     continue;
                 }
                 let list = all.entry(name.clone()).or_default();
@@ -787,7 +790,10 @@ impl WebState {
             if !Matcher::all_match(&matchers, &st.target.labels) {
                 continue;
             }
-            let mut entries: Vec<(&String, &crate::scrape::MetricMetadata)> = match metric {
+            let mut entries: Vec<(
+                &std::rc::Rc<str>,
+                &std::rc::Rc<crate::scrape::MetricMetadata>,
+            )> = match metric {
                 Some(m) => st.metadata.get_key_value(m).into_iter().collect(),
                 None => st.metadata.iter().collect(),
             };
