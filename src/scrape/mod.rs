@@ -782,6 +782,32 @@ mod tests {
     use crate::storage::flash::{FlashOptions, FlashStorage};
 
     #[test]
+    fn targets_that_say_the_same_share_one_copy_and_unheld_copies_are_swept() {
+        let m = |help: &str| MetricMetadata {
+            kind: "counter",
+            help: help.into(),
+            unit: "".into(),
+        };
+        let (n1, e1) = shared_metadata("node_cpu_seconds_total", m("Seconds the CPUs spent."));
+        let (n2, e2) = shared_metadata("node_cpu_seconds_total", m("Seconds the CPUs spent."));
+        assert!(Rc::ptr_eq(&n1, &n2) && Rc::ptr_eq(&e1, &e2));
+        let (_, other) = shared_metadata("node_cpu_seconds_total", m("Something else."));
+        assert!(!Rc::ptr_eq(&e1, &other));
+        // A target changing its texts at every scrape: the copies nobody holds are dropped.
+        for i in 0..10_000 {
+            let _ = shared_metadata(&format!("family_{i}"), m(&format!("text {i}")));
+        }
+        let pooled = METADATA_POOL.with(|p| {
+            let p = p.borrow();
+            p.names.len() + p.entries.len()
+        });
+        assert!(pooled < 5_000, "{pooled}");
+        // What is held stays shared.
+        let (_, again) = shared_metadata("node_cpu_seconds_total", m("Seconds the CPUs spent."));
+        assert!(Rc::ptr_eq(&e1, &again));
+    }
+
+    #[test]
     fn reload_keeps_unchanged_jobs_running() {
         let two = "scrape_configs:\n  - job_name: a\n    static_configs: [{targets: ['h1:1']}]\n  - job_name: b\n    static_configs: [{targets: ['h2:1']}]\n";
         let cfg = parse_yaml(two, "t").unwrap();
