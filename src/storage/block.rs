@@ -293,9 +293,11 @@ impl BlockBuilder {
         self.samples += samples.len();
         // Frames end at chunk boundaries.
         if self.chunks.len() >= self.frame_bytes {
-            let frame = self.seal(&self.chunks.clone());
-            self.frames.push((frame, self.chunks.len()));
-            self.chunks.clear();
+            let mut chunks = std::mem::take(&mut self.chunks);
+            let frame = self.seal(&chunks);
+            self.frames.push((frame, chunks.len()));
+            chunks.clear();
+            self.chunks = chunks;
         }
     }
 
@@ -316,7 +318,15 @@ impl BlockBuilder {
     /// independently compressed frames of about [`frame_bytes`], so a reader fetches and
     /// decompresses only the frames of the series it wants, and the compressor's memory stays
     /// small whatever the block's size. The table, the directory and each frame carry a CRC.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.finish_into(&mut out);
+        out
+    }
+
+    /// As [`BlockBuilder::finish`], appending the payload to `out` (a flush's records): the
+    /// frames are copied once, each freed as soon as it is.
+    pub fn finish_into(mut self, out: &mut Vec<u8>) {
         if !self.chunks.is_empty() {
             let chunks = std::mem::take(&mut self.chunks);
             let frame = self.seal(&chunks);
@@ -341,7 +351,7 @@ impl BlockBuilder {
             put_uvarint(&mut table, *body_len as u64);
             table.extend_from_slice(&crc32fast::hash(f).to_le_bytes());
         }
-        let mut out = Vec::with_capacity(
+        out.reserve_exact(
             5 + table.len()
                 + dir_payload.len()
                 + self.frames.iter().map(|f| f.0.len()).sum::<usize>(),
@@ -350,10 +360,9 @@ impl BlockBuilder {
         out.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
         out.extend_from_slice(&table);
         out.extend_from_slice(&dir_payload);
-        for (f, _) in &self.frames {
-            out.extend_from_slice(f);
+        for (f, _) in self.frames.drain(..) {
+            out.extend_from_slice(&f);
         }
-        out
     }
 }
 

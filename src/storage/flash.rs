@@ -785,14 +785,16 @@ impl Store {
             }
             let full = std::mem::replace(bb, BlockBuilder::new(level));
             let (min_t, max_t) = (full.min_t, full.max_t);
-            let payload = full.finish();
             let start = out.len();
-            segment::encode_record(out, RecordKind::Block, min_t, max_t, &payload);
+            let (len, crc) =
+                segment::encode_record_with(out, RecordKind::Block, min_t, max_t, |out| {
+                    full.finish_into(out)
+                });
             refs.push(RecordRef {
                 kind: RecordKind::Block,
                 offset: (start + segment::RECORD_HEADER_LEN) as u64,
-                len: payload.len() as u32,
-                crc: crc32fast::hash(&payload),
+                len,
+                crc,
                 min_t,
                 max_t,
             });

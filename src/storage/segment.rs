@@ -103,17 +103,35 @@ fn le_u64(b: &[u8]) -> u64 {
 
 /// Appends one record (envelope + payload) to `out`.
 pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, min_t: i64, max_t: i64, payload: &[u8]) {
-    let mut h = [0u8; RECORD_HEADER_LEN];
+    encode_record_with(out, kind, min_t, max_t, |out| {
+        out.extend_from_slice(payload)
+    });
+}
+
+/// As [`encode_record`], with the payload appended by `write` straight after the envelope (no
+/// copy of a large payload); returns the payload's length and CRC.
+pub fn encode_record_with(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    min_t: i64,
+    max_t: i64,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> (u32, u32) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    write(out);
+    let payload = &out[start + RECORD_HEADER_LEN..];
+    let (len, payload_crc) = (payload.len() as u32, crc32fast::hash(payload));
+    let h = &mut out[start..start + RECORD_HEADER_LEN];
     h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     h[4] = kind as u8;
-    h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    h[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    h[8..12].copy_from_slice(&len.to_le_bytes());
+    h[12..16].copy_from_slice(&payload_crc.to_le_bytes());
     h[16..24].copy_from_slice(&min_t.to_le_bytes());
     h[24..32].copy_from_slice(&max_t.to_le_bytes());
     let crc = crc32fast::hash(&h[0..32]);
     h[32..36].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
+    (len, payload_crc)
 }
 
 /// Where a record is and what it covers.
