@@ -34,10 +34,24 @@ const TIMESTAMP_TOLERANCE_MS: i64 = 2;
 /// Cache entries not seen for this many scrapes are dropped.
 const CACHE_KEEP_SCRAPES: u64 = 10;
 
+/// What the cache keeps of a series: 32 bytes with its key, one per series of the target.
 struct CacheEntry {
-    /// `None`: the series is dropped by `metric_relabel_configs`.
-    r: Option<SeriesRef>,
-    last_seen: u64,
+    /// The stored series, or [`DROPPED`] by `metric_relabel_configs`.
+    r: SeriesRef,
+    /// The scraper's generation (wrapping) when the series was last in a body.
+    last_seen: u32,
+}
+
+/// A cache entry's reference for a series that `metric_relabel_configs` drops (ids are dense
+/// from 0, so the largest one is never a series').
+const DROPPED: SeriesRef = SeriesRef::MAX;
+
+const _: () = assert!(std::mem::size_of::<([u64; 2], CacheEntry)>() == 32);
+
+impl CacheEntry {
+    fn series(&self) -> Option<SeriesRef> {
+        (self.r != DROPPED).then_some(self.r)
+    }
 }
 
 /// What one pass over a body added.
@@ -323,9 +337,9 @@ impl Scraper {
             log::error!("committing scrape of {}: {e}", self.target.url());
         }
         if up {
-            let gen = self.generation;
+            let gen = self.generation as u32;
             self.cache
-                .retain(|_, e| gen.saturating_sub(e.last_seen) < CACHE_KEEP_SCRAPES);
+                .retain(|_, e| u64::from(gen.wrapping_sub(e.last_seen)) < CACHE_KEEP_SCRAPES);
         } else {
             log::debug!("scrape of {} failed: {error}", self.target.url());
         }
@@ -384,8 +398,8 @@ impl Scraper {
             };
             let key = fingerprint(s.series);
             let cached = self.cache.get_mut(&key).map(|e| {
-                e.last_seen = self.generation;
-                e.r
+                e.last_seen = self.generation as u32;
+                e.series()
             });
             if let Some(None) = cached {
                 continue;
@@ -533,8 +547,8 @@ impl Scraper {
             self.cache.insert(
                 key,
                 CacheEntry {
-                    r,
-                    last_seen: self.generation,
+                    r: r.unwrap_or(DROPPED),
+                    last_seen: self.generation as u32,
                 },
             );
         }
@@ -766,6 +780,22 @@ mod tests {
     const D: Duration = Duration::from_millis(5);
 
     #[test]
+    fn the_cache_forgets_a_series_ten_scrapes_after_it_was_last_seen() {
+        let (mut s, _) = scraper(false);
+        s.ingest(Ok(b"kept 1\ngone 1\n"), 1000, D);
+        for k in 2..=10 {
+            s.ingest(Ok(b"kept 1\n"), k * 1000, D);
+            assert!(s.cache.contains_key(&fingerprint(b"gone")), "scrape {k}");
+        }
+        s.ingest(Ok(b"kept 1\n"), 11_000, D);
+        assert!(!s.cache.contains_key(&fingerprint(b"gone")));
+        assert!(s
+            .cache
+            .get(&fingerprint(b"kept"))
+            .is_some_and(|e| e.series().is_some()));
+    }
+
+    #[test]
     fn lateness_counts_from_the_slot_and_a_skipped_slot_once() {
         let (s, _) = scraper(false);
         let i = s.target.interval.as_millis() as i64;
@@ -929,15 +959,15 @@ mod tests {
         assert!(s
             .cache
             .get(&fingerprint(b"go_gc"))
-            .is_some_and(|e| e.r.is_none()));
+            .is_some_and(|e| e.series().is_none()));
         assert!(s
             .cache
             .get(&fingerprint(b"cpu{mode=\"iowait\"}"))
-            .is_some_and(|e| e.r.is_none()));
+            .is_some_and(|e| e.series().is_none()));
         assert!(s
             .cache
             .get(&fingerprint(b"cpu{mode=\"idle\"}"))
-            .is_some_and(|e| e.r.is_some()));
+            .is_some_and(|e| e.series().is_some()));
         // The second scrape is served from the cache, with the same outcome.
         s.ingest(Ok(body), 2000, D);
         assert!(series(&st, "go_gc").is_empty());
