@@ -55,9 +55,11 @@ fn clean_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
             continue;
         }
         let mut f = line.split_whitespace();
-        // Copied-on-write pages are anonymous. (`Private_Dirty` alone is no sign: a binary just
-        // written by the linker has dirty page-cache pages that are still the file's bytes.)
-        if let (Some("Anonymous:"), Some(kb)) = (f.next(), f.next()) {
+        // Copied-on-write pages are anonymous while resident and counted in `Swap:` once swapped
+        // out (dropping the mapping's pages would drop their swap entries too). (`Private_Dirty`
+        // alone is no sign: a binary just written by the linker has dirty page-cache pages that
+        // are still the file's bytes.)
+        if let (Some("Anonymous:" | "Swap:"), Some(kb)) = (f.next(), f.next()) {
             if kb != "0" {
                 copied = true;
             }
@@ -100,6 +102,10 @@ Anonymous:             4 kB
 c000-d000 r--p 00005000 08:01 42 /bin/perch
 Private_Dirty:         4 kB
 Anonymous:             0 kB
+Swap:                  0 kB
+a000-b000 r--p 00006000 08:01 42 /bin/perch
+Anonymous:             0 kB
+Swap:                  4 kB
 9000-a000 rw-p 00004000 08:01 42 /bin/perch
 Anonymous:             4 kB
 b000-c000 r-xp 00000000 08:01 43 /lib/libc.so

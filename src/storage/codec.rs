@@ -646,7 +646,7 @@ pub fn decode_chunk(
 /// an error, so the result is the same as with `r` cut at `len`. `span`: the times the chunk's
 /// samples lie within (its block's); a regular chunk that claims samples outside it is an
 /// error before any of them is allocated. True if the chunk's timestamps are known to ascend
-/// strictly (one sample, or a regular chunk); false says nothing.
+/// strictly (one sample, or a regular chunk within the span); false says nothing.
 pub fn decode_chunk_of(
     r: &mut Reader<'_>,
     len: usize,
@@ -700,14 +700,16 @@ fn decode_chunk_body(
         match r.u8()? {
             TS_REGULAR => {
                 // The only chunk whose count its bytes do not bound: its samples ascend (the
-                // writer's always do) and end within the span, or it is not read at all.
+                // writer's always do) and end within the span, or it is not read at all. Two
+                // samples are let through as they are: writers before this check called every
+                // two-sample chunk regular, even one whose step wrapped.
                 let last = step
                     .checked_mul(n as i64 - 1)
                     .and_then(|d| t0.checked_add(d));
-                if step <= 0 || t0 < span.0 || last.is_none_or(|l| l > span.1) {
+                ascends = step > 0 && t0 >= span.0 && last.is_some_and(|l| l <= span.1);
+                if !ascends && n > 2 {
                     return Err(CodecError("regular chunk outside its block's time range"));
                 }
-                ascends = true;
                 out.extend((0..n as i64).map(|k| Sample {
                     t: t0.wrapping_add(step.wrapping_mul(k)),
                     v: 0.0,
@@ -810,6 +812,24 @@ mod tests {
             assert!(got.unwrap_or(true));
             assert_eq!(out.len(), if ok { 3 } else { 0 });
         }
+    }
+
+    #[test]
+    fn two_samples_an_old_writer_called_regular_still_read() {
+        // The step from i64::MIN + 5 to 10^12 wraps: before the regular mode needed an ascending
+        // step, such a pair was written regular. It reads back, not known to ascend.
+        let (t0, t1) = (i64::MIN + 5, 1_000_000_000_000i64);
+        let mut c = Vec::new();
+        put_uvarint(&mut c, 2);
+        put_varint(&mut c, t0);
+        put_varint(&mut c, t1.wrapping_sub(t0));
+        c.push(TS_REGULAR);
+        c.push(V_CONST);
+        c.extend_from_slice(&1.5f64.to_bits().to_le_bytes());
+        let mut out = Vec::new();
+        let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, (t0, t1), &mut out);
+        assert_eq!(got, Ok(false));
+        assert_eq!(out.iter().map(|s| s.t).collect::<Vec<_>>(), [t0, t1]);
     }
 
     #[test]
