@@ -766,16 +766,13 @@ impl Store {
                 }
             }
             let payload = block::seal_using(comp.as_mut(), &w.finish());
-            let start = out.len();
-            segment::encode_record(&mut out, RecordKind::Series, 0, 0, &payload);
-            refs.push(RecordRef {
-                kind: RecordKind::Series,
-                offset: (start + segment::RECORD_HEADER_LEN) as u64,
-                len: payload.len() as u32,
-                crc: crc32fast::hash(&payload),
-                min_t: 0,
-                max_t: 0,
-            });
+            refs.push(segment::encode_record(
+                &mut out,
+                RecordKind::Series,
+                0,
+                0,
+                &payload,
+            ));
         }
         drop(comp);
         let mut bb = BlockBuilder::new(level);
@@ -785,19 +782,13 @@ impl Store {
             }
             let full = std::mem::replace(bb, BlockBuilder::new(level));
             let (min_t, max_t) = (full.min_t, full.max_t);
-            let start = out.len();
-            let (len, crc) =
-                segment::encode_record_with(out, RecordKind::Block, min_t, max_t, |out| {
-                    full.finish_into(out)
-                });
-            refs.push(RecordRef {
-                kind: RecordKind::Block,
-                offset: (start + segment::RECORD_HEADER_LEN) as u64,
-                len,
-                crc,
+            refs.push(segment::encode_record_with(
+                out,
+                RecordKind::Block,
                 min_t,
                 max_t,
-            });
+                |out| full.finish_into(out),
+            ));
         };
         let mut buf = Vec::new();
         for i in 0..items.len() {
@@ -825,16 +816,7 @@ impl Store {
     /// Appends the checkpoint record to `out`; returns its ref (offset relative to `out`).
     fn checkpoint_record(&self, out: &mut Vec<u8>) -> RecordRef {
         let payload = block::seal(&encode_checkpoints(&self.checkpoints), 3);
-        let start = out.len();
-        segment::encode_record(out, RecordKind::Checkpoint, 0, 0, &payload);
-        RecordRef {
-            kind: RecordKind::Checkpoint,
-            offset: (start + segment::RECORD_HEADER_LEN) as u64,
-            len: payload.len() as u32,
-            crc: crc32fast::hash(&payload),
-            min_t: 0,
-            max_t: 0,
-        }
+        segment::encode_record(out, RecordKind::Checkpoint, 0, 0, &payload)
     }
 
     /// Writes the checkpoint alone (a flush with no samples), to the active segment or a new one.

@@ -101,22 +101,29 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Appends one record (envelope + payload) to `out`.
-pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, min_t: i64, max_t: i64, payload: &[u8]) {
+/// Appends one record (envelope + payload) to `out`; returns its ref, with the payload's
+/// offset counted from the start of `out`.
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    min_t: i64,
+    max_t: i64,
+    payload: &[u8],
+) -> RecordRef {
     encode_record_with(out, kind, min_t, max_t, |out| {
         out.extend_from_slice(payload)
-    });
+    })
 }
 
 /// As [`encode_record`], with the payload appended by `write` straight after the envelope (no
-/// copy of a large payload); returns the payload's length and CRC.
+/// copy of a large payload).
 pub fn encode_record_with(
     out: &mut Vec<u8>,
     kind: RecordKind,
     min_t: i64,
     max_t: i64,
     write: impl FnOnce(&mut Vec<u8>),
-) -> (u32, u32) {
+) -> RecordRef {
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     write(out);
@@ -131,7 +138,14 @@ pub fn encode_record_with(
     h[24..32].copy_from_slice(&max_t.to_le_bytes());
     let crc = crc32fast::hash(&h[0..32]);
     h[32..36].copy_from_slice(&crc.to_le_bytes());
-    (len, payload_crc)
+    RecordRef {
+        kind,
+        offset: (start + RECORD_HEADER_LEN) as u64,
+        len,
+        crc: payload_crc,
+        min_t,
+        max_t,
+    }
 }
 
 /// Where a record is and what it covers.
