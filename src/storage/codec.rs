@@ -561,15 +561,11 @@ pub fn encode_chunk(samples: &[Sample], base: i64, out: &mut Vec<u8>) {
     if samples.len() > 1 {
         let step = samples[1].t.wrapping_sub(first.t);
         put_varint(out, step);
-        // Regular: a positive step that does not wrap (what a reader accepts as regular).
-        let regular = step > 0
-            && samples
-                .windows(2)
-                .all(|w| w[1].t.wrapping_sub(w[0].t) == step)
-            && step
-                .checked_mul(samples.len() as i64 - 1)
-                .and_then(|d| first.t.checked_add(d))
-                .is_some();
+        // Regular: one positive step that does not wrap (what a reader accepts as regular).
+        let regular = samples
+            .windows(2)
+            .all(|w| w[1].t.wrapping_sub(w[0].t) == step)
+            && regular_last(first.t, step, samples.len()).is_some();
         if regular {
             out.push(TS_REGULAR);
         } else {
@@ -626,6 +622,13 @@ pub fn encode_chunk(samples: &[Sample], base: i64, out: &mut Vec<u8>) {
     }
     put_uvarint(out, w.bytes.len() as u64);
     out.extend_from_slice(&w.bytes);
+}
+
+/// The last timestamp of `n` samples from `t0` at `step`, if the step is positive and they do
+/// not overflow: the regular timestamp mode's rule, for the writer and the reader alike.
+fn regular_last(t0: i64, step: i64, n: usize) -> Option<i64> {
+    let d = step.checked_mul(i64::try_from(n).ok()?.checked_sub(1)?)?;
+    (step > 0).then_some(t0.checked_add(d)?)
 }
 
 /// Most samples one chunk may claim, so a corrupt count cannot ask for a huge allocation.
@@ -703,10 +706,7 @@ fn decode_chunk_body(
                 // writer's always do) and end within the span, or it is not read at all. Two
                 // samples are let through as they are: writers before this check called every
                 // two-sample chunk regular, even one whose step wrapped.
-                let last = step
-                    .checked_mul(n as i64 - 1)
-                    .and_then(|d| t0.checked_add(d));
-                ascends = step > 0 && t0 >= span.0 && last.is_some_and(|l| l <= span.1);
+                ascends = t0 >= span.0 && regular_last(t0, step, n).is_some_and(|l| l <= span.1);
                 if !ascends && n > 2 {
                     return Err(CodecError("regular chunk outside its block's time range"));
                 }
@@ -781,11 +781,11 @@ mod tests {
                 .all(|(x, y)| x.t == y.t && x.v.to_bits() == y.v.to_bits())
     }
 
-    /// A regular chunk of `n` samples from 100 at `step`, all 1.5.
-    fn regular_chunk(n: u64, step: i64) -> Vec<u8> {
+    /// A regular chunk of `n` samples from `t0` (base 0) at `step`, all 1.5.
+    fn regular_chunk(n: u64, t0: i64, step: i64) -> Vec<u8> {
         let mut c = Vec::new();
         put_uvarint(&mut c, n);
-        put_varint(&mut c, 100);
+        put_varint(&mut c, t0);
         put_varint(&mut c, step);
         c.push(TS_REGULAR);
         c.push(V_CONST);
@@ -805,7 +805,7 @@ mod tests {
             (-5, all, false),
             (i64::MAX / 2, all, false),
         ] {
-            let c = regular_chunk(3, step);
+            let c = regular_chunk(3, 100, step);
             let mut out = Vec::new();
             let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, span, &mut out);
             assert_eq!(got.is_ok(), ok, "step {step} span {span:?}");
@@ -819,13 +819,7 @@ mod tests {
         // The step from i64::MIN + 5 to 10^12 wraps: before the regular mode needed an ascending
         // step, such a pair was written regular. It reads back, not known to ascend.
         let (t0, t1) = (i64::MIN + 5, 1_000_000_000_000i64);
-        let mut c = Vec::new();
-        put_uvarint(&mut c, 2);
-        put_varint(&mut c, t0);
-        put_varint(&mut c, t1.wrapping_sub(t0));
-        c.push(TS_REGULAR);
-        c.push(V_CONST);
-        c.extend_from_slice(&1.5f64.to_bits().to_le_bytes());
+        let c = regular_chunk(2, t0, t1.wrapping_sub(t0));
         let mut out = Vec::new();
         let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, (t0, t1), &mut out);
         assert_eq!(got, Ok(false));
@@ -836,7 +830,7 @@ mod tests {
     fn a_few_bytes_cannot_claim_more_samples_than_the_span_holds() {
         // 20 bytes that claim 2^24 samples of one value, 1 ms apart, in a block of 60 s: an
         // error before anything is allocated (they would take 256 MiB).
-        let c = regular_chunk(MAX_CHUNK_SAMPLES, 1);
+        let c = regular_chunk(MAX_CHUNK_SAMPLES, 100, 1);
         assert!(c.len() < 24);
         let mut out = Vec::new();
         let got = decode_chunk_of(&mut Reader::new(&c), c.len(), 0, (0, 60_000), &mut out);
