@@ -151,24 +151,24 @@ pub fn shared_metadata(name: &str, m: MetricMetadata) -> (Rc<str>, Rc<MetricMeta
             p.entries.retain(|e| Rc::strong_count(e) > 1);
             p.swept_at = p.names.len() + p.entries.len();
         }
-        let name = match p.names.get(name) {
-            Some(n) => n.clone(),
-            None => {
-                let n: Rc<str> = Rc::from(name);
-                p.names.insert(n.clone());
-                n
-            }
-        };
-        let entry = match p.entries.get(&m) {
-            Some(e) => e.clone(),
-            None => {
-                let e = Rc::new(m);
-                p.entries.insert(e.clone());
-                e
-            }
-        };
+        let name = shared(&mut p.names, name, || Rc::from(name));
+        let entry = shared(&mut p.entries, &m, || Rc::new(m.clone()));
         (name, entry)
     })
+}
+
+/// The copy of `v` in `set`, put there (made by `make`) if it is not yet.
+fn shared<T: ?Sized + std::hash::Hash + Eq>(
+    set: &mut std::collections::HashSet<Rc<T>>,
+    v: &T,
+    make: impl FnOnce() -> Rc<T>,
+) -> Rc<T> {
+    if let Some(have) = set.get(v) {
+        return have.clone();
+    }
+    let new = make();
+    set.insert(new.clone());
+    new
 }
 
 /// Most metric families whose metadata is kept per target.
