@@ -11,8 +11,10 @@ use super::time::{parse_duration_param, parse_time};
 use super::WebState;
 use crate::model::{Labels, Matcher};
 use crate::promql::{QueryError, QueryResult, QueryStats, Value};
+use crate::scrape::MetricMetadata;
 use futures_lite::FutureExt;
 use std::fmt::Write;
+use std::rc::Rc;
 
 /// An API error: its `errorType` and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -667,13 +669,13 @@ fn has_selector(e: &promql_parser::parser::Expr) -> bool {
 }
 
 /// `{"type":…,"help":…,"unit":…}`
-fn write_metadata(out: &mut String, m: &crate::scrape::MetricMetadata) {
+fn write_metadata(out: &mut String, m: &MetricMetadata) {
     out.push('{');
     write_metadata_fields(out, m);
     out.push('}');
 }
 
-fn write_metadata_fields(out: &mut String, m: &crate::scrape::MetricMetadata) {
+fn write_metadata_fields(out: &mut String, m: &MetricMetadata) {
     out.push_str("\"type\":");
     json::string(out, m.kind);
     out.push_str(",\"help\":");
@@ -728,11 +730,8 @@ impl WebState {
         let limit = metadata_limit(p, "limit")?;
         let per_metric = metadata_limit(p, "limit_per_metric")?;
         let only = p.get("metric").filter(|m| !m.is_empty());
-        type Shared<T> = std::rc::Rc<T>;
-        let mut all: std::collections::BTreeMap<
-            Shared<str>,
-            Vec<Shared<crate::scrape::MetricMetadata>>,
-        > = std::collections::BTreeMap::new();
+        let mut all: std::collections::BTreeMap<Rc<str>, Vec<Rc<MetricMetadata>>> =
+            std::collections::BTreeMap::new();
         for st in self.scrape_status() {
             let st = st.borrow();
             for (name, m) in &st.metadata {
@@ -790,10 +789,7 @@ impl WebState {
             if !Matcher::all_match(&matchers, &st.target.labels) {
                 continue;
             }
-            let mut entries: Vec<(
-                &std::rc::Rc<str>,
-                &std::rc::Rc<crate::scrape::MetricMetadata>,
-            )> = match metric {
+            let mut entries: Vec<(&Rc<str>, &Rc<MetricMetadata>)> = match metric {
                 Some(m) => st.metadata.get_key_value(m).into_iter().collect(),
                 None => st.metadata.iter().collect(),
             };
