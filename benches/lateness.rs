@@ -25,7 +25,7 @@ const LOAD: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 2;
 const QUERY: &str = r#"sum by (g) (rate({__name__=~"big.*"}[30s]))"#;
 const STEP: f64 = 0.01;
-/// Shorter than the run, so that flushes (which run in one go on the executor) fall in both
+/// Shorter than the run, so that flushes (which share the executor, in slices) fall in both
 /// phases, as they would in a longer run at the default 60 s.
 const FLUSH_INTERVAL: &str = "10s";
 

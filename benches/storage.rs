@@ -20,6 +20,9 @@
 //!    flattered or spoiled by the generator's heap. Warm: page cache as the generator left it
 //!    (after one untimed open). Cold: `sync; echo 3 > /proc/sys/vm/drop_caches` before each
 //!    open (needs root; skipped with a note otherwise).
+//! 4. Flush: 5.6k, 20k and 100k series with 60 samples each in a memory store; one flush in
+//!    one go, and one in slices of 2 ms as the agent's flush task runs it: the whole flush's
+//!    time, and the longest slice (how long the executor is held at once).
 
 use perch::model::{Labels, Matcher, Sample};
 use perch::storage::backend::{Backend, FileBackend, MemBackend};
@@ -669,6 +672,100 @@ fn part_startup() {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Part 4: the flush, in one go and in slices.
+
+/// One flush of `store`: in one go (`slice` None) or in slices; the whole flush's wall time
+/// and the longest call, in ms, and the number of calls.
+fn time_flush(store: &FlashStorage, slice: Option<Duration>) -> (f64, f64, usize) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let w0 = Instant::now();
+    let Some(slice) = slice else {
+        store.flush().unwrap();
+        let w = ms(w0.elapsed());
+        return (w, w, 1);
+    };
+    let (mut longest, mut calls) = (0f64, 0);
+    loop {
+        let c0 = Instant::now();
+        let done = store.flush_step(slice).unwrap();
+        longest = longest.max(ms(c0.elapsed()));
+        calls += 1;
+        if done {
+            return (ms(w0.elapsed()), longest, calls);
+        }
+    }
+}
+
+fn part_flush() {
+    const RUNS: usize = 3;
+    const SLICE: Duration = Duration::from_millis(2);
+    println!("== 4. Flush: in one go, and in slices (what the agent's flush task does) ==");
+    println!(
+        "setup: the append part's series and values, 60 scrapes at 1 s into a MemBackend store \
+         (default FlashOptions, zstd 9), then one flush; the first flush of a store declares \
+         every series (as at the start of each segment), the second only blocks. In slices: \
+         Storage::flush_step({} ms) until done. Median of {RUNS} runs of wall ms; the longest \
+         call is how long the executor is held at once",
+        SLICE.as_millis()
+    );
+    println!(
+        "{:>8} {:<12} {:>14} {:>16} {:>18} {:>8}",
+        "series", "flush", "one go ms", "in slices ms", "longest slice ms", "slices"
+    );
+    for series in [5_600usize, 20_000, 100_000] {
+        let mut gen = Values::new(series, 3);
+        let mut v = Vec::new();
+        for which in ["first", "second"] {
+            let (mut one, mut total, mut longest, mut calls) = (vec![], vec![], vec![], 0);
+            for run in 0..RUNS {
+                for sliced in [false, true] {
+                    let (store, _) =
+                        FlashStorage::open(Box::new(MemBackend::new()), FlashOptions::default())
+                            .unwrap();
+                    gen.scrape(&mut v);
+                    let refs = create_series(&store, series, T0, &v);
+                    let mut t = T0;
+                    let mut fill = |store: &FlashStorage| {
+                        for _ in 0..60 {
+                            t += 1000;
+                            gen.scrape(&mut v);
+                            scrape_into(store, &refs, t, &v);
+                        }
+                    };
+                    fill(&store);
+                    if which == "second" {
+                        store.flush().unwrap();
+                        fill(&store);
+                    }
+                    let (w, l, c) = time_flush(&store, sliced.then_some(SLICE));
+                    if sliced {
+                        total.push(w);
+                        longest.push(l);
+                        calls = c;
+                    } else {
+                        one.push(w);
+                    }
+                    assert_eq!(store.stats().samples_in_memory, 0, "run {run}");
+                }
+            }
+            println!(
+                "{:>8} {:<12} {:>14.1} {:>16.1} {:>18.2} {:>8}",
+                series,
+                which,
+                median(one),
+                median(total),
+                median(longest),
+                calls
+            );
+        }
+    }
+    println!(
+        "goal (brief): long work yields, so a scrape is never late because of it; the lateness \
+         bench shows scrapes under flushes\n"
+    );
+}
+
 fn main() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child_open(&dir);
@@ -688,6 +785,9 @@ fn main() {
     }
     if run("startup") {
         part_startup();
+    }
+    if run("flush") {
+        part_flush();
     }
     if let Some(parent) = scratch("x").parent() {
         let _ = std::fs::remove_dir_all(parent);

@@ -36,7 +36,11 @@ use std::cell::RefCell;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The work a flush does before it lets other tasks run. The reactor runs on its own thread, so
+/// a scrape whose timer fires meanwhile runs before the flush's next slice.
+const FLUSH_SLICE: Duration = Duration::from_millis(2);
 
 /// Why the agent could not start.
 #[derive(Debug)]
@@ -249,8 +253,17 @@ pub fn run(config: Config) -> Result<(), RunError> {
     ex.spawn(async move {
         loop {
             Timer::after(flush_every).await;
-            if let Err(e) = hk_storage.flush() {
-                log::error!("flushing the store (the samples stay in memory): {e}");
+            // In slices, so scrapes and queries run between them (a flush of 100k series is
+            // hundreds of milliseconds of work).
+            loop {
+                match hk_storage.flush_step(FLUSH_SLICE) {
+                    Ok(true) => break,
+                    Ok(false) => futures_lite::future::yield_now().await,
+                    Err(e) => {
+                        log::error!("flushing the store (the samples stay in memory): {e}");
+                        break;
+                    }
+                }
             }
             hk_remote.borrow().flushed(&*hk_storage);
             hk_storage.housekeeping();

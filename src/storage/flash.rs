@@ -1,11 +1,12 @@
 //! The flash store: samples in a ring of append-only segment files, within a fixed byte budget.
 //!
 //! Write path: the appender batches a scrape; `commit` moves its samples into each series'
-//! [`HeadChunk`] in RAM (a few bytes a sample). Every flush interval, [`Storage::flush`] turns
-//! all heads into one compressed block record — with the definitions of series the current
-//! segment has not seen yet — and writes it with a single append and a single `fdatasync`. So a
-//! power cut loses at most one flush interval, and the device sees one large sequential write
-//! a minute instead of one per scrape.
+//! [`HeadChunk`] in RAM (a few bytes a sample). Every flush interval, a flush turns all heads
+//! into compressed block records — with the definitions of series the current segment has not
+//! seen yet — and writes them with a single append and a single `fdatasync`. So a power cut
+//! loses at most one flush interval, and the device sees one large sequential write a minute
+//! instead of one per scrape. The agent flushes in slices that yield to other tasks
+//! ([`Storage::flush_step`], the [`write`] module); [`Storage::flush`] flushes in one go.
 //!
 //! The ring: records go to the newest segment until it holds `segment_bytes`; then a new
 //! segment starts. Before any write, the oldest segments are deleted until everything — the
@@ -28,7 +29,7 @@
 //! sample as Prometheus does; `import_series` writes older data directly as blocks.
 
 use super::backend::Backend;
-use super::block::{self, ascending, keep_within, Block, BlockBuilder, BlockError};
+use super::block::{self, ascending, keep_within, Block, BlockError};
 use super::codec::{CodecError, HeadChunk};
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
@@ -39,6 +40,10 @@ use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+mod write;
+use write::WriteJob;
 
 /// zstd level of blocks written by the backfill paths (measured best on the shared recording).
 pub const IMPORT_LEVEL: i32 = 19;
@@ -92,35 +97,6 @@ struct SeriesEntry {
     /// The appender batch that last added a sample, and that sample (order checks in a batch).
     batch: u64,
     batch_last: Sample,
-}
-
-/// What a block is written from: the series' heads, or samples given (by import).
-#[derive(Clone, Copy)]
-enum Source<'a> {
-    /// Ids (ascending) whose heads are written.
-    Heads(&'a [u64]),
-    /// Ids (ascending) with their samples.
-    Items(&'a [(u64, Vec<Sample>)]),
-}
-
-impl Source<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Source::Heads(v) => v.len(),
-            Source::Items(v) => v.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn id(&self, i: usize) -> u64 {
-        match self {
-            Source::Heads(v) => v[i],
-            Source::Items(v) => v[i].0,
-        }
-    }
 }
 
 /// Interned label strings: each distinct name or value is held once, and a series' labels are a
@@ -304,6 +280,8 @@ struct Store {
     /// The observer of commits, and the log of writes kept for it.
     tap: Option<Rc<dyn SampleTap>>,
     writes: Vec<WriteSpan>,
+    /// The flush in slices under way ([`Storage::flush_step`]), if any.
+    flushing: Option<WriteJob>,
 }
 
 /// Encodes the named states as a checkpoint record body.
@@ -604,12 +582,13 @@ impl Store {
         Ok(())
     }
 
-    /// Writes `records` (already framed) as one append to the active segment, starting a new
-    /// segment first when needed, then syncs. `blocks` are the block records' refs relative to
-    /// the start of `records`; `flush` tells the write log a flush of the heads from an import.
+    /// Writes `records` (already framed, the pieces one after another) as one append to the
+    /// active segment, starting a new segment first when needed, then syncs. `blocks` are the
+    /// records' refs relative to the start of the first piece; `flush` tells the write log a
+    /// flush of the heads from an import.
     fn write_records(
         &mut self,
-        records: &[u8],
+        records: &[&[u8]],
         blocks: Vec<RecordRef>,
         new_segment: bool,
         created_ms: i64,
@@ -637,12 +616,16 @@ impl Store {
         let Some(seg) = self.segments.iter_mut().find(|s| s.seq == seq) else {
             return Err(StorageError::Closed);
         };
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity(
+            records.iter().map(|r| r.len()).sum::<usize>() + segment::SEGMENT_HEADER_LEN,
+        );
         if seg.bytes == 0 {
             buf.extend_from_slice(&segment::segment_header(seq, created_ms));
         }
         let base = seg.bytes + buf.len() as u64;
-        buf.extend_from_slice(records);
+        for r in records {
+            buf.extend_from_slice(r);
+        }
         let result = self
             .backend
             .append(&seg.name, &buf)
@@ -734,85 +717,6 @@ impl Store {
         }
     }
 
-    /// Frames series definitions and blocks for `items` (id, samples; ids ascending) into
-    /// records for the segment `seq`, splitting blocks so none exceeds `max_record`.
-    fn frame(
-        &self,
-        items: Source<'_>,
-        declare: &[u64],
-        max_record: usize,
-        level: i32,
-    ) -> (Vec<u8>, Vec<RecordRef>) {
-        let mut out = Vec::new();
-        let mut refs = Vec::new();
-        // Written straight from the symbols (no copy of every label set), in records of a few
-        // hundred series: compressing one large body would need buffers as large.
-        let mut comp = block::compressor(level);
-        // Declared in label order: the same metric of different targets (labels that differ
-        // only in `instance`) then sit within the compressor's window of each other.
-        let mut declare = declare.to_vec();
-        let labels_of = |id: &u64| -> &[u32] { self.series.get(id).map_or(&[], |s| &s.labels) };
-        declare.sort_by(|a, b| {
-            let texts = |id| labels_of(id).iter().map(|&sym| self.symbols.get(sym));
-            texts(a).cmp(texts(b))
-        });
-        for group in declare.chunks(SERIES_PER_RECORD) {
-            let mut w = block::SeriesWriter::new(group.len());
-            for id in group {
-                let syms = labels_of(id);
-                w.series(*id, syms.len() / 2);
-                for sym in syms {
-                    w.text(self.symbols.get(*sym));
-                }
-            }
-            let payload = block::seal_using(comp.as_mut(), &w.finish());
-            refs.push(segment::encode_record(
-                &mut out,
-                RecordKind::Series,
-                0,
-                0,
-                &payload,
-            ));
-        }
-        drop(comp);
-        let mut bb = BlockBuilder::new(level);
-        let flush = |bb: &mut BlockBuilder, out: &mut Vec<u8>, refs: &mut Vec<RecordRef>| {
-            if bb.is_empty() {
-                return;
-            }
-            let full = std::mem::replace(bb, BlockBuilder::new(level));
-            let (min_t, max_t) = (full.min_t, full.max_t);
-            refs.push(segment::encode_record_with(
-                out,
-                RecordKind::Block,
-                min_t,
-                max_t,
-                |out| full.finish_into(out),
-            ));
-        };
-        let mut buf = Vec::new();
-        for i in 0..items.len() {
-            let id = items.id(i);
-            let samples: &[Sample] = match items {
-                Source::Items(v) => &v[i].1,
-                Source::Heads(_) => {
-                    buf.clear();
-                    if let Some(s) = self.series.get(&id) {
-                        s.head.decode_into(&mut buf);
-                    }
-                    &buf
-                }
-            };
-            bb.add(id, samples);
-            // Raw chunk bytes bound the compressed size from above.
-            if bb.raw_len() >= max_record {
-                flush(&mut bb, &mut out, &mut refs);
-            }
-        }
-        flush(&mut bb, &mut out, &mut refs);
-        (out, refs)
-    }
-
     /// Appends the checkpoint record to `out`; returns its ref (offset relative to `out`).
     fn checkpoint_record(&self, out: &mut Vec<u8>) -> RecordRef {
         let payload = block::seal(&encode_checkpoints(&self.checkpoints), 3);
@@ -832,108 +736,24 @@ impl Store {
             };
         self.make_room(need)?;
         let new_segment = new_segment || self.active.is_none();
-        self.write_records(&records, vec![r], new_segment, now_ms, true)
+        self.write_records(&[&records], vec![r], new_segment, now_ms, true)
     }
 
-    /// Writes `items` as blocks (with the series declarations they need), compressed at zstd
-    /// `level`.
-    fn write_items(
-        &mut self,
-        items: Source<'_>,
-        now_ms: i64,
-        level: i32,
-    ) -> Result<(), StorageError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let seg_bytes = self.opts.segment_bytes();
-        let max_record = (seg_bytes / 2) as usize;
-        let active_bytes = self
-            .active
-            .and_then(|a| self.segments.iter().find(|s| s.seq == a))
-            .map(|s| s.bytes);
-        // Declarations are per segment: decide the segment first, assuming it continues.
-        let mut new_segment = active_bytes.is_none();
-        for attempt in 0..2 {
-            let seq = if new_segment {
-                self.next_seq
-            } else {
-                self.active.unwrap_or(0)
-            };
-            let declare: Vec<u64> = (0..items.len())
-                .map(|i| items.id(i))
-                .filter(|id| self.series.get(id).is_some_and(|s| s.declared_in != seq))
-                .collect();
-            let (mut records, mut refs) = self.frame(items, &declare, max_record, level);
-            // The named states ride along when changed, and once in every segment (so the
-            // newest value survives the ring deleting older segments).
-            if self.checkpoint_dirty || (new_segment && !self.checkpoints.is_empty()) {
-                refs.push(self.checkpoint_record(&mut records));
-            }
-            let header = if new_segment {
-                segment::SEGMENT_HEADER_LEN as u64
-            } else {
-                0
-            };
-            let need = records.len() as u64 + header;
-            if !new_segment && attempt == 0 && active_bytes.unwrap_or(0) + need > seg_bytes {
-                new_segment = true;
-                continue;
-            }
-            if new_segment {
-                self.seal_active();
-            }
-            self.make_room(need)?;
-            // make_room may have deleted the active segment itself.
-            if !new_segment && self.active.is_none() {
-                new_segment = true;
-                continue;
-            }
-            let flush = matches!(items, Source::Heads(_));
-            self.write_records(&records, refs, new_segment, now_ms, flush)?;
-            let seq = self.active.unwrap_or(seq);
-            for id in &declare {
-                if let Some(s) = self.series.get_mut(id) {
-                    s.declared_in = seq;
-                }
-            }
-            for i in 0..items.len() {
-                if let Some(s) = self.series.get_mut(&items.id(i)) {
-                    s.data_in = seq;
-                }
-            }
-            return Ok(());
-        }
-        Err(StorageError::Closed)
-    }
-
+    /// Flushes every head in one go (see [`WriteJob`] for the flush in slices).
     fn flush(&mut self) -> Result<(), StorageError> {
-        let mut ids: Vec<u64> = self
-            .series
-            .iter()
-            .filter(|(_, s)| !s.head.is_empty())
-            .map(|(id, _)| id)
-            .collect();
-        let now = self.max_time.unwrap_or(0);
-        if ids.is_empty() {
-            if self.checkpoint_dirty {
-                self.write_checkpoint_only(now)?;
-            }
-            return Ok(());
+        // A flush in slices under way ends first: its samples go before the heads' later ones.
+        if let Some(mut job) = self.flushing.take() {
+            job.run(self, None)?;
         }
-        ids.sort_unstable();
-        // Heads are decoded one series at a time into the block: no copy of all samples.
-        let level = self.opts.level;
-        self.write_items(Source::Heads(&ids), now, level)?;
-        for id in &ids {
-            if let Some(s) = self.series.get_mut(id) {
-                s.head.clear();
-            }
+        match WriteJob::heads(self)? {
+            Some(mut job) => job.run(self, None).map(|_| ()),
+            None => Ok(()),
         }
-        self.head_samples = 0;
-        self.head_bytes = 0;
-        self.counters.flushes += 1;
-        Ok(())
+    }
+
+    /// The segment numbered `seq`.
+    fn segment(&self, seq: u64) -> Option<&SegmentInfo> {
+        self.segments.iter().find(|s| s.seq == seq)
     }
 
     fn housekeeping(&mut self) {
@@ -1285,6 +1105,7 @@ impl FlashStorage {
             checkpoint_dirty: false,
             tap: None,
             writes: Vec::new(),
+            flushing: None,
         };
         let mut report = OpenReport::default();
         for (seq, name) in names {
@@ -1427,8 +1248,9 @@ impl FlashStorage {
             by_id.push((id, samples));
         }
         by_id.sort_by_key(|(id, _)| *id);
-        let now = st.max_time.unwrap_or(0);
-        st.write_items(Source::Items(&by_id), now, level)?;
+        if !by_id.is_empty() {
+            WriteJob::items(by_id, level).run(&mut st, None)?;
+        }
         st.appended_total += n as u64;
         Ok(n)
     }
@@ -1681,6 +1503,22 @@ impl Storage for FlashStorage {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.store.borrow_mut().flush()
+    }
+
+    fn flush_step(&self, slice: Duration) -> Result<bool, StorageError> {
+        let mut st = self.store.borrow_mut();
+        let mut job = match st.flushing.take() {
+            Some(job) => job,
+            None => match WriteJob::heads(&mut st)? {
+                Some(job) => job,
+                None => return Ok(true),
+            },
+        };
+        let done = job.run(&mut st, Some(Instant::now() + slice));
+        if let Ok(false) = done {
+            st.flushing = Some(job);
+        }
+        done
     }
 
     fn housekeeping(&self) {
@@ -2181,6 +2019,165 @@ mod tests {
         let s = open(&b, FlashOptions::default());
         check_exact(&all(&s), 10, 0, 30_000, 1000);
         assert_eq!(s.counters().write_errors, 0);
+    }
+
+    /// Runs a flush in slices of no time at all (each does a few series' worth), calling
+    /// `between` after every slice; returns the number of slices.
+    fn flush_in_slices(s: &FlashStorage, mut between: impl FnMut(usize)) -> usize {
+        let mut slices = 1;
+        while !s.flush_step(Duration::ZERO).unwrap() {
+            between(slices);
+            slices += 1;
+            assert!(slices < 1_000_000, "the flush makes no progress");
+        }
+        slices
+    }
+
+    #[test]
+    fn a_flush_in_slices_writes_what_the_heads_held_and_keeps_later_samples() {
+        // More series than one sort run, so the declarations' merge sort is sliced too.
+        let n = 2500;
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, n, 0, 10_000, 1000);
+        let mut t = 10_000;
+        let slices = flush_in_slices(&s, |k| {
+            // Scrapes go on between slices; every sample is visible once at every instant.
+            if k % 20 == 0 {
+                ingest(&s, n, t, t + 1000, 1000);
+                t += 1000;
+                check_exact(&all(&s), n, 0, t, 1000);
+            }
+        });
+        assert!(slices > 20, "{slices} slices");
+        assert!(t > 10_000);
+        // The flush wrote what the heads held when it began; the rest is still in the heads.
+        assert_eq!(
+            s.stats().samples_in_memory,
+            ((t - 10_000) / 1000) as u64 * n as u64
+        );
+        check_exact(&all(&s), n, 0, t, 1000);
+        let reopened = open(&b, FlashOptions::default());
+        check_exact(&all(&reopened), n, 0, 10_000, 1000);
+        drop(reopened);
+        s.flush().unwrap();
+        assert_eq!(s.stats().samples_in_memory, 0);
+        check_exact(&all(&open(&b, FlashOptions::default())), n, 0, t, 1000);
+    }
+
+    #[test]
+    fn a_flush_in_slices_declares_again_when_the_segment_changes_meanwhile() {
+        // More series than one sort run; the change falls in every slice in turn (while
+        // blocks are built, while declarations are sorted and encoded, before the write).
+        let n = 1100;
+        let mut moved = 0;
+        for at in 1.. {
+            let b = Rc::new(MemBackend::new());
+            let s = open(&b, FlashOptions::default());
+            ingest(&s, 10, 0, 10_000, 1000);
+            s.flush().unwrap();
+            ingest(&s, n, 10_000, 20_000, 1000);
+            let first = s.store.borrow().active;
+            let slices = flush_in_slices(&s, |k| {
+                // Another writer ends the segment, then an import of another series starts
+                // the next one.
+                if k == at {
+                    s.store.borrow_mut().seal_active();
+                }
+                if k == at + 1 {
+                    let l = Labels::from_pairs(&[("__name__", "other")]);
+                    Storage::import(&s, vec![(l, vec![Sample { t: 1000, v: 1.0 }])]).unwrap();
+                }
+            });
+            if at + 1 >= slices {
+                assert!(at > 50, "{slices} slices");
+                assert!(
+                    moved > 10,
+                    "the segment changed before the write {moved} times"
+                );
+                break;
+            }
+            // The segment the flush wrote to.
+            let written = {
+                let st = s.store.borrow();
+                let id = st.find(&labels(n - 1)).unwrap();
+                st.series.get(&id).unwrap().data_in
+            };
+            if Some(written) != first {
+                moved += 1;
+            }
+            let early: Vec<_> = all(&open(&b, FlashOptions::default()))
+                .into_iter()
+                .filter(|(l, _)| l.get("i").parse::<usize>().unwrap() < 10)
+                .collect();
+            check_exact(&early, 10, 0, 20_000, 1000);
+            // Every series is declared in the segment that holds its data: without the other
+            // segments, that one alone reads whole.
+            let from = if Some(written) == first { 0 } else { 10_000 };
+            let written = segment::segment_name(written);
+            for name in b.list().unwrap() {
+                if name != written {
+                    b.remove(&name).unwrap();
+                }
+            }
+            let (early, late): (Vec<_>, Vec<_>) = all(&open(&b, FlashOptions::default()))
+                .into_iter()
+                .partition(|(l, _)| l.get("i").parse::<usize>().unwrap() < 10);
+            check_exact(&early, 10, from, 20_000, 1000);
+            assert_eq!(late.len(), n - 10);
+            for (_, v) in &late {
+                assert_eq!(v.len(), 10);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flush_in_slices_that_fails_to_write_changes_nothing() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 300, 0, 10_000, 1000);
+        b.fail_writes.set(true);
+        let mut result = Ok(false);
+        for _ in 0..100_000 {
+            result = s.flush_step(Duration::ZERO);
+            if !matches!(result, Ok(false)) {
+                break;
+            }
+        }
+        assert!(result.is_err());
+        assert_eq!(s.stats().samples_in_memory, 300 * 10);
+        check_exact(&all(&s), 300, 0, 10_000, 1000);
+        b.fail_writes.set(false);
+        ingest(&s, 300, 10_000, 12_000, 1000);
+        flush_in_slices(&s, |_| {});
+        check_exact(
+            &all(&open(&b, FlashOptions::default())),
+            300,
+            0,
+            12_000,
+            1000,
+        );
+    }
+
+    #[test]
+    fn a_flush_in_one_go_ends_a_flush_in_slices_first() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 300, 0, 10_000, 1000);
+        assert!(!s.flush_step(Duration::ZERO).unwrap());
+        ingest(&s, 300, 10_000, 11_000, 1000);
+        s.flush().unwrap();
+        assert_eq!(s.stats().samples_in_memory, 0);
+        // Nothing is left for the slices, and nothing was written twice.
+        assert!(s.flush_step(Duration::ZERO).unwrap());
+        check_exact(
+            &all(&open(&b, FlashOptions::default())),
+            300,
+            0,
+            11_000,
+            1000,
+        );
+        assert_eq!(s.counters().flushes, 2);
     }
 
     #[test]

@@ -192,8 +192,16 @@ pub struct StorageStats {
 pub trait Storage {
     fn appender(&self) -> Box<dyn Appender>;
     fn querier(&self) -> Box<dyn Querier>;
-    /// Writes out what is buffered (a no-op for a store that keeps nothing on disk).
+    /// Writes out what is buffered (a no-op for a store that keeps nothing on disk), in one go.
     fn flush(&self) -> Result<(), StorageError>;
+    /// Does about `slice` of a flush's work: `Ok(true)` when the flush is done, `Ok(false)`
+    /// when the caller should let other tasks run and call again. A flush in slices writes the
+    /// samples held when it began; queries see every sample throughout. [`Storage::flush`]
+    /// ends a flush in slices under way first. The default flushes in one go.
+    fn flush_step(&self, slice: std::time::Duration) -> Result<bool, StorageError> {
+        let _ = slice;
+        self.flush().map(|()| true)
+    }
     /// Applies retention (by time, counted back from the newest sample; and by size).
     fn housekeeping(&self);
     /// Writes whole series directly, bypassing the order check of appends: the backfill path

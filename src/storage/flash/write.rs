@@ -1,0 +1,646 @@
+//! Writing blocks as a job done in slices: the flush of the heads, and (in one go) an import.
+//!
+//! Contract:
+//! - A [`WriteJob`] does a bounded slice of its work per [`WriteJob::run`] call when given a
+//!   deadline, so the executor runs scrapes and queries between slices; without one it runs to
+//!   the end. A flush of 100k series is hundreds of milliseconds of work, which must not hold
+//!   the executor.
+//! - A flush takes from each head only the samples the head held when the job began
+//!   (`counts`); samples appended meanwhile stay in the head for the next flush. Until the
+//!   write, queries see the heads whole. After it, the written samples leave the heads a slice
+//!   at a time; meanwhile a query finds them both on disk and in a head, and `select` keeps
+//!   one copy (it sorts and dedups a series whose parts overlap). So no query misses a sample
+//!   or sees one twice.
+//! - What is written is what a flush in one go writes: the declarations of the series the
+//!   target segment has not seen, the blocks, the checkpoint if due, in one append and one
+//!   sync. Other writers (an import, a flush in one go) may change the active segment between
+//!   slices: the last slice checks that the declarations were made for the segment written to,
+//!   and declares again (a bounded number of times in slices, then in one go) if not.
+//! - If the write fails, nothing has changed: the heads are whole and the next flush writes
+//!   them.
+
+use super::{Store, SERIES_PER_RECORD};
+use crate::model::Sample;
+use crate::storage::block::{self, BlockBuilder};
+use crate::storage::codec::HeadChunk;
+use crate::storage::segment::{self, RecordKind, RecordRef};
+use crate::storage::StorageError;
+use std::cmp::Ordering;
+use std::time::Instant;
+
+/// What a job writes.
+enum Work {
+    /// Series ids (ascending) whose heads are flushed, and how many samples of each.
+    Heads { ids: Vec<u64>, counts: Vec<u32> },
+    /// Series ids (ascending) with their samples (an import).
+    Items(Vec<(u64, Vec<Sample>)>),
+}
+
+impl Work {
+    fn len(&self) -> usize {
+        match self {
+            Work::Heads { ids, .. } => ids.len(),
+            Work::Items(v) => v.len(),
+        }
+    }
+
+    fn id(&self, i: usize) -> u64 {
+        match self {
+            Work::Heads { ids, .. } => ids[i],
+            Work::Items(v) => v[i].0,
+        }
+    }
+}
+
+/// The segment the declarations are made for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    /// The active segment, with this number: declare the series it has not seen.
+    Continue(u64),
+    /// A new segment: declare every series.
+    New,
+}
+
+/// Series declarations being made for a target: sorted by labels, then encoded in records.
+struct Declaring {
+    target: Target,
+    sort: StepSort,
+    /// Sorted ids, once the sort is done; `encoded` counts those already in records.
+    sorted: Vec<u64>,
+    encoded: usize,
+    /// One context for all the records (none: stored raw).
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+enum Phase {
+    /// Adding series to blocks; the next one is `next`.
+    Blocks {
+        next: usize,
+    },
+    Declare(Declaring),
+    Write,
+    /// Written to segment `seq`; noting that in the series and trimming their heads, from
+    /// `next` on.
+    Trim {
+        seq: u64,
+        next: usize,
+    },
+}
+
+/// A flush of the heads or an import, in slices. See the module doc.
+pub(in crate::storage) struct WriteJob {
+    work: Work,
+    level: i32,
+    phase: Phase,
+    builder: Option<BlockBuilder>,
+    /// Block records, framed; refs relative to the start of `blocks`.
+    blocks: Vec<u8>,
+    block_refs: Vec<RecordRef>,
+    /// Declaration records for `target`, framed; refs relative to their start.
+    decls: Vec<u8>,
+    decl_refs: Vec<RecordRef>,
+    target: Option<Target>,
+    /// Times the declarations were made again because the segment changed meanwhile.
+    redeclared: u32,
+    scratch: Vec<Sample>,
+}
+
+/// After this many declarations made again, the next are made in one go: nothing can change
+/// the segment between them and the write.
+const MAX_REDECLARE_IN_SLICES: u32 = 2;
+
+/// Series added to a block between two looks at the clock.
+const SERIES_PER_CHECK: usize = 16;
+/// Series trimmed between two looks at the clock.
+const SERIES_PER_TRIM_CHECK: usize = 256;
+
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn up(&self) -> bool {
+        self.0.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+impl WriteJob {
+    /// A flush of every non-empty head, or None when there is nothing to flush (a changed
+    /// checkpoint is then written alone).
+    pub(in crate::storage) fn heads(st: &mut Store) -> Result<Option<WriteJob>, StorageError> {
+        let mut ids = Vec::new();
+        let mut counts = Vec::new();
+        for (id, s) in st.series.iter() {
+            if !s.head.is_empty() {
+                ids.push(id);
+                counts.push(s.head.len() as u32);
+            }
+        }
+        if ids.is_empty() {
+            if st.checkpoint_dirty {
+                let now = st.max_time.unwrap_or(0);
+                st.write_checkpoint_only(now)?;
+            }
+            return Ok(None);
+        }
+        // The table iterates in id order: `ids` ascend.
+        Ok(Some(WriteJob::new(
+            Work::Heads { ids, counts },
+            st.opts.level,
+        )))
+    }
+
+    /// An import of `items` (ids ascending, samples ascending), compressed at zstd `level`.
+    pub(in crate::storage) fn items(items: Vec<(u64, Vec<Sample>)>, level: i32) -> WriteJob {
+        WriteJob::new(Work::Items(items), level)
+    }
+
+    fn new(work: Work, level: i32) -> WriteJob {
+        WriteJob {
+            work,
+            level,
+            phase: Phase::Blocks { next: 0 },
+            builder: None,
+            blocks: Vec::new(),
+            block_refs: Vec::new(),
+            decls: Vec::new(),
+            decl_refs: Vec::new(),
+            target: None,
+            redeclared: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Works until done (`Ok(true)`) or past `deadline` (`Ok(false)`: call again later).
+    /// Without a deadline, runs to the end. An error ends the job with nothing changed.
+    pub(in crate::storage) fn run(
+        &mut self,
+        st: &mut Store,
+        deadline: Option<Instant>,
+    ) -> Result<bool, StorageError> {
+        let clock = Clock(deadline);
+        loop {
+            match &mut self.phase {
+                Phase::Blocks { next } => {
+                    let start = *next;
+                    let done = self.add_blocks(st, start, &clock);
+                    match done {
+                        Ok(()) => {
+                            self.end_block();
+                            let target = st.active.map_or(Target::New, Target::Continue);
+                            self.phase = Phase::Declare(self.declaring(st, target));
+                        }
+                        Err(next) => {
+                            self.phase = Phase::Blocks { next };
+                            return Ok(false);
+                        }
+                    }
+                }
+                Phase::Declare(_) => {
+                    let Phase::Declare(mut d) = std::mem::replace(&mut self.phase, Phase::Write)
+                    else {
+                        unreachable!()
+                    };
+                    // Once declarations were made again, they are made in one go.
+                    let clock = if self.redeclared >= MAX_REDECLARE_IN_SLICES {
+                        &Clock(None)
+                    } else {
+                        &clock
+                    };
+                    if !self.declare(st, &mut d, clock) {
+                        self.phase = Phase::Declare(d);
+                        return Ok(false);
+                    }
+                    self.target = Some(d.target);
+                }
+                Phase::Write => {
+                    if let Some(target) = self.write(st)? {
+                        self.redeclared += 1;
+                        self.phase = Phase::Declare(self.declaring(st, target));
+                        continue;
+                    }
+                }
+                Phase::Trim { seq, next } => {
+                    let (seq, start) = (*seq, *next);
+                    match self.trim(st, seq, start, &clock) {
+                        Ok(()) => return Ok(true),
+                        Err(next) => {
+                            self.phase = Phase::Trim { seq, next };
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            if clock.up() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Adds series from `next` on to blocks; Err(where to go on) when the clock is up first.
+    fn add_blocks(&mut self, st: &Store, mut next: usize, clock: &Clock) -> Result<(), usize> {
+        let max_record = (st.opts.segment_bytes() / 2) as usize;
+        let level = self.level;
+        let start = next;
+        while next < self.work.len() {
+            // Each slice adds at least a few series, whatever the clock says.
+            if next > start && (next - start) % SERIES_PER_CHECK == 0 && clock.up() {
+                return Err(next);
+            }
+            let id = self.work.id(next);
+            let samples: &[Sample] = match &self.work {
+                Work::Items(v) => &v[next].1,
+                Work::Heads { counts, .. } => {
+                    self.scratch.clear();
+                    // A series in a flush has a head, so it cannot have been forgotten.
+                    if let Some(s) = st.series.get(&id) {
+                        s.head.decode_into(&mut self.scratch);
+                    }
+                    self.scratch.truncate(counts[next] as usize);
+                    &self.scratch
+                }
+            };
+            next += 1;
+            if samples.is_empty() {
+                continue;
+            }
+            let bb = self.builder.get_or_insert_with(|| BlockBuilder::new(level));
+            bb.add(id, samples);
+            // Raw chunk bytes bound the compressed size from above.
+            if bb.raw_len() >= max_record {
+                self.end_block();
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames the block being built, if any, as a record.
+    fn end_block(&mut self) {
+        let Some(bb) = self.builder.take().filter(|b| !b.is_empty()) else {
+            return;
+        };
+        let (min_t, max_t) = (bb.min_t, bb.max_t);
+        self.block_refs.push(segment::encode_record_with(
+            &mut self.blocks,
+            RecordKind::Block,
+            min_t,
+            max_t,
+            |out| bb.finish_into(out),
+        ));
+    }
+
+    /// Starts declarations for `target`: the job's series it has not seen.
+    fn declaring(&mut self, st: &Store, target: Target) -> Declaring {
+        self.decls.clear();
+        self.decl_refs.clear();
+        let ids: Vec<u64> = (0..self.work.len())
+            .map(|i| self.work.id(i))
+            .filter(|id| {
+                st.series.get(id).is_some_and(|s| match target {
+                    Target::Continue(seq) => s.declared_in != seq,
+                    Target::New => true,
+                })
+            })
+            .collect();
+        let has_any = !ids.is_empty();
+        Declaring {
+            target,
+            sort: StepSort::new(ids),
+            sorted: Vec::new(),
+            encoded: 0,
+            compressor: if has_any {
+                block::compressor(self.level)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Sorts and encodes declarations until done (true) or the clock is up (false).
+    ///
+    /// They are declared in label order: the same metric of different targets (labels that
+    /// differ only in `instance`) then sit within the compressor's window of each other. They
+    /// are written straight from the symbols, in records of a few hundred series.
+    fn declare(&mut self, st: &Store, d: &mut Declaring, clock: &Clock) -> bool {
+        let labels_of = |id: u64| -> &[u32] { st.series.get(&id).map_or(&[], |s| &s.labels) };
+        let texts = |id| labels_of(id).iter().map(|&sym| st.symbols.get(sym));
+        if !d.sort.is_done() {
+            if !d.sort.run(|a, b| texts(a).cmp(texts(b)), || clock.up()) {
+                return false;
+            }
+            d.sorted = d.sort.take();
+        }
+        while d.encoded < d.sorted.len() {
+            let end = (d.encoded + SERIES_PER_RECORD).min(d.sorted.len());
+            let group = &d.sorted[d.encoded..end];
+            let mut w = block::SeriesWriter::new(group.len());
+            for &id in group {
+                let syms = labels_of(id);
+                w.series(id, syms.len() / 2);
+                for sym in syms {
+                    w.text(st.symbols.get(*sym));
+                }
+            }
+            let payload = block::seal_using(d.compressor.as_mut(), &w.finish());
+            self.decl_refs.push(segment::encode_record(
+                &mut self.decls,
+                RecordKind::Series,
+                0,
+                0,
+                &payload,
+            ));
+            d.encoded = end;
+            if d.encoded < d.sorted.len() && clock.up() {
+                return false;
+            }
+        }
+        d.sorted = Vec::new();
+        true
+    }
+
+    /// Writes the records if the declarations fit the segment written to: Ok(None) when
+    /// written (the trim follows), Ok(Some(target)) when they must be made again for `target`
+    /// first.
+    fn write(&mut self, st: &mut Store) -> Result<Option<Target>, StorageError> {
+        let target = self.target.unwrap_or(Target::New);
+        let seg_bytes = st.opts.segment_bytes();
+        let new_segment = target == Target::New;
+        // The named states ride along when changed, and once in every segment (so the newest
+        // value survives the ring deleting older segments).
+        let mut checkpoint = Vec::new();
+        let mut checkpoint_ref = None;
+        if st.checkpoint_dirty || (new_segment && !st.checkpoints.is_empty()) {
+            checkpoint_ref = Some(st.checkpoint_record(&mut checkpoint));
+        }
+        let records = (self.decls.len() + self.blocks.len() + checkpoint.len()) as u64;
+        if let Target::Continue(seq) = target {
+            if st.active != Some(seq) {
+                // Another writer ended the segment meanwhile.
+                return Ok(Some(st.active.map_or(Target::New, Target::Continue)));
+            }
+            let active_bytes = st.segment(seq).map_or(0, |s| s.bytes);
+            if active_bytes + records > seg_bytes {
+                return Ok(Some(Target::New));
+            }
+        }
+        let need = records
+            + if new_segment {
+                segment::SEGMENT_HEADER_LEN as u64
+            } else {
+                0
+            };
+        if new_segment {
+            st.seal_active();
+        }
+        st.make_room(need)?;
+        // make_room may have deleted the active segment itself.
+        if !new_segment && st.active.is_none() {
+            return Ok(Some(Target::New));
+        }
+        let mut refs = std::mem::take(&mut self.decl_refs);
+        let at = self.decls.len() as u64;
+        refs.extend(self.block_refs.iter().map(|r| RecordRef {
+            offset: r.offset + at,
+            ..*r
+        }));
+        let at = at + self.blocks.len() as u64;
+        refs.extend(checkpoint_ref.map(|r| RecordRef {
+            offset: r.offset + at,
+            ..r
+        }));
+        let now = st.max_time.unwrap_or(0);
+        let heads = matches!(self.work, Work::Heads { .. });
+        st.write_records(
+            &[&self.decls, &self.blocks, &checkpoint],
+            refs,
+            new_segment,
+            now,
+            heads,
+        )?;
+        let Some(seq) = st.active else {
+            return Err(StorageError::Closed);
+        };
+        // The records are written: their buffers go now, not with the job.
+        self.blocks = Vec::new();
+        self.decls = Vec::new();
+        self.phase = Phase::Trim { seq, next: 0 };
+        Ok(None)
+    }
+
+    /// Notes that each series is declared and has data in segment `seq`, and drops the
+    /// written samples from the heads, from `next` on; Err(where to go on) when the clock is
+    /// up first.
+    ///
+    /// Every series of the job is declared in `seq` now: those that were not, by this
+    /// write. Until a head is trimmed, its written samples are both in the head and on disk;
+    /// `select` drops the second copy (it sorts and dedups series whose parts overlap).
+    fn trim(
+        &mut self,
+        st: &mut Store,
+        seq: u64,
+        mut next: usize,
+        clock: &Clock,
+    ) -> Result<(), usize> {
+        let start = next;
+        while next < self.work.len() {
+            if next > start && (next - start) % SERIES_PER_TRIM_CHECK == 0 && clock.up() {
+                return Err(next);
+            }
+            let id = self.work.id(next);
+            if let Some(s) = st.series.get_mut(&id) {
+                s.declared_in = seq;
+                s.data_in = seq;
+                if let Work::Heads { counts, .. } = &self.work {
+                    let n = counts[next];
+                    let before = s.head.heap_bytes();
+                    drop_first(&mut s.head, n as usize, &mut self.scratch);
+                    let after = s.head.heap_bytes();
+                    st.head_bytes = (st.head_bytes + after).saturating_sub(before);
+                    st.head_samples = st.head_samples.saturating_sub(u64::from(n));
+                }
+            }
+            next += 1;
+        }
+        if let Work::Heads { .. } = self.work {
+            st.counters.flushes += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Forgets the oldest `n` samples of a head (those a flush wrote); samples appended since stay.
+fn drop_first(head: &mut HeadChunk, n: usize, scratch: &mut Vec<Sample>) {
+    if n >= head.len() {
+        head.clear();
+        return;
+    }
+    scratch.clear();
+    head.decode_into(scratch);
+    head.clear();
+    for s in &scratch[n..] {
+        head.push(s.t, s.v);
+    }
+}
+
+/// Ids sorted per run before the runs are merged.
+const RUN: usize = 1024;
+/// Ids merged between two looks at the clock.
+const MERGE_PER_CHECK: usize = 1024;
+
+/// A merge sort of ids that stops when told and goes on where it stopped: runs of [`RUN`] ids
+/// are sorted whole, then merged pairwise, pass by pass.
+struct StepSort {
+    a: Vec<u64>,
+    b: Vec<u64>,
+    /// Runs sorted so far, in the first stage.
+    runs: usize,
+    /// The width of the sorted runs being merged, and the start of the pair being merged.
+    width: usize,
+    lo: usize,
+    /// Positions in the left and right halves of the pair being merged (when `merging`).
+    i: usize,
+    j: usize,
+    merging: bool,
+    done: bool,
+}
+
+impl StepSort {
+    fn new(ids: Vec<u64>) -> StepSort {
+        let b = if ids.len() > RUN {
+            vec![0; ids.len()]
+        } else {
+            Vec::new()
+        };
+        StepSort {
+            a: ids,
+            b,
+            runs: 0,
+            width: RUN,
+            lo: 0,
+            i: 0,
+            j: 0,
+            merging: false,
+            done: false,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The sorted ids (once done).
+    fn take(&mut self) -> Vec<u64> {
+        self.b = Vec::new();
+        std::mem::take(&mut self.a)
+    }
+
+    /// Sorts by `cmp` until done (true) or `stop` says so (false).
+    fn run(
+        &mut self,
+        mut cmp: impl FnMut(u64, u64) -> Ordering,
+        mut stop: impl FnMut() -> bool,
+    ) -> bool {
+        let n = self.a.len();
+        while self.runs * RUN < n {
+            let s = self.runs * RUN;
+            let e = (s + RUN).min(n);
+            self.a[s..e].sort_unstable_by(|x, y| cmp(*x, *y));
+            self.runs += 1;
+            if stop() {
+                return false;
+            }
+        }
+        while self.width < n {
+            while self.lo < n {
+                let mid = (self.lo + self.width).min(n);
+                let hi = (self.lo + 2 * self.width).min(n);
+                if !self.merging {
+                    (self.i, self.j, self.merging) = (self.lo, mid, true);
+                }
+                let (mut i, mut j) = (self.i, self.j);
+                let mut moved = 0;
+                while i < mid || j < hi {
+                    let left =
+                        j >= hi || (i < mid && cmp(self.a[i], self.a[j]) != Ordering::Greater);
+                    let k = i + j - mid;
+                    if left {
+                        self.b[k] = self.a[i];
+                        i += 1;
+                    } else {
+                        self.b[k] = self.a[j];
+                        j += 1;
+                    }
+                    moved += 1;
+                    if moved == MERGE_PER_CHECK {
+                        moved = 0;
+                        if stop() {
+                            (self.i, self.j) = (i, j);
+                            return false;
+                        }
+                    }
+                }
+                self.merging = false;
+                self.lo = hi;
+            }
+            std::mem::swap(&mut self.a, &mut self.b);
+            self.width *= 2;
+            self.lo = 0;
+        }
+        self.done = true;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn step_sort_sorts_whatever_it_is_stopped_at() {
+        let mut seed = 7;
+        for n in [0, 1, 5, RUN - 1, RUN, RUN + 1, 3 * RUN + 17, 9 * RUN] {
+            for stop_every in [1usize, 3, 1000, usize::MAX] {
+                let ids: Vec<u64> = (0..n).map(|_| lcg(&mut seed) % 5000).collect();
+                let mut want = ids.clone();
+                want.sort();
+                let mut s = StepSort::new(ids);
+                let mut calls = 0;
+                let mut polls = 0usize;
+                while !s.run(
+                    |a, b| a.cmp(&b),
+                    || {
+                        polls += 1;
+                        polls % stop_every == 0
+                    },
+                ) {
+                    calls += 1;
+                    assert!(calls < 10 * n + 10, "no progress");
+                }
+                assert!(s.is_done());
+                assert_eq!(s.take(), want, "n {n}, stop every {stop_every}");
+            }
+        }
+    }
+
+    #[test]
+    fn drop_first_keeps_the_newer_samples() {
+        let mut h = HeadChunk::default();
+        for t in 0..10 {
+            h.push(t * 1000, t as f64 * 0.5);
+        }
+        let mut scratch = Vec::new();
+        drop_first(&mut h, 7, &mut scratch);
+        let mut got = Vec::new();
+        h.decode_into(&mut got);
+        let want: Vec<(i64, f64)> = (7..10).map(|t| (t * 1000, t as f64 * 0.5)).collect();
+        let got: Vec<(i64, f64)> = got.iter().map(|s| (s.t, s.v)).collect();
+        assert_eq!(got, want);
+        drop_first(&mut h, 3, &mut scratch);
+        assert!(h.is_empty());
+    }
+}
