@@ -14,7 +14,8 @@
 //!   remote-write data received by Perch are pending too.
 //!
 //! Which records the live path delivered is tracked per flush interval ("epoch"): the samples
-//! of one interval end up in the records of one flush; when every one of them was acknowledged
+//! committed between the start of one flush and the start of the next (the store says when a
+//! flush takes its samples, [`SampleTap::flush_began`]) end up in the records of one flush; when every one of them was acknowledged
 //! those records are done, and if any was dropped (queue full, or an outage) the whole flush's
 //! records become pending. So a sample is sent at least once; a resend of identical samples
 //! (after a restart or a partly failed batch) is possible and harmless to a Prometheus receiver.
@@ -70,6 +71,8 @@ struct Epoch {
     dropped: bool,
     /// The records its flush wrote, once it has been flushed.
     spans: Vec<WriteSpan>,
+    /// A flush took this interval's samples: later commits belong to the next interval.
+    sealed: bool,
     closed: bool,
 }
 
@@ -177,25 +180,50 @@ impl Writer {
         }
     }
 
-    /// After a flush: the records written since the last call join their epoch (a flush) or
+    /// A flush takes the heads' samples now: the current epoch ends here (unless nothing in it
+    /// is at risk, all its samples sent: then it simply goes on), and later commits start the
+    /// next one.
+    fn flush_began(&self) {
+        let mut st = self.st.borrow_mut();
+        let Some(e) = st.epochs.back_mut() else {
+            return;
+        };
+        if e.outstanding > 0 || e.dropped {
+            e.sealed = true;
+            st.epochs.push_back(Epoch::default());
+        }
+    }
+
+    /// After a flush: the records written since the last call join their epochs (a flush) or
     /// the pending list (an import); finished epochs are classified.
+    ///
+    /// A flush's records hold the samples of every epoch sealed since the last flush that
+    /// wrote (a failed flush leaves its samples in the heads for the next one), so each such
+    /// epoch takes them all. A flush the writer did not see begin (one that wrote only a
+    /// checkpoint, with the epoch unsealed) closes the current epoch, as before flushes ran in
+    /// slices.
     fn flushed(&self, writes: &[WriteSpan]) {
         let mut st = self.st.borrow_mut();
-        let mut closed_one = false;
+        let mut spans = Vec::new();
         for w in writes {
             if w.flush {
-                if let Some(e) = st.epochs.back_mut() {
-                    e.spans.push(*w);
-                    e.closed = true;
-                }
-                closed_one = true;
+                spans.push(*w);
             } else {
                 st.pending.push((w.from, w.until));
                 st.dirty = true;
             }
         }
-        if closed_one {
-            st.epochs.push_back(Epoch::default());
+        if !spans.is_empty() {
+            if !st.epochs.iter().any(|e| e.sealed && !e.closed) {
+                if let Some(e) = st.epochs.back_mut() {
+                    e.sealed = true;
+                }
+                st.epochs.push_back(Epoch::default());
+            }
+            for e in st.epochs.iter_mut().filter(|e| e.sealed && !e.closed) {
+                e.spans.extend_from_slice(&spans);
+                e.closed = true;
+            }
         }
         self.resolve(&mut st);
     }
@@ -652,6 +680,12 @@ impl SampleTap for RemoteWriters {
             w.tap(batch);
         }
     }
+
+    fn flush_began(&self) {
+        for w in &self.writers {
+            w.flush_began();
+        }
+    }
 }
 
 impl RemoteWriters {
@@ -801,6 +835,99 @@ impl RemoteWriters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::flash::{FlashOptions, FlashStorage};
+
+    fn config(capacity: usize) -> RemoteWriteConfig {
+        RemoteWriteConfig {
+            url: "http://127.0.0.1:9/api/v1/write".into(),
+            host: "127.0.0.1:9".into(),
+            path: "/api/v1/write".into(),
+            tls: None,
+            name: "test".into(),
+            remote_timeout: Duration::from_secs(1),
+            headers: Vec::new(),
+            write_relabel_configs: Vec::new(),
+            authorization: None,
+            capacity,
+            max_samples_per_send: 100,
+            batch_send_deadline: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(30),
+            max_backoff: Duration::from_secs(5),
+            retry_on_http_429: false,
+            backfill_samples_per_second: 1000,
+        }
+    }
+
+    fn scrape(store: &FlashStorage, t: i64) {
+        let mut app = store.appender();
+        for i in 0..3 {
+            let l = Labels::from_pairs(&[("__name__", "m"), ("i", &i.to_string())]);
+            app.append(&l, t, i as f64).unwrap();
+        }
+        app.commit().unwrap();
+    }
+
+    #[test]
+    fn samples_committed_during_a_flush_in_slices_belong_to_the_next_flush() {
+        let store = Rc::new(FlashStorage::in_memory(FlashOptions::default()).unwrap());
+        let w = Rc::new(Writer::new(config(100), Labels::default(), store.clone()));
+        let all = Rc::new(RemoteWriters {
+            writers: vec![w.clone()],
+        });
+        store.set_tap(Some(all.clone()));
+        store.take_writes();
+        scrape(&store, 1000);
+        // The flush takes its samples in its first slice; a scrape commits before it ends.
+        assert!(!store.flush_step(Duration::ZERO).unwrap());
+        scrape(&store, 2000);
+        while !store.flush_step(Duration::ZERO).unwrap() {}
+        let first = store.take_writes();
+        w.flushed(&first);
+        {
+            let st = w.st.borrow();
+            assert_eq!(st.epochs.len(), 2);
+            assert_eq!((st.epochs[0].outstanding, st.epochs[0].closed), (3, true));
+            assert_eq!(st.epochs[0].spans, first);
+            // The second scrape waits for the flush that writes it.
+            assert_eq!((st.epochs[1].outstanding, st.epochs[1].closed), (3, false));
+            assert!(st.epochs[1].spans.is_empty());
+        }
+        store.flush().unwrap();
+        let second = store.take_writes();
+        assert_eq!(second.len(), 1);
+        w.flushed(&second);
+        let st = w.st.borrow();
+        assert_eq!(st.epochs[1].spans, second);
+        assert!(st.epochs[1].closed);
+    }
+
+    #[test]
+    fn a_failed_flush_leaves_its_epoch_to_the_next_flush_that_writes() {
+        let b = Rc::new(crate::storage::backend::MemBackend::new());
+        let (store, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
+        let store = Rc::new(store);
+        let w = Rc::new(Writer::new(config(100), Labels::default(), store.clone()));
+        store.set_tap(Some(Rc::new(RemoteWriters {
+            writers: vec![w.clone()],
+        })));
+        store.take_writes();
+        scrape(&store, 1000);
+        b.fail_writes.set(true);
+        assert!(store.flush().is_err());
+        w.flushed(&store.take_writes());
+        scrape(&store, 2000);
+        b.fail_writes.set(false);
+        store.flush().unwrap();
+        let spans = store.take_writes();
+        w.flushed(&spans);
+        let st = w.st.borrow();
+        // Both intervals' samples are in the one flush that wrote: both epochs take its records.
+        assert_eq!(st.epochs.len(), 3);
+        for e in st.epochs.iter().take(2) {
+            assert_eq!((e.outstanding, e.closed, &e.spans), (3, true, &spans));
+        }
+        assert!(!st.epochs[2].sealed);
+    }
 
     fn c(segment: u64, offset: u64) -> Cursor {
         Cursor::at(segment, offset)

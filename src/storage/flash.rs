@@ -543,12 +543,18 @@ impl Store {
     }
 
     /// Drops series that have no samples left anywhere.
+    ///
+    /// A series that was given samples and never written (`last` set, no segment) is kept: it
+    /// is an import's, whose write may be making room right now (its blocks would otherwise
+    /// name a series no segment declares). If that write fails, the series stays, empty,
+    /// until the next import of its labels or a restart.
     fn forget_dataless_series(&mut self) {
         let oldest = self.segments.first().map_or(u64::MAX, |s| s.seq);
+        let in_flight = |s: &SeriesEntry| s.last.is_some() && s.data_in == 0 && s.declared_in == 0;
         let gone: Vec<u64> = self
             .series
             .iter()
-            .filter(|(_, s)| s.head.is_empty() && s.data_in < oldest)
+            .filter(|(_, s)| s.head.is_empty() && s.data_in < oldest && !in_flight(s))
             .map(|(id, _)| id)
             .collect();
         for id in gone {
@@ -2042,13 +2048,20 @@ mod tests {
         ingest(&s, n, 0, 10_000, 1000);
         let mut t = 10_000;
         let slices = flush_in_slices(&s, |k| {
-            // Scrapes go on between slices; every sample is visible once at every instant.
+            // Scrapes go on between slices; every sample is visible once at every instant
+            // (while the heads are trimmed too, when some samples are on disk and in a head).
             if k % 20 == 0 {
                 ingest(&s, n, t, t + 1000, 1000);
                 t += 1000;
+            }
+            if k % 5 == 0 {
                 check_exact(&all(&s), n, 0, t, 1000);
             }
         });
+        let st = s.store.borrow();
+        let held: usize = st.series.values().map(|e| e.head.heap_bytes()).sum();
+        assert_eq!(st.head_bytes, held);
+        drop(st);
         assert!(slices > 20, "{slices} slices");
         assert!(t > 10_000);
         // The flush wrote what the heads held when it began; the rest is still in the heads.
@@ -2128,6 +2141,100 @@ mod tests {
             for (_, v) in &late {
                 assert_eq!(v.len(), 10);
             }
+        }
+    }
+
+    #[test]
+    fn an_import_during_the_trim_keeps_the_newer_segment() {
+        // The import writes series 0 to a newer segment while the flush that wrote it to the
+        // older one is still trimming (or earlier): the series must not point back.
+        for at in 1.. {
+            let b = Rc::new(MemBackend::new());
+            let s = open(&b, FlashOptions::default());
+            ingest(&s, 300, 10_000, 20_000, 1000);
+            let slices = flush_in_slices(&s, |k| {
+                if k == at {
+                    s.store.borrow_mut().seal_active();
+                    let old = (0..5)
+                        .map(|k| Sample {
+                            t: k * 1000,
+                            v: 1.0,
+                        })
+                        .collect();
+                    Storage::import(&s, vec![(labels(0), old)]).unwrap();
+                }
+            });
+            if at >= slices {
+                break;
+            }
+            let st = s.store.borrow();
+            let id = st.find(&labels(0)).unwrap();
+            let e = st.series.get(&id).unwrap();
+            assert_eq!(Some(e.data_in), st.active, "at slice {at}");
+            assert_eq!(Some(e.declared_in), st.active, "at slice {at}");
+        }
+    }
+
+    #[test]
+    fn an_import_that_makes_room_by_deleting_the_active_segment_declares_its_series() {
+        // A budget below one segment: the import fits the active segment but not the budget, so
+        // making room deletes the active segment, and the import's new series (no data
+        // anywhere yet) must still be declared where their blocks go.
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 12 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        let mut t = 0;
+        while s.disk_bytes() < 7 << 10 {
+            ingest(&s, 10, t, t + 10_000, 1000);
+            s.flush().unwrap();
+            t += 10_000;
+        }
+        let first = s.store.borrow().active;
+        let noisy = |i: u64| -> Vec<Sample> {
+            (0..600)
+                .map(|k| Sample {
+                    t: k * 1000,
+                    v: f64::from_bits(0x3ff0_0000_0000_0000 ^ (k as u64 * 2654435761 * (i + 1))),
+                })
+                .collect()
+        };
+        let items: Vec<(Labels, Vec<Sample>)> = (0..3)
+            .map(|i| {
+                (
+                    Labels::from_pairs(&[("__name__", "imported"), ("i", &i.to_string())]),
+                    noisy(i),
+                )
+            })
+            .collect();
+        Storage::import(&s, items).unwrap();
+        assert_ne!(
+            s.store.borrow().active,
+            first,
+            "the active segment was not replaced ({} bytes)",
+            s.disk_bytes()
+        );
+        assert!(b.total_bytes() <= opts.budget_bytes);
+        let s = open(&b, opts);
+        let got = s
+            .querier()
+            .select(
+                &[Matcher::equal("__name__", "imported")],
+                i64::MIN,
+                i64::MAX,
+            )
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        for (i, x) in got.into_iter().enumerate() {
+            let v: Vec<Sample> = x.samples.collect();
+            let want = noisy(i as u64);
+            assert_eq!(v.len(), want.len());
+            assert!(v
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits()));
         }
     }
 

@@ -282,6 +282,9 @@ pub trait Storage {
 /// the store.
 pub trait SampleTap {
     fn committed(&self, batch: &[(SeriesRef, Sample)]);
+    /// A flush of the heads takes its samples now: what is committed after this call is
+    /// written by a later flush (a flush in slices lets scrapes commit while it runs).
+    fn flush_began(&self) {}
 }
 
 /// A half-open range of store positions, either end open.

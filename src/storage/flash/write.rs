@@ -126,6 +126,10 @@ impl WriteJob {
     /// A flush of every non-empty head, or None when there is nothing to flush (a changed
     /// checkpoint is then written alone).
     pub(in crate::storage) fn heads(st: &mut Store) -> Result<Option<WriteJob>, StorageError> {
+        // Samples committed from now on go to the next flush: the tap starts a new interval.
+        if let Some(tap) = &st.tap {
+            tap.flush_began();
+        }
         let mut ids = Vec::new();
         let mut counts = Vec::new();
         for (id, s) in st.series.iter() {
@@ -199,17 +203,18 @@ impl WriteJob {
                     else {
                         unreachable!()
                     };
-                    // Once declarations were made again, they are made in one go.
-                    let clock = if self.redeclared >= MAX_REDECLARE_IN_SLICES {
-                        &Clock(None)
-                    } else {
-                        &clock
-                    };
+                    // Once declarations were made again, they are made in one go, and the
+                    // write follows at once: nothing can change the segment in between.
+                    let in_one_go = self.redeclared >= MAX_REDECLARE_IN_SLICES;
+                    let clock = if in_one_go { &Clock(None) } else { &clock };
                     if !self.declare(st, &mut d, clock) {
                         self.phase = Phase::Declare(d);
                         return Ok(false);
                     }
                     self.target = Some(d.target);
+                    if in_one_go {
+                        continue;
+                    }
                 }
                 Phase::Write => {
                     if let Some(target) = self.write(st)? {
@@ -446,8 +451,9 @@ impl WriteJob {
             }
             let id = self.work.id(next);
             if let Some(s) = st.series.get_mut(&id) {
-                s.declared_in = seq;
-                s.data_in = seq;
+                // An import may have written the series to a newer segment meanwhile.
+                s.declared_in = s.declared_in.max(seq);
+                s.data_in = s.data_in.max(seq);
                 if let Work::Heads { counts, .. } = &self.work {
                     let n = counts[next];
                     let before = s.head.heap_bytes();
