@@ -335,10 +335,19 @@ impl WriteJob {
         }
         while d.encoded < d.sorted.len() {
             let end = (d.encoded + SERIES_PER_RECORD).min(d.sorted.len());
-            let group = &d.sorted[d.encoded..end];
+            // (A series gone meanwhile has nothing to declare; a job's series cannot go, as
+            // their heads or their import hold them, but a record never names one without
+            // labels.)
+            let group: Vec<(u64, &[u32])> = d.sorted[d.encoded..end]
+                .iter()
+                .filter_map(|&id| st.series.get(&id).map(|s| (id, &*s.labels)))
+                .collect();
+            d.encoded = end;
+            if group.is_empty() {
+                continue;
+            }
             let mut w = block::SeriesWriter::new(group.len());
-            for &id in group {
-                let syms = labels_of(id);
+            for (id, syms) in group {
                 w.series(id, syms.len() / 2);
                 for sym in syms {
                     w.text(st.symbols.get(*sym));
@@ -352,7 +361,6 @@ impl WriteJob {
                 0,
                 &payload,
             ));
-            d.encoded = end;
             if d.encoded < d.sorted.len() && clock.up() {
                 return false;
             }
