@@ -6,7 +6,8 @@
 //!   the end. A flush of 100k series is hundreds of milliseconds of work, which must not hold
 //!   the executor.
 //! - A flush takes from each head only the samples the head held when the job began
-//!   (`counts`); samples appended meanwhile stay in the head for the next flush. Until the
+//!   (`counts`), and tells the sample tap so (`SampleTap::flush_began`: remote write's
+//!   intervals end there); samples appended meanwhile stay in the head for the next flush. Until the
 //!   write, queries see the heads whole. After it, the written samples leave the heads a slice
 //!   at a time; meanwhile a query finds them both on disk and in a head, and `select` keeps
 //!   one copy (it sorts and dedups a series whose parts overlap). So no query misses a sample
@@ -114,6 +115,7 @@ const SERIES_PER_CHECK: usize = 16;
 /// Series trimmed between two looks at the clock.
 const SERIES_PER_TRIM_CHECK: usize = 256;
 
+/// The end of a slice (none: no limit).
 struct Clock(Option<Instant>);
 
 impl Clock {
