@@ -314,6 +314,11 @@ impl BlockBuilder {
         self.raw_total + self.dir.len() * 4
     }
 
+    /// Series added so far.
+    pub fn series(&self) -> usize {
+        self.dir.len()
+    }
+
     /// The block payload: a frame table, a compressed directory, then the chunks in
     /// independently compressed frames of about [`frame_bytes`], so a reader fetches and
     /// decompresses only the frames of the series it wants, and the compressor's memory stays

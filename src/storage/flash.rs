@@ -2239,6 +2239,24 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_of_many_series_writes_several_blocks() {
+        let n = 16_384 + 100;
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, n, 0, 3000, 1000);
+        flush_in_slices(&s, |_| {});
+        let blocks: usize = s
+            .store
+            .borrow()
+            .segments
+            .iter()
+            .map(|g| g.blocks.len())
+            .sum();
+        assert_eq!(blocks, 2);
+        check_exact(&all(&open(&b, FlashOptions::default())), n, 0, 3000, 1000);
+    }
+
+    #[test]
     fn a_flush_in_slices_that_fails_to_write_changes_nothing() {
         let b = Rc::new(MemBackend::new());
         let s = open(&b, FlashOptions::default());
