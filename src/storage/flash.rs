@@ -748,13 +748,28 @@ impl Store {
     /// Flushes every head in one go (see [`WriteJob`] for the flush in slices).
     fn flush(&mut self) -> Result<(), StorageError> {
         // A flush in slices under way ends first: its samples go before the heads' later ones.
-        if let Some(mut job) = self.flushing.take() {
-            job.run(self, None)?;
+        if self.flushing.is_some() {
+            self.flush_slice(None)?;
         }
-        match WriteJob::heads(self)? {
-            Some(mut job) => job.run(self, None).map(|_| ()),
-            None => Ok(()),
+        self.flush_slice(None).map(|_| ())
+    }
+
+    /// Goes on with the flush under way, or starts one, until `deadline` (none: to its end);
+    /// true when it is done. An unfinished flush is kept for the next call; a failed one is
+    /// dropped, its samples still in the heads.
+    fn flush_slice(&mut self, deadline: Option<Instant>) -> Result<bool, StorageError> {
+        let mut job = match self.flushing.take() {
+            Some(job) => job,
+            None => match WriteJob::heads(self)? {
+                Some(job) => job,
+                None => return Ok(true),
+            },
+        };
+        let done = job.run(self, deadline);
+        if let Ok(false) = done {
+            self.flushing = Some(job);
         }
+        done
     }
 
     /// The segment numbered `seq`.
@@ -1512,19 +1527,9 @@ impl Storage for FlashStorage {
     }
 
     fn flush_step(&self, slice: Duration) -> Result<bool, StorageError> {
-        let mut st = self.store.borrow_mut();
-        let mut job = match st.flushing.take() {
-            Some(job) => job,
-            None => match WriteJob::heads(&mut st)? {
-                Some(job) => job,
-                None => return Ok(true),
-            },
-        };
-        let done = job.run(&mut st, Some(Instant::now() + slice));
-        if let Ok(false) = done {
-            st.flushing = Some(job);
-        }
-        done
+        self.store
+            .borrow_mut()
+            .flush_slice(Some(Instant::now() + slice))
     }
 
     fn housekeeping(&self) {

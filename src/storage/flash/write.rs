@@ -62,6 +62,13 @@ enum Target {
     New,
 }
 
+impl Target {
+    /// The segment a write would go to now: the active one, or a new one.
+    fn current(st: &Store) -> Target {
+        st.active.map_or(Target::New, Target::Continue)
+    }
+}
+
 /// Series declarations being made for a target: sorted by labels, then encoded in records.
 struct Declaring {
     target: Target,
@@ -79,7 +86,8 @@ enum Phase {
         next: usize,
     },
     Declare(Declaring),
-    Write,
+    /// Declared for this target; writing.
+    Write(Target),
     /// Written to segment `seq`; noting that in the series and trimming their heads, from
     /// `next` on.
     Trim {
@@ -100,7 +108,6 @@ pub(in crate::storage) struct WriteJob {
     /// Declaration records for `target`, framed; refs relative to their start.
     decls: Vec<u8>,
     decl_refs: Vec<RecordRef>,
-    target: Option<Target>,
     /// Times the declarations were made again because the segment changed meanwhile.
     redeclared: u32,
     scratch: Vec<Sample>,
@@ -177,7 +184,6 @@ impl WriteJob {
             block_refs: Vec::new(),
             decls: Vec::new(),
             decl_refs: Vec::new(),
-            target: None,
             redeclared: 0,
             scratch: Vec::new(),
         }
@@ -199,8 +205,7 @@ impl WriteJob {
                     match done {
                         Ok(()) => {
                             self.end_block();
-                            let target = st.active.map_or(Target::New, Target::Continue);
-                            self.phase = Phase::Declare(self.declaring(st, target));
+                            self.phase = Phase::Declare(self.declaring(st, Target::current(st)));
                         }
                         Err(next) => {
                             self.phase = Phase::Blocks { next };
@@ -209,7 +214,8 @@ impl WriteJob {
                     }
                 }
                 Phase::Declare(_) => {
-                    let Phase::Declare(mut d) = std::mem::replace(&mut self.phase, Phase::Write)
+                    let Phase::Declare(mut d) =
+                        std::mem::replace(&mut self.phase, Phase::Write(Target::New))
                     else {
                         unreachable!()
                     };
@@ -221,13 +227,14 @@ impl WriteJob {
                         self.phase = Phase::Declare(d);
                         return Ok(false);
                     }
-                    self.target = Some(d.target);
+                    self.phase = Phase::Write(d.target);
                     if in_one_go {
                         continue;
                     }
                 }
-                Phase::Write => {
-                    if let Some(target) = self.write(st)? {
+                Phase::Write(target) => {
+                    let target = *target;
+                    if let Some(target) = self.write(st, target)? {
                         self.redeclared += 1;
                         self.phase = Phase::Declare(self.declaring(st, target));
                         continue;
@@ -383,8 +390,7 @@ impl WriteJob {
     /// Writes the records if the declarations fit the segment written to: Ok(None) when
     /// written (the trim follows), Ok(Some(target)) when they must be made again for `target`
     /// first.
-    fn write(&mut self, st: &mut Store) -> Result<Option<Target>, StorageError> {
-        let target = self.target.unwrap_or(Target::New);
+    fn write(&mut self, st: &mut Store, target: Target) -> Result<Option<Target>, StorageError> {
         let seg_bytes = st.opts.segment_bytes();
         let new_segment = target == Target::New;
         // The named states ride along when changed, and once in every segment (so the newest
@@ -398,7 +404,7 @@ impl WriteJob {
         if let Target::Continue(seq) = target {
             if st.active != Some(seq) {
                 // Another writer ended the segment meanwhile.
-                return Ok(Some(st.active.map_or(Target::New, Target::Continue)));
+                return Ok(Some(Target::current(st)));
             }
             let active_bytes = st.segment(seq).map_or(0, |s| s.bytes);
             if active_bytes + records > seg_bytes {
