@@ -135,6 +135,12 @@ impl Clock {
     fn up(&self) -> bool {
         self.0.is_some_and(|d| Instant::now() >= d)
     }
+
+    /// Whether to stop after `done` items of a slice: the clock is read every `every` items,
+    /// and a slice does at least that many, whatever it says.
+    fn up_after(&self, done: usize, every: usize) -> bool {
+        done > 0 && done % every == 0 && self.up()
+    }
 }
 
 impl WriteJob {
@@ -263,8 +269,7 @@ impl WriteJob {
         let level = self.level;
         let start = next;
         while next < self.work.len() {
-            // Each slice adds at least a few series, whatever the clock says.
-            if next > start && (next - start) % SERIES_PER_CHECK == 0 && clock.up() {
+            if clock.up_after(next - start, SERIES_PER_CHECK) {
                 return Err(next);
             }
             let id = self.work.id(next);
@@ -471,7 +476,7 @@ impl WriteJob {
     ) -> Result<(), usize> {
         let start = next;
         while next < self.work.len() {
-            if next > start && (next - start) % SERIES_PER_TRIM_CHECK == 0 && clock.up() {
+            if clock.up_after(next - start, SERIES_PER_TRIM_CHECK) {
                 return Err(next);
             }
             let id = self.work.id(next);
