@@ -8,6 +8,12 @@
 //! within the buckets as `histogram_quantile` does, the largest bucket reached, the count), and
 //! over the quiet warm-up for comparison. The store flushes every 10 s, so flushes of the 20k
 //! series fall in both phases. The goal (issue 5): p99 under 100 ms.
+//!
+//! Options (after `--`): `--series N` sets the big target's size, `--fixture-ms M` the
+//! fixture's scrape interval (a short one samples more moments of the big target's ingestion),
+//! `--quiet-scrapes K` how many scrapes of the big target the quiet phase waits for (11), and
+//! `--no-load` ends after the quiet phase. The scrape path at 100k series, alone:
+//! `cargo bench --bench lateness -- --series 100000 --fixture-ms 100 --quiet-scrapes 60 --no-load`.
 
 // The integration tests' harness: the fixture target, the real binary, the HTTP client.
 #[path = "../tests/it/support.rs"]
@@ -19,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{temp_dir, try_raw_request, wait_until, Fixture, Perch};
 
+/// The big target's size unless `--series` says otherwise.
 const BIG_SERIES: usize = 20_000;
 const GROUPS: usize = 20;
 const LOAD: Duration = Duration::from_secs(30);
@@ -29,10 +36,47 @@ const STEP: f64 = 0.01;
 /// phases, as they would in a longer run at the default 60 s.
 const FLUSH_INTERVAL: &str = "10s";
 
-fn big_body(n: usize) -> String {
-    let mut body = String::with_capacity(BIG_SERIES * 48);
+/// The command line after `--`.
+struct Options {
+    series: usize,
+    fixture_ms: u64,
+    quiet_scrapes: usize,
+    load: bool,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut o = Options {
+            series: BIG_SERIES,
+            fixture_ms: 1000,
+            quiet_scrapes: 11,
+            load: true,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut number = |what: &str| -> u64 {
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{what} takes a number"))
+            };
+            match a.as_str() {
+                "--series" => o.series = number("--series") as usize,
+                "--fixture-ms" => o.fixture_ms = number("--fixture-ms").max(1),
+                "--quiet-scrapes" => o.quiet_scrapes = number("--quiet-scrapes") as usize,
+                "--no-load" => o.load = false,
+                // cargo bench passes `--bench`.
+                "--bench" => {}
+                other => panic!("unknown option {other}"),
+            }
+        }
+        o
+    }
+}
+
+fn big_body(series: usize, n: usize) -> String {
+    let mut body = String::with_capacity(series * 48);
     body.push_str("# TYPE big_requests_total counter\n");
-    for i in 0..BIG_SERIES {
+    for i in 0..series {
         let v = n * (i % 7 + 1);
         body.push_str(&format!(
             "big_requests_total{{g=\"{}\",i=\"{i}\"}} {v}\n",
@@ -152,15 +196,17 @@ fn report(name: &str, before: &str, after: &str) {
 }
 
 fn main() {
+    let opts = Options::parse();
+    let series = opts.series;
     let fixture = Fixture::serve("text/plain; version=0.0.4", false, |_| {
         b"lateness_fixture_value 1\n".to_vec()
     });
-    let big = Fixture::serve("text/plain; version=0.0.4", false, |n| {
-        big_body(n).into_bytes()
+    let big = Fixture::serve("text/plain; version=0.0.4", false, move |n| {
+        big_body(series, n).into_bytes()
     });
     let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fixture\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: big\n    static_configs:\n      - targets: [\"{}\"]\n",
-        fixture.addr, big.addr
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fixture\n    scrape_interval: {}ms\n    scrape_timeout: {}ms\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: big\n    static_configs:\n      - targets: [\"{}\"]\n",
+        opts.fixture_ms, opts.fixture_ms, fixture.addr, big.addr
     );
     let data_start = unix_now();
     // Started from the release binary cargo builds for the bench; ready when this returns.
@@ -171,8 +217,9 @@ fn main() {
     );
     let port = perch.port;
     println!(
-        "{} on :{port}: 2 targets every 1 s, one of {BIG_SERIES} series",
-        env!("CARGO_BIN_EXE_perch")
+        "{} on :{port}: a fixture every {} ms and a target of {series} series every 1 s",
+        env!("CARGO_BIN_EXE_perch"),
+        opts.fixture_ms
     );
     let metrics = || {
         request(port, "GET", "/metrics", "")
@@ -180,11 +227,15 @@ fn main() {
             .1
     };
     let start_metrics = metrics();
-    wait_until(Duration::from_secs(60), || {
-        big.hits.load(Ordering::SeqCst) >= 11
+    let quiet_scrapes = opts.quiet_scrapes;
+    wait_until(Duration::from_secs(quiet_scrapes as u64 * 3 + 60), || {
+        big.hits.load(Ordering::SeqCst) >= quiet_scrapes
     });
     let quiet = metrics();
     report("quiet (warm-up, no queries)", &start_metrics, &quiet);
+    if !opts.load {
+        return;
+    }
 
     let end = unix_now();
     let q: String = form_urlencoded::byte_serialize(QUERY.as_bytes()).collect();

@@ -14,6 +14,12 @@
 //! [`EndOfRun`] writes what 2.42 writes then: staleness markers for its series and its
 //! synthetic series, stamped with the time of the scrape that would have come next, written
 //! a little over one interval after that (so a target that comes back in time is not marked).
+//!
+//! A body is parsed and appended in slices of [`INGEST_SLICE`], yielding to the executor in
+//! between, with the batch open across the yields. The store checks the order of each sample
+//! again at the commit, since another batch (a target writing the same series, as
+//! `honor_labels` allows) may have committed meanwhile, and it keeps the series an open batch
+//! created even if housekeeping runs in between.
 
 use super::parse::{Entry, Format, TextParser};
 use super::{client, relabel, Health, Target, TargetStatus};
@@ -30,6 +36,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How far a scrape may start from its slot and still be stamped with the slot's time.
 const TIMESTAMP_TOLERANCE_MS: i64 = 2;
+
+/// How long parsing and appending a body holds the executor before it yields (the flush's
+/// slices are as long).
+pub const INGEST_SLICE: Duration = Duration::from_millis(2);
+
+/// The clock is read every this many entries of a body while it is ingested in slices.
+const SLICE_CHECK_EVERY: usize = 64;
 
 /// Cache entries not seen for this many scrapes are dropped.
 const CACHE_KEEP_SCRAPES: u64 = 10;
@@ -255,7 +268,8 @@ impl Scraper {
             Err(_) => Format::Text004,
         };
         let fetched = fetched.map(|_| body.as_slice());
-        self.ingest_format(fetched, format, start_ms, duration);
+        self.ingest_in_slices(fetched, format, start_ms, duration, Some(INGEST_SLICE))
+            .await;
     }
 
     /// Writes the outcome of one scrape started at `ts` (ms) that took `duration`: the parsed
@@ -278,11 +292,27 @@ impl Scraper {
         ts: i64,
         duration: Duration,
     ) -> ScrapeResult {
+        // Without a slice the future never waits: it completes in this one poll.
+        futures_lite::future::block_on(self.ingest_in_slices(fetched, format, ts, duration, None))
+    }
+
+    /// As [`Scraper::ingest_format`]; with a `slice`, the body is parsed and appended in slices
+    /// of about that long, yielding to the executor between them, so a big body (100k samples
+    /// take tens of ms) does not hold up other scrapes, queries or the flush. The batch stays
+    /// open across the yields and is committed (or rolled back) as one.
+    pub async fn ingest_in_slices(
+        &mut self,
+        fetched: Result<&[u8], client::FetchError>,
+        format: Format,
+        ts: i64,
+        duration: Duration,
+        slice: Option<Duration>,
+    ) -> ScrapeResult {
         self.generation += 1;
         let mut app = self.storage.appender();
         let (result, error, counts) = match fetched {
             Ok(body) => {
-                let (counts, r) = self.append_body(&mut *app, body, format, ts);
+                let (counts, r) = self.append_body(&mut *app, body, format, ts, slice).await;
                 match r {
                     Ok(()) => (ScrapeResult::Success, String::new(), counts),
                     Err((result, e)) => {
@@ -360,12 +390,16 @@ impl Scraper {
     ///
     /// `metric_relabel_configs` and the label limits run only for series not in the cache; a
     /// series relabeling drops is cached as dropped, so it costs one lookup on later scrapes.
-    fn append_body(
+    ///
+    /// With a `slice`, it yields to the executor whenever that long has passed since it last
+    /// ran (the clock is read every [`SLICE_CHECK_EVERY`] entries).
+    async fn append_body(
         &mut self,
         app: &mut dyn Appender,
         body: &[u8],
         format: Format,
         ts: i64,
+        slice: Option<Duration>,
     ) -> (Counts, Result<(), (ScrapeResult, String)>) {
         let limits = self.target.limits;
         // As 2.42's limitAppender: every sample offered to the store counts; past the limit
@@ -379,7 +413,19 @@ impl Scraper {
         let mut pairs: Vec<(&str, Cow<'_, str>)> = Vec::new();
         let mut builder = LabelsBuilder::new();
         let mut result = Ok(());
-        while let Some(entry) = parser.next_entry() {
+        let mut entries = 0usize;
+        let mut ran_since = Instant::now();
+        loop {
+            if let Some(slice) = slice {
+                entries += 1;
+                if entries % SLICE_CHECK_EVERY == 0 && ran_since.elapsed() >= slice {
+                    futures_lite::future::yield_now().await;
+                    ran_since = Instant::now();
+                }
+            }
+            let Some(entry) = parser.next_entry() else {
+                break;
+            };
             let s = match entry {
                 Ok(Entry::Sample(s)) => s,
                 Ok(other) => {
@@ -778,6 +824,52 @@ mod tests {
     }
 
     const D: Duration = Duration::from_millis(5);
+
+    #[test]
+    fn a_big_body_is_ingested_in_slices_with_other_tasks_run_between() {
+        let (mut s, storage) = scraper(false);
+        let n = 20_000;
+        let body: String = (0..n).map(|i| format!("m{{i=\"{i}\"}} {i}\n")).collect();
+        let ex = async_executor::LocalExecutor::new();
+        let ran = Rc::new(std::cell::Cell::new(0usize));
+        let other = {
+            let (ran, storage) = (ran.clone(), storage.clone());
+            ex.spawn(async move {
+                loop {
+                    // The batch is open: none of its samples is visible yet.
+                    if ran.get() % 256 == 0 {
+                        assert!(series(&storage, "m").is_empty());
+                    }
+                    ran.set(ran.get() + 1);
+                    futures_lite::future::yield_now().await;
+                }
+            })
+        };
+        let sliced = s.ingest_in_slices(
+            Ok(body.as_bytes()),
+            Format::Text004,
+            1000,
+            D,
+            Some(Duration::ZERO),
+        );
+        let r = futures_lite::future::block_on(ex.run(sliced));
+        drop(other);
+        assert_eq!(r, ScrapeResult::Success);
+        // A zero slice yields at every clock check.
+        assert!(ran.get() >= n / SLICE_CHECK_EVERY, "{} runs", ran.get());
+        let got = series(&storage, "m");
+        assert_eq!(got.len(), n);
+        let mut values: Vec<f64> = got
+            .iter()
+            .map(|(_, v)| {
+                assert_eq!(v.len(), 1);
+                assert_eq!(v[0].0, 1000);
+                v[0].1
+            })
+            .collect();
+        values.sort_by(f64::total_cmp);
+        assert!(values.iter().enumerate().all(|(i, v)| *v == i as f64));
+    }
 
     #[test]
     fn the_cache_forgets_a_series_ten_scrapes_after_it_was_last_seen() {

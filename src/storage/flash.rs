@@ -252,6 +252,10 @@ struct Store {
     symbols: Symbols,
     /// The next appender batch number.
     next_batch: u64,
+    /// The numbers of the batches open now (appenders neither committed nor dropped). A scrape
+    /// yields while it parses a big body, so other work runs while its batch is open; series
+    /// such a batch created have no samples yet and must not be forgotten meanwhile.
+    open_batches: Vec<u64>,
     /// The sample buffer of the last committed or rolled-back batch, empty, kept for the next
     /// appender so a scrape does not grow a fresh one (its capacity is the largest batch seen,
     /// which the scrape limits bound).
@@ -547,14 +551,20 @@ impl Store {
     /// A series that was given samples and never written (`last` set, no segment) is kept: it
     /// is an import's, whose write may be making room right now (its blocks would otherwise
     /// name a series no segment declares). If that write fails, the series stays, empty,
-    /// until the next import of its labels or a restart.
+    /// until the next import of its labels or a restart. A series an open appender batch has
+    /// touched is kept too: its sample is still in the batch.
     fn forget_dataless_series(&mut self) {
         let oldest = self.segments.first().map_or(u64::MAX, |s| s.seq);
         let in_flight = |s: &SeriesEntry| s.last.is_some() && s.data_in == 0 && s.declared_in == 0;
+        // Batch numbers ascend: a series touched by the oldest open batch or a later one may
+        // have a sample waiting in an open batch.
+        let open_from = self.open_batches.iter().copied().min().unwrap_or(u64::MAX);
         let gone: Vec<u64> = self
             .series
             .iter()
-            .filter(|(_, s)| s.head.is_empty() && s.data_in < oldest && !in_flight(s))
+            .filter(|(_, s)| {
+                s.head.is_empty() && s.data_in < oldest && !in_flight(s) && s.batch < open_from
+            })
             .map(|(id, _)| id)
             .collect();
         for id in gone {
@@ -1107,6 +1117,7 @@ impl FlashStorage {
             series: SeriesTable::default(),
             symbols: Symbols::default(),
             next_batch: 1,
+            open_batches: Vec::new(),
             spare_batch: Vec::new(),
             by_hash: HashIndex::default(),
             postings: FastMap::default(),
@@ -1341,25 +1352,47 @@ impl Appender for FlashAppender {
         self.push(r, t, v)
     }
 
-    fn commit(self: Box<Self>) -> Result<CommitStats, StorageError> {
+    fn commit(mut self: Box<Self>) -> Result<CommitStats, StorageError> {
         let mut st = self.store.borrow_mut();
         let mut n = 0;
-        for (id, s) in &self.batch {
+        let mut kept = 0;
+        for i in 0..self.batch.len() {
+            let (id, s) = self.batch[i];
             if st.head_bytes >= st.opts.max_head_bytes {
                 st.counters.samples_refused_head_full += 1;
+                self.batch[kept] = (id, s);
+                kept += 1;
                 continue;
             }
-            let Some(series) = st.series.get_mut(id) else {
+            let Some(series) = st.series.get_mut(&id) else {
                 continue;
             };
+            // Checked again: another batch, open at the same time (a scrape yields while it
+            // parses a big body), may have committed a sample of this series since `push`.
+            match series.last {
+                Some(l) if s.t < l.t => {
+                    st.out_of_order_total += 1;
+                    continue;
+                }
+                Some(l) if s.t == l.t => {
+                    if l.v.to_bits() != s.v.to_bits() && !l.v.is_nan() {
+                        st.duplicate_total += 1;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             let before = series.head.heap_bytes();
             series.head.push(s.t, s.v);
-            series.last = Some(*s);
+            series.last = Some(s);
             let grown = series.head.heap_bytes().saturating_sub(before);
             st.head_bytes += grown;
             st.max_time = Some(st.max_time.map_or(s.t, |m| m.max(s.t)));
+            self.batch[kept] = (id, s);
+            kept += 1;
             n += 1;
         }
+        self.batch.truncate(kept);
         st.head_samples += n as u64;
         st.appended_total += n as u64;
         let tap = st.tap.clone();
@@ -1367,9 +1400,8 @@ impl Appender for FlashAppender {
         if let Some(tap) = tap {
             tap.committed(&self.batch);
         }
-        let mut batch = self.batch;
-        batch.clear();
-        self.store.borrow_mut().spare_batch = batch;
+        // Committed: nothing for the drop to roll back.
+        self.created.clear();
         Ok(CommitStats {
             samples: n,
             series_added: self.series_added,
@@ -1377,19 +1409,37 @@ impl Appender for FlashAppender {
     }
 
     fn rollback(self: Box<Self>) {
-        let mut st = self.store.borrow_mut();
-        for id in &self.created {
-            let dataless = st.series.get(id).is_some_and(|s| {
-                s.head.is_empty() && s.last.is_none() && s.data_in == 0 && s.declared_in == 0
+        // Dropping rolls back.
+    }
+}
+
+/// An appender dropped without a commit (a rollback, or its task cancelled while the batch
+/// was open) removes the series it created that have no samples, so a failed scrape leaves
+/// no empty series behind. A series another batch touched since is left to that batch.
+impl Drop for FlashAppender {
+    fn drop(&mut self) {
+        let Ok(mut st) = self.store.try_borrow_mut() else {
+            return;
+        };
+        if let Some(i) = st.open_batches.iter().position(|&g| g == self.gen) {
+            st.open_batches.swap_remove(i);
+        }
+        for id in std::mem::take(&mut self.created) {
+            let dataless = st.series.get(&id).is_some_and(|s| {
+                s.batch == self.gen
+                    && s.head.is_empty()
+                    && s.last.is_none()
+                    && s.data_in == 0
+                    && s.declared_in == 0
             });
             if dataless {
-                st.forget(*id);
+                st.forget(id);
             }
         }
         if st.series.is_empty() {
             st.postings.clear();
         }
-        let mut batch = self.batch;
+        let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
         st.spare_batch = batch;
     }
@@ -1505,7 +1555,9 @@ impl Storage for FlashStorage {
         let (gen, batch) = {
             let mut st = self.store.borrow_mut();
             st.next_batch += 1;
-            (st.next_batch, std::mem::take(&mut st.spare_batch))
+            let gen = st.next_batch;
+            st.open_batches.push(gen);
+            (gen, std::mem::take(&mut st.spare_batch))
         };
         Box::new(FlashAppender {
             store: self.store.clone(),
@@ -1706,6 +1758,98 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_commit_checks_the_order_again_against_batches_committed_meanwhile() {
+        // Two batches open at once (a scrape yields while it parses), writing the same series:
+        // both pass the check at append time, and the later commit must not put an older or a
+        // conflicting sample into the head.
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        let l = |n: &str| Labels::from_pairs(&[("__name__", n)]);
+        let mut app = s.appender();
+        app.append(&l("a"), 1000, 1.0).unwrap();
+        app.append(&l("b"), 1000, 1.0).unwrap();
+        app.commit().unwrap();
+        let mut first = s.appender();
+        let mut second = s.appender();
+        first.append(&l("a"), 3000, 3.0).unwrap();
+        second.append(&l("a"), 2000, 2.0).unwrap();
+        first.append(&l("b"), 2000, 2.0).unwrap();
+        second.append(&l("b"), 2000, 5.0).unwrap();
+        second.append(&l("c"), 2000, 5.0).unwrap();
+        assert_eq!(first.commit().unwrap().samples, 2);
+        assert_eq!(second.commit().unwrap().samples, 1, "only c's sample");
+        let stats = s.stats();
+        assert_eq!((stats.out_of_order_total, stats.duplicate_total), (1, 1));
+        let got: Vec<(String, Vec<Sample>)> = s
+            .querier()
+            .select(
+                &[Matcher::new(MatchKind::Regex, "__name__", ".+").unwrap()],
+                0,
+                10_000,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|x| (x.labels.metric_name().to_owned(), x.samples.collect()))
+            .collect();
+        let at = |t, v| Sample { t, v };
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_owned(), vec![at(1000, 1.0), at(3000, 3.0)]),
+                ("b".to_owned(), vec![at(1000, 1.0), at(2000, 2.0)]),
+                ("c".to_owned(), vec![at(2000, 5.0)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_series_an_open_batch_created_survives_a_segment_deletion() {
+        // A budget below one segment, so flushes delete the active segment to make room; each
+        // deletion forgets series with no data left, but not those an open batch created.
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 12 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        let pending = Labels::from_pairs(&[("__name__", "pending")]);
+        let mut open_batch = s.appender();
+        open_batch.append(&pending, 500, 7.0).unwrap();
+        let mut t = 0;
+        while s.counters().segments_deleted == 0 {
+            assert!(t < 10_000_000, "no segment was deleted");
+            ingest(&s, 10, t, t + 10_000, 1000);
+            s.flush().unwrap();
+            t += 10_000;
+        }
+        assert_eq!(open_batch.commit().unwrap().samples, 1);
+        let got = s
+            .querier()
+            .select(&[Matcher::equal("__name__", "pending")], 0, 1000)
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        let v: Vec<Sample> = got.into_iter().next().unwrap().samples.collect();
+        assert_eq!(v, vec![Sample { t: 500, v: 7.0 }]);
+    }
+
+    #[test]
+    fn an_appender_dropped_open_leaves_no_empty_series_behind() {
+        // A scrape task cancelled (a reload) while its batch is open drops the appender.
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        let mut app = s.appender();
+        app.append(&Labels::from_pairs(&[("__name__", "gone")]), 1000, 1.0)
+            .unwrap();
+        drop(app);
+        assert!(s
+            .querier()
+            .series(&[], i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty());
+        assert!(s.store.borrow().open_batches.is_empty());
     }
 
     #[test]
