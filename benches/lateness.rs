@@ -14,6 +14,10 @@
 //! `--quiet-scrapes K` how many scrapes of the big target the quiet phase waits for (11), and
 //! `--no-load` ends after the quiet phase. The scrape path at 100k series, alone:
 //! `cargo bench --bench lateness -- --series 100000 --fixture-ms 100 --quiet-scrapes 60 --no-load`.
+//! `--ingest-samples N` adds a client that, during the quiet phase, posts a request of N
+//! samples (series of 100 samples) every 3 s, alternately a remote write and a gzip-compressed
+//! text import; each request's time is printed:
+//! `cargo bench --bench lateness -- --series 1000 --fixture-ms 100 --quiet-scrapes 30 --no-load --ingest-samples 1000000`.
 
 // The integration tests' harness: the fixture target, the real binary, the HTTP client.
 #[path = "../tests/it/support.rs"]
@@ -42,6 +46,7 @@ struct Options {
     fixture_ms: u64,
     quiet_scrapes: usize,
     load: bool,
+    ingest_samples: usize,
 }
 
 impl Options {
@@ -51,6 +56,7 @@ impl Options {
             fixture_ms: 1000,
             quiet_scrapes: 11,
             load: true,
+            ingest_samples: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -64,6 +70,7 @@ impl Options {
                 "--fixture-ms" => o.fixture_ms = number("--fixture-ms").max(1),
                 "--quiet-scrapes" => o.quiet_scrapes = number("--quiet-scrapes") as usize,
                 "--no-load" => o.load = false,
+                "--ingest-samples" => o.ingest_samples = number("--ingest-samples") as usize,
                 // cargo bench passes `--bench`.
                 "--bench" => {}
                 other => panic!("unknown option {other}"),
@@ -102,6 +109,102 @@ fn request(port: u16, method: &str, path: &str, form: &str) -> std::io::Result<(
         Duration::from_secs(120),
     )?;
     Ok((r.status, r.text()))
+}
+
+/// Series of 100 samples a second apart, ending now, `n` samples in all, under `name`.
+fn ingest_series(n: usize, name: &str) -> Vec<(String, Vec<(i64, f64)>)> {
+    let end = (unix_now() * 1000.0) as i64;
+    (0..n.div_ceil(100))
+        .map(|i| {
+            let samples = (0..100)
+                .map(|k| (end - (100 - k) * 1000, (i * 7 + k as usize) as f64 * 0.5))
+                .collect();
+            (format!("{name}_{}", i % 50), samples)
+        })
+        .enumerate()
+        .map(|(i, (metric, s))| (format!("{metric}{{i=\"{i}\"}}"), s))
+        .collect()
+}
+
+/// A remote-write body (snappy block of a `WriteRequest`) of `n` samples.
+fn remote_write_body(n: usize) -> Vec<u8> {
+    use perch::remote::pb;
+    use prost::Message;
+    let timeseries = ingest_series(n, "rw")
+        .into_iter()
+        .map(|(series, samples)| {
+            let (name, rest) = series.split_once('{').unwrap();
+            let i = rest.trim_start_matches("i=\"").trim_end_matches("\"}");
+            let label = |n: &str, v: &str| pb::Label {
+                name: n.into(),
+                value: v.into(),
+            };
+            let samples = samples
+                .into_iter()
+                .map(|(t, v)| pb::Sample {
+                    value: v,
+                    timestamp: t,
+                })
+                .collect();
+            pb::TimeSeries::new(vec![label("__name__", name), label("i", i)], samples)
+        })
+        .collect();
+    let req = pb::WriteRequest {
+        timeseries,
+        metadata: Vec::new(),
+    };
+    snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap()
+}
+
+/// A gzip-compressed text import of `n` samples with timestamps.
+fn import_body(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut text = String::new();
+    for (series, samples) in ingest_series(n, "imp") {
+        for (t, v) in samples {
+            text.push_str(&format!("{series} {v} {t}\n"));
+        }
+    }
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(text.as_bytes()).unwrap();
+    z.finish().unwrap()
+}
+
+/// Posts a request of `n` samples every 3 s until `stop`, alternating remote write and import.
+fn ingest_client(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut k = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let (path, headers, body): (&str, &[(&str, &str)], Vec<u8>) = if k % 2 == 0 {
+                let h: &[(&str, &str)] = &[
+                    ("Content-Encoding", "snappy"),
+                    ("Content-Type", "application/x-protobuf"),
+                    ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+                ];
+                ("/api/v1/write", h, remote_write_body(n))
+            } else {
+                let h: &[(&str, &str)] = &[("Content-Encoding", "gzip")];
+                ("/api/v1/import/prometheus", h, import_body(n))
+            };
+            let t = Instant::now();
+            let r = try_raw_request(port, "POST", path, headers, &body, Duration::from_secs(120))
+                .expect("ingest request");
+            println!(
+                "  POST {path}: {n} samples, {} bytes, status {} in {:.2?}",
+                body.len(),
+                r.status,
+                t.elapsed()
+            );
+            assert_eq!(r.status, 204, "{}", r.text());
+            k += 1;
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
 }
 
 fn unix_now() -> f64 {
@@ -228,9 +331,16 @@ fn main() {
     };
     let start_metrics = metrics();
     let quiet_scrapes = opts.quiet_scrapes;
+    let stop_ingest = Arc::new(AtomicBool::new(false));
+    let ingest = (opts.ingest_samples > 0)
+        .then(|| ingest_client(port, opts.ingest_samples, stop_ingest.clone()));
     wait_until(Duration::from_secs(quiet_scrapes as u64 * 3 + 60), || {
         big.hits.load(Ordering::SeqCst) >= quiet_scrapes
     });
+    stop_ingest.store(true, Ordering::SeqCst);
+    if let Some(c) = ingest {
+        c.join().unwrap();
+    }
     let quiet = metrics();
     report("quiet (warm-up, no queries)", &start_metrics, &quiet);
     if !opts.load {

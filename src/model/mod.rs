@@ -12,6 +12,7 @@
 use std::fmt;
 
 pub mod hash;
+pub mod slice;
 
 pub use hash::FastMap;
 

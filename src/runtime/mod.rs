@@ -38,9 +38,9 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The work a flush does before it lets other tasks run. The reactor runs on its own thread, so
-/// a scrape whose timer fires meanwhile runs before the flush's next slice.
-const FLUSH_SLICE: Duration = Duration::from_millis(2);
+/// The work a flush does before it lets other tasks run (`model::slice`). The reactor runs on
+/// its own thread, so a scrape whose timer fires meanwhile runs before the flush's next slice.
+const FLUSH_SLICE: Duration = crate::model::slice::SLICE;
 
 /// Why the agent could not start.
 #[derive(Debug)]

@@ -15,7 +15,7 @@
 //! synthetic series, stamped with the time of the scrape that would have come next, written
 //! a little over one interval after that (so a target that comes back in time is not marked).
 //!
-//! A body is parsed and appended in slices of [`INGEST_SLICE`], yielding to the executor in
+//! A body is parsed and appended in slices of [`SLICE`], yielding to the executor in
 //! between, with the batch open across the yields. The store checks the order of each sample
 //! again at the commit, since another batch (a target writing the same series, as
 //! `honor_labels` allows) may have committed meanwhile, and it keeps the series an open batch
@@ -25,6 +25,7 @@ use super::parse::{Entry, Format, TextParser};
 use super::{client, relabel, Health, Target, TargetStatus};
 use crate::config::ScrapeLimits;
 use crate::model::hash::fingerprint;
+use crate::model::slice::{Slicer, SLICE};
 use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
 use crate::telemetry::{ScrapeResult, Telemetry};
@@ -37,12 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How far a scrape may start from its slot and still be stamped with the slot's time.
 const TIMESTAMP_TOLERANCE_MS: i64 = 2;
 
-/// How long parsing and appending a body holds the executor before it yields (the flush's
-/// slices are as long).
-pub const INGEST_SLICE: Duration = Duration::from_millis(2);
-
 /// The clock is read every this many entries of a body while it is ingested in slices.
-const SLICE_CHECK_EVERY: usize = 64;
+const SLICE_CHECK_EVERY: u32 = 64;
 
 /// Cache entries not seen for this many scrapes are dropped.
 const CACHE_KEEP_SCRAPES: u64 = 10;
@@ -268,7 +265,7 @@ impl Scraper {
             Err(_) => Format::Text004,
         };
         let fetched = fetched.map(|_| body.as_slice());
-        self.ingest_in_slices(fetched, format, start_ms, duration, Some(INGEST_SLICE))
+        self.ingest_in_slices(fetched, format, start_ms, duration, Some(SLICE))
             .await;
     }
 
@@ -413,16 +410,9 @@ impl Scraper {
         let mut pairs: Vec<(&str, Cow<'_, str>)> = Vec::new();
         let mut builder = LabelsBuilder::new();
         let mut result = Ok(());
-        let mut entries = 0usize;
-        let mut ran_since = Instant::now();
+        let mut slicer = Slicer::new(slice, SLICE_CHECK_EVERY);
         loop {
-            if let Some(slice) = slice {
-                entries += 1;
-                if entries % SLICE_CHECK_EVERY == 0 && ran_since.elapsed() >= slice {
-                    futures_lite::future::yield_now().await;
-                    ran_since = Instant::now();
-                }
-            }
+            slicer.tick().await;
             let Some(entry) = parser.next_entry() else {
                 break;
             };
@@ -856,7 +846,11 @@ mod tests {
         drop(other);
         assert_eq!(r, ScrapeResult::Success);
         // A zero slice yields at every clock check.
-        assert!(ran.get() >= n / SLICE_CHECK_EVERY, "{} runs", ran.get());
+        assert!(
+            ran.get() >= n / SLICE_CHECK_EVERY as usize,
+            "{} runs",
+            ran.get()
+        );
         let got = series(&storage, "m");
         assert_eq!(got.len(), n);
         let mut values: Vec<f64> = got

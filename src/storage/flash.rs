@@ -33,8 +33,8 @@ use super::block::{self, ascending, keep_within, Block, BlockError};
 use super::codec::{CodecError, HeadChunk};
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
-    AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, Querier,
-    SampleTap, Series, SeriesRef, Storage, StorageError, StorageStats, WriteSpan,
+    AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, ImportJob,
+    Querier, SampleTap, Series, SeriesRef, Storage, StorageError, StorageStats, WriteSpan,
 };
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 mod write;
 use write::WriteJob;
 
-/// zstd level of blocks written by the backfill paths (measured best on the shared recording).
+/// zstd level of blocks written by `perch import`, offline (measured best on the shared
+/// recording). The running agent's imports use the flush's level (`Storage::import_job`).
 pub const IMPORT_LEVEL: i32 = 19;
 
 /// Bounds and settings of the flash store.
@@ -546,25 +547,34 @@ impl Store {
         self.forget_dataless_series();
     }
 
+    /// A new batch number, registered as open (see `open_batches`).
+    fn open_batch(&mut self) -> u64 {
+        self.next_batch += 1;
+        self.open_batches.push(self.next_batch);
+        self.next_batch
+    }
+
+    /// Batch `gen` is committed or dropped.
+    fn close_batch(&mut self, gen: u64) {
+        if let Some(i) = self.open_batches.iter().position(|&g| g == gen) {
+            self.open_batches.swap_remove(i);
+        }
+    }
+
     /// Drops series that have no samples left anywhere.
     ///
-    /// A series that was given samples and never written (`last` set, no segment) is kept: it
-    /// is an import's, whose write may be making room right now (its blocks would otherwise
-    /// name a series no segment declares). If that write fails, the series stays, empty,
-    /// until the next import of its labels or a restart. A series an open appender batch has
-    /// touched is kept too: its sample is still in the batch.
+    /// A series an open batch has touched is kept: an appender's sample is still in its batch,
+    /// and an import's blocks may be being written right now (its write may be what is making
+    /// room), which would otherwise name a series no segment declares.
     fn forget_dataless_series(&mut self) {
         let oldest = self.segments.first().map_or(u64::MAX, |s| s.seq);
-        let in_flight = |s: &SeriesEntry| s.last.is_some() && s.data_in == 0 && s.declared_in == 0;
         // Batch numbers ascend: a series touched by the oldest open batch or a later one may
-        // have a sample waiting in an open batch.
+        // have samples waiting in an open batch.
         let open_from = self.open_batches.iter().copied().min().unwrap_or(u64::MAX);
         let gone: Vec<u64> = self
             .series
             .iter()
-            .filter(|(_, s)| {
-                s.head.is_empty() && s.data_in < oldest && !in_flight(s) && s.batch < open_from
-            })
+            .filter(|(_, s)| s.head.is_empty() && s.data_in < oldest && s.batch < open_from)
             .map(|(id, _)| id)
             .collect();
         for id in gone {
@@ -1252,39 +1262,75 @@ impl FlashStorage {
     }
 
     /// Writes whole series of older (or any) data directly as blocks, bypassing the head and the
-    /// order check — the backfill path. `items`: labels and samples ascending by time.
+    /// order check — the backfill path. `items`: labels and samples ascending by time. Blocks are
+    /// compressed at zstd `level`.
     pub fn import(
         &self,
         items: Vec<(Labels, Vec<Sample>)>,
         level: i32,
     ) -> Result<usize, StorageError> {
-        let mut st = self.store.borrow_mut();
-        let mut by_id: Vec<(u64, Vec<Sample>)> = Vec::with_capacity(items.len());
-        let mut n = 0;
-        for (labels, samples) in items {
-            if samples.is_empty() {
-                continue;
+        let mut job = self.import_job_at(items, level);
+        loop {
+            if let Some(n) = job.step(None)? {
+                return Ok(n);
             }
-            let (id, _) = st
-                .get_or_create(&labels)
-                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-            if let Some(last) = samples.last() {
-                st.max_time = Some(st.max_time.map_or(last.t, |m| m.max(last.t)));
-                if let Some(s) = st.series.get_mut(&id) {
-                    if s.last.is_none_or(|l| l.t < last.t) {
-                        s.last = Some(*last);
-                    }
+        }
+    }
+
+    /// [`FlashStorage::import`] as a job done in slices.
+    pub fn import_job_at(&self, items: Vec<(Labels, Vec<Sample>)>, level: i32) -> FlashImport {
+        let gen = self.store.borrow_mut().open_batch();
+        FlashImport {
+            store: self.store.clone(),
+            import: write::Import::new(items, gen, level),
+            gen,
+            failed: false,
+        }
+    }
+}
+
+/// An import under way: see [`write::Import`] and [`ImportJob`].
+pub struct FlashImport {
+    store: Rc<RefCell<Store>>,
+    import: write::Import,
+    gen: u64,
+    failed: bool,
+}
+
+impl ImportJob for FlashImport {
+    fn step(&mut self, deadline: Option<Instant>) -> Result<Option<usize>, StorageError> {
+        if self.failed {
+            return Err(StorageError::Io(std::io::Error::other(
+                "the import already failed",
+            )));
+        }
+        let r = self.import.run(&mut self.store.borrow_mut(), deadline);
+        self.failed = r.is_err();
+        r
+    }
+}
+
+/// An import that ends without writing (an error, or dropped unfinished) removes the series
+/// it created that are still empty; either way its series are no longer held.
+impl Drop for FlashImport {
+    fn drop(&mut self) {
+        let Ok(mut st) = self.store.try_borrow_mut() else {
+            return;
+        };
+        st.close_batch(self.gen);
+        if !self.import.is_written() {
+            for id in std::mem::take(&mut self.import.created) {
+                let dataless = st.series.get(&id).is_some_and(|s| {
+                    s.head.is_empty() && s.last.is_none() && s.data_in == 0 && s.declared_in == 0
+                });
+                if dataless {
+                    st.forget(id);
                 }
             }
-            n += samples.len();
-            by_id.push((id, samples));
+            if st.series.is_empty() {
+                st.postings.clear();
+            }
         }
-        by_id.sort_by_key(|(id, _)| *id);
-        if !by_id.is_empty() {
-            WriteJob::items(by_id, level).run(&mut st, None)?;
-        }
-        st.appended_total += n as u64;
-        Ok(n)
     }
 }
 
@@ -1421,9 +1467,7 @@ impl Drop for FlashAppender {
         let Ok(mut st) = self.store.try_borrow_mut() else {
             return;
         };
-        if let Some(i) = st.open_batches.iter().position(|&g| g == self.gen) {
-            st.open_batches.swap_remove(i);
-        }
+        st.close_batch(self.gen);
         for id in std::mem::take(&mut self.created) {
             let dataless = st.series.get(&id).is_some_and(|s| {
                 s.batch == self.gen
@@ -1554,9 +1598,7 @@ impl Storage for FlashStorage {
     fn appender(&self) -> Box<dyn Appender> {
         let (gen, batch) = {
             let mut st = self.store.borrow_mut();
-            st.next_batch += 1;
-            let gen = st.next_batch;
-            st.open_batches.push(gen);
+            let gen = st.open_batch();
             (gen, std::mem::take(&mut st.spare_batch))
         };
         Box::new(FlashAppender {
@@ -1588,8 +1630,12 @@ impl Storage for FlashStorage {
         self.store.borrow_mut().housekeeping()
     }
 
-    fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError> {
-        FlashStorage::import(self, items, IMPORT_LEVEL)
+    /// At the live flush's level, not [`IMPORT_LEVEL`]: this is the running agent's import
+    /// (remote write, the import API), and a frame at level 19 takes tens of milliseconds to
+    /// compress, in one piece. `perch import`, offline, compresses at [`IMPORT_LEVEL`].
+    fn import_job(&self, items: Vec<(Labels, Vec<Sample>)>) -> Box<dyn ImportJob> {
+        let level = self.store.borrow().opts.level;
+        Box::new(self.import_job_at(items, level))
     }
 
     fn export(
@@ -1850,6 +1896,134 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(s.store.borrow().open_batches.is_empty());
+    }
+
+    /// Series `imp{i}` with `n` samples a second apart from `from`, values from [`value`].
+    fn import_items(series: usize, from: i64, n: i64) -> Vec<(Labels, Vec<Sample>)> {
+        (0..series)
+            .map(|i| {
+                let l = Labels::from_pairs(&[("__name__", "imp"), ("i", &i.to_string())]);
+                let samples = (0..n)
+                    .map(|k| {
+                        let t = from + k * 1000;
+                        Sample { t, v: value(i, t) }
+                    })
+                    .collect();
+                (l, samples)
+            })
+            .collect()
+    }
+
+    fn check_import(s: &FlashStorage, series: usize, from: i64, n: i64) {
+        let got = s
+            .querier()
+            .select(&[Matcher::equal("__name__", "imp")], i64::MIN, i64::MAX)
+            .unwrap();
+        assert_eq!(got.len(), series);
+        for x in got {
+            let i: usize = x.labels.get("i").parse().unwrap();
+            let v: Vec<Sample> = x.samples.collect();
+            assert_eq!(v.len() as i64, n, "series {i}");
+            for (k, smp) in v.iter().enumerate() {
+                let t = from + k as i64 * 1000;
+                assert_eq!((smp.t, smp.v.to_bits()), (t, value(i, t).to_bits()));
+            }
+        }
+    }
+
+    #[test]
+    fn an_import_in_slices_writes_whole_while_scrapes_and_flushes_run_between() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 50, 0, 5000, 1000);
+        s.flush().unwrap();
+        let (series, n) = (3000, 40);
+        let mut job = s.import_job_at(import_items(series, 1_000_000, n), 3);
+        let mut steps = 0;
+        let mut t = 5000;
+        let written = loop {
+            // A deadline already past: each step does the least it can.
+            if let Some(w) = job.step(Some(Instant::now())).unwrap() {
+                break w;
+            }
+            steps += 1;
+            assert!(steps < 100_000, "no progress");
+            ingest(&s, 50, t, t + 1000, 1000);
+            t += 1000;
+            if steps % 7 == 0 {
+                // A flush in one go changes the active segment's contents under the import.
+                s.flush().unwrap();
+            }
+            if steps % 11 == 0 {
+                s.store.borrow_mut().seal_active();
+            }
+        };
+        drop(job);
+        assert!(steps > 10, "{steps} steps");
+        assert_eq!(written, series * n as usize);
+        check_import(&s, series, 1_000_000, n);
+        check_exact(&all(&s), 50, 0, t, 1000);
+        s.flush().unwrap();
+        let s = open(&b, FlashOptions::default());
+        check_import(&s, series, 1_000_000, n);
+        check_exact(&all(&s), 50, 0, t, 1000);
+    }
+
+    #[test]
+    fn an_import_dropped_unfinished_writes_nothing_and_leaves_no_series() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 5, 0, 3000, 1000);
+        s.flush().unwrap();
+        let bytes = b.total_bytes();
+        let mut job = s.import_job_at(import_items(2000, 0, 10), 3);
+        assert_eq!(job.step(Some(Instant::now())).unwrap(), None);
+        assert!(!s
+            .querier()
+            .series(&[], i64::MIN, i64::MAX)
+            .unwrap()
+            .is_empty());
+        drop(job);
+        assert_eq!(b.total_bytes(), bytes);
+        assert_eq!(
+            s.querier().series(&[], i64::MIN, i64::MAX).unwrap().len(),
+            5
+        );
+        assert!(s.store.borrow().open_batches.is_empty());
+        // The labels import again.
+        s.import(import_items(2000, 0, 10), 3).unwrap();
+        check_import(&s, 2000, 0, 10);
+    }
+
+    #[test]
+    fn an_import_keeps_its_series_when_their_old_data_is_deleted_meanwhile() {
+        // The import's series had data only in the first segment; while the import runs, the
+        // ring deletes that segment, which forgets series with no data left, but not these.
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 12 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        s.import(import_items(3, 0, 5), 3).unwrap();
+        let mut job = s.import_job_at(import_items(3, 100_000, 20), 3);
+        assert_eq!(job.step(Some(Instant::now())).unwrap(), None);
+        let mut t = 0;
+        while s.counters().segments_deleted == 0 {
+            assert!(t < 10_000_000, "no segment was deleted");
+            ingest(&s, 10, t, t + 10_000, 1000);
+            s.flush().unwrap();
+            t += 10_000;
+        }
+        while job.step(None).unwrap().is_none() {}
+        drop(job);
+        let got = s
+            .querier()
+            .select(&[Matcher::equal("__name__", "imp")], 100_000, i64::MAX)
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        let s = open(&b, opts);
+        check_import(&s, 3, 100_000, 20);
     }
 
     #[test]

@@ -207,7 +207,19 @@ pub trait Storage {
     /// Writes whole series directly, bypassing the order check of appends: the backfill path
     /// (`perch import`, remote write, the import API). Samples of each series ascend by time and
     /// may be older than what the store holds. Returns how many samples were written.
-    fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError>;
+    ///
+    /// Runs in one go; [`Storage::import_job`] does the same work in slices.
+    fn import(&self, items: Vec<(Labels, Vec<Sample>)>) -> Result<usize, StorageError> {
+        let mut job = self.import_job(items);
+        loop {
+            if let Some(n) = job.step(None)? {
+                return Ok(n);
+            }
+        }
+    }
+    /// The import of [`Storage::import`] as a job done in slices ([`ImportJob::step`]), so a
+    /// big request does not hold the executor.
+    fn import_job(&self, items: Vec<(Labels, Vec<Sample>)>) -> Box<dyn ImportJob>;
     fn stats(&self) -> StorageStats;
 
     /// One page of an export: the flushed samples of the series matching any of `matcher_sets`,
@@ -285,6 +297,16 @@ pub trait SampleTap {
     /// A flush of the heads takes its samples now: what is committed after this call is
     /// written by a later flush (a flush in slices lets scrapes commit while it runs).
     fn flush_began(&self) {}
+}
+
+/// An import under way ([`Storage::import_job`]).
+pub trait ImportJob {
+    /// Works until done (`Ok(Some(samples written))`) or past `deadline` (`Ok(None)`: call
+    /// again once other tasks have run); without a deadline, to the end. Until it is done,
+    /// queries do not see its samples. An error ends the job with nothing written, as does
+    /// dropping it unfinished (the series it created are removed again, if still empty).
+    fn step(&mut self, deadline: Option<std::time::Instant>)
+        -> Result<Option<usize>, StorageError>;
 }
 
 /// A half-open range of store positions, either end open.

@@ -3,10 +3,18 @@
 //!
 //! Both decode the whole request into series with their samples, group the samples per series
 //! (by [`Labels`]), sort each series by time (a timestamp seen twice in one request keeps one of
-//! its samples) and
-//! hand everything to [`Storage::import`](crate::storage::Storage::import) in one call, which
-//! also accepts samples older than what the store holds. A request is written whole or not at
-//! all: any error answers before anything is written.
+//! its samples) and hand everything to the store's import
+//! ([`Storage::import_job`](crate::storage::Storage::import_job)), which also accepts samples
+//! older than what the store holds. A request is written whole or not at all: any error
+//! answers before anything is written, and a client that goes away first writes nothing.
+//!
+//! All of it runs in slices ([`crate::model::slice`]): decompressing (gzip), parsing or
+//! decoding (series by series), grouping, sorting and the store's import yield to the executor
+//! every couple of milliseconds, so a request of a million samples does not hold up scrapes.
+//! Snappy blocks are decoded by [`super::snappy`], which works in steps (the `snap` crate
+//! decodes a block only whole: 74 ms at the largest body allowed). The agent's imports are
+//! compressed at the live flush's zstd level: level 19 (`perch import`'s) takes tens of
+//! milliseconds per frame.
 //!
 //! Remote write follows Prometheus 2.42's receiver (`storage/remote/write_handler.go`): the body
 //! is a snappy block (raw format, not framed) of a protobuf `prometheus.WriteRequest`; success is
@@ -38,10 +46,14 @@
 
 use super::api::is_label_name;
 use super::http::{Request, Response};
+use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{Labels, LabelsBuilder, Sample, METRIC_NAME};
 use crate::scrape::parse::{Entry, TextParser};
 use std::collections::HashMap;
 use std::io::Read;
+
+/// Series, lines or chunks handled between two looks at the slice's clock.
+const SLICE_CHECK_EVERY: u32 = 64;
 
 /// The largest decompressed body accepted (remote write and gzip-compressed imports).
 pub const MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
@@ -143,18 +155,35 @@ pub fn check_remote_write_headers(req: &Request) -> Result<(), IngestError> {
     Ok(())
 }
 
-/// Decompresses a snappy block, bounded by [`MAX_DECOMPRESSED_BYTES`] before allocating.
+/// Decompresses a snappy block, bounded by [`MAX_DECOMPRESSED_BYTES`] before allocating, in
+/// one go.
 pub fn snappy_decompress(body: &[u8]) -> Result<Vec<u8>, IngestError> {
-    let len = snap::raw::decompress_len(body)
-        .map_err(|e| IngestError::BadRequest(format!("snappy: {e}")))?;
+    futures_lite::future::block_on(snappy_decompress_in_slices(body, &mut Slicer::none()))
+}
+
+/// As [`snappy_decompress`], 64 KiB of output at a time ([`super::snappy`]), with the slicer
+/// consulted between.
+pub async fn snappy_decompress_in_slices(
+    body: &[u8],
+    slicer: &mut Slicer,
+) -> Result<Vec<u8>, IngestError> {
+    let bad = |e: super::snappy::InflateError| IngestError::BadRequest(e.to_string());
+    let len = super::snappy::decompressed_len(body).map_err(bad)?;
     if len > MAX_DECOMPRESSED_BYTES {
         return Err(IngestError::TooLarge(format!(
             "decompressed body of {len} bytes exceeds the limit of {MAX_DECOMPRESSED_BYTES} bytes"
         )));
     }
-    snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| IngestError::BadRequest(format!("snappy: {e}")))
+    let mut inflate = super::snappy::Inflate::new(body).map_err(bad)?;
+    let chunk = if slicer.is_sliced() {
+        64 << 10
+    } else {
+        usize::MAX
+    };
+    while !inflate.step(chunk).map_err(bad)? {
+        slicer.pause().await;
+    }
+    Ok(inflate.finish())
 }
 
 /// Calls `f(field number, payload)` for each length-delimited field of one protobuf message and
@@ -194,23 +223,17 @@ fn each_field(mut b: &[u8], f: &mut dyn FnMut(u32, &[u8])) {
     }
 }
 
-/// An estimate of the memory a `WriteRequest` takes once decoded, from its wire format alone.
-pub fn decoded_size(buf: &[u8]) -> usize {
+/// An estimate of the memory one `TimeSeries` takes once decoded, from its wire format alone.
+fn series_size(series: &[u8]) -> usize {
     use std::mem::size_of;
-    let mut n = 0usize;
-    each_field(buf, &mut |tag, series| {
-        if tag != 1 {
-            return;
-        }
-        n = n.saturating_add(size_of::<pb::TimeSeries>());
-        each_field(series, &mut |tag, payload| {
-            let add = match tag {
-                1 => size_of::<pb::Label>() + payload.len(),
-                2 => size_of::<pb::Sample>(),
-                _ => 0,
-            };
-            n = n.saturating_add(add);
-        });
+    let mut n = size_of::<pb::TimeSeries>();
+    each_field(series, &mut |tag, payload| {
+        let add = match tag {
+            1 => size_of::<pb::Label>() + payload.len(),
+            2 => size_of::<pb::Sample>(),
+            _ => 0,
+        };
+        n = n.saturating_add(add);
     });
     n
 }
@@ -273,38 +296,109 @@ fn series_labels(
 }
 
 /// Sorts each series by time (one sample per timestamp is kept) and the series by labels.
-fn finish(mut items: Items) -> Items {
+async fn finish(mut items: Items, slicer: &mut Slicer) -> Items {
     for (_, samples) in &mut items {
+        slicer.tick().await;
         if !samples.windows(2).all(|w| w[0].t < w[1].t) {
             samples.sort_by_key(|s| s.t);
             samples.dedup_by_key(|s| s.t);
         }
     }
     // Similar series side by side compress better; new series get ids in this order.
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    items
+    sort_by_labels(items, slicer).await
+}
+
+/// Sorts series by their labels, in slices.
+async fn sort_by_labels(items: Items, slicer: &mut Slicer) -> Items {
+    let mut sort = StepSort::new(items);
+    while !sort.run(|a, b| a.0.cmp(&b.0), || slicer.is_up()) {
+        slicer.next_slice().await;
+    }
+    sort.take()
+}
+
+/// One field of a protobuf message.
+struct Field<'a> {
+    tag: u32,
+    wire: prost::encoding::WireType,
+    /// The payload of a length-delimited field (empty for the others).
+    payload: &'a [u8],
+}
+
+/// The next field of a protobuf message (the others' payloads are skipped). Errors read as
+/// `prost`'s.
+fn next_field<'a>(b: &mut &'a [u8]) -> Result<Option<Field<'a>>, String> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let (tag, wire) = decode_key(b).map_err(|e| e.to_string())?;
+    if wire != WireType::LengthDelimited {
+        skip_field(wire, tag, b, DecodeContext::default()).map_err(|e| e.to_string())?;
+        return Ok(Some(Field {
+            tag,
+            wire,
+            payload: &[],
+        }));
+    }
+    let underflow = || "failed to decode Protobuf message: buffer underflow".to_owned();
+    let len = decode_varint(b).map_err(|e| e.to_string())?;
+    let len = usize::try_from(len).map_err(|_| underflow())?;
+    let Some(payload) = b.get(..len) else {
+        return Err(underflow());
+    };
+    *b = &b[len..];
+    Ok(Some(Field { tag, wire, payload }))
 }
 
 /// Decodes a remote-write body (snappy-compressed `WriteRequest`) into series grouped and
-/// sorted for import.
+/// sorted for import, in one go.
 pub fn decode_remote_write(
     body: &[u8],
     extra: &[(String, String)],
 ) -> Result<(Items, Dropped), IngestError> {
+    futures_lite::future::block_on(decode_remote_write_in_slices(
+        body,
+        extra,
+        &mut Slicer::none(),
+    ))
+}
+
+/// As [`decode_remote_write`], in slices of `slicer`: the series are decoded one at a time
+/// (the request is walked field by field, as `prost` would, with the same errors), grouped and
+/// sorted with yields between. Only decompressing is one piece: snappy inflates the largest
+/// body allowed ([`MAX_DECOMPRESSED_BYTES`]) in tens of milliseconds.
+pub async fn decode_remote_write_in_slices(
+    body: &[u8],
+    extra: &[(String, String)],
+    slicer: &mut Slicer,
+) -> Result<(Items, Dropped), IngestError> {
+    use prost::encoding::WireType;
     use prost::Message;
-    let raw = snappy_decompress(body)?;
-    let size = decoded_size(&raw);
-    if size > MAX_DECODED_BYTES {
-        return Err(IngestError::TooLarge(format!(
-            "the request decodes to about {size} bytes, more than the limit of {MAX_DECODED_BYTES} bytes"
-        )));
-    }
-    let req = pb::WriteRequest::decode(raw.as_slice())
-        .map_err(|e| IngestError::BadRequest(e.to_string()))?;
-    drop(raw);
+    let raw = snappy_decompress_in_slices(body, slicer).await?;
+    let bad = |e: String| IngestError::BadRequest(e);
+    // What the decoded series take, estimated from the wire before each is decoded.
+    let mut size = 0usize;
     let mut dropped = Dropped::default();
     let mut by_series: HashMap<Labels, Vec<Sample>> = HashMap::new();
-    for ts in req.timeseries {
+    let mut rest = raw.as_slice();
+    while let Some(Field { tag, wire, payload }) = next_field(&mut rest).map_err(bad)? {
+        slicer.tick().await;
+        if tag != 1 {
+            continue;
+        }
+        if wire != WireType::LengthDelimited {
+            return Err(bad(format!(
+                "failed to decode Protobuf message: WriteRequest.timeseries: invalid wire type: {wire:?} (expected LengthDelimited)"
+            )));
+        }
+        size = size.saturating_add(series_size(payload));
+        if size > MAX_DECODED_BYTES {
+            return Err(IngestError::TooLarge(format!(
+                "the request decodes to more than the limit of {MAX_DECODED_BYTES} bytes"
+            )));
+        }
+        let ts = pb::TimeSeries::decode(payload).map_err(|e| bad(e.to_string()))?;
         dropped.exemplars += ts.exemplars.len();
         dropped.histograms += ts.histograms.len();
         let labels = series_labels(ts.labels, extra)?;
@@ -317,20 +411,42 @@ pub fn decode_remote_write(
         });
         by_series.entry(labels).or_default().extend(samples);
     }
-    Ok((finish(by_series.into_iter().collect()), dropped))
+    drop(raw);
+    let mut items = Vec::with_capacity(by_series.len());
+    for item in by_series {
+        slicer.tick().await;
+        items.push(item);
+    }
+    Ok((finish(items, slicer).await, dropped))
 }
 
-/// Inflates a gzip body (all members), bounded by [`MAX_DECOMPRESSED_BYTES`].
+/// Inflates a gzip body (all members), bounded by [`MAX_DECOMPRESSED_BYTES`], in one go.
 pub fn gunzip(body: &[u8]) -> Result<Vec<u8>, IngestError> {
+    futures_lite::future::block_on(gunzip_in_slices(body, &mut Slicer::none()))
+}
+
+/// As [`gunzip`], 64 KiB of output at a time, with the slicer ticked between.
+pub async fn gunzip_in_slices(body: &[u8], slicer: &mut Slicer) -> Result<Vec<u8>, IngestError> {
+    const CHUNK: usize = 64 << 10;
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(body)
-        .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| IngestError::BadRequest(format!("gzip: {e}")))?;
-    if out.len() > MAX_DECOMPRESSED_BYTES {
-        return Err(IngestError::TooLarge(format!(
-            "decompressed body exceeds the limit of {MAX_DECOMPRESSED_BYTES} bytes"
-        )));
+    let mut gz = flate2::read::MultiGzDecoder::new(body).take(MAX_DECOMPRESSED_BYTES as u64 + 1);
+    loop {
+        let at = out.len();
+        out.resize(at + CHUNK, 0);
+        let n = gz
+            .read(&mut out[at..])
+            .map_err(|e| IngestError::BadRequest(format!("gzip: {e}")))?;
+        out.truncate(at + n);
+        if n == 0 {
+            break;
+        }
+        if out.len() > MAX_DECOMPRESSED_BYTES {
+            return Err(IngestError::TooLarge(format!(
+                "decompressed body exceeds the limit of {MAX_DECOMPRESSED_BYTES} bytes"
+            )));
+        }
+        // Each chunk is about 0.1–0.3 ms of inflating: the clock is read every time.
+        slicer.pause().await;
     }
     Ok(out)
 }
@@ -350,11 +466,26 @@ fn line_text(body: &[u8], n: usize) -> String {
 }
 
 /// Parses an import body (text format 0.0.4) into series grouped and sorted for import; lines
-/// without a timestamp get `default_t` (ms).
+/// without a timestamp get `default_t` (ms). In one go.
 pub fn parse_import(
     body: &[u8],
     default_t: i64,
     extra: &[(String, String)],
+) -> Result<Items, IngestError> {
+    futures_lite::future::block_on(parse_import_in_slices(
+        body,
+        default_t,
+        extra,
+        &mut Slicer::none(),
+    ))
+}
+
+/// As [`parse_import`], in slices of `slicer`.
+pub async fn parse_import_in_slices(
+    body: &[u8],
+    default_t: i64,
+    extra: &[(String, String)],
+    slicer: &mut Slicer,
 ) -> Result<Items, IngestError> {
     let bad = |e: crate::scrape::parse::ParseError| {
         IngestError::BadRequest(format!(
@@ -370,7 +501,11 @@ pub fn parse_import(
     let mut by_text: HashMap<&[u8], usize> = HashMap::new();
     let mut pairs = Vec::new();
     let mut size = 0usize;
-    while let Some(entry) = parser.next_entry() {
+    loop {
+        slicer.tick().await;
+        let Some(entry) = parser.next_entry() else {
+            break;
+        };
         let s = match entry {
             Ok(Entry::Sample(s)) => s,
             Ok(_) => continue,
@@ -418,15 +553,16 @@ pub fn parse_import(
     }
     drop(by_text);
     // Lines may spell one series differently (label order, a trailing comma): merge them.
-    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let items = sort_by_labels(items, slicer).await;
     let mut merged: Items = Vec::with_capacity(items.len());
     for (labels, samples) in items {
+        slicer.tick().await;
         match merged.last_mut() {
             Some((l, s)) if *l == labels => s.extend(samples),
             _ => merged.push((labels, samples)),
         }
     }
-    Ok(finish(merged))
+    Ok(finish(merged, slicer).await)
 }
 
 /// The `timestamp` query parameter of the import (ms), if given.
@@ -443,21 +579,25 @@ pub fn import_timestamp(query: &str) -> Result<Option<i64>, IngestError> {
 }
 
 impl super::WebState {
-    /// `POST /api/v1/write`.
-    pub(super) fn remote_write(&self, req: &Request) -> Response {
-        let r = check_remote_write_headers(req)
-            .and_then(|()| extra_labels(&req.query))
-            .and_then(|extra| decode_remote_write(&req.body, &extra))
-            .and_then(|(items, dropped)| {
-                if dropped != Dropped::default() {
-                    log::debug!(
-                        "remote write: dropped {} exemplars and {} native histogram samples",
-                        dropped.exemplars,
-                        dropped.histograms
-                    );
-                }
-                self.import(items)
-            });
+    /// `POST /api/v1/write`. Decoded and written in slices ([`crate::model::slice`]), so a
+    /// big request does not hold up scrapes.
+    pub(super) async fn remote_write(&self, req: &Request) -> Response {
+        let mut slicer = Slicer::new(Some(SLICE), SLICE_CHECK_EVERY);
+        let r = async {
+            check_remote_write_headers(req)?;
+            let extra = extra_labels(&req.query)?;
+            let (items, dropped) =
+                decode_remote_write_in_slices(&req.body, &extra, &mut slicer).await?;
+            if dropped != Dropped::default() {
+                log::debug!(
+                    "remote write: dropped {} exemplars and {} native histogram samples",
+                    dropped.exemplars,
+                    dropped.histograms
+                );
+            }
+            self.import(items, &mut slicer).await
+        }
+        .await;
         match r {
             Ok(()) => Response::no_content(),
             Err(e) => {
@@ -467,16 +607,17 @@ impl super::WebState {
         }
     }
 
-    /// `POST /api/v1/import/prometheus`.
-    pub(super) fn import_prometheus(&self, req: &Request, now_ms: i64) -> Response {
-        let r = (|| {
+    /// `POST /api/v1/import/prometheus`, in slices as [`Self::remote_write`].
+    pub(super) async fn import_prometheus(&self, req: &Request, now_ms: i64) -> Response {
+        let mut slicer = Slicer::new(Some(SLICE), SLICE_CHECK_EVERY);
+        let r = async {
             let extra = extra_labels(&req.query)?;
             let t = import_timestamp(&req.query)?.unwrap_or(now_ms);
             let gz;
             let body = match req.header("content-encoding").map(str::trim) {
                 None | Some("") => req.body.as_slice(),
                 Some(e) if e.eq_ignore_ascii_case("gzip") => {
-                    gz = gunzip(&req.body)?;
+                    gz = gunzip_in_slices(&req.body, &mut slicer).await?;
                     gz.as_slice()
                 }
                 Some(e) if e.eq_ignore_ascii_case("identity") => req.body.as_slice(),
@@ -486,22 +627,29 @@ impl super::WebState {
                     )))
                 }
             };
-            self.import(parse_import(body, t, &extra)?)
-        })();
+            let items = parse_import_in_slices(body, t, &extra, &mut slicer).await?;
+            self.import(items, &mut slicer).await
+        }
+        .await;
         match r {
             Ok(()) => Response::no_content(),
             Err(e) => e.response(),
         }
     }
 
-    fn import(&self, items: Items) -> Result<(), IngestError> {
+    /// Writes `items` through the store's import job, a slice at a time.
+    async fn import(&self, items: Items, slicer: &mut Slicer) -> Result<(), IngestError> {
         if items.is_empty() {
             return Ok(());
         }
-        self.storage
-            .import(items)
-            .map(|_| ())
-            .map_err(|e| IngestError::Storage(e.to_string()))
+        let mut job = self.storage.import_job(items);
+        loop {
+            match job.step(slicer.deadline()) {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => slicer.next_slice().await,
+                Err(e) => return Err(IngestError::Storage(e.to_string())),
+            }
+        }
     }
 }
 
@@ -509,6 +657,7 @@ impl super::WebState {
 mod tests {
     use super::*;
     use prost::Message;
+    use std::time::Duration;
 
     fn label(n: &str, v: &str) -> pb::Label {
         pb::Label {
@@ -544,6 +693,70 @@ mod tests {
 
     fn status(r: Result<(Items, Dropped), IngestError>) -> u16 {
         r.map(|_| 204).unwrap_or_else(|e| e.status())
+    }
+
+    /// Runs `f` to the end on an executor beside a task that counts how often it got to run.
+    fn run_counting<T>(f: impl std::future::Future<Output = T>) -> (T, usize) {
+        let ex = async_executor::LocalExecutor::new();
+        let ran = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let counter = {
+            let ran = ran.clone();
+            ex.spawn(async move {
+                loop {
+                    ran.set(ran.get() + 1);
+                    futures_lite::future::yield_now().await;
+                }
+            })
+        };
+        let out = futures_lite::future::block_on(ex.run(f));
+        drop(counter);
+        (out, ran.get())
+    }
+
+    #[test]
+    fn decoding_in_slices_yields_and_gives_what_one_go_gives() {
+        // Series out of label order, some split in two, samples out of time order.
+        let mut ts = Vec::new();
+        for i in (0..3000).rev() {
+            let name = format!("m{}", i % 7);
+            let id = i.to_string();
+            let l = [("__name__", name.as_str()), ("i", id.as_str())];
+            ts.push(series(&l, &[(2000, i as f64), (1000, 0.5)]));
+            if i % 5 == 0 {
+                ts.push(series(&l, &[(3000, 3.0)]));
+            }
+        }
+        let b = body(ts);
+        let whole = decode_remote_write(&b, &[]).unwrap();
+        let (sliced, ran) = run_counting(async {
+            let mut slicer = Slicer::new(Some(Duration::ZERO), 1);
+            decode_remote_write_in_slices(&b, &[], &mut slicer).await
+        });
+        assert_eq!(sliced.unwrap(), whole);
+        assert!(ran > 3000, "{ran}");
+
+        let text: String = (0..3000)
+            .rev()
+            .map(|i| format!("m{}{{i=\"{i}\"}} {i} {}\n", i % 7, 1000 + i % 3))
+            .collect();
+        let whole = parse_import(text.as_bytes(), 0, &[]).unwrap();
+        let (sliced, ran) = run_counting(async {
+            let mut slicer = Slicer::new(Some(Duration::ZERO), 1);
+            parse_import_in_slices(text.as_bytes(), 0, &[], &mut slicer).await
+        });
+        assert_eq!(sliced.unwrap(), whole);
+        assert!(ran > 3000, "{ran}");
+
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(text.repeat(10).as_bytes()).unwrap();
+        let gz = z.finish().unwrap();
+        let (sliced, ran) = run_counting(async {
+            let mut slicer = Slicer::new(Some(Duration::ZERO), 1);
+            gunzip_in_slices(&gz, &mut slicer).await
+        });
+        assert_eq!(sliced.unwrap(), text.repeat(10).as_bytes());
+        assert!(ran >= text.len() * 10 / (64 << 10), "{ran}");
     }
 
     #[test]
@@ -813,7 +1026,7 @@ mod tests {
         msg.extend_from_slice(&inner);
         assert!(msg.len() < MAX_DECOMPRESSED_BYTES);
         let b = snap::raw::Encoder::new().compress_vec(&msg).unwrap();
-        assert!(decoded_size(&msg) > MAX_DECODED_BYTES);
+        assert!(series_size(&inner) > MAX_DECODED_BYTES);
         assert_eq!(status(decode_remote_write(&b, &[])), 413);
         // A gzip bomb.
         use std::io::Write;

@@ -25,6 +25,7 @@ pub mod http;
 pub mod ingest;
 pub mod json;
 pub mod remote_read;
+pub mod snappy;
 pub mod status;
 pub mod time;
 pub mod ui;
@@ -336,8 +337,8 @@ impl WebState {
         }
         // The ingest bodies are not forms: answer before reading parameters.
         match name {
-            "write" => return (handler, self.remote_write(req)),
-            "import/prometheus" => return (handler, self.import_prometheus(req, now_ms())),
+            "write" => return (handler, self.remote_write(req).await),
+            "import/prometheus" => return (handler, self.import_prometheus(req, now_ms()).await),
             "read" => return (handler, self.remote_read(req)),
             _ => {}
         }

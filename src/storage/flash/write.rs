@@ -21,12 +21,12 @@
 //!   them.
 
 use super::{Store, SERIES_PER_RECORD};
-use crate::model::Sample;
+use crate::model::slice::StepSort;
+use crate::model::{Labels, Sample};
 use crate::storage::block::{self, BlockBuilder};
 use crate::storage::codec::HeadChunk;
 use crate::storage::segment::{self, RecordKind, RecordRef};
 use crate::storage::StorageError;
-use std::cmp::Ordering;
 use std::time::Instant;
 
 /// What a job writes.
@@ -72,7 +72,7 @@ impl Target {
 /// Series declarations being made for a target: sorted by labels, then encoded in records.
 struct Declaring {
     target: Target,
-    sort: StepSort,
+    sort: StepSort<u64>,
     /// Sorted ids, once the sort is done; `encoded` counts those already in records.
     sorted: Vec<u64>,
     encoded: usize,
@@ -351,7 +351,7 @@ impl WriteJob {
         let labels_of = |id: u64| -> &[u32] { st.series.get(&id).map_or(&[], |s| &s.labels) };
         let texts = |id| labels_of(id).iter().map(|&sym| st.symbols.get(sym));
         if !d.sort.is_done() {
-            if !d.sort.run(|a, b| texts(a).cmp(texts(b)), || clock.up()) {
+            if !d.sort.run(|a, b| texts(*a).cmp(texts(*b)), || clock.up()) {
                 return false;
             }
             d.sorted = d.sort.take();
@@ -484,6 +484,10 @@ impl WriteJob {
                 // An import may have written the series to a newer segment meanwhile.
                 s.declared_in = s.declared_in.max(seq);
                 s.data_in = s.data_in.max(seq);
+                if let Work::Items(v) = &mut self.work {
+                    // Written: freed a slice at a time, not all at once with the job.
+                    v[next].1 = Vec::new();
+                }
                 if let Work::Heads { counts, .. } = &self.work {
                     let n = counts[next];
                     let before = s.head.heap_bytes();
@@ -502,6 +506,150 @@ impl WriteJob {
     }
 }
 
+/// Series resolved (found or created) between two looks at the clock.
+const SERIES_PER_RESOLVE_CHECK: usize = 64;
+
+/// An import of whole series, in slices: the series are found or created, sorted by id, written
+/// as a [`WriteJob`], and finally their newest samples become the order check's `last`.
+///
+/// The series it touches carry its batch number (`SeriesEntry::batch`, registered in
+/// `Store::open_batches` by the caller) while it runs, so housekeeping between slices does
+/// not forget them. Nothing is written, and no series' `last` changes, until the write.
+pub(in crate::storage) struct Import {
+    gen: u64,
+    level: i32,
+    stage: ImportStage,
+    samples: usize,
+    /// Series this import created (forgotten again if it ends without writing).
+    pub(in crate::storage) created: Vec<u64>,
+    /// Each series' newest sample, for its `last` once written.
+    lasts: Vec<(u64, Sample)>,
+}
+
+enum ImportStage {
+    Resolve {
+        items: std::vec::IntoIter<(Labels, Vec<Sample>)>,
+        by_id: Vec<(u64, Vec<Sample>)>,
+    },
+    Sort(StepSort<(u64, Vec<Sample>)>),
+    Write(Box<WriteJob>),
+    Finish {
+        next: usize,
+    },
+    Done,
+}
+
+impl Import {
+    /// An import of `items` (samples ascending by time) as batch `gen`, blocks at `level`.
+    pub(in crate::storage) fn new(
+        items: Vec<(Labels, Vec<Sample>)>,
+        gen: u64,
+        level: i32,
+    ) -> Import {
+        let by_id = Vec::with_capacity(items.len());
+        Import {
+            gen,
+            level,
+            stage: ImportStage::Resolve {
+                items: items.into_iter(),
+                by_id,
+            },
+            samples: 0,
+            created: Vec::new(),
+            lasts: Vec::new(),
+        }
+    }
+
+    /// Whether the import has written its blocks (or had nothing to write).
+    pub(in crate::storage) fn is_written(&self) -> bool {
+        matches!(self.stage, ImportStage::Finish { .. } | ImportStage::Done)
+    }
+
+    /// Works until done (`Ok(Some(samples written))`) or past `deadline` (`Ok(None)`); without
+    /// a deadline, to the end. An error ends the import with nothing written.
+    pub(in crate::storage) fn run(
+        &mut self,
+        st: &mut Store,
+        deadline: Option<Instant>,
+    ) -> Result<Option<usize>, StorageError> {
+        let clock = Clock(deadline);
+        loop {
+            match &mut self.stage {
+                ImportStage::Resolve { items, by_id } => {
+                    let mut done = 0;
+                    loop {
+                        if clock.up_after(done, SERIES_PER_RESOLVE_CHECK) {
+                            return Ok(None);
+                        }
+                        let Some((labels, samples)) = items.next() else {
+                            break;
+                        };
+                        done += 1;
+                        let Some(&last) = samples.last() else {
+                            continue;
+                        };
+                        let (id, created) = st
+                            .get_or_create(&labels)
+                            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+                        if created {
+                            self.created.push(id);
+                        }
+                        if let Some(s) = st.series.get_mut(&id) {
+                            s.batch = self.gen;
+                        }
+                        st.max_time = Some(st.max_time.map_or(last.t, |m| m.max(last.t)));
+                        self.samples += samples.len();
+                        self.lasts.push((id, last));
+                        by_id.push((id, samples));
+                    }
+                    let by_id = std::mem::take(by_id);
+                    self.stage = if by_id.is_empty() {
+                        ImportStage::Done
+                    } else if by_id.windows(2).all(|w| w[0].0 < w[1].0) {
+                        ImportStage::Write(Box::new(WriteJob::items(by_id, self.level)))
+                    } else {
+                        ImportStage::Sort(StepSort::new(by_id))
+                    };
+                }
+                ImportStage::Sort(sort) => {
+                    if !sort.run(|a, b| a.0.cmp(&b.0), || clock.up()) {
+                        return Ok(None);
+                    }
+                    let by_id = sort.take();
+                    self.stage = ImportStage::Write(Box::new(WriteJob::items(by_id, self.level)));
+                }
+                ImportStage::Write(job) => {
+                    if !job.run(st, deadline)? {
+                        return Ok(None);
+                    }
+                    self.stage = ImportStage::Finish { next: 0 };
+                }
+                ImportStage::Finish { next } => {
+                    let start = *next;
+                    while *next < self.lasts.len() {
+                        if clock.up_after(*next - start, SERIES_PER_TRIM_CHECK) {
+                            return Ok(None);
+                        }
+                        let (id, last) = self.lasts[*next];
+                        *next += 1;
+                        if let Some(s) = st.series.get_mut(&id) {
+                            if s.last.is_none_or(|l| l.t < last.t) {
+                                s.last = Some(last);
+                            }
+                        }
+                    }
+                    st.appended_total += self.samples as u64;
+                    self.stage = ImportStage::Done;
+                }
+                ImportStage::Done => return Ok(Some(self.samples)),
+            }
+            if clock.up() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
 /// Forgets the oldest `n` samples of a head (those a flush wrote); samples appended since stay.
 fn drop_first(head: &mut HeadChunk, n: usize, scratch: &mut Vec<Sample>) {
     if n >= head.len() {
@@ -516,152 +664,9 @@ fn drop_first(head: &mut HeadChunk, n: usize, scratch: &mut Vec<Sample>) {
     }
 }
 
-/// Ids sorted per run before the runs are merged.
-const RUN: usize = 1024;
-/// Ids merged between two looks at the clock.
-const MERGE_PER_CHECK: usize = 1024;
-
-/// A merge sort of ids that stops when told and goes on where it stopped: runs of [`RUN`] ids
-/// are sorted whole, then merged pairwise, pass by pass.
-struct StepSort {
-    a: Vec<u64>,
-    b: Vec<u64>,
-    /// Runs sorted so far, in the first stage.
-    runs: usize,
-    /// The width of the sorted runs being merged, and the start of the pair being merged.
-    width: usize,
-    lo: usize,
-    /// Positions in the left and right halves of the pair being merged (when `merging`).
-    i: usize,
-    j: usize,
-    merging: bool,
-    done: bool,
-}
-
-impl StepSort {
-    fn new(ids: Vec<u64>) -> StepSort {
-        let b = if ids.len() > RUN {
-            vec![0; ids.len()]
-        } else {
-            Vec::new()
-        };
-        StepSort {
-            a: ids,
-            b,
-            runs: 0,
-            width: RUN,
-            lo: 0,
-            i: 0,
-            j: 0,
-            merging: false,
-            done: false,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.done
-    }
-
-    /// The sorted ids (once done).
-    fn take(&mut self) -> Vec<u64> {
-        self.b = Vec::new();
-        std::mem::take(&mut self.a)
-    }
-
-    /// Sorts by `cmp` until done (true) or `stop` says so (false).
-    fn run(
-        &mut self,
-        mut cmp: impl FnMut(u64, u64) -> Ordering,
-        mut stop: impl FnMut() -> bool,
-    ) -> bool {
-        let n = self.a.len();
-        while self.runs * RUN < n {
-            let s = self.runs * RUN;
-            let e = (s + RUN).min(n);
-            self.a[s..e].sort_unstable_by(|x, y| cmp(*x, *y));
-            self.runs += 1;
-            if stop() {
-                return false;
-            }
-        }
-        while self.width < n {
-            while self.lo < n {
-                let mid = (self.lo + self.width).min(n);
-                let hi = (self.lo + 2 * self.width).min(n);
-                if !self.merging {
-                    (self.i, self.j, self.merging) = (self.lo, mid, true);
-                }
-                let (mut i, mut j) = (self.i, self.j);
-                let mut moved = 0;
-                while i < mid || j < hi {
-                    let left =
-                        j >= hi || (i < mid && cmp(self.a[i], self.a[j]) != Ordering::Greater);
-                    let k = i + j - mid;
-                    if left {
-                        self.b[k] = self.a[i];
-                        i += 1;
-                    } else {
-                        self.b[k] = self.a[j];
-                        j += 1;
-                    }
-                    moved += 1;
-                    if moved == MERGE_PER_CHECK {
-                        moved = 0;
-                        if stop() {
-                            (self.i, self.j) = (i, j);
-                            return false;
-                        }
-                    }
-                }
-                self.merging = false;
-                self.lo = hi;
-            }
-            std::mem::swap(&mut self.a, &mut self.b);
-            self.width *= 2;
-            self.lo = 0;
-        }
-        self.done = true;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *seed >> 33
-    }
-
-    #[test]
-    fn step_sort_sorts_whatever_it_is_stopped_at() {
-        let mut seed = 7;
-        for n in [0, 1, 5, RUN - 1, RUN, RUN + 1, 3 * RUN + 17, 9 * RUN] {
-            for stop_every in [1usize, 3, 1000, usize::MAX] {
-                let ids: Vec<u64> = (0..n).map(|_| lcg(&mut seed) % 5000).collect();
-                let mut want = ids.clone();
-                want.sort();
-                let mut s = StepSort::new(ids);
-                let mut calls = 0;
-                let mut polls = 0usize;
-                while !s.run(
-                    |a, b| a.cmp(&b),
-                    || {
-                        polls += 1;
-                        polls % stop_every == 0
-                    },
-                ) {
-                    calls += 1;
-                    assert!(calls < 10 * n + 10, "no progress");
-                }
-                assert!(s.is_done());
-                assert_eq!(s.take(), want, "n {n}, stop every {stop_every}");
-            }
-        }
-    }
 
     #[test]
     fn drop_first_keeps_the_newer_samples() {
