@@ -12,7 +12,9 @@
 //!    on-CPU time from `/proc/thread-self/schedstat`).
 //! 2. Select+decode: stores written by live appends and flushes every 60 simulated seconds (1k
 //!    series at 15 s, and 5k series at 1 s: blocks as dense as a live agent's),
-//!    then `Querier::select` over the whole hour and every sample iterated.
+//!    then `Querier::select` over the whole hour and every sample iterated; and the series
+//!    with samples in a range cut at both ends (`Querier::series`, as the label and series
+//!    endpoints ask), against finding them with a select.
 //! 3. Start-up: a synthetic generator fills one store to 64, 256 and 1024 MiB through
 //!    `FlashStorage::import` (zstd level 1, values with random mantissas, which barely
 //!    compress); at each size a fresh child process (this binary again) times
@@ -435,6 +437,36 @@ fn part_select() {
                 med * 1e6 / got.1 as f64
             );
         }
+        // What /api/v1/series, /labels and /label/<n>/values pay for a range that does not
+        // cover the store (Grafana always sends one): the series are found from the blocks'
+        // directories; before, they came from a full select of every matching sample.
+        let matchers = [Matcher::equal("job", "bench")];
+        let (mint, maxt) = (T0 + 90_000, T0 + 3_570_000);
+        let q = store.querier();
+        let mut by_dir = Vec::new();
+        let mut by_select = Vec::new();
+        for run in 0..WARMUP + RUNS {
+            let t = Instant::now();
+            let a = q.series(&matchers, mint, maxt).unwrap();
+            let el_dir = t.elapsed();
+            let t = Instant::now();
+            let b = perch::storage::labels_of(q.select(&matchers, mint, maxt).unwrap());
+            let el_sel = t.elapsed();
+            assert_eq!(a, b);
+            if run >= WARMUP {
+                by_dir.push(el_dir.as_secs_f64() * 1e3);
+                by_select.push(el_sel.as_secs_f64() * 1e3);
+            }
+        }
+        println!(
+            "{:<28} {:<22} series in [+90 s, +3570 s]: {:.2} ms [{:.2}..{:.2}] (from a select: {:.2} ms)",
+            format!("{store_series} series x 1 h at {every_s} s"),
+            "{job=\"bench\"}",
+            median(by_dir.clone()),
+            min(&by_dir),
+            max(&by_dir),
+            median(by_select)
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

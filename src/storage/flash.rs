@@ -861,6 +861,91 @@ impl Store {
         }
     }
 
+    /// The ids (ascending) of the series matching `matchers` that have a sample in
+    /// `[mint, maxt]`: the series `select` would return, found without decoding most samples.
+    /// A block wholly inside the range holds a sample in it of every series its directory
+    /// lists, and a head's samples lie between its first and its last; only blocks and heads
+    /// that the range's ends cut are decoded, for the series not found yet.
+    fn series_ids_in(
+        &mut self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<u64>, StorageError> {
+        let ids = self.candidates(matchers);
+        let mut found = vec![false; ids.len()];
+        let mut scratch = Vec::new();
+        for (k, id) in ids.iter().enumerate() {
+            let Some((first, last)) = self
+                .series
+                .get(id)
+                .and_then(|s| s.head.first_t().zip(s.head.last()))
+            else {
+                continue;
+            };
+            found[k] = if first >= mint && last.t <= maxt {
+                true
+            } else if first > maxt || last.t < mint {
+                false
+            } else {
+                scratch.clear();
+                if let Some(s) = self.series.get(id) {
+                    s.head.decode_into(&mut scratch);
+                }
+                scratch.iter().any(|x| x.t >= mint && x.t <= maxt)
+            };
+        }
+        let mut blocks: Vec<(bool, usize, RecordRef)> = Vec::new();
+        for (si, seg) in self.segments.iter().enumerate() {
+            if seg.max_t < mint || seg.min_t > maxt {
+                continue;
+            }
+            blocks.extend(
+                seg.blocks
+                    .iter()
+                    .filter(|b| b.max_t >= mint && b.min_t <= maxt)
+                    .map(|b| (!(b.min_t >= mint && b.max_t <= maxt), si, *b)),
+            );
+        }
+        // The blocks wholly inside first: each one settled leaves fewer to decode.
+        blocks.sort_by_key(|(cut, _, _)| *cut);
+        for (cut, si, r) in blocks {
+            let pending: Vec<usize> = (0..ids.len()).filter(|&k| !found[k]).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let Some(block) = self.load_block(si, &r)? else {
+                continue;
+            };
+            if !cut {
+                // Both ascending: walk them in step.
+                let mut listed = block.ids().peekable();
+                for k in pending {
+                    while listed.next_if(|&b| b < ids[k]).is_some() {}
+                    if listed.peek() == Some(&ids[k]) {
+                        found[k] = true;
+                    }
+                }
+                continue;
+            }
+            let want: Vec<u64> = pending.iter().map(|&k| ids[k]).collect();
+            let mut per = vec![Vec::new(); want.len()];
+            let mut ordered = vec![true; want.len()];
+            let fetch = block_fetch(&*self.backend, &self.segments[si].name, &r);
+            self.counters.corrupt_records += block
+                .series_many(&want, &mut per, &mut ordered, mint, maxt, &fetch)
+                .map_err(io_err)?;
+            for (j, k) in pending.into_iter().enumerate() {
+                found[k] |= !per[j].is_empty();
+            }
+        }
+        Ok(ids
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, f)| f.then_some(id))
+            .collect())
+    }
+
     fn select(
         &mut self,
         matchers: &[Matcher],
@@ -1512,7 +1597,14 @@ impl Querier for FlashQuerier {
         if self.covers_all(mint, maxt) {
             return Ok(self.series_from_index(matchers));
         }
-        Ok(super::labels_of(self.select(matchers, mint, maxt)?))
+        let st = &mut *self.store.borrow_mut();
+        let ids = st.series_ids_in(matchers, mint, maxt)?;
+        let mut out: Vec<Labels> = ids
+            .into_iter()
+            .filter_map(|id| st.series.get(&id).map(|s| st.symbols.labels(&s.labels)))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn label_names(
@@ -2024,6 +2116,56 @@ mod tests {
         assert_eq!(got.len(), 3);
         let s = open(&b, opts);
         check_import(&s, 3, 100_000, 20);
+    }
+
+    #[test]
+    fn series_in_a_range_are_those_select_returns() {
+        // Flushed blocks, heads, and imported blocks spanning wide ranges, with series that
+        // stop and start: every range, cut anywhere, lists exactly the series select returns.
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        for round in 0..6i64 {
+            let mut app = s.appender();
+            for i in 0..40usize {
+                // Series i is scraped in rounds where i % (round + 2) != 0.
+                if i % (round as usize + 2) == 0 {
+                    continue;
+                }
+                for k in 0..10 {
+                    let t = round * 100_000 + k * 1000;
+                    app.append(&labels(i), t, value(i, t)).unwrap();
+                }
+            }
+            app.commit().unwrap();
+            if round < 5 {
+                s.flush().unwrap();
+            }
+        }
+        s.import(
+            (0..5)
+                .map(|i| {
+                    let samples = [50_000, 350_000]
+                        .iter()
+                        .map(|&t| Sample { t, v: 1.0 })
+                        .collect();
+                    (labels(100 + i), samples)
+                })
+                .collect(),
+            3,
+        )
+        .unwrap();
+        let q = s.querier();
+        let m = [Matcher::equal("__name__", "m")];
+        let mut ranges = vec![(i64::MIN, i64::MAX), (0, 0), (-5, -1), (600_000, 700_000)];
+        for a in (0..560_000).step_by(23_000) {
+            for len in [0, 999, 4_500, 60_000, 250_000] {
+                ranges.push((a, a + len));
+            }
+        }
+        for (mint, maxt) in ranges {
+            let want = crate::storage::labels_of(q.select(&m, mint, maxt).unwrap());
+            assert_eq!(q.series(&m, mint, maxt).unwrap(), want, "[{mint}, {maxt}]");
+        }
     }
 
     #[test]

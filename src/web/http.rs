@@ -174,11 +174,19 @@ impl Response {
 
     /// Compresses the body with gzip and marks it so (a no-op for an empty body). Compression
     /// is fast at level 1 and the bodies are in memory already; on failure the body stays as it
-    /// was, uncompressed.
+    /// was, uncompressed. A body over [`GZIP_IN_ONE_GO_BYTES`] is compressed as it is written
+    /// instead, a piece at a time with yields between (it goes out chunked): at 5–10 ms a
+    /// megabyte, a big answer compressed whole would hold up scrapes.
     pub fn gzip(&mut self) {
         use std::io::Write;
         if self.headers.iter().any(|(n, _)| *n == "Content-Encoding") {
             return;
+        }
+        if self.stream.is_none() && !self.head_only && self.body.len() > GZIP_IN_ONE_GO_BYTES {
+            self.stream = Some(Box::new(Pieces {
+                body: std::mem::take(&mut self.body),
+                at: 0,
+            }));
         }
         if let Some(inner) = self.stream.take() {
             self.stream = Some(Box::new(GzipStream {
@@ -204,6 +212,29 @@ impl Response {
                 self.headers.push(("Content-Encoding", "gzip".into()));
             }
         }
+    }
+}
+
+/// The largest body [`Response::gzip`] compresses in one piece.
+pub const GZIP_IN_ONE_GO_BYTES: usize = 256 << 10;
+
+/// A body in memory, handed out 64 KiB at a time.
+struct Pieces {
+    body: Vec<u8>,
+    at: usize,
+}
+
+impl BodyStream for Pieces {
+    fn next_chunk(&mut self) -> Option<Result<Vec<u8>, String>> {
+        const PIECE: usize = 64 << 10;
+        if self.at >= self.body.len() {
+            self.body = Vec::new();
+            return None;
+        }
+        let end = (self.at + PIECE).min(self.body.len());
+        let piece = self.body[self.at..end].to_vec();
+        self.at = end;
+        Some(Ok(piece))
     }
 }
 
@@ -463,9 +494,15 @@ pub async fn write_response(
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
-    if !resp.head_only {
-        out.extend_from_slice(&resp.body);
+    if resp.head_only {
+        return write_timed(stream, &out, limits).await;
     }
+    // A big body is not copied behind its head (a copy of many megabytes, in one piece).
+    if resp.body.len() > GZIP_IN_ONE_GO_BYTES {
+        return write_timed(stream, &out, limits).await
+            && write_timed(stream, &resp.body, limits).await;
+    }
+    out.extend_from_slice(&resp.body);
     write_timed(stream, &out, limits).await
 }
 
@@ -515,4 +552,44 @@ async fn write_timed(stream: &mut Async<TcpStream>, bytes: &[u8], limits: &Limit
             false
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn gunzip(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_big_body_is_gzipped_a_piece_at_a_time_and_a_small_one_whole() {
+        let big: Vec<u8> = (0..GZIP_IN_ONE_GO_BYTES * 3)
+            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .collect();
+        let mut r = Response::json(200, big.clone());
+        r.gzip();
+        assert!(r.body.is_empty());
+        let mut stream = r.stream.take().expect("streamed");
+        let mut z = Vec::new();
+        let mut pieces = 0;
+        while let Some(p) = stream.next_chunk() {
+            z.extend_from_slice(&p.unwrap());
+            pieces += 1;
+        }
+        assert!(pieces > 3, "{pieces} pieces");
+        assert_eq!(gunzip(&z), big);
+        assert!(r.headers.contains(&("Content-Encoding", "gzip".into())));
+
+        let small = b"{\"status\":\"success\"}".repeat(100);
+        let mut r = Response::json(200, small.clone());
+        r.gzip();
+        assert!(r.stream.is_none());
+        assert_eq!(gunzip(&r.body), small);
+    }
 }
