@@ -636,6 +636,26 @@ impl<'q> Evaluator<'q> {
         Ok(())
     }
 
+    /// Selects from the store in slices ([`crate::storage::SelectJob`]), yielding between
+    /// them: a select of millions of samples is the longest single piece of a query.
+    async fn select(
+        &mut self,
+        matchers: &[crate::model::Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<crate::storage::Series>, crate::storage::StorageError> {
+        let q = self.q;
+        let mut job = q.select_job(matchers, mint, maxt);
+        loop {
+            let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
+            if let Some(series) = job.step(Some(deadline))? {
+                return Ok(series);
+            }
+            self.work = 0;
+            futures_lite::future::yield_now().await;
+        }
+    }
+
     /// Records `n` units of work and yields to the executor now and then.
     pub async fn tick(&mut self, n: usize) {
         self.work += n;
@@ -788,11 +808,13 @@ impl<'q> Evaluator<'q> {
         let at = self.at_time(&vs.at);
         let lookback = self.opts.lookback_delta_ms;
         let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-        let series = self.q.select(
-            &matchers,
-            min_ref.saturating_sub(lookback).saturating_add(1),
-            max_ref,
-        )?;
+        let series = self
+            .select(
+                &matchers,
+                min_ref.saturating_sub(lookback).saturating_add(1),
+                max_ref,
+            )
+            .await?;
         let n = span.len();
         let mut b = StepVecBuilder::new(n);
         for s in series {
@@ -855,11 +877,13 @@ impl<'q> Evaluator<'q> {
                 let at = self.at_time(&vs.at);
                 let range = millis(ms.range);
                 let (min_ref, max_ref) = self.ref_bounds(at, offset, span);
-                let selected = self.q.select(
-                    &matchers,
-                    min_ref.saturating_sub(range).saturating_add(1),
-                    max_ref,
-                )?;
+                let selected = self
+                    .select(
+                        &matchers,
+                        min_ref.saturating_sub(range).saturating_add(1),
+                        max_ref,
+                    )
+                    .await?;
                 let mut series = Vec::with_capacity(selected.len());
                 for s in selected {
                     // Filtered in place: the selected vector is reused, not copied.

@@ -29,12 +29,13 @@
 //! sample as Prometheus does; `import_series` writes older data directly as blocks.
 
 use super::backend::Backend;
-use super::block::{self, ascending, keep_within, Block, BlockError};
+use super::block::{self, Block, BlockError};
 use super::codec::{CodecError, HeadChunk};
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
     AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, ImportJob,
-    Querier, SampleTap, Series, SeriesRef, Storage, StorageError, StorageStats, WriteSpan,
+    Querier, SampleTap, SelectJob, Series, SeriesRef, Storage, StorageError, StorageStats,
+    WriteSpan,
 };
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
@@ -42,6 +43,7 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+mod select;
 mod write;
 use write::WriteJob;
 
@@ -952,82 +954,12 @@ impl Store {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Series>, StorageError> {
-        let ids = self.candidates(matchers);
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Samples per wanted series, by position in `ids` (ascending), and whether each is
-        // still in ascending order (checked as each part is appended, while it is in cache).
-        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
-        let mut ordered = vec![true; ids.len()];
-        let mut blocks: Vec<(usize, RecordRef)> = Vec::new();
-        for (si, seg) in self.segments.iter().enumerate() {
-            if seg.max_t < mint || seg.min_t > maxt {
-                continue;
+        let mut job = select::Select::new(self, matchers, mint, maxt);
+        loop {
+            if let Some(out) = job.run(self, None)? {
+                return Ok(out);
             }
-            blocks.extend(
-                seg.blocks
-                    .iter()
-                    .filter(|b| b.max_t >= mint && b.min_t <= maxt)
-                    .map(|b| (si, *b)),
-            );
         }
-        let mut reserved = false;
-        for (si, r) in &blocks {
-            let Some(block) = self.load_block(*si, r)? else {
-                continue;
-            };
-            let fetch = block_fetch(&*self.backend, &self.segments[*si].name, r);
-            if !reserved {
-                // Blocks of a live store are alike: guess that each series has as many samples
-                // in each block as in the first, and allocate each vector once.
-                reserved = true;
-                let mut counts = vec![0usize; ids.len()];
-                block
-                    .sample_counts(&ids, &mut counts, &fetch)
-                    .map_err(io_err)?;
-                // Only the blocks wholly inside the range keep all of theirs.
-                let inside = blocks
-                    .iter()
-                    .filter(|(_, b)| b.min_t >= mint && b.max_t <= maxt)
-                    .count();
-                let total: usize = counts.iter().sum();
-                if total.saturating_mul(inside) <= MAX_RESERVE_SAMPLES {
-                    for (v, n) in per.iter_mut().zip(counts) {
-                        v.reserve_exact(n * inside);
-                    }
-                }
-            }
-            self.counters.corrupt_records += block
-                .series_many(&ids, &mut per, &mut ordered, mint, maxt, &fetch)
-                .map_err(io_err)?;
-        }
-        let mut out = Vec::new();
-        for (k, id) in ids.into_iter().enumerate() {
-            let Some(s) = self.series.get(&id) else {
-                continue;
-            };
-            let mut v = std::mem::take(&mut per[k]);
-            let from = v.len();
-            s.head.decode_into(&mut v);
-            let ok = ascending(&v[from.saturating_sub(1)..]);
-            keep_within(&mut v, from, mint, maxt, ok);
-            if v.is_empty() {
-                continue;
-            }
-            if !(ordered[k] && ok) {
-                // Imported blocks may overlap: order by time, first copy wins.
-                v.sort_by_key(|x| x.t);
-                v.dedup_by_key(|x| x.t);
-            }
-            out.push(Series {
-                labels: self.symbols.labels(&s.labels),
-                samples: v.into_iter(),
-            });
-        }
-        // Label sets are distinct: an unstable sort gives the one order, faster.
-        out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(out)
     }
 }
 
@@ -1588,6 +1520,14 @@ impl Querier for FlashQuerier {
         self.store.borrow_mut().select(matchers, mint, maxt)
     }
 
+    fn select_job(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Box<dyn SelectJob + '_> {
+        let job = select::Select::new(&self.store.borrow(), matchers, mint, maxt);
+        Box::new(FlashSelect {
+            store: &self.store,
+            job,
+        })
+    }
+
     fn series(
         &self,
         matchers: &[Matcher],
@@ -1651,6 +1591,18 @@ impl Querier for FlashQuerier {
             }
         }
         Ok(values.into_iter().collect())
+    }
+}
+
+/// A select under way: see [`select::Select`].
+struct FlashSelect<'a> {
+    store: &'a RefCell<Store>,
+    job: select::Select,
+}
+
+impl SelectJob for FlashSelect<'_> {
+    fn step(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<Series>>, StorageError> {
+        self.job.run(&mut self.store.borrow_mut(), deadline)
     }
 }
 
@@ -2165,6 +2117,108 @@ mod tests {
         for (mint, maxt) in ranges {
             let want = crate::storage::labels_of(q.select(&m, mint, maxt).unwrap());
             assert_eq!(q.series(&m, mint, maxt).unwrap(), want, "[{mint}, {maxt}]");
+        }
+    }
+
+    /// Runs a select job to the end with a deadline already past at every step, calling
+    /// `between` after each step; returns the answer and the number of steps.
+    fn select_in_slices(
+        s: &FlashStorage,
+        m: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        mut between: impl FnMut(usize),
+    ) -> (Vec<(Labels, Vec<Sample>)>, usize) {
+        let q = s.querier();
+        let mut job = q.select_job(m, mint, maxt);
+        let mut steps = 0;
+        loop {
+            if let Some(out) = job.step(Some(Instant::now())).unwrap() {
+                let out = out
+                    .into_iter()
+                    .map(|x| (x.labels, x.samples.collect()))
+                    .collect();
+                return (out, steps);
+            }
+            steps += 1;
+            assert!(steps < 1_000_000, "no progress");
+            between(steps);
+        }
+    }
+
+    #[test]
+    fn a_select_in_slices_returns_what_one_go_returns() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 1500, 0, 20_000, 1000);
+        s.flush().unwrap();
+        ingest(&s, 1500, 20_000, 30_000, 1000);
+        // Imported blocks overlapping the flushed ones.
+        s.import(import_items(50, 5_000, 10), 3).unwrap();
+        let m = [Matcher::new(MatchKind::Regex, "__name__", "m|imp").unwrap()];
+        for (mint, maxt) in [(i64::MIN, i64::MAX), (3_500, 25_000), (20_000, 20_000)] {
+            let want: Vec<(Labels, Vec<Sample>)> = s
+                .querier()
+                .select(&m, mint, maxt)
+                .unwrap()
+                .into_iter()
+                .map(|x| (x.labels, x.samples.collect()))
+                .collect();
+            let (got, steps) = select_in_slices(&s, &m, mint, maxt, |_| {});
+            assert!(steps > 3, "{steps} steps");
+            // Compared by bits: staleness markers are NaN.
+            let bits = |v: Vec<(Labels, Vec<Sample>)>| -> Vec<(Labels, Vec<(i64, u64)>)> {
+                v.into_iter()
+                    .map(|(l, s)| (l, s.iter().map(|x| (x.t, x.v.to_bits())).collect()))
+                    .collect()
+            };
+            assert!(bits(got) == bits(want), "[{mint}, {maxt}]");
+        }
+    }
+
+    #[test]
+    fn a_select_in_slices_misses_nothing_while_flushes_and_scrapes_run_between() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 2000, 0, 10_000, 1000);
+        s.flush().unwrap();
+        ingest(&s, 2000, 10_000, 20_000, 1000);
+        let m = [Matcher::equal("__name__", "m")];
+        let mut t = 20_000;
+        let (got, steps) = select_in_slices(&s, &m, i64::MIN, i64::MAX, |step| {
+            // Scrapes land; flushes in slices and in one go move head samples into blocks
+            // the select did not list when it began.
+            ingest(&s, 2000, t, t + 1000, 1000);
+            t += 1000;
+            match step % 5 {
+                0 => s.flush().unwrap(),
+                2 => while !s.flush_step(Duration::ZERO).unwrap() {},
+                _ => {}
+            }
+        });
+        assert!(steps > 5, "{steps} steps");
+        // Everything there when the select began, once; later samples may show, in order.
+        assert_eq!(got.len(), 2000);
+        for (l, v) in &got {
+            let i: usize = l.get("i").parse().unwrap();
+            assert!(v.windows(2).all(|w| w[0].t < w[1].t), "series {i}");
+            let early: Vec<Sample> = v.iter().filter(|x| x.t < 20_000).copied().collect();
+            let want: Vec<Sample> = (0..20)
+                .map(|k| Sample {
+                    t: k * 1000,
+                    v: value(i, k * 1000),
+                })
+                .collect();
+            assert_eq!(
+                early
+                    .iter()
+                    .map(|x| (x.t, x.v.to_bits()))
+                    .collect::<Vec<_>>(),
+                want.iter()
+                    .map(|x| (x.t, x.v.to_bits()))
+                    .collect::<Vec<_>>(),
+                "series {i}"
+            );
         }
     }
 

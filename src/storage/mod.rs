@@ -113,6 +113,15 @@ pub struct Series {
     pub samples: std::vec::IntoIter<Sample>,
 }
 
+impl Default for Series {
+    fn default() -> Self {
+        Series {
+            labels: Labels::default(),
+            samples: Vec::new().into_iter(),
+        }
+    }
+}
+
 impl fmt::Debug for Series {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Series")
@@ -136,6 +145,12 @@ pub trait Querier {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Series>, StorageError>;
+
+    /// [`Querier::select`] as a job done in slices ([`SelectJob::step`]), so a select of many
+    /// samples does not hold the executor. Stores that cannot slice one answer in one go.
+    fn select_job(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Box<dyn SelectJob + '_> {
+        Box::new(Selected(Some(self.select(matchers, mint, maxt))))
+    }
 
     /// The label sets of the series matching `matchers` that have samples in `[mint, maxt]`,
     /// sorted, without their samples. Stores that can answer from their index override this.
@@ -297,6 +312,26 @@ pub trait SampleTap {
     /// A flush of the heads takes its samples now: what is committed after this call is
     /// written by a later flush (a flush in slices lets scrapes commit while it runs).
     fn flush_began(&self) {}
+}
+
+/// A select under way ([`Querier::select_job`]).
+pub trait SelectJob {
+    /// Works until done (`Ok(Some(series))`, as [`Querier::select`] returns them) or past
+    /// `deadline` (`Ok(None)`: call again once other tasks have run); without a deadline, to
+    /// the end.
+    fn step(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Option<Vec<Series>>, StorageError>;
+}
+
+/// A select answered in one go.
+struct Selected(Option<Result<Vec<Series>, StorageError>>);
+
+impl SelectJob for Selected {
+    fn step(&mut self, _: Option<std::time::Instant>) -> Result<Option<Vec<Series>>, StorageError> {
+        self.0.take().unwrap_or(Ok(Vec::new())).map(Some)
+    }
 }
 
 /// An import under way ([`Storage::import_job`]).

@@ -1,0 +1,312 @@
+//! A select done in slices: the samples of the matching series in a time range.
+//!
+//! Contract:
+//! - [`Select::run`] does a bounded slice of work when given a deadline and goes on where it
+//!   stopped on the next call; without one it runs to the end. A select of every series of a
+//!   big store decodes millions of samples; the evaluator yields between slices, so scrapes
+//!   run meanwhile.
+//! - It reads the blocks that overlapped the range when it began, a block at a time and a few
+//!   hundred series of a block per look at the clock, then the heads, then sorts the series by
+//!   labels. Between slices the store may change:
+//!   - A segment the ring deleted meanwhile is skipped: its data is gone for every reader.
+//!   - A flush writes blocks and then trims the heads. Blocks written since the select began
+//!     are read too, after the heads, for every series (a sample can then be found twice, in
+//!     a head and in the new block; series whose parts overlap are sorted and deduplicated, as
+//!     imported blocks already are). So no sample that was in the store when the select began
+//!     is missed; samples appended since may or may not be seen.
+//!   - A series forgotten meanwhile (no data left) is dropped from the answer.
+//! - What it returns is what a select in one go returns on an unchanged store: the series with
+//!   samples in `[mint, maxt]`, sorted by labels, each with its samples in the range,
+//!   ascending.
+
+use super::{block_fetch, io_err, Store, MAX_RESERVE_SAMPLES};
+use crate::model::slice::StepSort;
+use crate::model::{Matcher, Sample};
+use crate::storage::block::{ascending, keep_within};
+use crate::storage::segment::RecordRef;
+use crate::storage::{Series, StorageError};
+use std::time::Instant;
+
+/// Series of one block decoded between two looks at the clock.
+const SERIES_PER_CHECK: usize = 512;
+/// Heads decoded between two looks at the clock.
+const HEADS_PER_CHECK: usize = 1024;
+
+/// Where the block list ended when it was taken: the newest segment and how many blocks it had.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    seq: u64,
+    blocks: usize,
+}
+
+impl Mark {
+    fn of(st: &Store) -> Mark {
+        st.segments
+            .last()
+            .map_or(Mark { seq: 0, blocks: 0 }, |s| Mark {
+                seq: s.seq,
+                blocks: s.blocks.len(),
+            })
+    }
+}
+
+enum Phase {
+    /// Reading block `bi` of the list, from series `ki` on.
+    Blocks {
+        bi: usize,
+        ki: usize,
+    },
+    /// Decoding heads from series `next` on.
+    Heads {
+        next: usize,
+    },
+    /// Making the answer's series from `next` on.
+    Answer {
+        next: usize,
+        out: Vec<Series>,
+    },
+    /// Sorting the answer by labels.
+    Sort(StepSort<Series>),
+    Done,
+}
+
+/// A select under way. See the module doc.
+pub(in crate::storage) struct Select {
+    mint: i64,
+    maxt: i64,
+    /// The wanted series (ascending), their samples so far, and whether those still ascend.
+    ids: Vec<u64>,
+    per: Vec<Vec<Sample>>,
+    ordered: Vec<bool>,
+    /// Blocks to read: the segment's number and the record.
+    blocks: Vec<(u64, RecordRef)>,
+    /// Where the store's blocks ended when `blocks` was last extended.
+    mark: Mark,
+    /// Whether the blocks written during the select were added (once the heads are read).
+    caught_up: bool,
+    reserved: bool,
+    phase: Phase,
+}
+
+impl Select {
+    pub(in crate::storage) fn new(
+        st: &Store,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Select {
+        let ids = st.candidates(matchers);
+        let mut blocks = Vec::new();
+        if !ids.is_empty() {
+            for seg in &st.segments {
+                if seg.max_t < mint || seg.min_t > maxt {
+                    continue;
+                }
+                blocks.extend(
+                    seg.blocks
+                        .iter()
+                        .filter(|b| b.max_t >= mint && b.min_t <= maxt)
+                        .map(|b| (seg.seq, *b)),
+                );
+            }
+        }
+        Select {
+            mint,
+            maxt,
+            per: vec![Vec::new(); ids.len()],
+            ordered: vec![true; ids.len()],
+            ids,
+            blocks,
+            mark: Mark::of(st),
+            caught_up: false,
+            reserved: false,
+            phase: Phase::Blocks { bi: 0, ki: 0 },
+        }
+    }
+
+    /// Works until done (`Ok(Some(series))`) or past `deadline` (`Ok(None)`: call again);
+    /// without a deadline, to the end.
+    pub(in crate::storage) fn run(
+        &mut self,
+        st: &mut Store,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<Series>>, StorageError> {
+        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        loop {
+            match &mut self.phase {
+                Phase::Blocks { bi, ki } => {
+                    let (b, k) = (*bi, *ki);
+                    if b >= self.blocks.len() {
+                        self.phase = if self.caught_up {
+                            Phase::Answer {
+                                next: 0,
+                                out: Vec::new(),
+                            }
+                        } else {
+                            Phase::Heads { next: 0 }
+                        };
+                        continue;
+                    }
+                    let next = self.read_block(st, b, k)?;
+                    self.phase = match next {
+                        Some(k) => Phase::Blocks { bi: b, ki: k },
+                        None => Phase::Blocks { bi: b + 1, ki: 0 },
+                    };
+                }
+                Phase::Heads { next } => {
+                    let start = *next;
+                    let end = (start + HEADS_PER_CHECK).min(self.ids.len());
+                    self.read_heads(st, start, end);
+                    if end < self.ids.len() {
+                        self.phase = Phase::Heads { next: end };
+                    } else {
+                        // Blocks written meanwhile hold samples that may have left the heads
+                        // before they were read: read those blocks too, for every series.
+                        self.caught_up = true;
+                        let from = self.blocks.len();
+                        self.add_blocks_since(st);
+                        self.phase = Phase::Blocks { bi: from, ki: 0 };
+                    }
+                }
+                Phase::Answer { next, out } => {
+                    let start = *next;
+                    let end = (start + HEADS_PER_CHECK).min(self.ids.len());
+                    let mut out = std::mem::take(out);
+                    self.answer(st, start, end, &mut out);
+                    self.phase = if end < self.ids.len() {
+                        Phase::Answer { next: end, out }
+                    } else {
+                        self.per = Vec::new();
+                        Phase::Sort(StepSort::new(out))
+                    };
+                }
+                Phase::Sort(sort) => {
+                    if !sort.run(|a, b| a.labels.cmp(&b.labels), up) {
+                        return Ok(None);
+                    }
+                    let out = sort.take();
+                    self.phase = Phase::Done;
+                    return Ok(Some(out));
+                }
+                Phase::Done => return Ok(Some(Vec::new())),
+            }
+            if up() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads series `k..` of block `b` (up to [`SERIES_PER_CHECK`] of them): the next series
+    /// to read in this block, or None when it is done.
+    fn read_block(
+        &mut self,
+        st: &mut Store,
+        b: usize,
+        k: usize,
+    ) -> Result<Option<usize>, StorageError> {
+        let (seq, r) = self.blocks[b];
+        // Deleted by the ring meanwhile: gone for every reader.
+        let Some(si) = st.segments.iter().position(|s| s.seq == seq) else {
+            return Ok(None);
+        };
+        let Some(block) = st.load_block(si, &r)? else {
+            return Ok(None);
+        };
+        let fetch = block_fetch(&*st.backend, &st.segments[si].name, &r);
+        if !self.reserved {
+            // Blocks of a live store are alike: guess that each series has as many samples in
+            // each block as in the first, and allocate each vector once.
+            self.reserved = true;
+            let mut counts = vec![0usize; self.ids.len()];
+            block
+                .sample_counts(&self.ids, &mut counts, &fetch)
+                .map_err(io_err)?;
+            // Only the blocks wholly inside the range keep all of theirs.
+            let inside = self
+                .blocks
+                .iter()
+                .filter(|(_, b)| b.min_t >= self.mint && b.max_t <= self.maxt)
+                .count();
+            let total: usize = counts.iter().sum();
+            if total.saturating_mul(inside) <= MAX_RESERVE_SAMPLES {
+                for (v, n) in self.per.iter_mut().zip(counts) {
+                    v.reserve_exact(n * inside);
+                }
+            }
+        }
+        let end = (k + SERIES_PER_CHECK).min(self.ids.len());
+        st.counters.corrupt_records += block
+            .series_many(
+                &self.ids[k..end],
+                &mut self.per[k..end],
+                &mut self.ordered[k..end],
+                self.mint,
+                self.maxt,
+                &fetch,
+            )
+            .map_err(io_err)?;
+        Ok((end < self.ids.len()).then_some(end))
+    }
+
+    /// Appends the head samples in range of series `start..end`.
+    fn read_heads(&mut self, st: &Store, start: usize, end: usize) {
+        for k in start..end {
+            let Some(s) = st.series.get(&self.ids[k]) else {
+                continue;
+            };
+            let v = &mut self.per[k];
+            let from = v.len();
+            s.head.decode_into(v);
+            let ok = ascending(&v[from.saturating_sub(1)..]);
+            keep_within(v, from, self.mint, self.maxt, ok);
+            self.ordered[k] &= ok;
+        }
+    }
+
+    /// Lists the blocks in range written since the list was last extended.
+    fn add_blocks_since(&mut self, st: &Store) {
+        let mark = self.mark;
+        for seg in &st.segments {
+            let skip = match seg.seq.cmp(&mark.seq) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => mark.blocks,
+                std::cmp::Ordering::Greater => 0,
+            };
+            if seg.max_t < self.mint || seg.min_t > self.maxt {
+                continue;
+            }
+            self.blocks.extend(
+                seg.blocks
+                    .iter()
+                    .skip(skip)
+                    .filter(|b| b.max_t >= self.mint && b.min_t <= self.maxt)
+                    .map(|b| (seg.seq, *b)),
+            );
+        }
+        self.mark = Mark::of(st);
+    }
+
+    /// Adds series `start..end` that have samples to `out`, unsorted: parts that overlap are
+    /// ordered by time, first copy kept.
+    fn answer(&mut self, st: &Store, start: usize, end: usize, out: &mut Vec<Series>) {
+        for k in start..end {
+            let Some(s) = st.series.get(&self.ids[k]) else {
+                continue;
+            };
+            let mut v = std::mem::take(&mut self.per[k]);
+            if v.is_empty() {
+                continue;
+            }
+            if !self.ordered[k] {
+                // Imported blocks may overlap, and a flush during the select adds blocks
+                // whose samples were read from a head already.
+                v.sort_by_key(|x| x.t);
+                v.dedup_by_key(|x| x.t);
+            }
+            out.push(Series {
+                labels: st.symbols.labels(&s.labels),
+                samples: v.into_iter(),
+            });
+        }
+    }
+}
