@@ -12,7 +12,9 @@
 //!    on-CPU time from `/proc/thread-self/schedstat`).
 //! 2. Select+decode: stores written by live appends and flushes every 60 simulated seconds (1k
 //!    series at 15 s, and 5k series at 1 s: blocks as dense as a live agent's),
-//!    then `Querier::select` over the whole hour and every sample iterated; and the series
+//!    then `Querier::select` over the whole hour and every sample iterated; the select of every
+//!    series in slices of 2 ms (`Querier::select_job`, as the evaluator runs it): the longest
+//!    slice; and the series
 //!    with samples in a range cut at both ends (`Querier::series`, as the label and series
 //!    endpoints ask), against finding them with a select.
 //! 3. Start-up: a synthetic generator fills one store to 64, 256 and 1024 MiB through
@@ -435,6 +437,44 @@ fn part_select() {
                 min(&times),
                 max(&times),
                 med * 1e6 / got.1 as f64
+            );
+        }
+        // The same select as the evaluator runs it, in slices of 2 ms: how long the executor is
+        // held at once, against the whole select held in one piece before.
+        {
+            let matchers = [Matcher::equal("job", "bench")];
+            let q = store.querier();
+            let mut longest = Vec::new();
+            let mut totals = Vec::new();
+            let mut steps = 0;
+            for run in 0..WARMUP + RUNS {
+                let t = Instant::now();
+                let mut job = q.select_job(&matchers, T0, T0 + 3600 * 1000);
+                let mut worst = Duration::ZERO;
+                steps = 0;
+                let n = loop {
+                    let s = Instant::now();
+                    let done = job.step(Some(s + Duration::from_millis(2))).unwrap();
+                    worst = worst.max(s.elapsed());
+                    steps += 1;
+                    if let Some(out) = done {
+                        break out.len();
+                    }
+                };
+                assert_eq!(n, store_series);
+                if run >= WARMUP {
+                    longest.push(worst.as_secs_f64() * 1e3);
+                    totals.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            println!(
+                "{:<28} {:<22} in slices of 2 ms: {:.2} ms in {steps} slices, longest {:.2} ms [{:.2}..{:.2}]",
+                format!("{store_series} series x 1 h at {every_s} s"),
+                "{job=\"bench\"}",
+                median(totals),
+                median(longest.clone()),
+                min(&longest),
+                max(&longest)
             );
         }
         // What /api/v1/series, /labels and /label/<n>/values pay for a range that does not
