@@ -95,6 +95,7 @@ const MERGE_PER_CHECK: usize = 1024;
 
 /// A merge sort that stops when told and goes on where it stopped: runs of [`RUN`] items are
 /// sorted whole, then merged pairwise, pass by pass. Items move (`mem::take`), never clone.
+/// Not stable: callers whose keys can tie break the tie themselves.
 pub struct StepSort<T> {
     a: Vec<T>,
     b: Vec<T>,

@@ -644,16 +644,9 @@ impl<'q> Evaluator<'q> {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<crate::storage::Series>, crate::storage::StorageError> {
-        let q = self.q;
-        let mut job = q.select_job(matchers, mint, maxt);
-        loop {
-            let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
-            if let Some(series) = job.step(Some(deadline))? {
-                return Ok(series);
-            }
-            self.work = 0;
-            futures_lite::future::yield_now().await;
-        }
+        let series = crate::storage::select_in_slices(self.q, matchers, mint, maxt).await?;
+        self.work = 0;
+        Ok(series)
     }
 
     /// Records `n` units of work and yields to the executor now and then.

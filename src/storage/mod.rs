@@ -325,6 +325,24 @@ pub trait SelectJob {
     ) -> Result<Option<Vec<Series>>, StorageError>;
 }
 
+/// Runs [`Querier::select_job`] in slices of [`crate::model::slice::SLICE`], yielding to the
+/// executor between them: how the serving path selects.
+pub async fn select_in_slices(
+    q: &dyn Querier,
+    matchers: &[Matcher],
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<Series>, StorageError> {
+    let mut job = q.select_job(matchers, mint, maxt);
+    loop {
+        let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
+        if let Some(series) = job.step(Some(deadline))? {
+            return Ok(series);
+        }
+        futures_lite::future::yield_now().await;
+    }
+}
+
 /// A select answered in one go.
 struct Selected(Option<Result<Vec<Series>, StorageError>>);
 

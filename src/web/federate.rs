@@ -19,7 +19,9 @@ use super::api::parse_selector;
 use super::expfmt;
 use super::http::{Request, Response};
 use super::WebState;
+use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{is_stale, Labels, Matcher};
+use crate::storage::select_in_slices;
 use std::collections::BTreeMap;
 
 const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -111,8 +113,11 @@ pub fn wants_protobuf(accept: Option<&str>) -> bool {
 }
 
 impl WebState {
-    /// `/federate`: see the module doc.
-    pub(super) fn federate(&self, req: &Request, now_ms: i64) -> Response {
+    /// `/federate`: see the module doc. It selects in slices, and ticks a slicer per series
+    /// while it gathers and encodes them, so federating every series of a big store does not
+    /// hold up scrapes.
+    pub(super) async fn federate(&self, req: &Request, now_ms: i64) -> Response {
+        let mut slicer = Slicer::new(Some(SLICE), 256);
         let params = req.params();
         let mut sets: Vec<Vec<Matcher>> = Vec::new();
         for (k, v) in &params {
@@ -130,11 +135,12 @@ impl WebState {
         let mut newest: BTreeMap<Labels, (i64, f64)> = BTreeMap::new();
         let querier = self.storage.querier();
         for set in &sets {
-            let series = match querier.select(set, mint, maxt) {
+            let series = match select_in_slices(&*querier, set, mint, maxt).await {
                 Ok(s) => s,
                 Err(e) => return Response::text(500, format!("{e}\n")),
             };
             for s in series {
+                slicer.tick().await;
                 if newest.contains_key(&s.labels) {
                     continue;
                 }
@@ -145,12 +151,23 @@ impl WebState {
                 }
             }
         }
-        let mut samples: Vec<(Labels, (i64, f64))> = newest
-            .into_iter()
-            .filter(|(l, _)| !l.metric_name().is_empty())
-            .collect();
+        let mut samples: Vec<(Labels, (i64, f64))> = Vec::with_capacity(newest.len());
+        for (l, v) in newest {
+            slicer.tick().await;
+            if !l.metric_name().is_empty() {
+                samples.push((l, v));
+            }
+        }
         // By metric name; the label order within a name is kept (the map's, sorted).
-        samples.sort_by(|a, b| a.0.metric_name().cmp(b.0.metric_name()));
+        let mut sort = StepSort::new(samples);
+        // (`StepSort` is not stable: the labels break ties, which gives the map's order.)
+        let by_name = |a: &(Labels, _), b: &(Labels, _)| {
+            (a.0.metric_name().cmp(b.0.metric_name())).then_with(|| a.0.cmp(&b.0))
+        };
+        while !sort.run(by_name, || slicer.is_up()) {
+            slicer.next_slice().await;
+        }
+        let samples = sort.take();
 
         let mut external: Vec<(&str, &str)> = config
             .file
@@ -165,9 +182,9 @@ impl WebState {
         }
         let proto = wants_protobuf(req.header("accept"));
         let body = if proto {
-            encode_protobuf(&samples, &external)
+            encode_protobuf(&samples, &external, &mut slicer).await
         } else {
-            encode_text(&samples, &external)
+            encode_text(&samples, &external, &mut slicer).await
         };
         let mut resp = Response::new(200, if proto { PROTO_DELIM } else { TEXT }, body);
         if req.accepts_gzip() {
@@ -186,10 +203,15 @@ fn missing<'a>(labels: &Labels, external: &[(&'a str, &'a str)]) -> Vec<(&'a str
         .collect()
 }
 
-fn encode_text(samples: &[(Labels, (i64, f64))], external: &[(&str, &str)]) -> Vec<u8> {
+async fn encode_text(
+    samples: &[(Labels, (i64, f64))],
+    external: &[(&str, &str)],
+    slicer: &mut Slicer,
+) -> Vec<u8> {
     let mut out = String::with_capacity(samples.len() * 96);
     let mut last_name = "";
     for (labels, (t, v)) in samples {
+        slicer.tick().await;
         let name = labels.metric_name();
         if name != last_name {
             out.push_str("# TYPE ");
@@ -207,11 +229,16 @@ fn encode_text(samples: &[(Labels, (i64, f64))], external: &[(&str, &str)]) -> V
     out.into_bytes()
 }
 
-fn encode_protobuf(samples: &[(Labels, (i64, f64))], external: &[(&str, &str)]) -> Vec<u8> {
+async fn encode_protobuf(
+    samples: &[(Labels, (i64, f64))],
+    external: &[(&str, &str)],
+    slicer: &mut Slicer,
+) -> Vec<u8> {
     use prost::Message;
     let mut out = Vec::new();
     let mut family: Option<pb::MetricFamily> = None;
     for (labels, (t, v)) in samples {
+        slicer.tick().await;
         let name = labels.metric_name();
         if family.as_ref().and_then(|f| f.name.as_deref()) != Some(name) {
             if let Some(f) = family.take() {
@@ -250,6 +277,7 @@ fn encode_protobuf(samples: &[(Labels, (i64, f64))], external: &[(&str, &str)]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_lite::future::block_on;
 
     #[test]
     fn negotiates_like_expfmt() {
@@ -280,7 +308,7 @@ mod tests {
             (Labels::from_pairs(&[("__name__", "b")]), (3000, 7.0)),
         ];
         let ext = [("instance", ""), ("site", "greenhouse")];
-        let text = String::from_utf8(encode_text(&s, &ext)).unwrap();
+        let text = String::from_utf8(block_on(encode_text(&s, &ext, &mut Slicer::none()))).unwrap();
         assert_eq!(
             text,
             "# TYPE a untyped\n\
@@ -301,7 +329,11 @@ mod tests {
             ),
             (Labels::from_pairs(&[("__name__", "b")]), (3000, 7.0)),
         ];
-        let body = encode_protobuf(&s, &[("instance", "")]);
+        let body = block_on(encode_protobuf(
+            &s,
+            &[("instance", "")],
+            &mut Slicer::none(),
+        ));
         let mut buf = &body[..];
         let a = pb::MetricFamily::decode_length_delimited(&mut buf).unwrap();
         let b = pb::MetricFamily::decode_length_delimited(&mut buf).unwrap();

@@ -240,7 +240,7 @@ impl WebState {
             "/-/ready" if head => ("ready", Response::bare(200)),
             // Prometheus serves GET; POST is accepted too, for long `match[]` lists.
             "/federate" if get || req.method == "POST" => {
-                ("federate", self.federate(req, now_ms()))
+                ("federate", self.federate(req, now_ms()).await)
             }
             "/metrics" => ("other", get_only("GET, OPTIONS")),
             "/federate" => ("other", get_only("GET, OPTIONS, POST")),
@@ -339,7 +339,7 @@ impl WebState {
         match name {
             "write" => return (handler, self.remote_write(req).await),
             "import/prometheus" => return (handler, self.import_prometheus(req, now_ms()).await),
-            "read" => return (handler, self.remote_read(req)),
+            "read" => return (handler, self.remote_read(req).await),
             _ => {}
         }
         let p = Params::new(req.params());

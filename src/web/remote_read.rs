@@ -17,14 +17,21 @@
 //!   `--storage.remote.read-max-bytes-in-frame`), series sorted, each chunk Prometheus's XOR
 //!   encoding of up to 120 samples ([`xor`]). Streamed, yielding between frames.
 //!
+//! The request is decompressed and each query selected in slices
+//! ([`crate::storage::select_in_slices`]); a `SAMPLES` answer is encoded a series at a time
+//! and snappy-compressed in 64 KiB fragments (their element streams, concatenated under one
+//! length, are one valid raw block), with yields between, so a big read does not hold up
+//! scrapes.
+//!
 //! Errors: a body that is not snappy/protobuf, or asks only for unknown response types, gets
 //! 400 with the reason as text; a bad regex gets 500, as in Prometheus.
 
 use super::http::{BodyStream, Request, Response};
-use super::ingest::{pb::Label, pb::Sample as PbSample, snappy_decompress, IngestError};
+use super::ingest::{pb::Label, pb::Sample as PbSample, snappy_decompress_in_slices, IngestError};
 use super::WebState;
+use crate::model::slice::{Slicer, SLICE};
 use crate::model::{Labels, MatchKind, Matcher, Sample};
-use crate::storage::Series;
+use crate::storage::{select_in_slices, Series};
 use prost::Message;
 
 /// The remote-read messages (`prompb/remote.proto`, `types.proto`).
@@ -138,21 +145,24 @@ const SAMPLES_PER_CHUNK: usize = 120;
 struct ReadError(u16, String);
 
 impl WebState {
-    pub(super) fn remote_read(&self, req: &Request) -> Response {
-        match self.remote_read_inner(req) {
+    pub(super) async fn remote_read(&self, req: &Request) -> Response {
+        match self.remote_read_inner(req).await {
             Ok(r) => r,
             Err(ReadError(code, msg)) => Response::text(code, format!("{msg}\n")),
         }
     }
 
-    fn remote_read_inner(&self, req: &Request) -> Result<Response, ReadError> {
-        let raw = snappy_decompress(&req.body).map_err(|e| {
-            let (IngestError::BadRequest(m)
-            | IngestError::TooLarge(m)
-            | IngestError::Unsupported(m)
-            | IngestError::Storage(m)) = &e;
-            ReadError(e.status(), m.clone())
-        })?;
+    async fn remote_read_inner(&self, req: &Request) -> Result<Response, ReadError> {
+        let mut slicer = Slicer::new(Some(SLICE), 64);
+        let raw = snappy_decompress_in_slices(&req.body, &mut slicer)
+            .await
+            .map_err(|e| {
+                let (IngestError::BadRequest(m)
+                | IngestError::TooLarge(m)
+                | IngestError::Unsupported(m)
+                | IngestError::Storage(m)) = &e;
+                ReadError(e.status(), m.clone())
+            })?;
         let rr = pb::ReadRequest::decode(&raw[..]).map_err(|e| ReadError(400, e.to_string()))?;
         let config = self.config();
         let external: Vec<Label> = config
@@ -171,9 +181,14 @@ impl WebState {
         let mut results: Vec<Vec<Series>> = Vec::with_capacity(rr.queries.len());
         for q in &rr.queries {
             let matchers = to_matchers(&q.matchers, &external)?;
-            let series = querier
-                .select(&matchers, q.start_timestamp_ms, q.end_timestamp_ms)
-                .map_err(|e| ReadError(500, e.to_string()))?;
+            let series = select_in_slices(
+                &*querier,
+                &matchers,
+                q.start_timestamp_ms,
+                q.end_timestamp_ms,
+            )
+            .await
+            .map_err(|e| ReadError(500, e.to_string()))?;
             results.push(series);
         }
         if streamed {
@@ -191,11 +206,14 @@ impl WebState {
             ));
         }
         let limit = config.flags.remote_read_sample_limit;
-        let mut resp = pb::ReadResponse::default();
+        // The `ReadResponse` written field by field: each `QueryResult` (field 1) holds its
+        // series (field 1 each), encoded one at a time.
+        let mut encoded = Vec::new();
         for series in results {
             let mut n = 0usize;
-            let mut out = pb::QueryResult::default();
+            let mut result = Vec::new();
             for s in series {
+                slicer.tick().await;
                 let samples: Vec<PbSample> = s
                     .samples
                     .map(|x| PbSample {
@@ -207,19 +225,44 @@ impl WebState {
                 if limit > 0 && n > limit {
                     return Err(ReadError(400, format!("exceeded sample limit ({limit})")));
                 }
-                out.timeseries.push(pb::TimeSeries::new(
-                    merge_labels(&s.labels, &external),
-                    samples,
-                ));
+                let ts = pb::TimeSeries::new(merge_labels(&s.labels, &external), samples);
+                prost::encoding::message::encode(1, &ts, &mut result);
             }
-            resp.results.push(out);
+            prost::encoding::encode_key(
+                1,
+                prost::encoding::WireType::LengthDelimited,
+                &mut encoded,
+            );
+            prost::encoding::encode_varint(result.len() as u64, &mut encoded);
+            encoded.extend_from_slice(&result);
         }
-        let body = snap::raw::Encoder::new()
-            .compress_vec(&resp.encode_to_vec())
+        let body = snappy_compress_in_slices(&encoded, &mut slicer)
+            .await
             .map_err(|e| ReadError(500, e.to_string()))?;
         Ok(Response::new(200, "application/x-protobuf", body)
             .with_header("Content-Encoding", "snappy"))
     }
+}
+
+/// A raw snappy block of `data`, compressed 64 KiB at a time: each fragment's elements refer
+/// only within it, so their element streams after one length header form one valid block.
+async fn snappy_compress_in_slices(
+    data: &[u8],
+    slicer: &mut Slicer,
+) -> Result<Vec<u8>, snap::Error> {
+    const FRAGMENT: usize = 64 << 10;
+    let mut out = Vec::with_capacity(data.len() / 2 + 16);
+    prost::encoding::encode_varint(data.len() as u64, &mut out);
+    let mut enc = snap::raw::Encoder::new();
+    let mut buf = vec![0; snap::raw::max_compress_len(FRAGMENT)];
+    for piece in data.chunks(FRAGMENT) {
+        let n = enc.compress(piece, &mut buf)?;
+        // Skip the fragment's own length header.
+        let header = super::snappy::varint_len(piece.len());
+        out.extend_from_slice(&buf[header..n]);
+        slicer.pause().await;
+    }
+    Ok(out)
 }
 
 /// The first accepted response type Perch knows: `Ok(true)` for streamed chunks.
@@ -643,6 +686,29 @@ pub mod xor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_compressed_apart_form_one_snappy_block() {
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| {
+                let x = i.wrapping_mul(2654435761);
+                if i % 3 == 0 {
+                    x.to_le_bytes()
+                } else {
+                    (i / 97).to_le_bytes()
+                }
+            })
+            .collect();
+        for len in [0, 1, 65_536, 65_537, data.len()] {
+            let block = futures_lite::future::block_on(snappy_compress_in_slices(
+                &data[..len],
+                &mut Slicer::none(),
+            ))
+            .unwrap();
+            let back = snap::raw::Decoder::new().decompress_vec(&block).unwrap();
+            assert!(back == data[..len], "len {len}");
+        }
+    }
 
     #[test]
     fn external_label_equality_means_absent() {

@@ -27,6 +27,17 @@ pub fn decompressed_len(src: &[u8]) -> Result<usize, InflateError> {
     read_varint(src).map(|(n, _)| n)
 }
 
+/// How many bytes the varint of `n` takes (the length header of a block of `n` bytes).
+pub fn varint_len(n: usize) -> usize {
+    let mut len = 1;
+    let mut n = n >> 7;
+    while n > 0 {
+        len += 1;
+        n >>= 7;
+    }
+    len
+}
+
 /// The varint at the start of `src` (at most 32 bits, as snappy's length), and its size.
 fn read_varint(src: &[u8]) -> Result<(usize, usize), InflateError> {
     let mut n: u64 = 0;
