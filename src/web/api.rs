@@ -9,6 +9,7 @@ use super::http::{ClientGone, Response};
 use super::json;
 use super::time::{parse_duration_param, parse_time};
 use super::WebState;
+use crate::model::slice::{Slicer, SLICE};
 use crate::model::{Labels, Matcher};
 use crate::promql::{QueryError, QueryResult, QueryStats, Value};
 use crate::scrape::MetricMetadata;
@@ -172,7 +173,9 @@ pub const MIN_TIME: i64 = -62_135_596_800_000 + 1;
 pub const MAX_TIME: i64 = 253_402_300_799_000;
 
 /// `{"resultType":…,"result":…` of a query answer, without the closing brace.
-fn write_value(out: &mut String, v: &Value) {
+/// Writes a query's value; the slicer ticks per series and per point, so a big answer (about
+/// 28 bytes a point) does not hold up scrapes while it is written.
+async fn write_value(out: &mut String, v: &Value, slicer: &mut Slicer) {
     match v {
         Value::Scalar { t, v } => {
             out.push_str("{\"resultType\":\"scalar\",\"result\":");
@@ -188,6 +191,7 @@ fn write_value(out: &mut String, v: &Value) {
         Value::Vector(samples) => {
             out.push_str("{\"resultType\":\"vector\",\"result\":[");
             for (i, s) in samples.iter().enumerate() {
+                slicer.tick().await;
                 if i > 0 {
                     out.push(',');
                 }
@@ -202,6 +206,7 @@ fn write_value(out: &mut String, v: &Value) {
         Value::Matrix(series) => {
             out.push_str("{\"resultType\":\"matrix\",\"result\":[");
             for (i, s) in series.iter().enumerate() {
+                slicer.tick().await;
                 if i > 0 {
                     out.push(',');
                 }
@@ -209,6 +214,7 @@ fn write_value(out: &mut String, v: &Value) {
                 json::labels(out, &s.labels);
                 out.push_str(",\"values\":[");
                 for (j, p) in s.samples.iter().enumerate() {
+                    slicer.tick().await;
                     if j > 0 {
                         out.push(',');
                     }
@@ -304,7 +310,7 @@ impl WebState {
         // The answer is written straight into the envelope, sized for it up front.
         let mut out = String::with_capacity(256 + size_hint(&res.value));
         out.push_str(SUCCESS_HEAD);
-        write_value(&mut out, &res.value);
+        write_value(&mut out, &res.value, &mut Slicer::new(Some(SLICE), 1024)).await;
         // As 2.42: any non-empty `stats` asks for them; `all` would add per-step figures only
         // with `--enable-feature=promql-per-step-stats`, which Perch does not have.
         if p.get("stats").is_some_and(|v| !v.is_empty()) {
