@@ -432,6 +432,7 @@ impl Writer {
                 i64::MIN,
                 i64::MAX,
                 usize::MAX,
+                None,
             ) {
                 Ok(p) => p,
                 Err(e) => {

@@ -1002,7 +1002,9 @@ impl Store {
         mint: i64,
         maxt: i64,
         limit: usize,
+        deadline: Option<Instant>,
     ) -> Result<ExportPage, ExportError> {
+        let up = || deadline.is_some_and(|d| Instant::now() >= d);
         let from = range.from;
         let (start, until) = range.bounds();
         let oldest = self.oldest_cursor();
@@ -1040,7 +1042,8 @@ impl Store {
                 if at >= until {
                     break 'segments;
                 }
-                if gathered >= limit && gathered > 0 {
+                // (The clock ends a page only once it has read something: each call moves on.)
+                if (gathered >= limit && gathered > 0) || (next > start && up()) {
                     more = true;
                     break 'segments;
                 }
@@ -1066,7 +1069,9 @@ impl Store {
                         continue;
                     }
                     // A large record (an import's) is split between pages by series.
-                    if gathered >= limit && gathered > 0 {
+                    // (Only past the first series read here: each call moves on.)
+                    let clock = *id > first_id && k % 256 == 255 && up();
+                    if (gathered >= limit && gathered > 0) || clock {
                         next = Cursor { series: *id, ..at };
                         more = true;
                         break 'segments;
@@ -1689,10 +1694,11 @@ impl Storage for FlashStorage {
         mint: i64,
         maxt: i64,
         limit: usize,
+        deadline: Option<Instant>,
     ) -> Result<ExportPage, ExportError> {
         self.store
             .borrow_mut()
-            .export(matcher_sets, range, mint, maxt, limit)
+            .export(matcher_sets, range, mint, maxt, limit, deadline)
     }
 
     fn set_tap(&self, tap: Option<Rc<dyn SampleTap>>) {
@@ -2866,6 +2872,20 @@ mod tests {
         Cursor,
         usize,
     ) {
+        export_all_by(s, from, limit, || None)
+    }
+
+    /// As [`export_all`], each call with the deadline `deadline()` gives.
+    fn export_all_by(
+        s: &FlashStorage,
+        from: Option<Cursor>,
+        limit: usize,
+        deadline: impl Fn() -> Option<Instant>,
+    ) -> (
+        std::collections::BTreeMap<Labels, Vec<Sample>>,
+        Cursor,
+        usize,
+    ) {
         let sets = vec![vec![Matcher::equal("__name__", "m")]];
         let mut out: std::collections::BTreeMap<Labels, Vec<Sample>> = Default::default();
         let mut cursor = from;
@@ -2881,6 +2901,7 @@ mod tests {
                     i64::MIN,
                     i64::MAX,
                     limit,
+                    deadline(),
                 )
                 .unwrap();
             pages += 1;
@@ -2896,6 +2917,28 @@ mod tests {
 
     fn as_got(m: std::collections::BTreeMap<Labels, Vec<Sample>>) -> Vec<(Labels, Vec<Sample>)> {
         m.into_iter().collect()
+    }
+
+    #[test]
+    fn export_pages_cut_by_the_clock_still_move_on_and_hold_everything() {
+        // 600 series, so a record is cut between series too (the clock is read every 256).
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        for k in 0..6 {
+            ingest(&s, 600, k * 10_000, (k + 1) * 10_000, 1000);
+            s.flush().unwrap();
+        }
+        let (want, end, _) = export_all(&s, None, 1_000_000);
+        let (got, end2, pages) = export_all_by(&s, None, 1_000_000, || Some(Instant::now()));
+        assert!(pages > 6, "{pages} pages");
+        assert_eq!(end2, end);
+        let bits =
+            |m: std::collections::BTreeMap<Labels, Vec<Sample>>| -> Vec<(Labels, Vec<(i64, u64)>)> {
+                m.into_iter()
+                    .map(|(l, v)| (l, v.iter().map(|x| (x.t, x.v.to_bits())).collect()))
+                    .collect()
+            };
+        assert!(bits(got) == bits(want));
     }
 
     #[test]
@@ -2956,6 +2999,7 @@ mod tests {
             i64::MIN,
             i64::MAX,
             1000,
+            None,
         ) {
             Err(ExportError::RotatedOut { from, oldest }) => {
                 assert_eq!(from, cursor);

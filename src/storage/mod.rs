@@ -241,6 +241,10 @@ pub trait Storage {
     /// in `[mint, maxt]`, from the block records at or after `from` (the store's start when
     /// `None`), in append order, ending at the record boundary where about `limit` samples have
     /// been gathered. Stores that keep nothing on disk cannot export.
+    ///
+    /// With a `deadline`, the page also ends (with `more`) once it has passed, at a record
+    /// boundary or between two series of a record: a caller that wants a full page asks again
+    /// from `next` after yielding to the executor, and merges.
     fn export(
         &self,
         matcher_sets: &[Vec<Matcher>],
@@ -248,8 +252,9 @@ pub trait Storage {
         mint: i64,
         maxt: i64,
         limit: usize,
+        deadline: Option<std::time::Instant>,
     ) -> Result<ExportPage, ExportError> {
-        let _ = (matcher_sets, range, mint, maxt, limit);
+        let _ = (matcher_sets, range, mint, maxt, limit, deadline);
         Err(ExportError::Unsupported)
     }
 

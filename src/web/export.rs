@@ -28,8 +28,10 @@ use super::api::{self, ApiError, Params};
 use super::expfmt;
 use super::http::{BodyStream, Response};
 use super::WebState;
+use crate::model::slice::SLICE;
 use crate::model::{is_stale, Labels, Matcher, Sample};
 use crate::storage::{Cursor, CursorRange, ExportError, ExportPage};
+use std::collections::HashMap;
 
 /// Samples per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 250_000;
@@ -40,7 +42,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 const PIECE: usize = 64 << 10;
 
 impl WebState {
-    pub(super) fn api_export(&self, p: &Params) -> Result<Response, ApiError> {
+    pub(super) async fn api_export(&self, p: &Params) -> Result<Response, ApiError> {
         let mut sets: Vec<Vec<Matcher>> = Vec::new();
         for s in p.all("match[]") {
             sets.push(api::parse_selector(s).map_err(ApiError::BadData)?);
@@ -82,7 +84,7 @@ impl WebState {
             from: cursor,
             until: None,
         };
-        match self.storage.export(&sets, range, start, end, limit) {
+        match self.export_in_slices(&sets, range, start, end, limit).await {
             Ok(page) => {
                 let (next, more) = (page.next, page.more);
                 Ok(
@@ -107,6 +109,60 @@ impl WebState {
                 Err(ApiError::Unavailable(ExportError::Unsupported.to_string()))
             }
             Err(ExportError::Storage(e)) => Err(ApiError::Internal(e.to_string())),
+        }
+    }
+}
+
+impl WebState {
+    /// One page of about `limit` samples, gathered in slices: the store reads until its
+    /// deadline and says where it stopped, this asks again from there after yielding, and the
+    /// parts are merged per series.
+    async fn export_in_slices(
+        &self,
+        sets: &[Vec<Matcher>],
+        range: CursorRange,
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> Result<ExportPage, ExportError> {
+        let mut from = range.from;
+        let mut gathered = 0usize;
+        let mut parts: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        loop {
+            let deadline = std::time::Instant::now() + SLICE;
+            let page = self.storage.export(
+                sets,
+                CursorRange {
+                    from,
+                    until: range.until,
+                },
+                mint,
+                maxt,
+                limit - gathered,
+                Some(deadline),
+            )?;
+            for (labels, samples) in page.series {
+                gathered += samples.len();
+                parts.entry(labels).or_default().extend(samples);
+            }
+            if !page.more || gathered >= limit {
+                let mut series = Vec::with_capacity(parts.len());
+                for (labels, mut samples) in parts {
+                    // Parts read apart may overlap or come out of order (imported records).
+                    if !samples.windows(2).all(|w| w[0].t < w[1].t) {
+                        samples.sort_by_key(|x| x.t);
+                        samples.dedup_by_key(|x| x.t);
+                    }
+                    series.push((labels, samples));
+                }
+                return Ok(ExportPage {
+                    series,
+                    next: page.next,
+                    more: page.more,
+                });
+            }
+            from = Some(page.next);
+            futures_lite::future::yield_now().await;
         }
     }
 }

@@ -367,7 +367,7 @@ impl WebState {
             "status/runtimeinfo" => self.api_status_runtimeinfo(),
             "status/buildinfo" => self.api_buildinfo(),
             "status/tsdb" => self.api_status_tsdb(&p),
-            "export" => self.api_export(&p),
+            "export" => self.api_export(&p).await,
             "status/storage" => self.api_status_storage(),
             "status/remote" => self.api_status_remote(),
             "status/walreplay" => Ok(api::success("{\"min\":0,\"max\":0,\"current\":0}", &[])),
