@@ -34,8 +34,8 @@ use super::codec::{CodecError, HeadChunk};
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
     AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, ImportJob,
-    Querier, SampleTap, SelectJob, Series, SeriesRef, Storage, StorageError, StorageStats,
-    WriteSpan,
+    Querier, SampleTap, SelectJob, Series, SeriesJob, SeriesRef, Storage, StorageError,
+    StorageStats, WriteSpan,
 };
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use std::cell::RefCell;
@@ -1533,6 +1533,23 @@ impl Querier for FlashQuerier {
         })
     }
 
+    fn series_job(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Box<dyn SeriesJob + '_> {
+        Box::new(FlashSeries {
+            querier: self,
+            matchers: matchers.to_vec(),
+            mint,
+            maxt,
+            ids: None,
+            next: 0,
+            out: Vec::new(),
+            sort: None,
+        })
+    }
+
+    fn labels_from_index(&self, mint: i64, maxt: i64) -> bool {
+        self.covers_all(mint, maxt)
+    }
+
     fn series(
         &self,
         matchers: &[Matcher],
@@ -1596,6 +1613,64 @@ impl Querier for FlashQuerier {
             }
         }
         Ok(values.into_iter().collect())
+    }
+}
+
+/// A listing of series under way: the ids (from the index when the range covers every sample,
+/// else [`Store::series_ids_in`], in one piece), then their label sets a thousand at a time,
+/// then a sort that stops and resumes.
+struct FlashSeries<'a> {
+    querier: &'a FlashQuerier,
+    matchers: Vec<Matcher>,
+    mint: i64,
+    maxt: i64,
+    ids: Option<Vec<u64>>,
+    next: usize,
+    out: Vec<Labels>,
+    sort: Option<crate::model::slice::StepSort<Labels>>,
+}
+
+impl SeriesJob for FlashSeries<'_> {
+    fn step(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<Labels>>, StorageError> {
+        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        if self.ids.is_none() {
+            let all = self.querier.covers_all(self.mint, self.maxt);
+            let st = &mut *self.querier.store.borrow_mut();
+            self.ids = Some(if all {
+                st.candidates(&self.matchers)
+            } else {
+                st.series_ids_in(&self.matchers, self.mint, self.maxt)?
+            });
+            if up() {
+                return Ok(None);
+            }
+        }
+        let ids = self.ids.as_deref().unwrap_or_default();
+        while self.sort.is_none() {
+            let st = self.querier.store.borrow();
+            let end = (self.next + 1024).min(ids.len());
+            self.out.extend(
+                ids[self.next..end]
+                    .iter()
+                    .filter_map(|id| st.series.get(id).map(|s| st.symbols.labels(&s.labels))),
+            );
+            self.next = end;
+            if end == ids.len() {
+                self.sort = Some(crate::model::slice::StepSort::new(std::mem::take(
+                    &mut self.out,
+                )));
+            }
+            if up() {
+                return Ok(None);
+            }
+        }
+        let Some(sort) = self.sort.as_mut() else {
+            return Ok(Some(Vec::new()));
+        };
+        if !sort.run(|a, b| a.cmp(b), up) {
+            return Ok(None);
+        }
+        Ok(Some(sort.take()))
     }
 }
 
@@ -2123,6 +2198,14 @@ mod tests {
         for (mint, maxt) in ranges {
             let want = crate::storage::labels_of(q.select(&m, mint, maxt).unwrap());
             assert_eq!(q.series(&m, mint, maxt).unwrap(), want, "[{mint}, {maxt}]");
+            // In slices, a step at a time.
+            let mut job = q.series_job(&m, mint, maxt);
+            let sliced = loop {
+                if let Some(out) = job.step(Some(Instant::now())).unwrap() {
+                    break out;
+                }
+            };
+            assert_eq!(sliced, want, "[{mint}, {maxt}] in slices");
         }
     }
 

@@ -163,6 +163,20 @@ pub trait Querier {
         Ok(labels_of(self.select(matchers, mint, maxt)?))
     }
 
+    /// [`Querier::series`] as a job done in slices ([`SeriesJob::step`]). Stores that cannot
+    /// slice one answer in one go.
+    fn series_job(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Box<dyn SeriesJob + '_> {
+        Box::new(Listed(Some(self.series(matchers, mint, maxt))))
+    }
+
+    /// Whether [`Querier::label_names`] and [`Querier::label_values`] without matchers are
+    /// answered from an index for `[mint, maxt]` (in a moment, whatever the store's size);
+    /// otherwise a caller that must not hold the executor lists the series in slices instead.
+    fn labels_from_index(&self, mint: i64, maxt: i64) -> bool {
+        let _ = (mint, maxt);
+        false
+    }
+
     /// The sorted label names of the series matching `matchers` (all series when empty) with
     /// samples in `[mint, maxt]`.
     fn label_names(
@@ -343,6 +357,42 @@ pub async fn select_in_slices(
         let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
         if let Some(series) = job.step(Some(deadline))? {
             return Ok(series);
+        }
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// A listing of series under way ([`Querier::series_job`]).
+pub trait SeriesJob {
+    /// Works until done (`Ok(Some(label sets))`, sorted, as [`Querier::series`] returns them)
+    /// or past `deadline` (`Ok(None)`: call again); without a deadline, to the end.
+    fn step(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Option<Vec<Labels>>, StorageError>;
+}
+
+/// A listing answered in one go.
+struct Listed(Option<Result<Vec<Labels>, StorageError>>);
+
+impl SeriesJob for Listed {
+    fn step(&mut self, _: Option<std::time::Instant>) -> Result<Option<Vec<Labels>>, StorageError> {
+        self.0.take().unwrap_or(Ok(Vec::new())).map(Some)
+    }
+}
+
+/// Runs [`Querier::series_job`] in slices, yielding to the executor between them.
+pub async fn series_in_slices(
+    q: &dyn Querier,
+    matchers: &[Matcher],
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<Labels>, StorageError> {
+    let mut job = q.series_job(matchers, mint, maxt);
+    loop {
+        let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
+        if let Some(out) = job.step(Some(deadline))? {
+            return Ok(out);
         }
         futures_lite::future::yield_now().await;
     }

@@ -13,6 +13,7 @@ use crate::model::slice::{Slicer, SLICE};
 use crate::model::{Labels, Matcher};
 use crate::promql::{QueryError, QueryResult, QueryStats, Value};
 use crate::scrape::MetricMetadata;
+use crate::storage::series_in_slices;
 use futures_lite::FutureExt;
 use std::fmt::Write;
 use std::rc::Rc;
@@ -401,20 +402,33 @@ impl WebState {
     }
 
     /// `/api/v1/labels`
-    pub fn api_labels(&self, p: &Params) -> Result<Response, ApiError> {
+    pub async fn api_labels(&self, p: &Params) -> Result<Response, ApiError> {
         let limit = parse_limit(p)?;
         let (mint, maxt) = self.range(p)?;
         let q = self.storage.querier();
         let mut sets = self.match_sets(p, false)?;
-        if sets.is_empty() {
-            sets.push(Vec::new());
-        }
         let mut names = std::collections::BTreeSet::new();
-        for m in &sets {
+        if sets.is_empty() && q.labels_from_index(mint, maxt) {
             let found = q
-                .label_names(m, mint, maxt)
+                .label_names(&[], mint, maxt)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             names.extend(found);
+        } else if sets.is_empty() {
+            sets.push(Vec::new());
+        }
+        let mut slicer = Slicer::new(Some(SLICE), 256);
+        for m in &sets {
+            for labels in series_in_slices(&*q, m, mint, maxt)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+            {
+                slicer.tick().await;
+                for l in &labels {
+                    if !names.contains(&l.name) {
+                        names.insert(l.name.clone());
+                    }
+                }
+            }
         }
         let mut names: Vec<String> = names.into_iter().collect();
         let warnings = truncate(&mut names, limit);
@@ -424,22 +438,34 @@ impl WebState {
     }
 
     /// `/api/v1/label/<name>/values`
-    pub fn api_label_values(&self, raw_name: &str, p: &Params) -> Result<Response, ApiError> {
+    pub async fn api_label_values(&self, raw_name: &str, p: &Params) -> Result<Response, ApiError> {
         let name = label_name_from_path(raw_name)?;
         let name = name.as_str();
         let limit = parse_limit(p)?;
         let (mint, maxt) = self.range(p)?;
         let q = self.storage.querier();
         let mut sets = self.match_sets(p, false)?;
-        if sets.is_empty() {
-            sets.push(Vec::new());
-        }
         let mut values = std::collections::BTreeSet::new();
-        for m in &sets {
+        if sets.is_empty() && q.labels_from_index(mint, maxt) {
             let found = q
-                .label_values(name, m, mint, maxt)
+                .label_values(name, &[], mint, maxt)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             values.extend(found);
+        } else if sets.is_empty() {
+            sets.push(Vec::new());
+        }
+        let mut slicer = Slicer::new(Some(SLICE), 256);
+        for m in &sets {
+            for labels in series_in_slices(&*q, m, mint, maxt)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+            {
+                slicer.tick().await;
+                let v = labels.get(name);
+                if !v.is_empty() && !values.contains(v) {
+                    values.insert(v.to_owned());
+                }
+            }
         }
         let mut values: Vec<String> = values.into_iter().collect();
         let warnings = truncate(&mut values, limit);
@@ -449,7 +475,7 @@ impl WebState {
     }
 
     /// `/api/v1/series`
-    pub fn api_series(&self, p: &Params) -> Result<Response, ApiError> {
+    pub async fn api_series(&self, p: &Params) -> Result<Response, ApiError> {
         let limit = parse_limit(p)?;
         if p.all("match[]").is_empty() {
             return Err(ApiError::BadData("no match[] parameter provided".into()));
@@ -457,19 +483,41 @@ impl WebState {
         let (mint, maxt) = self.range(p)?;
         let sets = self.match_sets(p, true)?;
         let q = self.storage.querier();
-        let mut all: std::collections::BTreeSet<Labels> = std::collections::BTreeSet::new();
-        for m in &sets {
-            for labels in q
-                .series(m, mint, maxt)
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-            {
-                all.insert(labels);
+        let mut slicer = Slicer::new(Some(SLICE), 256);
+        // Each set's answer is sorted: one set (the usual case) is the answer as it is.
+        let mut all: Vec<Labels> = Vec::new();
+        for (k, m) in sets.iter().enumerate() {
+            let found = series_in_slices(&*q, m, mint, maxt)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if k == 0 {
+                all = found;
+                continue;
             }
+            // Merged with what the sets before found, keeping one of each.
+            let mut merged = Vec::with_capacity(all.len() + found.len());
+            let (mut a, mut b) = (all.into_iter().peekable(), found.into_iter().peekable());
+            loop {
+                slicer.tick().await;
+                let next = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) if x < y => a.next(),
+                    (Some(x), Some(y)) if x > y => b.next(),
+                    (Some(_), Some(_)) => {
+                        b.next();
+                        a.next()
+                    }
+                    (Some(_), None) => a.next(),
+                    (None, Some(_)) => b.next(),
+                    (None, None) => break,
+                };
+                merged.extend(next);
+            }
+            all = merged;
         }
-        let mut all: Vec<Labels> = all.into_iter().collect();
         let warnings = truncate(&mut all, limit);
         let mut data = String::from("[");
         for (i, l) in all.iter().enumerate() {
+            slicer.tick().await;
             if i > 0 {
                 data.push(',');
             }

@@ -12,6 +12,7 @@ use super::json;
 use super::time::format_rfc3339;
 use super::WebState;
 use crate::config::{format_duration, Flags};
+use crate::model::slice::{Slicer, SLICE};
 use crate::model::{Matcher, METRIC_NAME};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -169,7 +170,10 @@ impl WebState {
     }
 
     /// `/api/v1/status/tsdb`: head statistics and the top cardinalities (`limit`, default 10).
-    pub fn api_status_tsdb(&self, p: &Params) -> Result<Response, ApiError> {
+    /// Counted a metric at a time with a slicer ticking per series, so a store of 100k series
+    /// (a few hundred ms of counting) does not hold up scrapes.
+    pub async fn api_status_tsdb(&self, p: &Params) -> Result<Response, ApiError> {
+        let mut slicer = Slicer::new(Some(SLICE), 256);
         let limit = match p.get("limit") {
             None | Some("") => 10,
             Some(v) => match v.parse::<usize>() {
@@ -193,12 +197,14 @@ impl WebState {
             .label_values(METRIC_NAME, &[], mint, maxt)
             .map_err(storage_err)?
         {
+            slicer.pause().await;
             // One metric at a time keeps what a store without an index answer copies bounded.
             let series = q
                 .series(&[Matcher::equal(METRIC_NAME, &name)], mint, maxt)
                 .map_err(storage_err)?;
             by_metric.insert(name, series.len() as u64);
             for labels in series {
+                slicer.tick().await;
                 num_series += 1;
                 for l in &labels {
                     *by_pair
