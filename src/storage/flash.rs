@@ -1601,9 +1601,13 @@ impl Querier for FlashQuerier {
         let mut values = BTreeSet::new();
         if matchers.is_empty() && self.covers_all(mint, maxt) {
             let st = self.store.borrow();
-            if let Some(v) = st.symbols.lookup(name).and_then(|n| st.postings.get(&n)) {
-                values.extend(v.keys().map(|v| st.symbols.get(*v).to_owned()));
-            }
+            let Some(v) = st.symbols.lookup(name).and_then(|n| st.postings.get(&n)) else {
+                return Ok(Vec::new());
+            };
+            // Distinct already (a map's keys): sorted as borrowed text, then copied once.
+            let mut texts: Vec<&str> = v.keys().map(|v| st.symbols.get(*v)).collect();
+            texts.sort_unstable();
+            return Ok(texts.into_iter().map(str::to_owned).collect());
         } else {
             for labels in self.series(matchers, mint, maxt)? {
                 let v = labels.get(name);

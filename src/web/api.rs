@@ -447,10 +447,15 @@ impl WebState {
         let mut sets = self.match_sets(p, false)?;
         let mut values = std::collections::BTreeSet::new();
         if sets.is_empty() && q.labels_from_index(mint, maxt) {
-            let found = q
+            // Sorted and distinct already.
+            let mut found = q
                 .label_values(name, &[], mint, maxt)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            values.extend(found);
+            let warnings = truncate(&mut found, limit);
+            let mut data = String::new();
+            json::string_array(&mut data, &found);
+            Slicer::new(Some(SLICE), 1024).drop_all(found).await;
+            return Ok(success(&data, &warnings));
         } else if sets.is_empty() {
             sets.push(Vec::new());
         }
@@ -524,6 +529,7 @@ impl WebState {
             json::labels(&mut data, l);
         }
         data.push(']');
+        slicer.drop_all(all).await;
         Ok(success(&data, &warnings))
     }
 

@@ -186,6 +186,7 @@ impl WebState {
         } else {
             encode_text(&samples, &external, &mut slicer).await
         };
+        slicer.drop_all(samples).await;
         let mut resp = Response::new(200, if proto { PROTO_DELIM } else { TEXT }, body);
         if req.accepts_gzip() {
             resp.gzip();

@@ -12,7 +12,7 @@ use super::json;
 use super::time::format_rfc3339;
 use super::WebState;
 use crate::config::{format_duration, Flags};
-use crate::model::slice::{Slicer, SLICE};
+use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{Matcher, METRIC_NAME};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -92,10 +92,22 @@ pub fn flag_map(f: &Flags) -> BTreeMap<&'static str, String> {
 }
 
 /// Appends `[{"name":…,"value":…},…]`, the `limit` largest by value (ties by name).
-fn top(out: &mut String, counts: HashMap<String, u64>, limit: usize) {
-    let mut v: Vec<(String, u64)> = counts.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    v.truncate(limit);
+/// The `limit` largest counts (ties by name), in slices: a label of 100k values gives 100k
+/// pairs to rank.
+async fn top(out: &mut String, counts: HashMap<String, u64>, limit: usize, slicer: &mut Slicer) {
+    let mut v: Vec<(String, u64)> = Vec::with_capacity(counts.len());
+    for x in counts {
+        slicer.tick().await;
+        v.push(x);
+    }
+    let mut sort = StepSort::new(v);
+    let by_count = |a: &(String, u64), b: &(String, u64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    while !sort.run(by_count, || slicer.is_up()) {
+        slicer.next_slice().await;
+    }
+    let mut v = sort.take();
+    let rest = v.split_off(limit.min(v.len()));
+    slicer.drop_all(rest).await;
     out.push('[');
     for (i, (name, value)) in v.iter().enumerate() {
         if i > 0 {
@@ -222,10 +234,15 @@ impl WebState {
             .iter()
             .map(|(k, v)| (k.clone(), v.len() as u64))
             .collect();
-        let memory: HashMap<String, u64> = values_by_name
-            .iter()
-            .map(|(k, v)| (k.clone(), v.iter().map(|x| x.len() as u64).sum()))
-            .collect();
+        let mut memory: HashMap<String, u64> = HashMap::new();
+        for (k, v) in values_by_name {
+            let mut bytes = 0;
+            for x in v {
+                slicer.tick().await;
+                bytes += x.len() as u64;
+            }
+            memory.insert(k, bytes);
+        }
         let mut s = String::new();
         let _ = write!(
             s,
@@ -237,13 +254,13 @@ impl WebState {
             stats.max_time.unwrap_or(i64::MIN),
         );
         s.push_str(",\"seriesCountByMetricName\":");
-        top(&mut s, by_metric, limit);
+        top(&mut s, by_metric, limit, &mut slicer).await;
         s.push_str(",\"labelValueCountByLabelName\":");
-        top(&mut s, value_counts, limit);
+        top(&mut s, value_counts, limit, &mut slicer).await;
         s.push_str(",\"memoryInBytesByLabelName\":");
-        top(&mut s, memory, limit);
+        top(&mut s, memory, limit, &mut slicer).await;
         s.push_str(",\"seriesCountByLabelValuePair\":");
-        top(&mut s, by_pair, limit);
+        top(&mut s, by_pair, limit, &mut slicer).await;
         s.push('}');
         Ok(success(&s, &[]))
     }
