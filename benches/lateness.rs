@@ -18,6 +18,9 @@
 //! samples (series of 100 samples) every 3 s, alternately a remote write and a gzip-compressed
 //! text import; each request's time is printed:
 //! `cargo bench --bench lateness -- --series 1000 --fixture-ms 100 --quiet-scrapes 30 --no-load --ingest-samples 1000000`.
+//! `--endpoints` then requests each read endpoint over the whole store three times, one
+//! endpoint after the other, and prints each one's time and the lateness of the scrapes meanwhile:
+//! `cargo bench --bench lateness -- --series 100000 --fixture-ms 100 --quiet-scrapes 25 --no-load --endpoints`.
 
 // The integration tests' harness: the fixture target, the real binary, the HTTP client.
 #[path = "../tests/it/support.rs"]
@@ -47,6 +50,7 @@ struct Options {
     quiet_scrapes: usize,
     load: bool,
     ingest_samples: usize,
+    endpoints: bool,
 }
 
 impl Options {
@@ -57,6 +61,7 @@ impl Options {
             quiet_scrapes: 11,
             load: true,
             ingest_samples: 0,
+            endpoints: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -70,6 +75,7 @@ impl Options {
                 "--fixture-ms" => o.fixture_ms = number("--fixture-ms").max(1),
                 "--quiet-scrapes" => o.quiet_scrapes = number("--quiet-scrapes") as usize,
                 "--no-load" => o.load = false,
+                "--endpoints" => o.endpoints = true,
                 "--ingest-samples" => o.ingest_samples = number("--ingest-samples") as usize,
                 // cargo bench passes `--bench`.
                 "--bench" => {}
@@ -343,6 +349,42 @@ fn main() {
     }
     let quiet = metrics();
     report("quiet (warm-up, no queries)", &start_metrics, &quiet);
+    if opts.endpoints {
+        let now = unix_now();
+        let all = "match[]=%7B__name__%3D~%22.%2B%22%7D";
+        let range = format!("start={:.3}&end={now:.3}", now - 12.0);
+        for path in [
+            "/api/v1/status/tsdb".to_owned(),
+            format!("/api/v1/series?{all}"),
+            format!("/api/v1/series?{all}&{range}"),
+            "/api/v1/labels".to_owned(),
+            "/api/v1/label/i/values".to_owned(),
+            format!("/api/v1/label/i/values?{range}"),
+            format!("/federate?{all}"),
+            format!("/api/v1/export?{all}&limit=1000000"),
+            format!("/api/v1/query?query=count(big_requests_total)&time={now:.3}"),
+            format!(
+                "/api/v1/query_range?query=sum%20by%20(g)(rate(big_requests_total%5B5s%5D))&{range}&step=1"
+            ),
+        ] {
+            let before = metrics();
+            let mut times = Vec::new();
+            let mut bytes = 0;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let (status, body) = request(port, "GET", &path, "").expect("GET");
+                assert_eq!(status, 200, "{path}: {}", &body[..body.len().min(300)]);
+                times.push(t.elapsed());
+                bytes = body.len();
+            }
+            times.sort();
+            report(
+                &format!("{path} ({bytes} B, median {:.1?})", times[1]),
+                &before,
+                &metrics(),
+            );
+        }
+    }
     if !opts.load {
         return;
     }

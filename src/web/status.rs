@@ -14,6 +14,7 @@ use super::WebState;
 use crate::config::{format_duration, Flags};
 use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{Matcher, METRIC_NAME};
+use crate::storage::series_in_slices;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
@@ -211,8 +212,8 @@ impl WebState {
         {
             slicer.pause().await;
             // One metric at a time keeps what a store without an index answer copies bounded.
-            let series = q
-                .series(&[Matcher::equal(METRIC_NAME, &name)], mint, maxt)
+            let series = series_in_slices(&*q, &[Matcher::equal(METRIC_NAME, &name)], mint, maxt)
+                .await
                 .map_err(storage_err)?;
             by_metric.insert(name, series.len() as u64);
             for labels in series {
