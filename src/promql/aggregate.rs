@@ -9,7 +9,9 @@
 //! (the last step decides for the whole series, as in Prometheus); `topk`/`bottomk` keep their
 //! members' marks; `count_values` gives unmarked results.
 
-use super::eval::{not_supported, Evaluator, Span, StepVec, StepVecBuilder, Table, Val};
+use super::eval::{
+    not_supported, Evaluator, Span, StepVec, StepVecBuilder, Table, Val, PER_SERIES_WORK,
+};
 use super::functions::{kahan_inc, quantile};
 use super::QueryError;
 use crate::model::{Labels, METRIC_NAME};
@@ -80,7 +82,7 @@ pub(super) async fn eval(
             }
         }
     }
-    let input = ev.eval_vector(&a.expr, span).await?;
+    let mut input = ev.eval_vector(&a.expr, span).await?;
     let (without, names): (bool, Vec<String>) = match &a.modifier {
         None => (false, Vec::new()),
         Some(LabelModifier::Include(l)) => (false, l.labels.clone()),
@@ -117,14 +119,14 @@ pub(super) async fn eval(
         _ => {}
     }
 
-    // Group of each input series.
+    // Group of each input series: a label set built and hashed per series, so it counts as
+    // much work as a few dozen samples.
     let mut groups = Table::default();
-    let group_of: Vec<u32> = input
-        .table
-        .labels
-        .iter()
-        .map(|l| groups.intern(grouping(l)).0)
-        .collect();
+    let mut group_of: Vec<u32> = Vec::with_capacity(input.table.len());
+    for l in &input.table.labels {
+        group_of.push(groups.intern(grouping(l)).0);
+        ev.tick(PER_SERIES_WORK).await;
+    }
 
     let k_mode = matches!(op, Op::Topk | Op::Bottomk);
     let mut b = StepVecBuilder::new(n);
@@ -205,6 +207,7 @@ pub(super) async fn eval(
             }
         }
     }
+    ev.free(std::mem::take(&mut input.table.labels)).await;
     Ok(Val::Vector(b.finish_yielding(ev).await))
 }
 

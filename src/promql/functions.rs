@@ -8,7 +8,7 @@
 
 use super::eval::{
     drop_name, name_dropped, not_supported, same_labelset, selector_matchers, unparen, Evaluator,
-    RangeArg, Span, StepVec, StepVecBuilder, Val,
+    RangeArg, Span, StepVec, StepVecBuilder, Val, PER_SERIES_WORK,
 };
 use super::QueryError;
 use crate::model::{Labels, MatchKind, Sample, METRIC_NAME};
@@ -288,6 +288,7 @@ pub(super) async fn call(ev: &mut Evaluator<'_>, c: &Call, span: Span) -> Result
                     }
                 }
             }
+            ev.free(ra.series).await;
             Ok(Val::Vector(out))
         }
         "predict_linear" => {
@@ -433,6 +434,7 @@ pub(super) async fn over_windows(
                 first: lo,
             };
             let Some(v) = f(w, &c, k) else { continue };
+            let new_series = idx.is_none();
             let i = match idx {
                 Some(i) => i,
                 None => {
@@ -458,7 +460,8 @@ pub(super) async fn over_windows(
             };
             b.push(k, i, v)?;
             points += 1;
-            ev.tick(w.len() + 1).await;
+            let labels_work = if new_series { PER_SERIES_WORK } else { 0 };
+            ev.tick(w.len() + 1 + labels_work).await;
         }
     }
     ev.add_samples(points)?;
