@@ -384,6 +384,12 @@ fn main() {
                 &metrics(),
             );
         }
+        // The store's own writes hold the thread too: its longest append with its sync.
+        for line in metrics().lines() {
+            if line.starts_with("perch_storage_write_seconds") {
+                println!("  {line}");
+            }
+        }
     }
     if !opts.load {
         return;

@@ -203,6 +203,18 @@ impl Telemetry {
             "Failed writes; their samples stay in memory and are written later.",
             storage.write_errors_total as f64,
         );
+        counter(
+            out,
+            "perch_storage_write_seconds_total",
+            "Time spent in the store's appends and their fdatasync, on the executor thread.",
+            storage.write_micros_total as f64 / 1e6,
+        );
+        gauge(
+            out,
+            "perch_storage_write_seconds_max",
+            "The longest single append with its fdatasync since start (an SD card's stalls show here).",
+            storage.write_micros_max as f64 / 1e6,
+        );
         if let Some(t) = storage.min_time {
             gauge(
                 out,

@@ -243,9 +243,21 @@ pub struct FlashCounters {
     pub corrupt_records: u64,
     pub write_errors: u64,
     pub bytes_written: u64,
+    /// Time spent in appends and their syncs (they run on the executor thread), and the
+    /// longest one: what an SD card's stalls cost.
+    pub write_micros: u64,
+    pub write_micros_max: u64,
     pub flushes: u64,
     pub segments_deleted: u64,
     pub samples_refused_head_full: u64,
+}
+
+impl FlashCounters {
+    fn note_write(&mut self, took: Duration) {
+        let us = took.as_micros() as u64;
+        self.write_micros += us;
+        self.write_micros_max = self.write_micros_max.max(us);
+    }
 }
 
 struct Store {
@@ -654,10 +666,12 @@ impl Store {
         for r in records {
             buf.extend_from_slice(r);
         }
+        let started = Instant::now();
         let result = self
             .backend
             .append(&seg.name, &buf)
             .and_then(|_| self.backend.sync(&seg.name));
+        self.counters.note_write(started.elapsed());
         match result {
             Ok(()) => {
                 let span = WriteSpan {
@@ -728,11 +742,13 @@ impl Store {
             return;
         }
         let name = seg.name.clone();
-        match self
+        let started = Instant::now();
+        let result = self
             .backend
             .append(&name, &buf)
-            .and_then(|_| self.backend.sync(&name))
-        {
+            .and_then(|_| self.backend.sync(&name));
+        self.counters.note_write(started.elapsed());
+        match result {
             Ok(()) => {
                 self.segments[i].bytes += buf.len() as u64;
                 self.counters.bytes_written += buf.len() as u64;
@@ -1863,6 +1879,8 @@ impl Storage for FlashStorage {
             bytes_written_total: st.counters.bytes_written,
             corrupt_records_total: st.counters.corrupt_records,
             write_errors_total: st.counters.write_errors,
+            write_micros_total: st.counters.write_micros,
+            write_micros_max: st.counters.write_micros_max,
         }
     }
 }

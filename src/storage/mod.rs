@@ -215,6 +215,10 @@ pub struct StorageStats {
     pub corrupt_records_total: u64,
     /// Failed writes (the samples stay in memory and are written later).
     pub write_errors_total: u64,
+    /// Microseconds spent writing and syncing since start, and the longest single write with
+    /// its sync (both on the executor thread).
+    pub write_micros_total: u64,
+    pub write_micros_max: u64,
 }
 
 /// The store: hands out appenders and queriers. Shared as `Rc<dyn Storage>` on the executor.

@@ -28,7 +28,7 @@ use super::api::{self, ApiError, Params};
 use super::expfmt;
 use super::http::{BodyStream, Response};
 use super::WebState;
-use crate::model::slice::SLICE;
+use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{is_stale, Labels, Matcher, Sample};
 use crate::storage::{Cursor, CursorRange, ExportError, ExportPage};
 use std::collections::HashMap;
@@ -88,7 +88,7 @@ impl WebState {
             Ok(page) => {
                 let (next, more) = (page.next, page.more);
                 Ok(
-                    Response::streamed(200, CONTENT_TYPE, Box::new(OpenMetricsPage::new(page)))
+                    Response::streamed(200, CONTENT_TYPE, Box::new(OpenMetricsPage::sorted(page)))
                         .with_header("Perch-Export-Cursor", next.to_string())
                         .with_header("Perch-Export-More", more.to_string()),
                 )
@@ -128,6 +128,7 @@ impl WebState {
         let mut from = range.from;
         let mut gathered = 0usize;
         let mut parts: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        let mut ticks = Slicer::new(Some(SLICE), 256);
         loop {
             let deadline = std::time::Instant::now() + SLICE;
             let page = self.storage.export(
@@ -144,10 +145,13 @@ impl WebState {
             for (labels, samples) in page.series {
                 gathered += samples.len();
                 parts.entry(labels).or_default().extend(samples);
+                ticks.tick().await;
             }
             if !page.more || gathered >= limit {
+                let mut slicer = Slicer::new(Some(SLICE), 256);
                 let mut series = Vec::with_capacity(parts.len());
                 for (labels, mut samples) in parts {
+                    slicer.tick().await;
                     // Parts read apart may overlap or come out of order (imported records).
                     if !samples.windows(2).all(|w| w[0].t < w[1].t) {
                         samples.sort_by_key(|x| x.t);
@@ -155,6 +159,11 @@ impl WebState {
                     }
                     series.push((labels, samples));
                 }
+                let mut sort = StepSort::new(series);
+                while !sort.run(page_order, || slicer.is_up()) {
+                    slicer.next_slice().await;
+                }
+                let series = sort.take();
                 return Ok(ExportPage {
                     series,
                     next: page.next,
@@ -174,11 +183,21 @@ pub struct OpenMetricsPage {
     done: bool,
 }
 
+/// Families must not interleave: by metric name first, then the label order.
+fn page_order(a: &(Labels, Vec<Sample>), b: &(Labels, Vec<Sample>)) -> std::cmp::Ordering {
+    a.0.metric_name()
+        .cmp(b.0.metric_name())
+        .then_with(|| a.0.cmp(&b.0))
+}
+
 impl OpenMetricsPage {
     pub fn new(mut page: ExportPage) -> Self {
-        // Families must not interleave: by metric name first, then the label order.
-        page.series
-            .sort_by(|a, b| a.0.metric_name().cmp(b.0.metric_name()).then(a.0.cmp(&b.0)));
+        page.series.sort_by(page_order);
+        Self::sorted(page)
+    }
+
+    /// A page whose series are in [`page_order`] already.
+    fn sorted(page: ExportPage) -> Self {
         OpenMetricsPage {
             series: page.series.into_iter(),
             last_name: String::new(),
