@@ -1349,17 +1349,27 @@ impl ImportJob for FlashImport {
 }
 
 /// An import that ends without writing (an error, or dropped unfinished) removes the series
-/// it created that are still empty; either way its series are no longer held.
+/// it created that are still empty; one dropped after its write finishes noting it in the
+/// series. Either way its series are no longer held.
 impl Drop for FlashImport {
     fn drop(&mut self) {
         let Ok(mut st) = self.store.try_borrow_mut() else {
             return;
         };
-        st.close_batch(self.gen);
-        if !self.import.is_written() {
+        if self.import.is_written() {
+            // On disk already: noting that in the series is finished at once, or they would
+            // look dataless and be forgotten while their blocks are kept.
+            if !self.failed {
+                let _ = self.import.run(&mut st, None);
+            }
+        } else {
             for id in std::mem::take(&mut self.import.created) {
                 let dataless = st.series.get(&id).is_some_and(|s| {
-                    s.head.is_empty() && s.last.is_none() && s.data_in == 0 && s.declared_in == 0
+                    s.batch == self.gen
+                        && s.head.is_empty()
+                        && s.last.is_none()
+                        && s.data_in == 0
+                        && s.declared_in == 0
                 });
                 if dataless {
                     st.forget(id);
@@ -1369,6 +1379,7 @@ impl Drop for FlashImport {
                 st.postings.clear();
             }
         }
+        st.close_batch(self.gen);
     }
 }
 
@@ -1404,8 +1415,13 @@ impl FlashAppender {
         };
         match res {
             Ok(()) => {
-                e.batch = self.gen;
-                e.batch_last = Sample { t, v };
+                // The newest open batch that touched the series keeps it (its number is what
+                // protects the series from housekeeping); an older one, open at the same time,
+                // leaves it be and is checked against the committed state at its commit.
+                if self.gen >= e.batch {
+                    e.batch = self.gen;
+                    e.batch_last = Sample { t, v };
+                }
                 self.batch.push((id, Sample { t, v }));
                 Ok(())
             }
@@ -2026,6 +2042,37 @@ mod tests {
         assert_eq!(got.len(), 1);
         let v: Vec<Sample> = got.into_iter().next().unwrap().samples.collect();
         assert_eq!(v, vec![Sample { t: 500, v: 7.0 }]);
+    }
+
+    #[test]
+    fn an_older_open_batch_does_not_lower_a_series_hold() {
+        // A newer batch creates a series; an older one, open at the same time, writes it too
+        // and rolls back. The newer batch's sample must survive a segment deletion between.
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 12 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        let x = Labels::from_pairs(&[("__name__", "x")]);
+        let mut older = s.appender();
+        let mut newer = s.appender();
+        newer.append(&x, 500, 7.0).unwrap();
+        older.append(&x, 400, 1.0).unwrap();
+        older.rollback();
+        let mut t = 0;
+        while s.counters().segments_deleted == 0 {
+            assert!(t < 10_000_000, "no segment was deleted");
+            ingest(&s, 10, t, t + 10_000, 1000);
+            s.flush().unwrap();
+            t += 10_000;
+        }
+        assert_eq!(newer.commit().unwrap().samples, 1);
+        let got = s
+            .querier()
+            .select(&[Matcher::equal("__name__", "x")], 0, 1000)
+            .unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[test]

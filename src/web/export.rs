@@ -131,7 +131,7 @@ impl WebState {
         let mut ticks = Slicer::new(Some(SLICE), 256);
         loop {
             let deadline = std::time::Instant::now() + SLICE;
-            let page = self.storage.export(
+            let part = self.storage.export(
                 sets,
                 CursorRange {
                     from,
@@ -141,13 +141,28 @@ impl WebState {
                 maxt,
                 limit - gathered,
                 Some(deadline),
-            )?;
+            );
+            let mut rotated = false;
+            let page = match part {
+                Ok(p) => p,
+                // The ring deleted what follows the parts gathered while this yielded: they
+                // are the page, and the client's next request, from where they end, is told.
+                Err(ExportError::RotatedOut { from: at, .. }) if from != range.from => {
+                    rotated = true;
+                    ExportPage {
+                        series: Vec::new(),
+                        next: at,
+                        more: true,
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             for (labels, samples) in page.series {
                 gathered += samples.len();
                 parts.entry(labels).or_default().extend(samples);
                 ticks.tick().await;
             }
-            if !page.more || gathered >= limit {
+            if !page.more || gathered >= limit || rotated {
                 let mut slicer = Slicer::new(Some(SLICE), 256);
                 let mut series = Vec::with_capacity(parts.len());
                 for (labels, mut samples) in parts {

@@ -6,7 +6,7 @@
 //! its samples) and hand everything to the store's import
 //! ([`Storage::import_job`](crate::storage::Storage::import_job)), which also accepts samples
 //! older than what the store holds. A request is written whole or not at all: any error
-//! answers before anything is written, and a client that goes away first writes nothing.
+//! answers before anything is written.
 //!
 //! All of it runs in slices ([`crate::model::slice`]): decompressing (gzip), parsing or
 //! decoding (series by series), grouping, sorting and the store's import yield to the executor

@@ -117,7 +117,9 @@ impl<'a> Inflate<'a> {
         let len = if short < 60 {
             short + 1
         } else {
-            self.operand(short - 59)? + 1
+            self.operand(short - 59)?
+                .checked_add(1)
+                .ok_or(InflateError("literal length out of range"))?
         };
         let bytes = self
             .src

@@ -164,7 +164,9 @@ impl Select {
                         // before they were read: read those blocks too, for every series.
                         self.caught_up = true;
                         let from = self.blocks.len();
-                        self.add_blocks_since(st);
+                        if !self.ids.is_empty() {
+                            self.add_blocks_since(st);
+                        }
                         self.phase = Phase::Blocks { bi: from, ki: 0 };
                     }
                 }

@@ -195,6 +195,11 @@ impl WriteJob {
         }
     }
 
+    /// Whether the records are written (the job is noting that in the series now).
+    pub(in crate::storage) fn is_written(&self) -> bool {
+        matches!(self.phase, Phase::Trim { .. })
+    }
+
     /// Works until done (`Ok(true)`) or past `deadline` (`Ok(false)`: call again later).
     /// Without a deadline, runs to the end. An error ends the job with nothing changed.
     pub(in crate::storage) fn run(
@@ -562,7 +567,12 @@ impl Import {
 
     /// Whether the import has written its blocks (or had nothing to write).
     pub(in crate::storage) fn is_written(&self) -> bool {
-        matches!(self.stage, ImportStage::Finish { .. } | ImportStage::Done)
+        match &self.stage {
+            ImportStage::Finish { .. } | ImportStage::Done => true,
+            // Written, and trimming: the records are on disk.
+            ImportStage::Write(job) => job.is_written(),
+            _ => false,
+        }
     }
 
     /// Works until done (`Ok(Some(samples written))`) or past `deadline` (`Ok(None)`); without
@@ -595,7 +605,8 @@ impl Import {
                             self.created.push(id);
                         }
                         if let Some(s) = st.series.get_mut(&id) {
-                            s.batch = self.gen;
+                            // (Batch numbers only go up on a series: see `FlashAppender::push`.)
+                            s.batch = s.batch.max(self.gen);
                         }
                         st.max_time = Some(st.max_time.map_or(last.t, |m| m.max(last.t)));
                         self.samples += samples.len();
