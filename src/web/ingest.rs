@@ -384,13 +384,19 @@ pub async fn decode_remote_write_in_slices(
     let mut rest = raw.as_slice();
     while let Some(Field { tag, wire, payload }) = next_field(&mut rest).map_err(bad)? {
         slicer.tick().await;
-        if tag != 1 {
+        if tag != 1 && tag != 3 {
             continue;
         }
+        let field = if tag == 1 { "timeseries" } else { "metadata" };
         if wire != WireType::LengthDelimited {
             return Err(bad(format!(
-                "failed to decode Protobuf message: WriteRequest.timeseries: invalid wire type: {wire:?} (expected LengthDelimited)"
+                "failed to decode Protobuf message: WriteRequest.{field}: invalid wire type: {wire:?} (expected LengthDelimited)"
             )));
+        }
+        if tag == 3 {
+            // Skipped, but checked as the whole request's decode would check it.
+            pb::Ignored::decode(payload).map_err(|e| bad(e.to_string()))?;
+            continue;
         }
         size = size.saturating_add(series_size(payload));
         if size > MAX_DECODED_BYTES {
@@ -757,6 +763,24 @@ mod tests {
         });
         assert_eq!(sliced.unwrap(), text.repeat(10).as_bytes());
         assert!(ran >= text.len() * 10 / (64 << 10), "{ran}");
+    }
+
+    #[test]
+    fn a_malformed_metadata_field_is_a_400_as_the_whole_decode_gives() {
+        let good = pb::WriteRequest {
+            timeseries: vec![series(&[("__name__", "up")], &[(1000, 1.0)])],
+            metadata: Vec::new(),
+        }
+        .encode_to_vec();
+        // Field 3 (metadata), length-delimited, holding a truncated varint.
+        let mut bad = good.clone();
+        bad.extend_from_slice(&[0x1a, 0x02, 0x08, 0x80]);
+        assert!(pb::WriteRequest::decode(bad.as_slice()).is_err());
+        for raw in [&good, &bad] {
+            let b = snap::raw::Encoder::new().compress_vec(raw).unwrap();
+            let whole = pb::WriteRequest::decode(raw.as_slice()).is_ok();
+            assert_eq!(status(decode_remote_write(&b, &[])) == 204, whole);
+        }
     }
 
     #[test]
