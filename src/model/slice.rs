@@ -81,11 +81,6 @@ impl Slicer {
         }
     }
 
-    /// When the running slice ends (none: never), for work that checks a deadline itself.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.slice.map(|s| self.since + s)
-    }
-
     /// Yields unconditionally (a sliced step returned before its work was done) and starts a
     /// new slice; does nothing without a slice.
     pub async fn next_slice(&mut self) {

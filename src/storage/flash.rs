@@ -575,6 +575,26 @@ impl Store {
         }
     }
 
+    /// Forgets the series of `created` (made by batch `gen`) that are still empty: no samples
+    /// anywhere, and no other batch touched them since (that one decides when it ends).
+    fn forget_created(&mut self, gen: u64, created: Vec<u64>) {
+        for id in created {
+            let dataless = self.series.get(&id).is_some_and(|s| {
+                s.batch == gen
+                    && s.head.is_empty()
+                    && s.last.is_none()
+                    && s.data_in == 0
+                    && s.declared_in == 0
+            });
+            if dataless {
+                self.forget(id);
+            }
+        }
+        if self.series.is_empty() {
+            self.postings.clear();
+        }
+    }
+
     /// Drops series that have no samples left anywhere.
     ///
     /// A series an open batch has touched is kept: an appender's sample is still in its batch,
@@ -879,6 +899,26 @@ impl Store {
         }
     }
 
+    /// The block records that overlap `[mint, maxt]`, in store order: the segment's index, the
+    /// block's index in it, the record.
+    fn blocks_overlapping(
+        &self,
+        mint: i64,
+        maxt: i64,
+    ) -> impl Iterator<Item = (usize, usize, RecordRef)> + '_ {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(move |(_, seg)| seg.max_t >= mint && seg.min_t <= maxt)
+            .flat_map(move |(si, seg)| {
+                seg.blocks
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, b)| b.max_t >= mint && b.min_t <= maxt)
+                    .map(move |(k, b)| (si, k, *b))
+            })
+    }
+
     /// The ids (ascending) of the series matching `matchers` that have a sample in
     /// `[mint, maxt]`: the series `select` would return, found without decoding most samples.
     /// A block wholly inside the range holds a sample in it of every series its directory
@@ -913,18 +953,10 @@ impl Store {
                 scratch.iter().any(|x| x.t >= mint && x.t <= maxt)
             };
         }
-        let mut blocks: Vec<(bool, usize, RecordRef)> = Vec::new();
-        for (si, seg) in self.segments.iter().enumerate() {
-            if seg.max_t < mint || seg.min_t > maxt {
-                continue;
-            }
-            blocks.extend(
-                seg.blocks
-                    .iter()
-                    .filter(|b| b.max_t >= mint && b.min_t <= maxt)
-                    .map(|b| (!(b.min_t >= mint && b.max_t <= maxt), si, *b)),
-            );
-        }
+        let mut blocks: Vec<(bool, usize, RecordRef)> = self
+            .blocks_overlapping(mint, maxt)
+            .map(|(si, _, b)| (!(b.min_t >= mint && b.max_t <= maxt), si, b))
+            .collect();
         // The blocks wholly inside first: each one settled leaves fewer to decode.
         blocks.sort_by_key(|(cut, _, _)| *cut);
         for (cut, si, r) in blocks {
@@ -1363,21 +1395,7 @@ impl Drop for FlashImport {
                 let _ = self.import.run(&mut st, None);
             }
         } else {
-            for id in std::mem::take(&mut self.import.created) {
-                let dataless = st.series.get(&id).is_some_and(|s| {
-                    s.batch == self.gen
-                        && s.head.is_empty()
-                        && s.last.is_none()
-                        && s.data_in == 0
-                        && s.declared_in == 0
-                });
-                if dataless {
-                    st.forget(id);
-                }
-            }
-            if st.series.is_empty() {
-                st.postings.clear();
-            }
+            st.forget_created(self.gen, std::mem::take(&mut self.import.created));
         }
         st.close_batch(self.gen);
     }
@@ -1522,21 +1540,7 @@ impl Drop for FlashAppender {
             return;
         };
         st.close_batch(self.gen);
-        for id in std::mem::take(&mut self.created) {
-            let dataless = st.series.get(&id).is_some_and(|s| {
-                s.batch == self.gen
-                    && s.head.is_empty()
-                    && s.last.is_none()
-                    && s.data_in == 0
-                    && s.declared_in == 0
-            });
-            if dataless {
-                st.forget(id);
-            }
-        }
-        if st.series.is_empty() {
-            st.postings.clear();
-        }
+        st.forget_created(self.gen, std::mem::take(&mut self.created));
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
         st.spare_batch = batch;

@@ -149,7 +149,7 @@ pub trait Querier {
     /// [`Querier::select`] as a job done in slices ([`SelectJob::step`]), so a select of many
     /// samples does not hold the executor. Stores that cannot slice one answer in one go.
     fn select_job(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Box<dyn SelectJob + '_> {
-        Box::new(Selected(Some(self.select(matchers, mint, maxt))))
+        Box::new(Ready(Some(self.select(matchers, mint, maxt))))
     }
 
     /// The label sets of the series matching `matchers` that have samples in `[mint, maxt]`,
@@ -166,7 +166,7 @@ pub trait Querier {
     /// [`Querier::series`] as a job done in slices ([`SeriesJob::step`]). Stores that cannot
     /// slice one answer in one go.
     fn series_job(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Box<dyn SeriesJob + '_> {
-        Box::new(Listed(Some(self.series(matchers, mint, maxt))))
+        Box::new(Ready(Some(self.series(matchers, mint, maxt))))
     }
 
     /// Whether [`Querier::label_names`] and [`Querier::label_values`] without matchers are
@@ -348,8 +348,22 @@ pub trait SelectJob {
     ) -> Result<Option<Vec<Series>>, StorageError>;
 }
 
-/// Runs [`Querier::select_job`] in slices of [`crate::model::slice::SLICE`], yielding to the
-/// executor between them: how the serving path selects.
+/// Runs a job's `step` in slices of [`crate::model::slice::SLICE`] (each given a deadline that
+/// far ahead), yielding to the executor between them, until it is done: how the serving path
+/// runs the store's jobs.
+pub async fn in_slices<T>(
+    mut step: impl FnMut(Option<std::time::Instant>) -> Result<Option<T>, StorageError>,
+) -> Result<T, StorageError> {
+    loop {
+        let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
+        if let Some(out) = step(Some(deadline))? {
+            return Ok(out);
+        }
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// [`Querier::select_job`] run [`in_slices`].
 pub async fn select_in_slices(
     q: &dyn Querier,
     matchers: &[Matcher],
@@ -357,13 +371,7 @@ pub async fn select_in_slices(
     maxt: i64,
 ) -> Result<Vec<Series>, StorageError> {
     let mut job = q.select_job(matchers, mint, maxt);
-    loop {
-        let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
-        if let Some(series) = job.step(Some(deadline))? {
-            return Ok(series);
-        }
-        futures_lite::future::yield_now().await;
-    }
+    in_slices(|d| job.step(d)).await
 }
 
 /// A listing of series under way ([`Querier::series_job`]).
@@ -376,16 +384,7 @@ pub trait SeriesJob {
     ) -> Result<Option<Vec<Labels>>, StorageError>;
 }
 
-/// A listing answered in one go.
-struct Listed(Option<Result<Vec<Labels>, StorageError>>);
-
-impl SeriesJob for Listed {
-    fn step(&mut self, _: Option<std::time::Instant>) -> Result<Option<Vec<Labels>>, StorageError> {
-        self.0.take().unwrap_or(Ok(Vec::new())).map(Some)
-    }
-}
-
-/// Runs [`Querier::series_job`] in slices, yielding to the executor between them.
+/// [`Querier::series_job`] run [`in_slices`].
 pub async fn series_in_slices(
     q: &dyn Querier,
     matchers: &[Matcher],
@@ -393,21 +392,27 @@ pub async fn series_in_slices(
     maxt: i64,
 ) -> Result<Vec<Labels>, StorageError> {
     let mut job = q.series_job(matchers, mint, maxt);
-    loop {
-        let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
-        if let Some(out) = job.step(Some(deadline))? {
-            return Ok(out);
-        }
-        futures_lite::future::yield_now().await;
+    in_slices(|d| job.step(d)).await
+}
+
+/// A select or a listing answered in one go (for stores that cannot slice them).
+struct Ready<T>(Option<Result<Vec<T>, StorageError>>);
+
+impl<T> Ready<T> {
+    fn take(&mut self) -> Result<Option<Vec<T>>, StorageError> {
+        self.0.take().unwrap_or(Ok(Vec::new())).map(Some)
     }
 }
 
-/// A select answered in one go.
-struct Selected(Option<Result<Vec<Series>, StorageError>>);
-
-impl SelectJob for Selected {
+impl SelectJob for Ready<Series> {
     fn step(&mut self, _: Option<std::time::Instant>) -> Result<Option<Vec<Series>>, StorageError> {
-        self.0.take().unwrap_or(Ok(Vec::new())).map(Some)
+        self.take()
+    }
+}
+
+impl SeriesJob for Ready<Labels> {
+    fn step(&mut self, _: Option<std::time::Instant>) -> Result<Option<Vec<Labels>>, StorageError> {
+        self.take()
     }
 }
 

@@ -137,6 +137,38 @@ fn truncate<T>(items: &mut Vec<T>, limit: Option<usize>) -> Vec<String> {
     }
 }
 
+/// Calls `f` with each series matching any of `sets` with samples in `[mint, maxt]`, listed in
+/// slices (`series_in_slices`) and visited with a slicer: the label endpoints over many series.
+async fn for_each_series(
+    q: &dyn crate::storage::Querier,
+    sets: &[Vec<Matcher>],
+    mint: i64,
+    maxt: i64,
+    mut f: impl FnMut(&Labels),
+) -> Result<(), ApiError> {
+    let mut slicer = Slicer::new(Some(SLICE), 256);
+    for m in sets {
+        for labels in series_in_slices(q, m, mint, maxt)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+        {
+            slicer.tick().await;
+            f(&labels);
+        }
+    }
+    Ok(())
+}
+
+/// A sorted list of names or values as the answer's data, cut to `limit` (with 2.42's warning),
+/// freed with a slicer (a label may have 100k values).
+async fn string_list(mut items: Vec<String>, limit: Option<usize>) -> Result<Response, ApiError> {
+    let warnings = truncate(&mut items, limit);
+    let mut data = String::new();
+    json::string_array(&mut data, &items);
+    Slicer::new(Some(SLICE), 1024).drop_all(items).await;
+    Ok(success(&data, &warnings))
+}
+
 /// Form parameters with the first value of a name, as Go's `FormValue`.
 pub struct Params(Vec<(String, String)>);
 
@@ -407,34 +439,26 @@ impl WebState {
         let (mint, maxt) = self.range(p)?;
         let q = self.storage.querier();
         let mut sets = self.match_sets(p, false)?;
-        let mut names = std::collections::BTreeSet::new();
-        if sets.is_empty() && q.labels_from_index(mint, maxt) {
-            let found = q
-                .label_names(&[], mint, maxt)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            names.extend(found);
-        } else if sets.is_empty() {
+        if sets.is_empty() {
+            if q.labels_from_index(mint, maxt) {
+                // Sorted and distinct already.
+                let found = q
+                    .label_names(&[], mint, maxt)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                return string_list(found, limit).await;
+            }
             sets.push(Vec::new());
         }
-        let mut slicer = Slicer::new(Some(SLICE), 256);
-        for m in &sets {
-            for labels in series_in_slices(&*q, m, mint, maxt)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-            {
-                slicer.tick().await;
-                for l in &labels {
-                    if !names.contains(&l.name) {
-                        names.insert(l.name.clone());
-                    }
+        let mut names = std::collections::BTreeSet::new();
+        for_each_series(&*q, &sets, mint, maxt, |labels| {
+            for l in labels {
+                if !names.contains(&l.name) {
+                    names.insert(l.name.clone());
                 }
             }
-        }
-        let mut names: Vec<String> = names.into_iter().collect();
-        let warnings = truncate(&mut names, limit);
-        let mut data = String::new();
-        json::string_array(&mut data, &names);
-        Ok(success(&data, &warnings))
+        })
+        .await?;
+        string_list(names.into_iter().collect(), limit).await
     }
 
     /// `/api/v1/label/<name>/values`
@@ -445,38 +469,25 @@ impl WebState {
         let (mint, maxt) = self.range(p)?;
         let q = self.storage.querier();
         let mut sets = self.match_sets(p, false)?;
-        let mut values = std::collections::BTreeSet::new();
-        if sets.is_empty() && q.labels_from_index(mint, maxt) {
-            // Sorted and distinct already.
-            let mut found = q
-                .label_values(name, &[], mint, maxt)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let warnings = truncate(&mut found, limit);
-            let mut data = String::new();
-            json::string_array(&mut data, &found);
-            Slicer::new(Some(SLICE), 1024).drop_all(found).await;
-            return Ok(success(&data, &warnings));
-        } else if sets.is_empty() {
+        if sets.is_empty() {
+            if q.labels_from_index(mint, maxt) {
+                // Sorted and distinct already.
+                let found = q
+                    .label_values(name, &[], mint, maxt)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                return string_list(found, limit).await;
+            }
             sets.push(Vec::new());
         }
-        let mut slicer = Slicer::new(Some(SLICE), 256);
-        for m in &sets {
-            for labels in series_in_slices(&*q, m, mint, maxt)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-            {
-                slicer.tick().await;
-                let v = labels.get(name);
-                if !v.is_empty() && !values.contains(v) {
-                    values.insert(v.to_owned());
-                }
+        let mut values = std::collections::BTreeSet::new();
+        for_each_series(&*q, &sets, mint, maxt, |labels| {
+            let v = labels.get(name);
+            if !v.is_empty() && !values.contains(v) {
+                values.insert(v.to_owned());
             }
-        }
-        let mut values: Vec<String> = values.into_iter().collect();
-        let warnings = truncate(&mut values, limit);
-        let mut data = String::new();
-        json::string_array(&mut data, &values);
-        Ok(success(&data, &warnings))
+        })
+        .await?;
+        string_list(values.into_iter().collect(), limit).await
     }
 
     /// `/api/v1/series`

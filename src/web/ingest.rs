@@ -49,6 +49,7 @@ use super::http::{Request, Response};
 use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{Labels, LabelsBuilder, Sample, METRIC_NAME};
 use crate::scrape::parse::{Entry, TextParser};
+use crate::storage::in_slices;
 use std::collections::HashMap;
 use std::io::Read;
 
@@ -601,7 +602,7 @@ impl super::WebState {
                     dropped.histograms
                 );
             }
-            self.import(items, &mut slicer).await
+            self.import(items).await
         }
         .await;
         match r {
@@ -634,7 +635,7 @@ impl super::WebState {
                 }
             };
             let items = parse_import_in_slices(body, t, &extra, &mut slicer).await?;
-            self.import(items, &mut slicer).await
+            self.import(items).await
         }
         .await;
         match r {
@@ -644,18 +645,15 @@ impl super::WebState {
     }
 
     /// Writes `items` through the store's import job, a slice at a time.
-    async fn import(&self, items: Items, slicer: &mut Slicer) -> Result<(), IngestError> {
+    async fn import(&self, items: Items) -> Result<(), IngestError> {
         if items.is_empty() {
             return Ok(());
         }
         let mut job = self.storage.import_job(items);
-        loop {
-            match job.step(slicer.deadline()) {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => slicer.next_slice().await,
-                Err(e) => return Err(IngestError::Storage(e.to_string())),
-            }
-        }
+        in_slices(|d| job.step(d))
+            .await
+            .map(|_| ())
+            .map_err(|e| IngestError::Storage(e.to_string()))
     }
 }
 

@@ -96,32 +96,25 @@ impl Select {
         maxt: i64,
     ) -> Select {
         let ids = st.candidates(matchers);
-        let mut blocks = Vec::new();
-        if !ids.is_empty() {
-            for seg in &st.segments {
-                if seg.max_t < mint || seg.min_t > maxt {
-                    continue;
-                }
-                blocks.extend(
-                    seg.blocks
-                        .iter()
-                        .filter(|b| b.max_t >= mint && b.min_t <= maxt)
-                        .map(|b| (seg.seq, *b)),
-                );
-            }
-        }
-        Select {
+        let mut select = Select {
             mint,
             maxt,
             per: vec![Vec::new(); ids.len()],
             ordered: vec![true; ids.len()],
             ids,
-            blocks,
-            mark: Mark::of(st),
+            blocks: Vec::new(),
+            // Before every block: the first listing takes them all.
+            mark: Mark { seq: 0, blocks: 0 },
             caught_up: false,
             reserved: false,
             phase: Phase::Blocks { bi: 0, ki: 0 },
+        };
+        if select.ids.is_empty() {
+            select.mark = Mark::of(st);
+        } else {
+            select.add_blocks_since(st);
         }
+        select
     }
 
     /// Works until done (`Ok(Some(series))`) or past `deadline` (`Ok(None)`: call again);
@@ -268,23 +261,12 @@ impl Select {
     /// Lists the blocks in range written since the list was last extended.
     fn add_blocks_since(&mut self, st: &Store) {
         let mark = self.mark;
-        for seg in &st.segments {
-            let skip = match seg.seq.cmp(&mark.seq) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => mark.blocks,
-                std::cmp::Ordering::Greater => 0,
-            };
-            if seg.max_t < self.mint || seg.min_t > self.maxt {
-                continue;
-            }
-            self.blocks.extend(
-                seg.blocks
-                    .iter()
-                    .skip(skip)
-                    .filter(|b| b.max_t >= self.mint && b.min_t <= self.maxt)
-                    .map(|b| (seg.seq, *b)),
-            );
-        }
+        self.blocks.extend(
+            st.blocks_overlapping(self.mint, self.maxt)
+                .map(|(si, k, r)| (st.segments[si].seq, k, r))
+                .filter(|&(seq, k, _)| seq > mark.seq || (seq == mark.seq && k >= mark.blocks))
+                .map(|(seq, _, r)| (seq, r)),
+        );
         self.mark = Mark::of(st);
     }
 
