@@ -1592,17 +1592,13 @@ impl Querier for FlashQuerier {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Labels>, StorageError> {
-        if self.covers_all(mint, maxt) {
-            return Ok(self.series_from_index(matchers));
+        // The listing in slices, run to its end.
+        let mut job = self.series_job(matchers, mint, maxt);
+        loop {
+            if let Some(out) = job.step(None)? {
+                return Ok(out);
+            }
         }
-        let st = &mut *self.store.borrow_mut();
-        let ids = st.series_ids_in(matchers, mint, maxt)?;
-        let mut out: Vec<Labels> = ids
-            .into_iter()
-            .filter_map(|id| st.series.get(&id).map(|s| st.symbols.labels(&s.labels)))
-            .collect();
-        out.sort_unstable();
-        Ok(out)
     }
 
     fn label_names(
@@ -1727,19 +1723,6 @@ impl SelectJob for FlashSelect<'_> {
 }
 
 impl FlashQuerier {
-    /// The labels of the matching series from the index alone (no block read): right when
-    /// `[mint, maxt]` covers every sample, since every indexed series has samples.
-    fn series_from_index(&self, matchers: &[Matcher]) -> Vec<Labels> {
-        let st = self.store.borrow();
-        let mut out: Vec<Labels> = st
-            .candidates(matchers)
-            .into_iter()
-            .filter_map(|id| st.series.get(&id).map(|s| st.symbols.labels(&s.labels)))
-            .collect();
-        out.sort();
-        out
-    }
-
     /// True if `[mint, maxt]` covers every sample, so the index alone answers label questions.
     fn covers_all(&self, mint: i64, maxt: i64) -> bool {
         let st = self.store.borrow();
