@@ -838,6 +838,184 @@ fn part_flush() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Part 5: wear — bytes written per sample on the live benchmark's replay load.
+
+/// One row of a replay target: its series (without target labels), value and kind.
+struct ReplayRow {
+    labels: Vec<(String, String)>,
+    v: f64,
+    counter: bool,
+}
+
+/// The replay targets of `../shared/bench/live_footprint.py`, simulated: the recorded node
+/// exporter body with counters growing by one of (0, 0, 1, 2, 5, 17) (fractions by one of
+/// (0, 0, 0.001, 0.0042, 0.017), kept to 12 significant digits) and gauges moving with
+/// probability 0.3 by a uniform factor within ±1 % (integers rounded, fractions to 4
+/// significant digits), once per request; `steps` requests happen between two of ours (the
+/// live run has three scrapers).
+struct Replay {
+    rng: Rng,
+    rows: Vec<ReplayRow>,
+}
+
+impl Replay {
+    fn load(seed: u64) -> Option<Replay> {
+        use perch::scrape::parse::{Entry, TextParser};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/node-exporter.prom");
+        let body = std::fs::read(&path).ok()?;
+        let mut parser = TextParser::new(&body);
+        let mut rows = Vec::new();
+        let mut pairs = Vec::new();
+        while let Some(e) = parser.next_entry() {
+            let Ok(Entry::Sample(s)) = e else { continue };
+            if s.parse_labels(&mut pairs).is_err() {
+                continue;
+            }
+            let mut labels = vec![("__name__".to_string(), s.name.to_string())];
+            labels.extend(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+            let counter = ["_total", "_count", "_sum", "_bucket"]
+                .iter()
+                .any(|x| s.name.ends_with(x));
+            rows.push(ReplayRow {
+                labels,
+                v: s.value,
+                counter,
+            });
+        }
+        Some(Replay {
+            rng: Rng(seed),
+            rows,
+        })
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// One request: every value moves once.
+    fn step(&mut self) {
+        for i in 0..self.rows.len() {
+            let v = self.rows[i].v;
+            if !v.is_finite() {
+                continue;
+            }
+            let integral = v == v.trunc();
+            let nv = if self.rows[i].counter {
+                let k = self.rng.below(6) as usize;
+                if integral {
+                    v + [0.0, 0.0, 1.0, 2.0, 5.0, 17.0][k]
+                } else {
+                    let x = v + [0.0, 0.0, 0.001, 0.0042, 0.017, 0.0][k % 5];
+                    format!("{x:.11e}").parse().unwrap_or(x)
+                }
+            } else if self.uniform() < 0.3 {
+                let w = v * (1.0 + (self.uniform() * 0.02 - 0.01));
+                if integral {
+                    w.round()
+                } else {
+                    format!("{w:.3e}").parse().unwrap_or(w)
+                }
+            } else {
+                v
+            };
+            self.rows[i].v = nv;
+        }
+    }
+}
+
+fn part_wear() {
+    const TARGETS: usize = 10;
+    const MINUTES: i64 = 10;
+    println!("== 5. Wear: bytes written per sample on the live benchmark's replay load ==");
+    println!(
+        "setup: {TARGETS} simulated replay targets of live_footprint.py (the recorded node \
+         exporter body, values moving per request as there), scraped every 1 s for {MINUTES} \
+         simulated minutes at aligned timestamps (each target at its own offset), appended and \
+         committed per scrape, Storage::flush every 60 s to a FileBackend (default FlashOptions); \
+         `steps` requests per scrape interval (the live run has three scrapers). Bytes: every \
+         byte the store appended (FlashCounters::bytes_written); the kernel rewrites the \
+         partial page of each append on top. Set PERCH_WEAR_KEEP=DIR to keep the store"
+    );
+    println!(
+        "{:>6} {:>8} {:>10} {:>12} {:>10}",
+        "steps", "series", "samples", "bytes", "B/sample"
+    );
+    for steps in [1usize, 3] {
+        let Some(first) = Replay::load(1) else {
+            println!("../shared/data/node-exporter.prom not found: part skipped");
+            return;
+        };
+        let mut targets: Vec<Replay> = (0..TARGETS as u64)
+            .map(|i| Replay {
+                rng: Rng(i + 1),
+                rows: first
+                    .rows
+                    .iter()
+                    .map(|r| ReplayRow {
+                        labels: r.labels.clone(),
+                        ..*r
+                    })
+                    .collect(),
+            })
+            .collect();
+        let dir = match std::env::var("PERCH_WEAR_KEEP") {
+            Ok(d) => {
+                let d = PathBuf::from(d).join(format!("steps-{steps}"));
+                let _ = std::fs::remove_dir_all(&d);
+                d
+            }
+            Err(_) => scratch(&format!("wear-{steps}")),
+        };
+        let (store, _) = FlashStorage::open(file_backend(&dir), FlashOptions::default()).unwrap();
+        let mut offsets = Rng(99);
+        let offsets: Vec<i64> = (0..TARGETS).map(|_| offsets.below(1000) as i64).collect();
+        let mut refs: Vec<Vec<SeriesRef>> = vec![Vec::new(); TARGETS];
+        let mut samples = 0u64;
+        for sec in 0..MINUTES * 60 {
+            for (ti, target) in targets.iter_mut().enumerate() {
+                for _ in 0..steps {
+                    target.step();
+                }
+                let t = T0 + sec * 1000 + offsets[ti];
+                let mut app = store.appender();
+                if refs[ti].is_empty() {
+                    let instance = format!("127.0.0.1:{}", 40000 + ti);
+                    for row in &target.rows {
+                        let mut pairs: Vec<(&str, &str)> = row
+                            .labels
+                            .iter()
+                            .map(|(n, v)| (n.as_str(), v.as_str()))
+                            .collect();
+                        pairs.push(("instance", &instance));
+                        pairs.push(("job", "replay"));
+                        refs[ti].push(app.append(&Labels::from_pairs(&pairs), t, row.v).unwrap());
+                    }
+                } else {
+                    for (r, row) in refs[ti].iter().zip(&target.rows) {
+                        app.append_ref(*r, t, row.v).unwrap();
+                    }
+                }
+                app.commit().unwrap();
+                samples += target.rows.len() as u64;
+            }
+            if (sec + 1) % 60 == 0 {
+                store.flush().unwrap();
+            }
+        }
+        let bytes = store.counters().bytes_written;
+        let series: usize = refs.iter().map(Vec::len).sum();
+        println!(
+            "{steps:>6} {series:>8} {samples:>10} {bytes:>12} {:>10.3}",
+            bytes as f64 / samples as f64
+        );
+    }
+    println!(
+        "floor of the values alone: python3 benches/replay_entropy.py --scrapers STEPS; \
+         contract (live run, three scrapers): <= 0.5 B/sample written\n"
+    );
+}
+
 fn main() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child_open(&dir);
@@ -860,6 +1038,9 @@ fn main() {
     }
     if run("flush") {
         part_flush();
+    }
+    if run("wear") {
+        part_wear();
     }
     if let Some(parent) = scratch("x").parent() {
         let _ = std::fs::remove_dir_all(parent);

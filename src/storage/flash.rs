@@ -870,7 +870,7 @@ impl Store {
         let total = r.len as usize;
         let fetch = block_fetch(&*self.backend, &seg.name, r);
         let prefix = fetch(0, total.min(block::BLOCK_PREFIX)).map_err(io_err)?;
-        let read = if prefix.first() == Some(&block::BLOCK_VERSION) {
+        let read = if prefix.first().is_some_and(|v| block::reads_in_parts(*v)) {
             Block::read(prefix, total, &fetch)
         } else {
             // A block of an older store: read whole and checked by its record's CRC.

@@ -268,12 +268,31 @@ impl WriteJob {
         }
     }
 
-    /// Adds series from `next` on to blocks; Err(where to go on) when the clock is up first.
+    /// Adds series from `next` on to blocks, and seals them a frame at a time; Err(where to
+    /// go on) when the clock is up first.
     fn add_blocks(&mut self, st: &Store, mut next: usize, clock: &Clock) -> Result<(), usize> {
         let max_record = (st.opts.segment_bytes() / 2) as usize;
         let level = self.level;
         let start = next;
-        while next < self.work.len() {
+        loop {
+            // A block being sealed (full, or the last) is sealed first.
+            if let Some(bb) = self.builder.as_mut().filter(|b| b.is_sealing()) {
+                while !bb.seal_frame() {
+                    if clock.up() {
+                        return Err(next);
+                    }
+                }
+                self.end_block();
+            }
+            if next >= self.work.len() {
+                match self.builder.as_mut() {
+                    Some(bb) if !bb.is_empty() => {
+                        bb.seal_frame();
+                        continue;
+                    }
+                    _ => return Ok(()),
+                }
+            }
             if clock.up_after(next - start, SERIES_PER_CHECK) {
                 return Err(next);
             }
@@ -299,10 +318,9 @@ impl WriteJob {
             // Raw chunk bytes bound the compressed size from above. A block's directory is
             // compressed in one piece when the block ends, so its series are bounded too.
             if bb.raw_len() >= max_record || bb.series() >= MAX_BLOCK_SERIES {
-                self.end_block();
+                bb.seal_frame();
             }
         }
-        Ok(())
     }
 
     /// Frames the block being built, if any, as a record.
