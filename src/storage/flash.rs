@@ -33,8 +33,8 @@ use super::block::{self, Block, BlockError};
 use super::codec::{CodecError, HeadChunk};
 use super::segment::{self, RecordKind, RecordRef};
 use super::{
-    AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportPage, ImportJob,
-    Querier, SampleTap, SelectJob, Series, SeriesJob, SeriesRef, Storage, StorageError,
+    AppendError, Appender, CommitStats, Cursor, CursorRange, ExportError, ExportJob, ExportPage,
+    ImportJob, Querier, SampleTap, SelectJob, Series, SeriesJob, SeriesRef, Storage, StorageError,
     StorageStats, WriteSpan,
 };
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
@@ -1052,6 +1052,44 @@ impl Store {
         limit: usize,
         deadline: Option<Instant>,
     ) -> Result<ExportPage, ExportError> {
+        let ids = self.export_ids(matcher_sets);
+        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
+        let part = self.export_part(&ids, &mut per, range, mint, maxt, limit, deadline)?;
+        let mut series = Vec::new();
+        self.export_series(&ids, &mut per, 0, &mut series, || false);
+        Ok(ExportPage {
+            series,
+            next: part.next,
+            more: part.more,
+        })
+    }
+
+    /// The series an export of `matcher_sets` reads: ascending, once each.
+    fn export_ids(&self, matcher_sets: &[Vec<Matcher>]) -> Vec<u64> {
+        let mut ids: Vec<u64> = Vec::new();
+        for set in matcher_sets {
+            ids.extend(self.candidates(set));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Reads block records of `range` for the series `ids` (ascending) into `per` (one vector
+    /// each, appended to): whole records in append order until about `limit` samples were
+    /// gathered, or, with a `deadline`, until it has passed (at a record, or every 256 series
+    /// of one; always after some progress, so each call moves on).
+    #[allow(clippy::too_many_arguments)]
+    fn export_part(
+        &mut self,
+        ids: &[u64],
+        per: &mut [Vec<Sample>],
+        range: CursorRange,
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ExportPart, ExportError> {
         let up = || deadline.is_some_and(|d| Instant::now() >= d);
         let from = range.from;
         let (start, until) = range.bounds();
@@ -1062,13 +1100,6 @@ impl Store {
                 oldest,
             });
         }
-        let mut ids: Vec<u64> = Vec::new();
-        for set in matcher_sets {
-            ids.extend(self.candidates(set));
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
         let mut gathered = 0usize;
         let mut next = start;
         let mut more = false;
@@ -1144,23 +1175,133 @@ impl Store {
                 next = Cursor::at(seq + 1, 0);
             }
         }
-        let mut series = Vec::new();
-        for (k, id) in ids.into_iter().enumerate() {
+        Ok(ExportPart {
+            next,
+            more,
+            gathered,
+        })
+    }
+
+    /// Moves the series of `per` with samples, from `ids[from]` on, into `out` with their
+    /// labels, each sorted by time and without duplicates (imported records may overlap);
+    /// series forgotten meanwhile are left out. Stops when `up()` says so (every 256 series),
+    /// returning where to go on.
+    fn export_series(
+        &self,
+        ids: &[u64],
+        per: &mut [Vec<Sample>],
+        from: usize,
+        out: &mut Vec<(Labels, Vec<Sample>)>,
+        up: impl Fn() -> bool,
+    ) -> Option<usize> {
+        for k in from..ids.len() {
+            if k > from && k % 256 == 0 && up() {
+                return Some(k);
+            }
             let mut v = std::mem::take(&mut per[k]);
             if v.is_empty() {
                 continue;
             }
-            let Some(s) = self.series.get(&id) else {
+            let Some(s) = self.series.get(&ids[k]) else {
                 continue;
             };
             if !v.windows(2).all(|w| w[0].t < w[1].t) {
                 v.sort_by_key(|x| x.t);
                 v.dedup_by_key(|x| x.t);
             }
-            series.push((self.symbols.labels(&s.labels), v));
+            out.push((self.symbols.labels(&s.labels), v));
         }
-        Ok(ExportPage { series, next, more })
+        None
     }
+}
+
+/// An export page in slices: see [`ExportJob`].
+pub struct FlashExport {
+    store: Rc<RefCell<Store>>,
+    sets: Vec<Vec<Matcher>>,
+    range: CursorRange,
+    mint: i64,
+    maxt: i64,
+    limit: usize,
+    /// The series (found at the first step), their samples so far, and how many.
+    ids: Option<Vec<u64>>,
+    per: Vec<Vec<Sample>>,
+    gathered: usize,
+    /// Where the next part starts.
+    from: Option<Cursor>,
+    /// Once reading is done: where the page ends, and the series made so far.
+    end: Option<(Cursor, bool, usize)>,
+    series: Vec<(Labels, Vec<Sample>)>,
+}
+
+impl ExportJob for FlashExport {
+    fn step(&mut self, deadline: Option<Instant>) -> Result<Option<ExportPage>, ExportError> {
+        let mut st = self.store.borrow_mut();
+        let ids = self.ids.get_or_insert_with(|| st.export_ids(&self.sets));
+        if self.per.len() != ids.len() {
+            self.per = vec![Vec::new(); ids.len()];
+        }
+        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        if self.end.is_none() {
+            let range = CursorRange {
+                from: self.from,
+                until: self.range.until,
+            };
+            let left = self.limit.saturating_sub(self.gathered).max(1);
+            match st.export_part(
+                ids,
+                &mut self.per,
+                range,
+                self.mint,
+                self.maxt,
+                left,
+                deadline,
+            ) {
+                Ok(part) => {
+                    self.gathered += part.gathered;
+                    self.from = Some(part.next);
+                    if part.more && self.gathered < self.limit {
+                        // (Without a deadline a part ends only at the limit or the end.)
+                        return Ok(None);
+                    }
+                    self.end = Some((part.next, part.more, 0));
+                }
+                // The ring deleted what follows the parts read while this yielded: they are
+                // the page, and the next request, from where they end, is told.
+                Err(ExportError::RotatedOut { from, .. }) if self.from != self.range.from => {
+                    self.end = Some((from, true, 0));
+                }
+                Err(e) => return Err(e),
+            }
+            if up() {
+                return Ok(None);
+            }
+        }
+        let Some((next, more, k)) = self.end else {
+            return Ok(None);
+        };
+        match st.export_series(ids, &mut self.per, k, &mut self.series, up) {
+            Some(k) => {
+                self.end = Some((next, more, k));
+                Ok(None)
+            }
+            None => {
+                self.per = Vec::new();
+                Ok(Some(ExportPage {
+                    series: std::mem::take(&mut self.series),
+                    next,
+                    more,
+                }))
+            }
+        }
+    }
+}
+
+/// Where a part of an export ended: see [`Store::export_part`].
+struct ExportPart {
+    next: Cursor,
+    more: bool,
+    gathered: usize,
 }
 
 /// The flash store. Cloning shares it.
@@ -1797,6 +1938,30 @@ impl Storage for FlashStorage {
         self.store
             .borrow_mut()
             .export(matcher_sets, range, mint, maxt, limit, deadline)
+    }
+
+    fn export_job(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        range: CursorRange,
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> Box<dyn ExportJob> {
+        Box::new(FlashExport {
+            store: self.store.clone(),
+            sets: matcher_sets.to_vec(),
+            range,
+            mint,
+            maxt,
+            limit,
+            ids: None,
+            per: Vec::new(),
+            gathered: 0,
+            from: range.from,
+            end: None,
+            series: Vec::new(),
+        })
     }
 
     fn set_tap(&self, tap: Option<Rc<dyn SampleTap>>) {
@@ -3078,6 +3243,111 @@ mod tests {
                     .collect()
             };
         assert!(bits(got) == bits(want));
+    }
+
+    /// Runs an export job of `limit` samples from `from`, each step with a deadline already
+    /// past (the most steps it can take), calling `between` after each step: its page and steps.
+    fn export_job_by(
+        s: &FlashStorage,
+        from: Option<Cursor>,
+        limit: usize,
+        mut between: impl FnMut(usize),
+    ) -> Result<(ExportPage, usize), ExportError> {
+        let sets = vec![vec![Matcher::equal("__name__", "m")]];
+        let range = CursorRange { from, until: None };
+        let mut job = s.export_job(&sets, range, i64::MIN, i64::MAX, limit);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            if let Some(page) = job.step(Some(Instant::now()))? {
+                return Ok((page, steps));
+            }
+            between(steps);
+        }
+    }
+
+    #[test]
+    fn an_export_job_in_many_steps_gives_the_page_export_gives() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        for k in 0..6 {
+            ingest(&s, 600, k * 10_000, (k + 1) * 10_000, 1000);
+            s.flush().unwrap();
+        }
+        let sets = vec![vec![Matcher::equal("__name__", "m")]];
+        // Three pages of 9,000 samples (a record and a half), the records written between
+        // steps after them.
+        let mut cursor = None;
+        for pages in 0..3 {
+            let range = CursorRange {
+                from: cursor,
+                until: None,
+            };
+            let want = s
+                .export(&sets, range, i64::MIN, i64::MAX, 9_000, None)
+                .unwrap();
+            // Scrapes and flushes between the steps: new records and heads are not its page.
+            let mut t = 100_000 + pages * 1_000_000;
+            let (got, steps) = export_job_by(&s, cursor, 9_000, |k| {
+                if k % 3 == 0 {
+                    ingest(&s, 10, t, t + 2_000, 1000);
+                    t += 2_000;
+                    s.flush().unwrap();
+                }
+            })
+            .unwrap();
+            assert!(steps > 2, "{steps} steps");
+            let sorted = |p: ExportPage| {
+                let mut v: Vec<(Labels, Vec<(i64, u64)>)> = p
+                    .series
+                    .into_iter()
+                    .map(|(l, v)| (l, v.iter().map(|x| (x.t, x.v.to_bits())).collect()))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert!(want.more);
+            assert_eq!((got.next, got.more), (want.next, want.more));
+            let want = sorted(want);
+            assert_eq!(want.iter().map(|x| x.1.len()).sum::<usize>(), 9_000);
+            cursor = Some(got.next);
+            assert!(sorted(got) == want, "page {pages}");
+        }
+    }
+
+    #[test]
+    fn an_export_job_that_the_ring_overtakes_returns_what_it_read() {
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 40 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        for k in 0..4 {
+            ingest(&s, 300, k * 10_000, (k + 1) * 10_000, 1000);
+            s.flush().unwrap();
+        }
+        let first = s.oldest_cursor();
+        // Once it has read a part, the ring deletes everything it was to read next.
+        let mut t = 40_000;
+        let (page, _) = export_job_by(&s, Some(first), 1_000_000, |k| {
+            if k == 1 {
+                t = ingest_until_rotated(&s, t, 3);
+            }
+        })
+        .unwrap();
+        assert!(page.more);
+        let read: usize = page.series.iter().map(|x| x.1.len()).sum();
+        assert!(read > 0);
+        // Each series' samples are whole and exact from the start.
+        for (_, v) in &page.series {
+            assert!(v.iter().enumerate().all(|(i, x)| x.t == i as i64 * 1000));
+        }
+        // Asking from where it ended is told the records rotated out.
+        match export_job_by(&s, Some(page.next), 1_000_000, |_| {}) {
+            Err(ExportError::RotatedOut { from, .. }) => assert_eq!(from, page.next),
+            other => panic!("expected RotatedOut, got {:?}", other.map(|p| p.1)),
+        }
     }
 
     #[test]

@@ -261,8 +261,8 @@ pub trait Storage {
     /// been gathered. Stores that keep nothing on disk cannot export.
     ///
     /// With a `deadline`, the page also ends (with `more`) once it has passed, at a record
-    /// boundary or between two series of a record: a caller that wants a full page asks again
-    /// from `next` after yielding to the executor, and merges.
+    /// boundary or between two series of a record. A caller that wants a full page in slices
+    /// runs [`Storage::export_job`], which keeps its place between slices.
     fn export(
         &self,
         matcher_sets: &[Vec<Matcher>],
@@ -274,6 +274,22 @@ pub trait Storage {
     ) -> Result<ExportPage, ExportError> {
         let _ = (matcher_sets, range, mint, maxt, limit, deadline);
         Err(ExportError::Unsupported)
+    }
+
+    /// The page of [`Storage::export`] as a job done in slices ([`ExportJob::step`]): the
+    /// series are found once, each step reads on from where the last one stopped, and the
+    /// page's series are made at the end, in slices too. A page of a million samples over
+    /// 100k series is seconds of work if every slice starts over.
+    fn export_job(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        range: CursorRange,
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> Box<dyn ExportJob> {
+        let _ = (matcher_sets, range, mint, maxt, limit);
+        Box::new(NoExport)
     }
 
     /// Registers the one observer of committed samples (the remote-write sender), or removes
@@ -424,6 +440,29 @@ pub trait ImportJob {
     /// dropping it unfinished (the series it created are removed again, if still empty).
     fn step(&mut self, deadline: Option<std::time::Instant>)
         -> Result<Option<usize>, StorageError>;
+}
+
+/// An export page under way ([`Storage::export_job`]).
+pub trait ExportJob {
+    /// Works until the page is done (`Ok(Some(page))`) or past `deadline` (`Ok(None)`: call
+    /// again once other tasks have run); without a deadline, to the end. The page is what
+    /// [`Storage::export`] gives for the same arguments without a deadline, but when the ring
+    /// deletes the records after those already read between two steps: the page then ends
+    /// with what was read, `more`, and `next` where the deleted records were (asking from there
+    /// is told they rotated out).
+    fn step(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Option<ExportPage>, ExportError>;
+}
+
+/// The export job of a store that keeps nothing on disk.
+struct NoExport;
+
+impl ExportJob for NoExport {
+    fn step(&mut self, _: Option<std::time::Instant>) -> Result<Option<ExportPage>, ExportError> {
+        Err(ExportError::Unsupported)
+    }
 }
 
 /// A half-open range of store positions, either end open.

@@ -31,7 +31,6 @@ use super::WebState;
 use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{is_stale, Labels, Matcher, Sample};
 use crate::storage::{Cursor, CursorRange, ExportError, ExportPage};
-use std::collections::HashMap;
 
 /// Samples per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 250_000;
@@ -114,9 +113,8 @@ impl WebState {
 }
 
 impl WebState {
-    /// One page of about `limit` samples, gathered in slices: the store reads until its
-    /// deadline and says where it stopped, this asks again from there after yielding, and the
-    /// parts are merged per series.
+    /// One page of about `limit` samples, gathered in slices by the store's export job, then
+    /// sorted by family in slices.
     async fn export_in_slices(
         &self,
         sets: &[Vec<Matcher>],
@@ -125,69 +123,22 @@ impl WebState {
         maxt: i64,
         limit: usize,
     ) -> Result<ExportPage, ExportError> {
-        let mut from = range.from;
-        let mut gathered = 0usize;
-        let mut parts: HashMap<Labels, Vec<Sample>> = HashMap::new();
-        let mut ticks = Slicer::new(Some(SLICE), 256);
-        loop {
-            let deadline = std::time::Instant::now() + SLICE;
-            let part = self.storage.export(
-                sets,
-                CursorRange {
-                    from,
-                    until: range.until,
-                },
-                mint,
-                maxt,
-                limit - gathered,
-                Some(deadline),
-            );
-            let mut rotated = false;
-            let page = match part {
-                Ok(p) => p,
-                // The ring deleted what follows the parts gathered while this yielded: they
-                // are the page, and the client's next request, from where they end, is told.
-                Err(ExportError::RotatedOut { from: at, .. }) if from != range.from => {
-                    rotated = true;
-                    ExportPage {
-                        series: Vec::new(),
-                        next: at,
-                        more: true,
-                    }
-                }
-                Err(e) => return Err(e),
-            };
-            for (labels, samples) in page.series {
-                gathered += samples.len();
-                parts.entry(labels).or_default().extend(samples);
-                ticks.tick().await;
+        let mut job = self.storage.export_job(sets, range, mint, maxt, limit);
+        let page = loop {
+            match job.step(Some(std::time::Instant::now() + SLICE))? {
+                Some(page) => break page,
+                None => futures_lite::future::yield_now().await,
             }
-            if !page.more || gathered >= limit || rotated {
-                let mut slicer = Slicer::new(Some(SLICE), 256);
-                let mut series = Vec::with_capacity(parts.len());
-                for (labels, mut samples) in parts {
-                    slicer.tick().await;
-                    // Parts read apart may overlap or come out of order (imported records).
-                    if !samples.windows(2).all(|w| w[0].t < w[1].t) {
-                        samples.sort_by_key(|x| x.t);
-                        samples.dedup_by_key(|x| x.t);
-                    }
-                    series.push((labels, samples));
-                }
-                let mut sort = StepSort::new(series);
-                while !sort.run(page_order, || slicer.is_up()) {
-                    slicer.next_slice().await;
-                }
-                let series = sort.take();
-                return Ok(ExportPage {
-                    series,
-                    next: page.next,
-                    more: page.more,
-                });
-            }
-            from = Some(page.next);
-            futures_lite::future::yield_now().await;
+        };
+        let mut slicer = Slicer::new(Some(SLICE), 256);
+        let mut sort = StepSort::new(page.series);
+        while !sort.run(page_order, || slicer.is_up()) {
+            slicer.next_slice().await;
         }
+        Ok(ExportPage {
+            series: sort.take(),
+            ..page
+        })
     }
 }
 
