@@ -2091,6 +2091,14 @@ mod tests {
         }
     }
 
+    /// `flushes` flushes of `series` series, 10 s at 1 s each, from t = 0.
+    fn ingest_flushed(s: &FlashStorage, series: usize, flushes: i64) {
+        for k in 0..flushes {
+            ingest(s, series, k * 10_000, (k + 1) * 10_000, 1000);
+            s.flush().unwrap();
+        }
+    }
+
     fn all(s: &FlashStorage) -> Vec<(Labels, Vec<Sample>)> {
         s.querier()
             .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
@@ -2770,10 +2778,7 @@ mod tests {
     fn corruption_is_counted_and_the_rest_served() {
         let b = Rc::new(MemBackend::new());
         let s = open(&b, FlashOptions::default());
-        for k in 0..5 {
-            ingest(&s, 10, k * 10_000, (k + 1) * 10_000, 1000);
-            s.flush().unwrap();
-        }
+        ingest_flushed(&s, 10, 5);
         drop(s);
         let name = b.list().unwrap()[0].clone();
         let len = b.len(&name).unwrap() as usize;
@@ -3228,10 +3233,7 @@ mod tests {
         // 600 series, so a record is cut between series too (the clock is read every 256).
         let b = Rc::new(MemBackend::new());
         let s = open(&b, FlashOptions::default());
-        for k in 0..6 {
-            ingest(&s, 600, k * 10_000, (k + 1) * 10_000, 1000);
-            s.flush().unwrap();
-        }
+        ingest_flushed(&s, 600, 6);
         let (want, end, _) = export_all(&s, None, 1_000_000);
         let (got, end2, pages) = export_all_by(&s, None, 1_000_000, || Some(Instant::now()));
         assert!(pages > 6, "{pages} pages");
@@ -3270,10 +3272,7 @@ mod tests {
     fn an_export_job_in_many_steps_gives_the_page_export_gives() {
         let b = Rc::new(MemBackend::new());
         let s = open(&b, FlashOptions::default());
-        for k in 0..6 {
-            ingest(&s, 600, k * 10_000, (k + 1) * 10_000, 1000);
-            s.flush().unwrap();
-        }
+        ingest_flushed(&s, 600, 6);
         let sets = vec![vec![Matcher::equal("__name__", "m")]];
         // Three pages of 9,000 samples (a record and a half), the records written between
         // steps after them.
@@ -3323,10 +3322,7 @@ mod tests {
             ..FlashOptions::default()
         };
         let s = open(&b, opts);
-        for k in 0..4 {
-            ingest(&s, 300, k * 10_000, (k + 1) * 10_000, 1000);
-            s.flush().unwrap();
-        }
+        ingest_flushed(&s, 300, 4);
         let first = s.oldest_cursor();
         // Once it has read a part, the ring deletes everything it was to read next.
         let mut t = 40_000;
@@ -3358,10 +3354,7 @@ mod tests {
             ..FlashOptions::default()
         };
         let s = open(&b, opts);
-        for k in 0..6 {
-            ingest(&s, 10, k * 10_000, (k + 1) * 10_000, 1000);
-            s.flush().unwrap();
-        }
+        ingest_flushed(&s, 10, 6);
         // Unflushed samples are not exported.
         ingest(&s, 10, 60_000, 65_000, 1000);
         // Small pages: several calls, and together exactly the flushed samples.
