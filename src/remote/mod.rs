@@ -39,7 +39,10 @@ pub mod pb;
 
 use crate::config::RemoteWriteConfig;
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
-use crate::storage::{Cursor, CursorRange, SampleTap, SeriesRef, Storage, WriteSpan};
+use crate::model::slice::{Slicer, StepSort, SLICE};
+use crate::storage::{
+    Cursor, CursorRange, ExportError, SampleTap, SeriesRef, Storage, WriteSpan,
+};
 use async_io::Timer;
 use client::SendError;
 use std::cell::{Cell, RefCell};
@@ -389,8 +392,11 @@ impl Writer {
     /// The next backfill batch: the newest records of the newest pending range, as requests of
     /// at most `max_samples_per_send` samples in time order. None when nothing is pending.
     /// Ranges the ring deleted meanwhile are dropped (and counted) here.
-    fn backfill_batch(&self) -> Option<(Cursor, Vec<Vec<pb::TimeSeries>>, usize)> {
-        loop {
+    ///
+    /// A batch is up to [`BACKFILL_BATCH_BYTES`] of records, about a million samples of live
+    /// blocks: it is read, sorted and cut into requests in slices, so scrapes run meanwhile.
+    async fn backfill_batch(&self) -> Option<(Cursor, Vec<Vec<pb::TimeSeries>>, usize)> {
+        'batch: loop {
             let (a, b) = *self.st.borrow().pending.last()?;
             let oldest = self.storage.oldest_cursor();
             if a < oldest {
@@ -423,30 +429,39 @@ impl Writer {
                 x = *at;
             }
             let all = vec![vec![Matcher::new(MatchKind::Regex, "__name__", ".+").ok()?]];
-            let page = match self.storage.export(
-                &all,
-                CursorRange {
-                    from: Some(x),
-                    until: Some(b),
-                },
-                i64::MIN,
-                i64::MAX,
-                usize::MAX,
-                None,
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    log::warn!(
-                        "remote_write {:?}: reading the backfill: {e}",
-                        self.cfg.name
-                    );
-                    return None;
+            let range = CursorRange {
+                from: Some(x),
+                until: Some(b),
+            };
+            let mut job = self
+                .storage
+                .export_job(&all, range, i64::MIN, i64::MAX, usize::MAX);
+            let page = loop {
+                match job.step(Some(Instant::now() + SLICE)) {
+                    Ok(Some(p)) => break p,
+                    Ok(None) => futures_lite::future::yield_now().await,
+                    // The ring deleted the batch's start meanwhile: counted above, next time.
+                    Err(ExportError::RotatedOut { .. }) => continue 'batch,
+                    Err(e) => {
+                        log::warn!(
+                            "remote_write {:?}: reading the backfill: {e}",
+                            self.cfg.name
+                        );
+                        return None;
+                    }
                 }
             };
+            if page.more {
+                // The ring deleted records of the batch while it was read (the whole batch was
+                // asked for): the loss is counted above, and the batch read again.
+                continue 'batch;
+            }
             // All samples of the batch by time, then cut into requests.
+            let mut slicer = Slicer::new(Some(SLICE), 64);
             let mut flat: Vec<(i64, usize, f64)> = Vec::new();
             let mut labels: Vec<Labels> = Vec::new();
             for (l, samples) in page.series {
+                slicer.tick().await;
                 let Some(out) = self.outgoing(l) else {
                     continue;
                 };
@@ -454,10 +469,15 @@ impl Writer {
                 let k = labels.len() - 1;
                 flat.extend(samples.iter().map(|s| (s.t, k, s.v)));
             }
-            flat.sort_by_key(|x| (x.0, x.1));
+            let mut sort = StepSort::new(flat);
+            while !sort.run(|a, b| (a.0, a.1).cmp(&(b.0, b.1)), || slicer.is_up()) {
+                slicer.next_slice().await;
+            }
+            let flat = sort.take();
             let total = flat.len();
             let mut requests = Vec::new();
             for part in flat.chunks(self.cfg.max_samples_per_send) {
+                slicer.tick().await;
                 let mut by: BTreeMap<usize, Vec<pb::Sample>> = BTreeMap::new();
                 for (t, k, v) in part {
                     by.entry(*k).or_default().push(pb::Sample {
@@ -528,7 +548,7 @@ impl Writer {
             // Backfill only with a healthy link and a live queue that is not behind.
             let healthy = self.st.borrow().stats.last_error.is_empty();
             if healthy || queued == 0 {
-                if let Some((x, requests, total)) = self.backfill_batch() {
+                if let Some((x, requests, total)) = self.backfill_batch().await {
                     let mut ok = true;
                     for series in requests {
                         let n: usize = series.iter().map(|s| s.samples.len()).sum();
