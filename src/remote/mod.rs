@@ -38,11 +38,9 @@ pub mod client;
 pub mod pb;
 
 use crate::config::RemoteWriteConfig;
-use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use crate::model::slice::{Slicer, StepSort, SLICE};
-use crate::storage::{
-    Cursor, CursorRange, ExportError, SampleTap, SeriesRef, Storage, WriteSpan,
-};
+use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
+use crate::storage::{Cursor, CursorRange, ExportError, SampleTap, SeriesRef, Storage, WriteSpan};
 use async_io::Timer;
 use client::SendError;
 use std::cell::{Cell, RefCell};

@@ -446,7 +446,15 @@ pub fn client_gone<'a>(
     })
 }
 
-/// Writes `resp`; returns false if the connection must be closed (write error or timeout).
+/// What writing a response did.
+pub struct Sent {
+    /// Whether all of it went out (if not, the connection must be closed).
+    pub ok: bool,
+    /// The body bytes handed to the connection (of a chunked body: the chunks' data).
+    pub body_bytes: u64,
+}
+
+/// Writes `resp`; not ok if the connection must be closed (write error or timeout).
 /// A streamed body is written with chunked encoding, each piece within the write timeout. A
 /// body in memory goes out with its head in one write: one system call, and no small head
 /// segment for the client to acknowledge before the body follows.
@@ -455,7 +463,7 @@ pub async fn write_response(
     resp: &mut Response,
     keep_alive: bool,
     limits: &Limits,
-) -> bool {
+) -> Sent {
     use std::fmt::Write;
     let mut head = String::with_capacity(256);
     let _ = write!(head, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
@@ -495,26 +503,36 @@ pub async fn write_response(
     head.push_str("\r\n");
     let mut out = head.into_bytes();
     if resp.head_only {
-        return write_timed(stream, &out, limits).await;
+        return Sent {
+            ok: write_timed(stream, &out, limits).await,
+            body_bytes: 0,
+        };
     }
+    let body_bytes = resp.body.len() as u64;
     // A big body is not copied behind its head (a copy of many megabytes, in one piece).
     if resp.body.len() > GZIP_IN_ONE_GO_BYTES {
-        return write_timed(stream, &out, limits).await
+        let ok = write_timed(stream, &out, limits).await
             && write_timed(stream, &resp.body, limits).await;
+        return Sent { ok, body_bytes };
     }
     out.extend_from_slice(&resp.body);
-    write_timed(stream, &out, limits).await
+    Sent {
+        ok: write_timed(stream, &out, limits).await,
+        body_bytes,
+    }
 }
 
 /// Writes the head, then every piece of `body` as one chunk, yielding between pieces so a long
-/// body never holds up scrapes. Returns false on a write error, a timeout or a failed source.
+/// body never holds up scrapes. Not ok on a write error, a timeout or a failed source.
 async fn write_chunked(
     stream: &mut Async<TcpStream>,
     head: String,
     mut body: Box<dyn BodyStream>,
     limits: &Limits,
-) -> bool {
+) -> Sent {
     let mut pending = head.into_bytes();
+    let mut body_bytes = 0u64;
+    let sent = |ok: bool, body_bytes: u64| Sent { ok, body_bytes };
     loop {
         let piece = match body.next_chunk() {
             Some(Ok(p)) if p.is_empty() => continue,
@@ -522,7 +540,7 @@ async fn write_chunked(
             Some(Err(e)) => {
                 log::warn!("streamed response ended early: {e}");
                 let _ = write_timed(stream, &pending, limits).await;
-                return false;
+                return sent(false, body_bytes);
             }
             None => None,
         };
@@ -532,14 +550,15 @@ async fn write_chunked(
                 pending.extend_from_slice(&p);
                 pending.extend_from_slice(b"\r\n");
                 if !write_timed(stream, &pending, limits).await {
-                    return false;
+                    return sent(false, body_bytes);
                 }
+                body_bytes += p.len() as u64;
                 pending.clear();
                 futures_lite::future::yield_now().await;
             }
             None => {
                 pending.extend_from_slice(b"0\r\n\r\n");
-                return write_timed(stream, &pending, limits).await;
+                return sent(write_timed(stream, &pending, limits).await, body_bytes);
             }
         }
     }

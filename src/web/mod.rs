@@ -436,23 +436,24 @@ async fn connection(mut stream: Async<std::net::TcpStream>, state: &WebState) {
         let gone = http::client_gone(&stream, &mut buf, state.limits.max_head_bytes);
         let (handler, mut resp) = state.route(&req, gone).await;
         state.telemetry.http_request(handler, resp.status);
-        state.telemetry.http_observe(
-            handler,
-            started.elapsed().as_secs_f64(),
-            resp.body.len() as u64,
-        );
         resp.head_only = req.method == "HEAD";
         let quit = handler == "quit" && resp.status == 200;
         // A canceled query's client has gone (or half-closed): answer as Prometheus does, then
         // close.
         let canceled = resp.status == api::STATUS_CLIENT_CLOSED;
-        let written = http::write_response(
+        let sent = http::write_response(
             &mut stream,
             &mut resp,
             req.keep_alive && !quit && !canceled,
             &state.limits,
         )
         .await;
+        // As Prometheus's handler instrumentation: the time until the response was written,
+        // and the body's size as sent (a streamed one counted as it goes).
+        state
+            .telemetry
+            .http_observe(handler, started.elapsed().as_secs_f64(), sent.body_bytes);
+        let written = sent.ok;
         if quit {
             state.quit.request();
             return;

@@ -126,6 +126,17 @@ fn export_pages_with_a_cursor_that_survives_a_restart() {
     let (got, cursor, pages) = export_all(perch.port, None, "limit=500");
     assert!(pages >= 2, "{pages} pages");
     assert_eq!(got, want);
+    // A streamed answer's size is counted as sent (it was 0 while the body was streamed).
+    let size_sum = |port: u16| -> f64 {
+        let m = raw_request(port, "GET", "/metrics", &[], b"").text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("perch_http_response_size_bytes_sum{handler=\"export\"} "))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    let before = size_sum(perch.port);
+    let page = raw_request(perch.port, "GET", "/api/v1/export?limit=500", &[], b"");
+    assert!(page.body.len() > 1000);
+    assert_eq!(size_sum(perch.port) - before, page.body.len() as f64);
     // Nothing new since: an empty document, the same cursor.
     let (got, again, _) = export_all(perch.port, Some(&cursor), "");
     assert!(got.is_empty());
