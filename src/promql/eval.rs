@@ -34,10 +34,12 @@ use std::time::UNIX_EPOCH;
 
 pub(crate) type EvalFuture<'a> = Pin<Box<dyn Future<Output = Result<Val, QueryError>> + 'a>>;
 
-/// Yield to the executor after about this much work (samples or points processed): a few
-/// hundred microseconds, far below a scrape's tolerance for lateness, and rare enough that the
-/// yields themselves (a round through the executor, a look at the client's socket) cost little.
-const YIELD_EVERY: usize = 1 << 16;
+/// The clock is read after this much work (samples or points processed, label sets built):
+/// tens of microseconds. The evaluator yields to the executor once a slice
+/// ([`crate::model::slice::SLICE`]) has passed since it last did, so a unit of work that is
+/// slower than it looks (a label set, a histogram) cannot stretch a slice, and the yields
+/// themselves (a round through the executor, a look at the client's socket) stay rare.
+const CHECK_EVERY: usize = 1 << 12;
 
 /// The work counted for a step that builds or frees a label set (an allocation or a few, and
 /// a hash): about as much as a few dozen samples.
@@ -550,7 +552,9 @@ pub(crate) struct Evaluator<'q> {
     cur_samples: usize,
     /// The query's statistics so far: `peak_samples` follows `cur_samples`.
     stats: QueryStats,
+    /// Work since the clock was last read, and when the running slice began.
     work: usize,
+    slice_began: std::time::Instant,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
 }
@@ -565,6 +569,7 @@ impl<'q> Evaluator<'q> {
             cur_samples: 0,
             stats: QueryStats::default(),
             work: 0,
+            slice_began: std::time::Instant::now(),
             warnings: Vec::new(),
             infos: Vec::new(),
         }
@@ -649,6 +654,8 @@ impl<'q> Evaluator<'q> {
         maxt: i64,
     ) -> Result<Vec<crate::storage::Series>, crate::storage::StorageError> {
         let series = crate::storage::select_in_slices(self.q, matchers, mint, maxt).await?;
+        // The select yielded as it went, but its last slice may have been used up: the clock
+        // is read again soon, and the slice counts from before the select.
         self.work = 0;
         Ok(series)
     }
@@ -662,12 +669,15 @@ impl<'q> Evaluator<'q> {
         }
     }
 
-    /// Records `n` units of work and yields to the executor now and then.
+    /// Records `n` units of work and yields to the executor once the slice is used up.
     pub async fn tick(&mut self, n: usize) {
         self.work += n;
-        if self.work >= YIELD_EVERY {
+        if self.work >= CHECK_EVERY {
             self.work = 0;
-            futures_lite::future::yield_now().await;
+            if self.slice_began.elapsed() >= crate::model::slice::SLICE {
+                futures_lite::future::yield_now().await;
+                self.slice_began = std::time::Instant::now();
+            }
         }
     }
 
