@@ -1036,6 +1036,14 @@ impl Store {
         })
     }
 
+    /// The position after the newest record.
+    fn end_cursor(&self) -> Cursor {
+        match self.segments.last() {
+            Some(s) => Cursor::at(s.seq, s.bytes),
+            None => Cursor::at(self.next_seq, 0),
+        }
+    }
+
     /// Where the oldest data kept starts (the next segment's start when there is none).
     fn oldest_cursor(&self) -> Cursor {
         Cursor::at(self.segments.first().map_or(self.next_seq, |s| s.seq), 0)
@@ -1053,10 +1061,10 @@ impl Store {
         deadline: Option<Instant>,
     ) -> Result<ExportPage, ExportError> {
         let ids = self.export_ids(matcher_sets);
-        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); ids.len()];
+        let mut per: Vec<ExportSeries> = vec![(None, Vec::new()); ids.len()];
         let part = self.export_part(&ids, &mut per, range, mint, maxt, limit, deadline)?;
         let mut series = Vec::new();
-        self.export_series(&ids, &mut per, 0, &mut series, || false);
+        export_series(&mut per, 0, &mut series, || false);
         Ok(ExportPage {
             series,
             next: part.next,
@@ -1075,15 +1083,16 @@ impl Store {
         ids
     }
 
-    /// Reads block records of `range` for the series `ids` (ascending) into `per` (one vector
-    /// each, appended to): whole records in append order until about `limit` samples were
-    /// gathered, or, with a `deadline`, until it has passed (at a record, or every 256 series
-    /// of one; always after some progress, so each call moves on).
+    /// Reads block records of `range` for the series `ids` (ascending) into `per` (one entry
+    /// each, appended to; a series' labels are taken with its first samples, so a series the
+    /// ring forgets later keeps them): whole records in append order until about `limit`
+    /// samples were gathered, or, with a `deadline`, until it has passed (at a record, or
+    /// every 256 series of one; always after some progress, so each call moves on).
     #[allow(clippy::too_many_arguments)]
     fn export_part(
         &mut self,
         ids: &[u64],
-        per: &mut [Vec<Sample>],
+        per: &mut [ExportSeries],
         range: CursorRange,
         mint: i64,
         maxt: i64,
@@ -1155,18 +1164,22 @@ impl Store {
                         more = true;
                         break 'segments;
                     }
-                    let before = per[k].len();
+                    let (labels, samples) = &mut per[k];
+                    let before = samples.len();
                     self.counters.corrupt_records += block
                         .series_many(
                             std::slice::from_ref(id),
-                            std::slice::from_mut(&mut per[k]),
+                            std::slice::from_mut(samples),
                             &mut [true],
                             mint,
                             maxt,
                             &fetch,
                         )
                         .map_err(io_err)?;
-                    gathered += per[k].len() - before;
+                    gathered += samples.len() - before;
+                    if labels.is_none() && samples.len() > before {
+                        *labels = self.series.get(id).map(|s| self.symbols.labels(&s.labels));
+                    }
                 }
             }
             // A segment no longer appended to is done with: the next page starts after it, so
@@ -1181,38 +1194,36 @@ impl Store {
             gathered,
         })
     }
+}
 
-    /// Moves the series of `per` with samples, from `ids[from]` on, into `out` with their
-    /// labels, each sorted by time and without duplicates (imported records may overlap);
-    /// series forgotten meanwhile are left out. Stops when `up()` says so (every 256 series),
-    /// returning where to go on.
-    fn export_series(
-        &self,
-        ids: &[u64],
-        per: &mut [Vec<Sample>],
-        from: usize,
-        out: &mut Vec<(Labels, Vec<Sample>)>,
-        up: impl Fn() -> bool,
-    ) -> Option<usize> {
-        for k in from..ids.len() {
-            if k > from && k % 256 == 0 && up() {
-                return Some(k);
-            }
-            let mut v = std::mem::take(&mut per[k]);
-            if v.is_empty() {
-                continue;
-            }
-            let Some(s) = self.series.get(&ids[k]) else {
-                continue;
-            };
-            if !v.windows(2).all(|w| w[0].t < w[1].t) {
-                v.sort_by_key(|x| x.t);
-                v.dedup_by_key(|x| x.t);
-            }
-            out.push((self.symbols.labels(&s.labels), v));
+/// A series of an export page being gathered: its labels (taken with its first samples) and
+/// samples.
+type ExportSeries = (Option<Labels>, Vec<Sample>);
+
+/// Moves the series of `per` with samples, from `per[from]` on, into `out`, each sorted by
+/// time and without duplicates (imported records may overlap). Stops when `up()` says so
+/// (every 256 series), returning where to go on.
+fn export_series(
+    per: &mut [ExportSeries],
+    from: usize,
+    out: &mut Vec<(Labels, Vec<Sample>)>,
+    up: impl Fn() -> bool,
+) -> Option<usize> {
+    for (k, entry) in per.iter_mut().enumerate().skip(from) {
+        if k > from && k % 256 == 0 && up() {
+            return Some(k);
         }
-        None
+        let (labels, mut v) = std::mem::take(entry);
+        let Some(labels) = labels.filter(|_| !v.is_empty()) else {
+            continue;
+        };
+        if !v.windows(2).all(|w| w[0].t < w[1].t) {
+            v.sort_by_key(|x| x.t);
+            v.dedup_by_key(|x| x.t);
+        }
+        out.push((labels, v));
     }
+    None
 }
 
 /// An export page in slices: see [`ExportJob`].
@@ -1223,12 +1234,15 @@ pub struct FlashExport {
     mint: i64,
     maxt: i64,
     limit: usize,
-    /// The series (found at the first step), their samples so far, and how many.
+    /// The series (found at the first step), their labels and samples so far, and how many.
     ids: Option<Vec<u64>>,
-    per: Vec<Vec<Sample>>,
+    per: Vec<ExportSeries>,
     gathered: usize,
     /// Where the next part starts.
     from: Option<Cursor>,
+    /// The page was asked to the store's end: `range.until` is where it ended at the first
+    /// step.
+    until_was_open: bool,
     /// Once reading is done: where the page ends, and the series made so far.
     end: Option<(Cursor, bool, usize)>,
     series: Vec<(Labels, Vec<Sample>)>,
@@ -1237,10 +1251,20 @@ pub struct FlashExport {
 impl ExportJob for FlashExport {
     fn step(&mut self, deadline: Option<Instant>) -> Result<Option<ExportPage>, ExportError> {
         let mut st = self.store.borrow_mut();
-        let ids = self.ids.get_or_insert_with(|| st.export_ids(&self.sets));
-        if self.per.len() != ids.len() {
-            self.per = vec![Vec::new(); ids.len()];
-        }
+        let ids = match &mut self.ids {
+            Some(ids) => ids,
+            None => {
+                // The page is of the records there now: one flushed later may hold series
+                // found after this, and comes with the next page.
+                if self.range.until.is_none() {
+                    self.range.until = Some(st.end_cursor());
+                    self.until_was_open = true;
+                }
+                let ids = st.export_ids(&self.sets);
+                self.per = vec![(None, Vec::new()); ids.len()];
+                self.ids.insert(ids)
+            }
+        };
         let up = || deadline.is_some_and(|d| Instant::now() >= d);
         if self.end.is_none() {
             let range = CursorRange {
@@ -1264,7 +1288,14 @@ impl ExportJob for FlashExport {
                         // (Without a deadline a part ends only at the limit or the end.)
                         return Ok(None);
                     }
-                    self.end = Some((part.next, part.more, 0));
+                    // Blocks written since the job began follow the page.
+                    let later = CursorRange {
+                        from: Some(part.next),
+                        until: None,
+                    };
+                    let more =
+                        part.more || self.until_was_open && st.blocks_in(later).next().is_some();
+                    self.end = Some((part.next, more, 0));
                 }
                 // The ring deleted what follows the parts read while this yielded: they are
                 // the page, and the next request, from where they end, is told.
@@ -1280,7 +1311,8 @@ impl ExportJob for FlashExport {
         let Some((next, more, k)) = self.end else {
             return Ok(None);
         };
-        match st.export_series(ids, &mut self.per, k, &mut self.series, up) {
+        drop(st);
+        match export_series(&mut self.per, k, &mut self.series, up) {
             Some(k) => {
                 self.end = Some((next, more, k));
                 Ok(None)
@@ -1959,6 +1991,7 @@ impl Storage for FlashStorage {
             per: Vec::new(),
             gathered: 0,
             from: range.from,
+            until_was_open: false,
             end: None,
             series: Vec::new(),
         })
@@ -1980,11 +2013,7 @@ impl Storage for FlashStorage {
     }
 
     fn end_cursor(&self) -> Cursor {
-        let st = self.store.borrow();
-        match st.segments.last() {
-            Some(s) => Cursor::at(s.seq, s.bytes),
-            None => Cursor::at(st.next_seq, 0),
-        }
+        self.store.borrow().end_cursor()
     }
 
     fn block_positions(&self, range: CursorRange) -> Vec<(Cursor, u64)> {
@@ -3312,6 +3341,33 @@ mod tests {
             cursor = Some(got.next);
             assert!(sorted(got) == want, "page {pages}");
         }
+    }
+
+    #[test]
+    fn an_export_job_leaves_blocks_flushed_meanwhile_to_the_next_page() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest_flushed(&s, 600, 6);
+        // A series new since the job began, flushed between its steps: its block is not this
+        // page's (the job found its series first), and the next page has it whole.
+        let (page, steps) = export_job_by(&s, None, 1_000_000, |k| {
+            if k == 1 {
+                let mut app = s.appender();
+                app.append(&labels(5000), 70_000, 1.0).unwrap();
+                app.commit().unwrap();
+                s.flush().unwrap();
+            }
+        })
+        .unwrap();
+        assert!(steps > 2, "{steps} steps");
+        let n: usize = page.series.iter().map(|x| x.1.len()).sum();
+        assert_eq!(n, 600 * 60);
+        assert!(page.series.iter().all(|x| x.0 != labels(5000)));
+        assert!(page.more, "blocks remain after the page");
+        let (next, _) = export_job_by(&s, Some(page.next), 1_000_000, |_| {}).unwrap();
+        assert_eq!(next.series.len(), 1);
+        assert_eq!(next.series[0].0, labels(5000));
+        assert!(!next.more);
     }
 
     #[test]

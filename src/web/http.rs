@@ -450,7 +450,8 @@ pub fn client_gone<'a>(
 pub struct Sent {
     /// Whether all of it went out (if not, the connection must be closed).
     pub ok: bool,
-    /// The body bytes handed to the connection (of a chunked body: the chunks' data).
+    /// The body bytes handed to the connection (of a chunked body: the chunks' data written;
+    /// of a body in memory: all of it, or 0 if the write failed).
     pub body_bytes: u64,
 }
 
@@ -513,12 +514,16 @@ pub async fn write_response(
     if resp.body.len() > GZIP_IN_ONE_GO_BYTES {
         let ok = write_timed(stream, &out, limits).await
             && write_timed(stream, &resp.body, limits).await;
-        return Sent { ok, body_bytes };
+        return Sent {
+            ok,
+            body_bytes: if ok { body_bytes } else { 0 },
+        };
     }
     out.extend_from_slice(&resp.body);
+    let ok = write_timed(stream, &out, limits).await;
     Sent {
-        ok: write_timed(stream, &out, limits).await,
-        body_bytes,
+        ok,
+        body_bytes: if ok { body_bytes } else { 0 },
     }
 }
 
