@@ -446,10 +446,12 @@ pub trait ImportJob {
 pub trait ExportJob {
     /// Works until the page is done (`Ok(Some(page))`) or past `deadline` (`Ok(None)`: call
     /// again once other tasks have run); without a deadline, to the end. The page is what
-    /// [`Storage::export`] gives for the same arguments without a deadline, but when the ring
-    /// deletes the records after those already read between two steps: the page then ends
-    /// with what was read, `more`, and `next` where the deleted records were (asking from there
-    /// is told they rotated out).
+    /// [`Storage::export`] gives for the same arguments without a deadline when it began, with
+    /// two differences. Blocks written after its first step are left to the next page (they
+    /// may hold series it has not looked for), and `more` says so. When the ring deletes the
+    /// records after those already read between two steps, the page ends with what was read,
+    /// `more`, and `next` where the deleted records were (asking from there is told they
+    /// rotated out).
     fn step(
         &mut self,
         deadline: Option<std::time::Instant>,
