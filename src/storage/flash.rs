@@ -3371,6 +3371,52 @@ mod tests {
     }
 
     #[test]
+    fn export_keeps_what_it_read_of_a_series_the_ring_forgets_meanwhile() {
+        let b = Rc::new(MemBackend::new());
+        let opts = FlashOptions {
+            budget_bytes: 40 << 10,
+            ..FlashOptions::default()
+        };
+        let s = open(&b, opts);
+        // Series 7000 has data in the first segment only; series 0 in every one.
+        let mut app = s.appender();
+        for k in 0..100 {
+            app.append(&labels(7000), k * 1000, k as f64).unwrap();
+        }
+        app.commit().unwrap();
+        let mut t = 100_000;
+        while s.store.borrow().segments.len() < 2 {
+            ingest(&s, 1, t, t + 10_000, 1000);
+            s.flush().unwrap();
+            t += 10_000;
+        }
+        let mut st = s.store.borrow_mut();
+        let second = st.segments[1].seq;
+        let ids = st.export_ids(&[vec![Matcher::equal("__name__", "m")]]);
+        let mut per: Vec<ExportSeries> = vec![(None, Vec::new()); ids.len()];
+        // A part reads the first segment; then the ring deletes it and forgets series 7000;
+        // the page still has what the part read of it.
+        let range = CursorRange {
+            from: None,
+            until: Some(Cursor::at(second, 0)),
+        };
+        let part = st
+            .export_part(&ids, &mut per, range, i64::MIN, i64::MAX, usize::MAX, None)
+            .unwrap();
+        assert!(part.gathered > 100);
+        st.delete_segment(0);
+        assert!(st.candidates(&[Matcher::equal("i", "7000")]).is_empty());
+        let mut out = Vec::new();
+        assert!(export_series(&mut per, 0, &mut out, || false).is_none());
+        let kept = out
+            .iter()
+            .find(|x| x.0 == labels(7000))
+            .expect("series 7000");
+        assert_eq!(kept.1.len(), 100);
+        assert!(out.iter().any(|x| x.0 == labels(0)));
+    }
+
+    #[test]
     fn an_export_job_that_the_ring_overtakes_returns_what_it_read() {
         let b = Rc::new(MemBackend::new());
         let opts = FlashOptions {
