@@ -1021,6 +1021,22 @@ fn block_fetch<'a>(
     move |off, len| backend.read_exact_at(name, at + off as u64, len)
 }
 
+/// The end of a slice of a store job (none: no limit): the flush, an import, a select, a
+/// series listing, an export.
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn up(&self) -> bool {
+        self.0.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Whether to stop after `done` items of a slice: the clock is read every `every` items,
+    /// and a slice does at least that many, whatever it says.
+    fn up_after(&self, done: usize, every: usize) -> bool {
+        done > 0 && done % every == 0 && self.up()
+    }
+}
+
 /// Most samples a select reserves room for ahead of decoding them (16 bytes each).
 const MAX_RESERVE_SAMPLES: usize = 1 << 21;
 
@@ -1099,7 +1115,7 @@ impl Store {
         limit: usize,
         deadline: Option<Instant>,
     ) -> Result<ExportPart, ExportError> {
-        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        let clock = Clock(deadline);
         let from = range.from;
         let (start, until) = range.bounds();
         let oldest = self.oldest_cursor();
@@ -1131,7 +1147,7 @@ impl Store {
                     break 'segments;
                 }
                 // (The clock ends a page only once it has read something: each call moves on.)
-                if (gathered >= limit && gathered > 0) || (next > start && up()) {
+                if (gathered >= limit && gathered > 0) || (next > start && clock.up()) {
                     more = true;
                     break 'segments;
                 }
@@ -1158,8 +1174,8 @@ impl Store {
                     }
                     // A large record (an import's) is split between pages by series.
                     // (Only past the first series read here: each call moves on.)
-                    let clock = *id > first_id && k % 256 == 255 && up();
-                    if (gathered >= limit && gathered > 0) || clock {
+                    let stop = *id > first_id && k % 256 == 255 && clock.up();
+                    if (gathered >= limit && gathered > 0) || stop {
                         next = Cursor { series: *id, ..at };
                         more = true;
                         break 'segments;
@@ -1265,7 +1281,7 @@ impl ExportJob for FlashExport {
                 self.ids.insert(ids)
             }
         };
-        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        let clock = Clock(deadline);
         if self.end.is_none() {
             let range = CursorRange {
                 from: self.from,
@@ -1304,7 +1320,7 @@ impl ExportJob for FlashExport {
                 }
                 Err(e) => return Err(e),
             }
-            if up() {
+            if clock.up() {
                 return Ok(None);
             }
         }
@@ -1312,7 +1328,7 @@ impl ExportJob for FlashExport {
             return Ok(None);
         };
         drop(st);
-        match export_series(&mut self.per, k, &mut self.series, up) {
+        match export_series(&mut self.per, k, &mut self.series, || clock.up()) {
             Some(k) => {
                 self.end = Some((next, more, k));
                 Ok(None)
@@ -1841,7 +1857,7 @@ struct FlashSeries<'a> {
 
 impl SeriesJob for FlashSeries<'_> {
     fn step(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<Labels>>, StorageError> {
-        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        let clock = Clock(deadline);
         if self.ids.is_none() {
             let all = self.querier.covers_all(self.mint, self.maxt);
             let st = &mut *self.querier.store.borrow_mut();
@@ -1850,7 +1866,7 @@ impl SeriesJob for FlashSeries<'_> {
             } else {
                 st.series_ids_in(&self.matchers, self.mint, self.maxt)?
             });
-            if up() {
+            if clock.up() {
                 return Ok(None);
             }
         }
@@ -1869,14 +1885,14 @@ impl SeriesJob for FlashSeries<'_> {
                     &mut self.out,
                 )));
             }
-            if up() {
+            if clock.up() {
                 return Ok(None);
             }
         }
         let Some(sort) = self.sort.as_mut() else {
             return Ok(Some(Vec::new()));
         };
-        if !sort.run(|a, b| a.cmp(b), up) {
+        if !sort.run(|a, b| a.cmp(b), || clock.up()) {
             return Ok(None);
         }
         Ok(Some(sort.take()))

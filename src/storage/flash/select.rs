@@ -19,7 +19,7 @@
 //!   samples in `[mint, maxt]`, sorted by labels, each with its samples in the range,
 //!   ascending.
 
-use super::{block_fetch, io_err, Store, MAX_RESERVE_SAMPLES};
+use super::{block_fetch, io_err, Clock, Store, MAX_RESERVE_SAMPLES};
 use crate::model::slice::StepSort;
 use crate::model::{Matcher, Sample};
 use crate::storage::block::{ascending, keep_within};
@@ -124,7 +124,7 @@ impl Select {
         st: &mut Store,
         deadline: Option<Instant>,
     ) -> Result<Option<Vec<Series>>, StorageError> {
-        let up = || deadline.is_some_and(|d| Instant::now() >= d);
+        let clock = Clock(deadline);
         loop {
             match &mut self.phase {
                 Phase::Blocks { bi, ki } => {
@@ -176,7 +176,7 @@ impl Select {
                     };
                 }
                 Phase::Sort(sort) => {
-                    if !sort.run(|a, b| a.labels.cmp(&b.labels), up) {
+                    if !sort.run(|a, b| a.labels.cmp(&b.labels), || clock.up()) {
                         return Ok(None);
                     }
                     let out = sort.take();
@@ -185,7 +185,7 @@ impl Select {
                 }
                 Phase::Done => return Ok(Some(Vec::new())),
             }
-            if up() {
+            if clock.up() {
                 return Ok(None);
             }
         }

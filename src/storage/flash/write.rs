@@ -20,7 +20,7 @@
 //! - If the write fails, nothing has changed: the heads are whole and the next flush writes
 //!   them.
 
-use super::{Store, SERIES_PER_RECORD};
+use super::{Clock, Store, SERIES_PER_RECORD};
 use crate::model::slice::StepSort;
 use crate::model::{Labels, Sample};
 use crate::storage::block::{self, BlockBuilder};
@@ -127,21 +127,6 @@ const MAX_BLOCK_SERIES: usize = 16_384;
 const SERIES_PER_CHECK: usize = 16;
 /// Series trimmed between two looks at the clock.
 const SERIES_PER_TRIM_CHECK: usize = 256;
-
-/// The end of a slice (none: no limit).
-struct Clock(Option<Instant>);
-
-impl Clock {
-    fn up(&self) -> bool {
-        self.0.is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Whether to stop after `done` items of a slice: the clock is read every `every` items,
-    /// and a slice does at least that many, whatever it says.
-    fn up_after(&self, done: usize, every: usize) -> bool {
-        done > 0 && done % every == 0 && self.up()
-    }
-}
 
 impl WriteJob {
     /// A flush of every non-empty head, or None when there is nothing to flush (a changed
