@@ -393,31 +393,19 @@ impl BlockBuilder {
                 Some(here)
             });
             let from: Vec<u32> = from.collect();
-            if one_frame {
-                // All in one frame, placing changes little: the block keeps id order (version
-                // 3), which a reader lays out without a pass over the lengths.
-                return Placing {
-                    order: (0..self.dir.len() as u32).collect(),
-                    from,
-                    next: 0,
-                    by_class: false,
-                };
+            let mut order: Vec<u32> = (0..self.dir.len() as u32).collect();
+            // All in one frame, placing changes little: the block keeps id order (version 3),
+            // which a reader lays out without a pass over the lengths. Otherwise by class,
+            // ascending, and in directory order within a class (a stable sort): the layout a
+            // reader derives from the lengths (`class_starts`).
+            if !one_frame {
+                order.sort_by_key(|&i| place_key(self.dir[i as usize].1));
             }
-            let mut start = class_starts(self.dir.iter().map(|e| e.1));
-            let mut order = vec![0u32; self.dir.len()];
-            for (i, e) in self.dir.iter().enumerate() {
-                let k = place_key(e.1);
-                // Each chunk's offset, then the order of the offsets.
-                order[i] = start[k] as u32;
-                start[k] += u64::from(e.1);
-            }
-            let mut by_offset: Vec<u32> = (0..self.dir.len() as u32).collect();
-            by_offset.sort_unstable_by_key(|&i| order[i as usize]);
             Placing {
-                order: by_offset,
+                order,
                 from,
                 next: 0,
-                by_class: true,
+                by_class: !one_frame,
             }
         });
         if placing.next >= placing.order.len() {
