@@ -2232,13 +2232,7 @@ mod tests {
         let pending = Labels::from_pairs(&[("__name__", "pending")]);
         let mut open_batch = s.appender();
         open_batch.append(&pending, 500, 7.0).unwrap();
-        let mut t = 0;
-        while s.counters().segments_deleted == 0 {
-            assert!(t < 10_000_000, "no segment was deleted");
-            ingest(&s, 10, t, t + 10_000, 1000);
-            s.flush().unwrap();
-            t += 10_000;
-        }
+        ingest_until_rotated(&s, 10, 0, 1);
         assert_eq!(open_batch.commit().unwrap().samples, 1);
         let got = s
             .querier()
@@ -2265,13 +2259,7 @@ mod tests {
         newer.append(&x, 500, 7.0).unwrap();
         older.append(&x, 400, 1.0).unwrap();
         older.rollback();
-        let mut t = 0;
-        while s.counters().segments_deleted == 0 {
-            assert!(t < 10_000_000, "no segment was deleted");
-            ingest(&s, 10, t, t + 10_000, 1000);
-            s.flush().unwrap();
-            t += 10_000;
-        }
+        ingest_until_rotated(&s, 10, 0, 1);
         assert_eq!(newer.commit().unwrap().samples, 1);
         let got = s
             .querier()
@@ -2407,13 +2395,7 @@ mod tests {
         s.import(import_items(3, 0, 5), 3).unwrap();
         let mut job = s.import_job_at(import_items(3, 100_000, 20), 3);
         assert_eq!(job.step(Some(Instant::now())).unwrap(), None);
-        let mut t = 0;
-        while s.counters().segments_deleted == 0 {
-            assert!(t < 10_000_000, "no segment was deleted");
-            ingest(&s, 10, t, t + 10_000, 1000);
-            s.flush().unwrap();
-            t += 10_000;
-        }
+        ingest_until_rotated(&s, 10, 0, 1);
         while job.step(None).unwrap().is_none() {}
         drop(job);
         let got = s
@@ -3204,11 +3186,13 @@ mod tests {
         assert_eq!(s0.len(), 60);
     }
 
-    /// Ingests 50 series in flushed 10 s slices from `t` on until the ring has deleted
-    /// `segments` segments; returns the time after the last slice.
-    fn ingest_until_rotated(s: &FlashStorage, mut t: i64, segments: u64) -> i64 {
+    /// Ingests `series` series in flushed 10 s slices from `t` on until the ring has deleted
+    /// `segments` segments in all; returns the time after the last slice.
+    fn ingest_until_rotated(s: &FlashStorage, series: usize, mut t: i64, segments: u64) -> i64 {
+        let from = t;
         while s.counters().segments_deleted < segments {
-            ingest(s, 50, t, t + 10_000, 1000);
+            assert!(t - from < 10_000_000, "no segment was deleted");
+            ingest(s, series, t, t + 10_000, 1000);
             t += 10_000;
             s.flush().unwrap();
         }
@@ -3446,7 +3430,7 @@ mod tests {
         let mut t = 40_000;
         let (page, _) = export_job_by(&s, Some(first), 1_000_000, |k| {
             if k == 1 {
-                t = ingest_until_rotated(&s, t, 3);
+                t = ingest_until_rotated(&s, 50, t, 3);
             }
         })
         .unwrap();
@@ -3508,7 +3492,7 @@ mod tests {
         ingest(&s, 50, 0, 10_000, 1000);
         s.flush().unwrap();
         let (_, cursor, _) = export_all(&s, None, 1_000_000);
-        let t = ingest_until_rotated(&s, 10_000, 3);
+        let t = ingest_until_rotated(&s, 50, 10_000, 3);
         let sets = vec![vec![Matcher::equal("__name__", "m")]];
         match s.export(
             &sets,
@@ -3564,7 +3548,7 @@ mod tests {
         );
         s.set_checkpoint("push", b"two".to_vec());
         // Long after, with the first segments rotated out, the newest value is still there.
-        ingest_until_rotated(&s, 0, 3);
+        ingest_until_rotated(&s, 50, 0, 3);
         let s2 = open(&b, opts);
         assert_eq!(s2.checkpoint("push").as_deref(), Some(&b"two"[..]));
         assert_eq!(s2.checkpoint("other"), None);
