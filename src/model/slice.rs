@@ -47,10 +47,18 @@ impl Slicer {
 
     /// Counts one unit of work; yields first if the slice is used up.
     pub async fn tick(&mut self) {
+        self.tick_by(1).await;
+    }
+
+    /// Counts `n` units of work (work whose pieces differ in cost); yields first if the slice
+    /// is used up.
+    pub async fn tick_by(&mut self, n: usize) {
         if self.slice.is_none() {
             return;
         }
-        self.count += 1;
+        self.count = self
+            .count
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if self.count >= self.every {
             self.count = 0;
             self.pause().await;

@@ -39,7 +39,7 @@ pub(crate) type EvalFuture<'a> = Pin<Box<dyn Future<Output = Result<Val, QueryEr
 /// ([`crate::model::slice::SLICE`]) has passed since it last did, so a unit of work that is
 /// slower than it looks (a label set, a histogram) cannot stretch a slice, and the yields
 /// themselves (a round through the executor, a look at the client's socket) stay rare.
-const CHECK_EVERY: usize = 1 << 12;
+const CHECK_EVERY: u32 = 1 << 12;
 
 /// The work counted for a step that builds or frees a label set (an allocation or a few, and
 /// a hash): about as much as a few dozen samples.
@@ -552,9 +552,8 @@ pub(crate) struct Evaluator<'q> {
     cur_samples: usize,
     /// The query's statistics so far: `peak_samples` follows `cur_samples`.
     stats: QueryStats,
-    /// Work since the clock was last read, and when the running slice began.
-    work: usize,
-    slice_began: std::time::Instant,
+    /// Counts the work and yields once a slice is used up.
+    slicer: crate::model::slice::Slicer,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
 }
@@ -568,8 +567,7 @@ impl<'q> Evaluator<'q> {
             query_end: end,
             cur_samples: 0,
             stats: QueryStats::default(),
-            work: 0,
-            slice_began: std::time::Instant::now(),
+            slicer: crate::model::slice::Slicer::new(Some(crate::model::slice::SLICE), CHECK_EVERY),
             warnings: Vec::new(),
             infos: Vec::new(),
         }
@@ -653,11 +651,9 @@ impl<'q> Evaluator<'q> {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<crate::storage::Series>, crate::storage::StorageError> {
-        let series = crate::storage::select_in_slices(self.q, matchers, mint, maxt).await?;
-        // The select yielded as it went, but its last slice may have been used up: the clock
-        // is read again soon, and the slice counts from before the select.
-        self.work = 0;
-        Ok(series)
+        // The select yields as it goes; its slices count in the evaluator's running one, so the
+        // evaluator yields at its next look at the clock if the select's last slice was long.
+        crate::storage::select_in_slices(self.q, matchers, mint, maxt).await
     }
 
     /// Frees `items` one by one, counting the work: freeing the label sets of 100k series at
@@ -671,14 +667,7 @@ impl<'q> Evaluator<'q> {
 
     /// Records `n` units of work and yields to the executor once the slice is used up.
     pub async fn tick(&mut self, n: usize) {
-        self.work += n;
-        if self.work >= CHECK_EVERY {
-            self.work = 0;
-            if self.slice_began.elapsed() >= crate::model::slice::SLICE {
-                futures_lite::future::yield_now().await;
-                self.slice_began = std::time::Instant::now();
-            }
-        }
+        self.slicer.tick_by(n).await;
     }
 
     /// Evaluates the query's expression.
