@@ -101,7 +101,7 @@ impl Slicer {
 }
 
 /// Items sorted per run before the runs are merged.
-const RUN: usize = 1024;
+const RUN: usize = 256;
 /// Items merged between two looks at the clock.
 const MERGE_PER_CHECK: usize = 1024;
 
