@@ -100,6 +100,22 @@ struct SeriesEntry {
     /// The appender batch that last added a sample, and that sample (order checks in a batch).
     batch: u64,
     batch_last: Sample,
+    /// The head's length when flush number `mark_flush` began, if samples were committed
+    /// since: a flush in slices reads each series' count as it reaches it (see [`WriteJob`]).
+    mark_flush: u32,
+    mark_count: u32,
+}
+
+impl SeriesEntry {
+    /// How many samples of the head flush number `flush` takes: those it held when the flush
+    /// began.
+    fn flush_count(&self, flush: u32) -> usize {
+        if self.mark_flush == flush {
+            self.mark_count as usize
+        } else {
+            self.head.len()
+        }
+    }
 }
 
 /// Interned label strings: each distinct name or value is held once, and a series' labels are a
@@ -216,6 +232,22 @@ impl SeriesTable {
     fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.iter().map(|(id, _)| id)
     }
+    /// The number of slots (the highest id ever inserted, plus one).
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+    /// The series in slots `range` (clamped to the table), by id.
+    fn iter_slots(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (u64, &SeriesEntry)> {
+        let end = range.end.min(self.slots.len());
+        let start = range.start.min(end);
+        self.slots[start..end]
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, e)| e.as_ref().map(|e| ((start + i) as u64, e)))
+    }
     fn values(&self) -> impl Iterator<Item = &SeriesEntry> {
         self.slots.iter().filter_map(Option::as_ref)
     }
@@ -301,6 +333,8 @@ struct Store {
     writes: Vec<WriteSpan>,
     /// The flush in slices under way ([`Storage::flush_step`]), if any.
     flushing: Option<WriteJob>,
+    /// The number of the last flush begun (wrapping; see [`SeriesEntry::flush_count`]).
+    flush_number: u32,
 }
 
 /// Encodes the named states as a checkpoint record body.
@@ -475,6 +509,8 @@ impl Store {
                 data_in: 0,
                 batch: 0,
                 batch_last: Sample { t: 0, v: 0.0 },
+                mark_flush: 0,
+                mark_count: 0,
             },
         );
         Ok((id, true))
@@ -505,6 +541,8 @@ impl Store {
                 data_in: seq,
                 batch: 0,
                 batch_last: Sample { t: 0, v: 0.0 },
+                mark_flush: 0,
+                mark_count: 0,
             },
         );
     }
@@ -785,6 +823,16 @@ impl Store {
     fn checkpoint_record(&self, out: &mut Vec<u8>) -> RecordRef {
         let payload = block::seal(&encode_checkpoints(&self.checkpoints), 3);
         segment::encode_record(out, RecordKind::Checkpoint, 0, 0, &payload)
+    }
+
+    /// Writes the checkpoint alone if it changed since it was last written (a flush with no
+    /// samples).
+    fn write_checkpoint_if_dirty(&mut self) -> Result<(), StorageError> {
+        if !self.checkpoint_dirty {
+            return Ok(());
+        }
+        let now = self.max_time.unwrap_or(0);
+        self.write_checkpoint_only(now)
     }
 
     /// Writes the checkpoint alone (a flush with no samples), to the active segment or a new one.
@@ -1407,6 +1455,7 @@ impl FlashStorage {
             tap: None,
             writes: Vec::new(),
             flushing: None,
+            flush_number: 0,
         };
         let mut report = OpenReport::default();
         for (seq, name) in names {
@@ -1661,6 +1710,7 @@ impl Appender for FlashAppender {
 
     fn commit(mut self: Box<Self>) -> Result<CommitStats, StorageError> {
         let mut st = self.store.borrow_mut();
+        let flush_number = st.flush_number;
         let mut n = 0;
         let mut kept = 0;
         for i in 0..self.batch.len() {
@@ -1688,6 +1738,11 @@ impl Appender for FlashAppender {
                     continue;
                 }
                 _ => {}
+            }
+            if series.mark_flush != flush_number {
+                // The first sample since the last flush began: note what that flush takes.
+                series.mark_flush = flush_number;
+                series.mark_count = series.head.len() as u32;
             }
             let before = series.head.heap_bytes();
             series.head.push(s.t, s.v);
@@ -2937,6 +2992,37 @@ mod tests {
         s.flush().unwrap();
         assert_eq!(s.stats().samples_in_memory, 0);
         check_exact(&all(&open(&b, FlashOptions::default())), n, 0, t, 1000);
+    }
+
+    #[test]
+    fn a_flush_finds_its_series_in_slices_and_takes_what_each_held_when_it_began() {
+        // More series than one slice of the scan for heads: samples committed before the scan
+        // reaches a series, and series created meanwhile, wait for the next flush.
+        let n = 3 * write::SLOTS_PER_SCAN;
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, n, 0, 10_000, 1000);
+        assert!(!s.flush_step(Duration::ZERO).unwrap());
+        {
+            let st = s.store.borrow();
+            let job = st.flushing.as_ref().unwrap();
+            assert!(!job.is_written());
+        }
+        // Every series (scanned or not) and new ones get a sample.
+        ingest(&s, n + 10, 10_000, 11_000, 1000);
+        flush_in_slices(&s, |_| {});
+        assert_eq!(s.stats().samples_in_memory, (n + 10) as u64);
+        let reopened = open(&b, FlashOptions::default());
+        check_exact(&all(&reopened), n, 0, 10_000, 1000);
+        drop(reopened);
+        s.flush().unwrap();
+        let got = all(&open(&b, FlashOptions::default()));
+        let (old, new): (Vec<_>, Vec<_>) = got
+            .into_iter()
+            .partition(|(l, _)| l.get("i").parse::<usize>().unwrap() < n);
+        check_exact(&old, n, 0, 11_000, 1000);
+        assert_eq!(new.len(), 10);
+        assert!(new.iter().all(|(_, v)| v.len() == 1 && v[0].t == 10_000));
     }
 
     #[test]
