@@ -171,6 +171,9 @@ impl<T: Default> StepSort<T> {
                 return false;
             }
         }
+        // Items moved since the last look at the clock, across pairs: a pass of many small
+        // pairs is as long as one of a few large ones.
+        let mut moved = 0;
         while self.width < n {
             while self.lo < n {
                 let mid = (self.lo + self.width).min(n);
@@ -179,7 +182,6 @@ impl<T: Default> StepSort<T> {
                     (self.i, self.j, self.merging) = (self.lo, mid, true);
                 }
                 let (mut i, mut j) = (self.i, self.j);
-                let mut moved = 0;
                 while i < mid || j < hi {
                     let left =
                         j >= hi || (i < mid && cmp(&self.a[i], &self.a[j]) != Ordering::Greater);
@@ -248,6 +250,35 @@ mod tests {
         assert!(first.is_some());
         // The fourth reads it, and the zero slice is up.
         assert!(block_on(poll_once(s.tick())).is_none());
+    }
+
+    #[test]
+    fn step_sort_looks_at_the_clock_every_bounded_number_of_comparisons() {
+        // Many runs: the first merge pass is of many pairs smaller than MERGE_PER_CHECK.
+        let mut seed = 11;
+        let n = 64 * RUN;
+        let ids: Vec<u64> = (0..n).map(|_| lcg(&mut seed)).collect();
+        let mut s = StepSort::new(ids);
+        let since = std::cell::Cell::new(0usize);
+        let mut most = 0;
+        s.run(
+            |a, b| {
+                since.set(since.get() + 1);
+                a.cmp(b)
+            },
+            || {
+                most = most.max(since.replace(0));
+                false
+            },
+        );
+        most = most.max(since.get());
+        // A run is sorted whole (n log n comparisons); a merge moves MERGE_PER_CHECK items.
+        let bound = (RUN * 16).max(MERGE_PER_CHECK);
+        assert!(
+            most <= bound,
+            "{most} comparisons without a look at the clock"
+        );
+        assert!(s.is_done());
     }
 
     #[test]

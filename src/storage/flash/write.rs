@@ -110,15 +110,20 @@ impl Target {
     }
 }
 
-/// Series declarations being made for a target: sorted by labels, then encoded in records.
+/// Series declarations being made for a target: the job's series the target has not seen
+/// are picked (`looked` of the job's series so far, into `ids`), sorted by labels, then
+/// encoded in records.
 struct Declaring {
     target: Target,
-    sort: StepSort<u64>,
+    looked: usize,
+    ids: Vec<u64>,
+    sort: Option<StepSort<u64>>,
     /// Sorted ids, once the sort is done; `encoded` counts those already in records.
     sorted: Vec<u64>,
     encoded: usize,
-    /// One context for all the records (none: stored raw).
+    /// One context for all the records (none: stored raw), made with the first record.
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    compressor_made: bool,
 }
 
 enum Phase {
@@ -169,6 +174,8 @@ const SERIES_PER_CHECK: usize = 16;
 /// Slots of the series table scanned for heads between two looks at the clock. A scan of the
 /// whole table when the flush began took 22–28 ms at 100k series here, in one piece.
 pub(in crate::storage) const SLOTS_PER_SCAN: usize = 2048;
+/// Series looked at for declarations between two looks at the clock.
+const SERIES_PER_PICK: usize = 4096;
 /// Series trimmed between two looks at the clock.
 const SERIES_PER_TRIM_CHECK: usize = 256;
 
@@ -247,7 +254,7 @@ impl WriteJob {
                         }
                         Ok(()) => {
                             self.end_block();
-                            self.phase = Phase::Declare(self.declaring(st, Target::current(st)));
+                            self.phase = Phase::Declare(self.declaring(Target::current(st)));
                         }
                         Err(next) => {
                             self.phase = Phase::Blocks { next };
@@ -278,7 +285,7 @@ impl WriteJob {
                     let target = *target;
                     if let Some(target) = self.write(st, target)? {
                         self.redeclared += 1;
-                        self.phase = Phase::Declare(self.declaring(st, target));
+                        self.phase = Phase::Declare(self.declaring(target));
                         continue;
                     }
                 }
@@ -377,29 +384,18 @@ impl WriteJob {
     }
 
     /// Starts declarations for `target`: the job's series it has not seen.
-    fn declaring(&mut self, st: &Store, target: Target) -> Declaring {
+    fn declaring(&mut self, target: Target) -> Declaring {
         self.decls.clear();
         self.decl_refs.clear();
-        let ids: Vec<u64> = (0..self.work.len())
-            .map(|i| self.work.id(i))
-            .filter(|id| {
-                st.series.get(id).is_some_and(|s| match target {
-                    Target::Continue(seq) => s.declared_in != seq,
-                    Target::New => true,
-                })
-            })
-            .collect();
-        let has_any = !ids.is_empty();
         Declaring {
             target,
-            sort: StepSort::new(ids),
+            looked: 0,
+            ids: Vec::new(),
+            sort: None,
             sorted: Vec::new(),
             encoded: 0,
-            compressor: if has_any {
-                block::compressor(self.level)
-            } else {
-                None
-            },
+            compressor: None,
+            compressor_made: false,
         }
     }
 
@@ -409,13 +405,40 @@ impl WriteJob {
     /// differ only in `instance`) then sit within the compressor's window of each other. They
     /// are written straight from the symbols, in records of a few hundred series.
     fn declare(&mut self, st: &Store, d: &mut Declaring, clock: &Clock) -> bool {
-        let labels_of = |id: u64| -> &[u32] { st.series.get(&id).map_or(&[], |s| &s.labels) };
-        let texts = |id| labels_of(id).iter().map(|&sym| st.symbols.get(sym));
-        if !d.sort.is_done() {
-            if !d.sort.run(|a, b| texts(*a).cmp(texts(*b)), || clock.up()) {
+        while d.looked < self.work.len() {
+            let end = d
+                .looked
+                .saturating_add(SERIES_PER_PICK)
+                .min(self.work.len());
+            for i in d.looked..end {
+                let id = self.work.id(i);
+                let unseen = st.series.get(&id).is_some_and(|s| match d.target {
+                    Target::Continue(seq) => s.declared_in != seq,
+                    Target::New => true,
+                });
+                if unseen {
+                    d.ids.push(id);
+                }
+            }
+            d.looked = end;
+            if d.looked < self.work.len() && clock.up() {
                 return false;
             }
-            d.sorted = d.sort.take();
+        }
+        let labels_of = |id: u64| -> &[u32] { st.series.get(&id).map_or(&[], |s| &s.labels) };
+        let texts = |id| labels_of(id).iter().map(|&sym| st.symbols.get(sym));
+        let sort = d
+            .sort
+            .get_or_insert_with(|| StepSort::new(std::mem::take(&mut d.ids)));
+        if !sort.is_done() {
+            if !sort.run(|a, b| texts(*a).cmp(texts(*b)), || clock.up()) {
+                return false;
+            }
+            d.sorted = sort.take();
+        }
+        if !d.compressor_made && !d.sorted.is_empty() {
+            d.compressor_made = true;
+            d.compressor = block::compressor(self.level);
         }
         while d.encoded < d.sorted.len() {
             let end = (d.encoded + SERIES_PER_RECORD).min(d.sorted.len());
