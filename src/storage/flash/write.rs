@@ -131,7 +131,7 @@ enum Phase {
     Blocks {
         next: usize,
     },
-    Declare(Declaring),
+    Declare(Box<Declaring>),
     /// Declared for this target; writing.
     Write(Target),
     /// Written to segment `seq`; noting that in the series and trimming their heads, from
@@ -255,7 +255,8 @@ impl WriteJob {
                         }
                         Ok(()) => {
                             self.end_block();
-                            self.phase = Phase::Declare(self.declaring(Target::current(st)));
+                            self.phase =
+                                Phase::Declare(Box::new(self.declaring(Target::current(st))));
                         }
                         Err(next) => {
                             self.phase = Phase::Blocks { next };
@@ -286,7 +287,7 @@ impl WriteJob {
                     let target = *target;
                     if let Some(target) = self.write(st, target)? {
                         self.redeclared += 1;
-                        self.phase = Phase::Declare(self.declaring(target));
+                        self.phase = Phase::Declare(Box::new(self.declaring(target)));
                         continue;
                     }
                 }
