@@ -660,7 +660,15 @@ fn outage_scenario(url: &str, receiver_port: u16, stop: &mut dyn FnMut(), start:
     // Wider than the test: no sample sits on the window's left edge (2.42 and 3.x differ there).
     let q = "{job=\"fx\"}[30m]";
     let ours = raw_samples(sender.port, q, cut);
-    let theirs = raw_samples(receiver_port, q, cut);
+    // The wait above can end before the epoch holding the outage's last samples is classified
+    // (it needs its flush first); on a loaded machine its backfill then lands a little later.
+    // Up to 30 s more, then the comparison below says what differs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut theirs = raw_samples(receiver_port, q, cut);
+    while theirs != ours && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        theirs = raw_samples(receiver_port, q, cut);
+    }
     assert!(ours.len() >= 5, "{ours:?}");
     let total: usize = ours.values().map(Vec::len).sum();
     assert!(total > 5 * 15, "{total} samples");
