@@ -967,83 +967,6 @@ impl Store {
             })
     }
 
-    /// The ids (ascending) of the series matching `matchers` that have a sample in
-    /// `[mint, maxt]`: the series `select` would return, found without decoding most samples.
-    /// A block wholly inside the range holds a sample in it of every series its directory
-    /// lists, and a head's samples lie between its first and its last; only blocks and heads
-    /// that the range's ends cut are decoded, for the series not found yet.
-    fn series_ids_in(
-        &mut self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-    ) -> Result<Vec<u64>, StorageError> {
-        let ids = self.candidates(matchers);
-        let mut found = vec![false; ids.len()];
-        let mut scratch = Vec::new();
-        for (k, id) in ids.iter().enumerate() {
-            let Some((first, last)) = self
-                .series
-                .get(id)
-                .and_then(|s| s.head.first_t().zip(s.head.last()))
-            else {
-                continue;
-            };
-            found[k] = if first >= mint && last.t <= maxt {
-                true
-            } else if first > maxt || last.t < mint {
-                false
-            } else {
-                scratch.clear();
-                if let Some(s) = self.series.get(id) {
-                    s.head.decode_into(&mut scratch);
-                }
-                scratch.iter().any(|x| x.t >= mint && x.t <= maxt)
-            };
-        }
-        let mut blocks: Vec<(bool, usize, RecordRef)> = self
-            .blocks_overlapping(mint, maxt)
-            .map(|(si, _, b)| (!(b.min_t >= mint && b.max_t <= maxt), si, b))
-            .collect();
-        // The blocks wholly inside first: each one settled leaves fewer to decode.
-        blocks.sort_by_key(|(cut, _, _)| *cut);
-        for (cut, si, r) in blocks {
-            let pending: Vec<usize> = (0..ids.len()).filter(|&k| !found[k]).collect();
-            if pending.is_empty() {
-                break;
-            }
-            let Some(block) = self.load_block(si, &r)? else {
-                continue;
-            };
-            if !cut {
-                // Both ascending: walk them in step.
-                let mut listed = block.ids().peekable();
-                for k in pending {
-                    while listed.next_if(|&b| b < ids[k]).is_some() {}
-                    if listed.peek() == Some(&ids[k]) {
-                        found[k] = true;
-                    }
-                }
-                continue;
-            }
-            let want: Vec<u64> = pending.iter().map(|&k| ids[k]).collect();
-            let mut per = vec![Vec::new(); want.len()];
-            let mut ordered = vec![true; want.len()];
-            let fetch = block_fetch(&*self.backend, &self.segments[si].name, &r);
-            self.counters.corrupt_records += block
-                .series_many(&want, &mut per, &mut ordered, mint, maxt, &fetch)
-                .map_err(io_err)?;
-            for (j, k) in pending.into_iter().enumerate() {
-                found[k] |= !per[j].is_empty();
-            }
-        }
-        Ok(ids
-            .into_iter()
-            .zip(found)
-            .filter_map(|(id, f)| f.then_some(id))
-            .collect())
-    }
-
     fn select(
         &mut self,
         matchers: &[Matcher],
@@ -1820,6 +1743,7 @@ impl Querier for FlashQuerier {
             mint,
             maxt,
             ids: None,
+            finding: None,
             next: 0,
             out: Vec::new(),
             sort: None,
@@ -1897,7 +1821,7 @@ impl Querier for FlashQuerier {
 }
 
 /// A listing of series under way: the ids (from the index when the range covers every sample,
-/// else [`Store::series_ids_in`], in one piece), then their label sets a thousand at a time,
+/// else found in slices by [`select::IdsIn`]), then their label sets a thousand at a time,
 /// then a sort that stops and resumes.
 struct FlashSeries<'a> {
     querier: &'a FlashQuerier,
@@ -1905,6 +1829,7 @@ struct FlashSeries<'a> {
     mint: i64,
     maxt: i64,
     ids: Option<Vec<u64>>,
+    finding: Option<select::IdsIn>,
     next: usize,
     out: Vec<Labels>,
     sort: Option<crate::model::slice::StepSort<Labels>>,
@@ -1914,13 +1839,21 @@ impl SeriesJob for FlashSeries<'_> {
     fn step(&mut self, deadline: Option<Instant>) -> Result<Option<Vec<Labels>>, StorageError> {
         let clock = Clock(deadline);
         if self.ids.is_none() {
-            let all = self.querier.covers_all(self.mint, self.maxt);
-            let st = &mut *self.querier.store.borrow_mut();
-            self.ids = Some(if all {
-                st.candidates(&self.matchers)
+            if self.finding.is_none() && self.querier.covers_all(self.mint, self.maxt) {
+                self.ids = Some(self.querier.store.borrow().candidates(&self.matchers));
             } else {
-                st.series_ids_in(&self.matchers, self.mint, self.maxt)?
-            });
+                let st = &mut *self.querier.store.borrow_mut();
+                let finding = self.finding.get_or_insert_with(|| {
+                    select::IdsIn::new(st, &self.matchers, self.mint, self.maxt)
+                });
+                match finding.run(st, deadline)? {
+                    Some(ids) => {
+                        self.ids = Some(ids);
+                        self.finding = None;
+                    }
+                    None => return Ok(None),
+                }
+            }
             if clock.up() {
                 return Ok(None);
             }
@@ -2518,6 +2451,37 @@ mod tests {
             };
             assert_eq!(sliced, want, "[{mint}, {maxt}] in slices");
         }
+    }
+
+    #[test]
+    fn a_series_listing_in_slices_misses_no_series_a_flush_moves_meanwhile() {
+        // More series than one slice of heads; the range holds only head samples when the
+        // listing begins, and a flush moves them to a block after its first step.
+        let n = 2500;
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, n, 0, 10_000, 1000);
+        s.flush().unwrap();
+        ingest(&s, n, 10_000, 12_000, 1000);
+        let m = [Matcher::equal("__name__", "m")];
+        let (mint, maxt) = (10_500, 11_500);
+        let q = s.querier();
+        let want = crate::storage::labels_of(q.select(&m, mint, maxt).unwrap());
+        assert_eq!(want.len(), n);
+        let mut job = q.series_job(&m, mint, maxt);
+        let mut steps = 0;
+        let got = loop {
+            if let Some(out) = job.step(Some(Instant::now())).unwrap() {
+                break out;
+            }
+            steps += 1;
+            if steps == 1 {
+                s.flush().unwrap();
+                assert_eq!(s.stats().samples_in_memory, 0);
+            }
+        };
+        assert!(steps > 1, "{steps} steps");
+        assert_eq!(got, want);
     }
 
     /// Runs a select job to the end with a deadline already past at every step, calling

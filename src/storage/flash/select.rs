@@ -333,3 +333,199 @@ fn slice_end(
     }
     end
 }
+
+/// The ids (ascending) of the series matching some matchers that have a sample in
+/// `[mint, maxt]`, found in slices: the series a select would return, without decoding most
+/// samples. First the heads (`HEADS_PER_CHECK` a look at the clock), then the blocks that
+/// overlap the range, listed once the heads are done (so a flush meanwhile moves no sample out
+/// of sight: a sample that left a head before its turn is in a block on that list). A block
+/// wholly inside the range holds a sample in it of every series its directory lists, so it is
+/// only walked; one the range cuts decodes the series still not found, `SERIES_PER_CHECK` a
+/// look. A segment the ring deleted meanwhile is skipped, as for a select.
+pub(in crate::storage) struct IdsIn {
+    mint: i64,
+    maxt: i64,
+    ids: Vec<u64>,
+    found: Vec<bool>,
+    phase: IdsPhase,
+}
+
+enum IdsPhase {
+    Heads {
+        next: usize,
+    },
+    /// Block `bi` of `blocks` (whether the range cuts it, its segment's number, the record),
+    /// from the `ki`th of the series still not found when it began (`pending`).
+    Blocks {
+        blocks: Vec<(bool, u64, RecordRef)>,
+        bi: usize,
+        ki: usize,
+        pending: Vec<usize>,
+    },
+    Done,
+}
+
+impl IdsIn {
+    pub(in crate::storage) fn new(st: &Store, matchers: &[Matcher], mint: i64, maxt: i64) -> IdsIn {
+        let ids = st.candidates(matchers);
+        IdsIn {
+            mint,
+            maxt,
+            found: vec![false; ids.len()],
+            ids,
+            phase: IdsPhase::Heads { next: 0 },
+        }
+    }
+
+    /// Works until done (`Ok(Some(ids))`) or past `deadline` (`Ok(None)`: call again);
+    /// without a deadline, to the end.
+    pub(in crate::storage) fn run(
+        &mut self,
+        st: &mut Store,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<u64>>, StorageError> {
+        let clock = Clock(deadline);
+        loop {
+            match &mut self.phase {
+                IdsPhase::Heads { next } => {
+                    let start = *next;
+                    let end = (start + HEADS_PER_CHECK).min(self.ids.len());
+                    self.heads(st, start, end);
+                    self.phase = if end < self.ids.len() {
+                        IdsPhase::Heads { next: end }
+                    } else {
+                        let mut blocks: Vec<(bool, u64, RecordRef)> = st
+                            .blocks_overlapping(self.mint, self.maxt)
+                            .map(|(si, _, b)| {
+                                let cut = !(b.min_t >= self.mint && b.max_t <= self.maxt);
+                                (cut, st.segments[si].seq, b)
+                            })
+                            .collect();
+                        // The blocks wholly inside first: each one settled leaves fewer to decode.
+                        blocks.sort_by_key(|(cut, _, _)| *cut);
+                        IdsPhase::Blocks {
+                            blocks,
+                            bi: 0,
+                            ki: 0,
+                            pending: Vec::new(),
+                        }
+                    };
+                }
+                IdsPhase::Blocks {
+                    blocks,
+                    bi,
+                    ki,
+                    pending,
+                } => {
+                    if *ki == 0 {
+                        *pending = (0..self.ids.len()).filter(|&k| !self.found[k]).collect();
+                    }
+                    let Some(&(cut, seq, r)) = blocks.get(*bi).filter(|_| !pending.is_empty())
+                    else {
+                        self.phase = IdsPhase::Done;
+                        let ids = std::mem::take(&mut self.ids);
+                        let found = std::mem::take(&mut self.found);
+                        return Ok(Some(
+                            ids.into_iter()
+                                .zip(found)
+                                .filter_map(|(id, f)| f.then_some(id))
+                                .collect(),
+                        ));
+                    };
+                    let end = if cut {
+                        (*ki + SERIES_PER_CHECK).min(pending.len())
+                    } else {
+                        pending.len()
+                    };
+                    let part = &pending[*ki..end];
+                    read_ids(
+                        st,
+                        seq,
+                        &r,
+                        cut,
+                        &self.ids,
+                        part,
+                        &mut self.found,
+                        (self.mint, self.maxt),
+                    )?;
+                    if end < pending.len() {
+                        *ki = end;
+                    } else {
+                        (*bi, *ki) = (*bi + 1, 0);
+                    }
+                }
+                IdsPhase::Done => return Ok(Some(Vec::new())),
+            }
+            if clock.up() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Marks the series `start..end` whose head has a sample in range.
+    fn heads(&mut self, st: &Store, start: usize, end: usize) {
+        let mut scratch = Vec::new();
+        for k in start..end {
+            let Some(s) = st.series.get(&self.ids[k]) else {
+                continue;
+            };
+            let Some((first, last)) = s.head.first_t().zip(s.head.last()) else {
+                continue;
+            };
+            self.found[k] = if first >= self.mint && last.t <= self.maxt {
+                true
+            } else if first > self.maxt || last.t < self.mint {
+                false
+            } else {
+                scratch.clear();
+                s.head.decode_into(&mut scratch);
+                scratch.iter().any(|x| x.t >= self.mint && x.t <= self.maxt)
+            };
+        }
+    }
+}
+
+/// Marks which of the series `ids[k]` for `k` in `part` (ascending) block `r` of segment `seq`
+/// holds a sample in `range` of: all it lists when the range does not `cut` it, else those
+/// whose samples in range decode to any.
+#[allow(clippy::too_many_arguments)]
+fn read_ids(
+    st: &mut Store,
+    seq: u64,
+    r: &RecordRef,
+    cut: bool,
+    ids: &[u64],
+    part: &[usize],
+    found: &mut [bool],
+    range: (i64, i64),
+) -> Result<(), StorageError> {
+    // Deleted by the ring meanwhile: gone for every reader.
+    let Some(si) = st.segments.iter().position(|s| s.seq == seq) else {
+        return Ok(());
+    };
+    let Some(block) = st.load_block(si, r)? else {
+        return Ok(());
+    };
+    if !cut {
+        // Both ascending: walk them in step.
+        let mut listed = block.ids().peekable();
+        for &k in part {
+            while listed.next_if(|&b| b < ids[k]).is_some() {}
+            if listed.peek() == Some(&ids[k]) {
+                found[k] = true;
+            }
+        }
+        return Ok(());
+    }
+    let want: Vec<u64> = part.iter().map(|&k| ids[k]).collect();
+    let mut per = vec![Vec::new(); want.len()];
+    let mut ordered = vec![true; want.len()];
+    let fetch = block_fetch(&*st.backend, &st.segments[si].name, r);
+    st.counters.corrupt_records += block
+        .series_many(&want, &mut per, &mut ordered, range.0, range.1, &fetch)
+        .map_err(io_err)?;
+    for (j, &k) in part.iter().enumerate() {
+        found[k] |= !per[j].is_empty();
+    }
+    Ok(())
+}
