@@ -224,10 +224,7 @@ impl SeriesTable {
         e
     }
     fn iter(&self) -> impl Iterator<Item = (u64, &SeriesEntry)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.as_ref().map(|e| (i as u64, e)))
+        self.iter_slots(0..self.slots.len())
     }
     fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.iter().map(|(id, _)| id)

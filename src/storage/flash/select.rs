@@ -22,7 +22,7 @@
 use super::{block_fetch, io_err, Clock, Store, MAX_RESERVE_SAMPLES};
 use crate::model::slice::StepSort;
 use crate::model::{Matcher, Sample};
-use crate::storage::block::{ascending, keep_within};
+use crate::storage::block::{ascending, keep_within, Block};
 use crate::storage::segment::RecordRef;
 use crate::storage::{Series, StorageError};
 use std::time::Instant;
@@ -210,11 +210,7 @@ impl Select {
         k: usize,
     ) -> Result<Option<usize>, StorageError> {
         let (seq, r) = self.blocks[b];
-        // Deleted by the ring meanwhile: gone for every reader.
-        let Some(si) = st.segments.iter().position(|s| s.seq == seq) else {
-            return Ok(None);
-        };
-        let Some(block) = st.load_block(si, &r)? else {
+        let Some((si, block)) = load_listed(st, seq, &r)? else {
             return Ok(None);
         };
         let fetch = block_fetch(&*st.backend, &st.segments[si].name, &r);
@@ -499,11 +495,7 @@ fn read_ids(
     found: &mut [bool],
     range: (i64, i64),
 ) -> Result<(), StorageError> {
-    // Deleted by the ring meanwhile: gone for every reader.
-    let Some(si) = st.segments.iter().position(|s| s.seq == seq) else {
-        return Ok(());
-    };
-    let Some(block) = st.load_block(si, r)? else {
+    let Some((si, block)) = load_listed(st, seq, r)? else {
         return Ok(());
     };
     if !cut {
@@ -528,4 +520,18 @@ fn read_ids(
         found[k] |= !per[j].is_empty();
     }
     Ok(())
+}
+
+/// Block `r` of the segment numbered `seq`, listed earlier, with the segment's index now: None
+/// if the ring deleted the segment meanwhile (its data is gone for every reader) or the block
+/// is damaged (counted).
+fn load_listed(
+    st: &mut Store,
+    seq: u64,
+    r: &RecordRef,
+) -> Result<Option<(usize, std::rc::Rc<Block>)>, StorageError> {
+    let Some(si) = st.segments.iter().position(|s| s.seq == seq) else {
+        return Ok(None);
+    };
+    Ok(st.load_block(si, r)?.map(|b| (si, b)))
 }

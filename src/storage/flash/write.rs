@@ -121,9 +121,8 @@ struct Declaring {
     /// Sorted ids, once the sort is done; `encoded` counts those already in records.
     sorted: Vec<u64>,
     encoded: usize,
-    /// One context for all the records (none: stored raw), made with the first record.
+    /// One context for all the records (none: stored raw), made once the sort is done.
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    compressor_made: bool,
 }
 
 enum Phase {
@@ -397,7 +396,6 @@ impl WriteJob {
             sorted: Vec::new(),
             encoded: 0,
             compressor: None,
-            compressor_made: false,
         }
     }
 
@@ -437,10 +435,9 @@ impl WriteJob {
                 return false;
             }
             d.sorted = sort.take();
-        }
-        if !d.compressor_made && !d.sorted.is_empty() {
-            d.compressor_made = true;
-            d.compressor = block::compressor(self.level);
+            if !d.sorted.is_empty() {
+                d.compressor = block::compressor(self.level);
+            }
         }
         while d.encoded < d.sorted.len() {
             let end = (d.encoded + SERIES_PER_RECORD).min(d.sorted.len());
