@@ -26,6 +26,7 @@
 //!   `relabel_configs` are kept as their discovered label sets ([`DroppedTarget`]), as
 //!   Prometheus keeps them, bounded by the job's target groups.
 
+pub mod cache;
 pub mod client;
 pub mod discovery;
 pub mod parse;

@@ -375,6 +375,12 @@ impl<'a> TextParser<'a> {
         }
     }
 
+    /// Offset in the body where the next entry's text begins (comments and blank lines the
+    /// parser skips before it included).
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
     /// Next entry; None at end of input (OpenMetrics: after `# EOF`). After an Err, the parser
     /// yields None (the scrape is failed as a whole).
     pub fn next_entry(&mut self) -> Option<Result<Entry<'a>, ParseError>> {

@@ -2,8 +2,8 @@
 //!
 //! The scrape cache maps the raw bytes of a series in the body (`name{labels}` as written), kept
 //! as a 128-bit keyed fingerprint ([`crate::model::hash::fingerprint`]) rather than a copy of the
-//! text, to its storage reference, so a series seen before costs one hash lookup: no label
-//! parsing, no index lookup. A body that fails to parse, or breaks a limit of the job (`sample_limit`,
+//! text, to its storage reference, so a series seen before costs one lookup ([`super::cache`]:
+//! in the steady state the entry after the last one found): no label parsing, no index lookup. A body that fails to parse, or breaks a limit of the job (`sample_limit`,
 //! `label_limit`, `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
 //! then, as for a failed fetch, every series of the last good scrape gets a staleness marker and
 //! only the synthetic series are written — with the counts 2.42 reports for such a scrape
@@ -21,12 +21,13 @@
 //! `honor_labels` allows) may have committed meanwhile, and it keeps the series an open batch
 //! created even if housekeeping runs in between.
 
+use super::cache::{CacheEntry, ScrapeCache, DROPPED};
 use super::parse::{Entry, Format, TextParser};
 use super::{client, relabel, Health, Target, TargetStatus};
 use crate::config::ScrapeLimits;
 use crate::model::hash::fingerprint;
 use crate::model::slice::{Slicer, SLICE};
-use crate::model::{FastMap, Labels, LabelsBuilder, STALE_NAN};
+use crate::model::{Labels, LabelsBuilder, STALE_NAN};
 use crate::storage::{AppendError, Appender, SeriesRef, Storage};
 use crate::telemetry::{ScrapeResult, Telemetry};
 use futures_lite::FutureExt;
@@ -43,26 +44,6 @@ const SLICE_CHECK_EVERY: u32 = 64;
 
 /// Cache entries not seen for this many scrapes are dropped.
 const CACHE_KEEP_SCRAPES: u64 = 10;
-
-/// What the cache keeps of a series: 32 bytes with its key, one per series of the target.
-struct CacheEntry {
-    /// The stored series, or [`DROPPED`] by `metric_relabel_configs`.
-    r: SeriesRef,
-    /// The scraper's generation (wrapping) when the series was last in a body.
-    last_seen: u32,
-}
-
-/// A cache entry's reference for a series that `metric_relabel_configs` drops (ids are dense
-/// from 0, so the largest one is never a series').
-const DROPPED: SeriesRef = SeriesRef::MAX;
-
-const _: () = assert!(std::mem::size_of::<([u64; 2], CacheEntry)>() == 32);
-
-impl CacheEntry {
-    fn series(&self) -> Option<SeriesRef> {
-        (self.r != DROPPED).then_some(self.r)
-    }
-}
 
 /// What one pass over a body added.
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,19 +73,88 @@ pub struct Scraper {
     storage: Rc<dyn Storage>,
     telemetry: Rc<Telemetry>,
     status: Rc<RefCell<TargetStatus>>,
-    cache: FastMap<[u64; 2], CacheEntry>,
+    cache: ScrapeCache,
     /// References written by the last successful scrape, sorted; they go stale if not seen again.
     /// Shared with the target's [`EndOfRun`].
     live: Rc<RefCell<Vec<SeriesRef>>>,
     forced_error: ForcedError,
     current: Vec<SeriesRef>,
     generation: u64,
+    /// The metadata lines (TYPE, HELP, UNIT) of the last body that was read, as one
+    /// fingerprint of them all in order, and how many there were: see [`MetadataRun`].
+    metadata_seen: MetadataRun,
     /// The synthetic series ([`REPORT_NAMES`] order): labels built once, and each one's
     /// reference once the store gave it, so that reporting a scrape allocates nothing.
     report: [(Labels, Option<SeriesRef>); 5],
     /// The connection kept open from the last scrape, if its response allowed it (HTTP
     /// keep-alive); a failed or timed-out scrape leaves none.
     conn: Option<client::Conn>,
+}
+
+/// The metadata lines of one body, in order: a fingerprint of them all and their count.
+///
+/// Applying a body's metadata lines to the target's metadata ([`Scraper::note_metadata`], the
+/// last line for a metric's field wins) a second time changes nothing, so a body whose lines
+/// are those of the last body read needs none of its lines noted: the map already holds what
+/// they say. Only a body whose lines differ (in text, order or number) is parsed a second time
+/// for them. A node exporter's body has more metadata lines than samples (566 and 507), and
+/// noting each (a map probe and a comparison of its help text, cold in the cache) cost about
+/// as much as appending the samples.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct MetadataRun {
+    fingerprint: [u64; 2],
+    lines: usize,
+}
+
+impl MetadataRun {
+    /// Adds a line (its bytes as written in the body).
+    fn add(&mut self, line: &[u8]) {
+        const M: [u64; 2] = [0xa076_1d64_78bd_642f, 0xe703_7ed1_a0b4_28db];
+        let f = fingerprint(line);
+        for i in 0..2 {
+            self.fingerprint[i] = (self.fingerprint[i].rotate_left(29) ^ f[i]).wrapping_mul(M[i]);
+        }
+        self.lines += 1;
+    }
+}
+
+/// Scrape bodies' buffers, kept between scrapes for the next one of any target.
+///
+/// A body is needed only while its scrape runs, and scrapes of different targets rarely
+/// overlap, so a few buffers serve them all. Without the pool every scrape allocated its body
+/// afresh; on the musl build (boards) an allocation of that size is fresh pages from the kernel
+/// each time, and faulting them in was about 5 % of the agent's CPU with 11 targets at 1 s.
+/// Buffers larger than [`BodyPool::MAX_BYTES`] are not kept, so a gateway with big targets does
+/// not hold their bodies' memory between scrapes.
+struct BodyPool;
+
+thread_local! {
+    static BODIES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl BodyPool {
+    /// Buffers kept at most.
+    const KEPT: usize = 2;
+    /// The largest buffer kept (capacity).
+    const MAX_BYTES: usize = 256 << 10;
+
+    /// An empty buffer, from the pool if it has one.
+    fn take() -> Vec<u8> {
+        BODIES.with_borrow_mut(|p| p.pop()).unwrap_or_default()
+    }
+
+    /// Returns a buffer to the pool (or frees it, if it is big or the pool is full).
+    fn give_back(mut body: Vec<u8>) {
+        if body.capacity() > Self::MAX_BYTES || body.capacity() == 0 {
+            return;
+        }
+        body.clear();
+        BODIES.with_borrow_mut(|p| {
+            if p.len() < Self::KEPT {
+                p.push(body);
+            }
+        });
+    }
 }
 
 /// Wall-clock now in ms.
@@ -147,11 +197,12 @@ impl Scraper {
             storage,
             telemetry,
             status,
-            cache: FastMap::default(),
+            cache: ScrapeCache::default(),
             live: Rc::new(RefCell::new(Vec::new())),
             forced_error: Rc::new(RefCell::new(None)),
             current: Vec::new(),
             generation: 0,
+            metadata_seen: MetadataRun::default(),
             conn: None,
         }
     }
@@ -232,8 +283,9 @@ impl Scraper {
         );
         let auth = self.target.auth.as_ref().map(|a| a.header()).transpose();
         // The body lives only for this scrape: a gateway with many targets does not keep a
-        // copy of every target's last body (a node exporter's is ~100 KB).
-        let mut body = Vec::new();
+        // copy of every target's last body (a node exporter's is ~60 KB). Its buffer comes
+        // from a small pool shared by all targets (see [`BodyPool`]).
+        let mut body = BodyPool::take();
         let fetched = match auth {
             Ok(auth) => {
                 if let Some(a) = auth {
@@ -267,6 +319,7 @@ impl Scraper {
         let fetched = fetched.map(|_| body.as_slice());
         self.ingest_in_slices(fetched, format, start_ms, duration, Some(SLICE))
             .await;
+        BodyPool::give_back(body);
     }
 
     /// Writes the outcome of one scrape started at `ts` (ms) that took `duration`: the parsed
@@ -366,7 +419,7 @@ impl Scraper {
         if up {
             let gen = self.generation as u32;
             self.cache
-                .retain(|_, e| u64::from(gen.wrapping_sub(e.last_seen)) < CACHE_KEEP_SCRAPES);
+                .retain(|e| u64::from(gen.wrapping_sub(e.last_seen)) < CACHE_KEEP_SCRAPES);
         } else {
             log::debug!("scrape of {} failed: {error}", self.target.url());
         }
@@ -411,15 +464,19 @@ impl Scraper {
         let mut builder = LabelsBuilder::new();
         let mut result = Ok(());
         let mut slicer = Slicer::new(slice, SLICE_CHECK_EVERY);
+        let mut metadata = MetadataRun::default();
+        self.cache.begin();
         loop {
             slicer.tick().await;
+            let from = parser.pos();
             let Some(entry) = parser.next_entry() else {
                 break;
             };
             let s = match entry {
                 Ok(Entry::Sample(s)) => s,
-                Ok(other) => {
-                    self.note_metadata(other);
+                Ok(_) => {
+                    // Noted after the body, and only if its metadata lines changed.
+                    metadata.add(body.get(from..parser.pos()).unwrap_or_default());
                     continue;
                 }
                 Err(e) => {
@@ -517,7 +574,36 @@ impl Scraper {
         if result.is_ok() && over_sample_limit {
             result = Err((ScrapeResult::LimitExceeded, "sample limit exceeded".into()));
         }
+        if metadata != self.metadata_seen {
+            self.note_metadata_lines(body, format, metadata.lines, &mut slicer)
+                .await;
+            self.metadata_seen = metadata;
+        }
         (counts, result)
+    }
+
+    /// Notes the first `lines` metadata lines of `body` in order, as [`Scraper::note_metadata`]
+    /// (a second parse of the body, for a body whose metadata lines changed).
+    async fn note_metadata_lines(
+        &self,
+        body: &[u8],
+        format: Format,
+        lines: usize,
+        slicer: &mut Slicer,
+    ) {
+        let mut parser = TextParser::with_format(body, format);
+        let mut noted = 0;
+        while noted < lines {
+            slicer.tick().await;
+            match parser.next_entry() {
+                Some(Ok(Entry::Sample(_))) => {}
+                Some(Ok(e)) => {
+                    self.note_metadata(e);
+                    noted += 1;
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
     }
 
     /// Keeps a TYPE, HELP or UNIT line in the target's metadata (changed entries only, so a
@@ -863,6 +949,41 @@ mod tests {
             .collect();
         values.sort_by(f64::total_cmp);
         assert!(values.iter().enumerate().all(|(i, v)| *v == i as f64));
+    }
+
+    #[test]
+    fn metadata_lines_are_noted_as_each_body_says_them_whether_or_not_they_changed() {
+        let (mut s, _) = scraper(false);
+        let help = |s: &Scraper, m: &str| {
+            let st = s.status.borrow();
+            st.metadata.get(m).map(|m| (m.kind, m.help.to_string()))
+        };
+        let one = b"# HELP a first\n# TYPE a gauge\na 1\n# HELP b bee\n# HELP b later\nb 2\n";
+        s.ingest(Ok(one), 1000, D);
+        assert_eq!(help(&s, "a"), Some(("gauge", "first".into())));
+        // The last line for a field wins.
+        assert_eq!(help(&s, "b"), Some(("unknown", "later".into())));
+        // The same body again: nothing changes (its lines are not noted again).
+        s.ingest(Ok(one), 2000, D);
+        assert_eq!(help(&s, "b"), Some(("unknown", "later".into())));
+        // A changed line after unchanged ones: every line is noted in order.
+        let two = b"# HELP a first\n# TYPE a gauge\na 1\n# HELP b bee\n# HELP b changed\nb 2\n";
+        s.ingest(Ok(two), 3000, D);
+        assert_eq!(help(&s, "b"), Some(("unknown", "changed".into())));
+        // The same lines less the last: what is left of the body wins, as if noted afresh.
+        let three = b"# HELP a first\n# TYPE a gauge\na 1\n# HELP b bee\nb 2\n";
+        s.ingest(Ok(three), 4000, D);
+        assert_eq!(help(&s, "b"), Some(("unknown", "bee".into())));
+        // A body that fails to parse keeps the lines before its error, as before.
+        s.ingest(
+            Ok(b"# TYPE a counter\na 1\n{bad\n# HELP a never\n"),
+            5000,
+            D,
+        );
+        assert_eq!(help(&s, "a"), Some(("counter", "first".into())));
+        s.ingest(Ok(one), 6000, D);
+        assert_eq!(help(&s, "a"), Some(("gauge", "first".into())));
+        assert_eq!(help(&s, "b"), Some(("unknown", "later".into())));
     }
 
     #[test]
