@@ -455,7 +455,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if body.len() > raw_limit {
             return Err(FetchError::BodyTooLarge(body_limit).into());
         }
-        let n = match stream.read(&mut chunk).await {
+        // A framed-by-length or read-to-close body is read straight onto the body's end (one
+        // read for what the socket holds, no copy); a chunked one through `chunk`, to be
+        // decoded.
+        let read = match &framing {
+            Framing::Chunked(_) => stream.read(&mut chunk).await,
+            Framing::Length(len) => {
+                read_onto(stream, body, (*len - body.len()).min(BODY_READ_MAX)).await
+            }
+            Framing::Close => read_onto(stream, body, BODY_READ_MAX).await,
+        };
+        let n = match read {
             Ok(n) => n,
             // A TLS server that ends a read-to-close body without close_notify: the end, as
             // for Go's client.
@@ -484,10 +494,28 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 Framing::Close => break false,
             }
         }
-        pending.extend_from_slice(&chunk[..n]);
+        if matches!(framing, Framing::Chunked(_)) {
+            pending.extend_from_slice(&chunk[..n]);
+        }
     };
     let content_type = finish(body, body_limit, head.content_type, head.gzip)?;
     Ok((content_type, clean_end && head.keep_alive))
+}
+
+/// The most bytes one read puts onto a body's end.
+const BODY_READ_MAX: usize = 64 << 10;
+
+/// Reads once from `stream` onto the end of `body`, at most `max` bytes.
+async fn read_onto<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    body: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let old = body.len();
+    body.resize(old + max, 0);
+    let read = stream.read(&mut body[old..]).await;
+    body.truncate(old + read.as_ref().map_or(0, |&n| n));
+    read
 }
 
 /// A failed read or write (`what`: "read from", "write to") on the connection to `sa`; a TLS
