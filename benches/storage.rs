@@ -27,6 +27,8 @@
 //! 4. Flush: 5.6k, 20k and 100k series with 60 samples each in a memory store; one flush in
 //!    one go, and one in slices of 2 ms as the agent's flush task runs it: the whole flush's
 //!    time, and the longest slice (how long the executor is held at once).
+//!
+//! The allocator is set up as the agent's `main` does it (`runtime::allocator::tune`).
 
 use perch::model::{Labels, Matcher, Sample};
 use perch::storage::backend::{Backend, FileBackend, MemBackend};
@@ -1017,6 +1019,8 @@ fn part_wear() {
 }
 
 fn main() {
+    // The allocator set up as the agent's `main` does (glibc: no fast bins).
+    perch::runtime::allocator::tune();
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child_open(&dir);
         return;

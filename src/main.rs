@@ -4,6 +4,7 @@ use perch::config::{help_text, Command, Config, Flags};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    perch::runtime::allocator::tune();
     let flags = match Flags::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(f)) => f,
         Ok(Command::Import(f, file)) => {

@@ -17,6 +17,7 @@
 //! `futures_lite`'s `block_on`, used here.) Nothing else starts a thread: no `blocking` pool, no signal
 //! thread (`async-signal` uses a self-pipe), no name lookups through `getaddrinfo`.
 
+pub mod allocator;
 pub mod import;
 pub mod residency;
 
