@@ -3,8 +3,8 @@
 //! The scrape cache maps the raw bytes of a series in the body (`name{labels}` as written), kept
 //! as a 128-bit keyed fingerprint ([`crate::model::hash::fingerprint`]) rather than a copy of the
 //! text, to its storage reference, so a series seen before costs one lookup ([`super::cache`]:
-//! in the steady state the entry after the last one found): no label parsing, no index lookup. A body that fails to parse, or breaks a limit of the job (`sample_limit`,
-//! `label_limit`, `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
+//! in the steady state the entry after the last one found): no label parsing, no index lookup.
+//! A body that fails to parse, or breaks a limit of the job (`sample_limit`, `label_limit`, `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
 //! then, as for a failed fetch, every series of the last good scrape gets a staleness marker and
 //! only the synthetic series are written — with the counts 2.42 reports for such a scrape
 //! (samples parsed up to the error, or all of them for `sample_limit`). A pool over its
@@ -91,7 +91,8 @@ pub struct Scraper {
     conn: Option<client::Conn>,
 }
 
-/// The metadata lines of one body, in order: a fingerprint of them all and their count.
+/// The metadata lines of one body, in order: a fingerprint of them all, their count, and the
+/// body's format (the two formats unescape a help text differently).
 ///
 /// Applying a body's metadata lines to the target's metadata ([`Scraper::note_metadata`], the
 /// last line for a metric's field wins) a second time changes nothing, so a body whose lines
@@ -104,6 +105,15 @@ pub struct Scraper {
 struct MetadataRun {
     fingerprint: [u64; 2],
     lines: usize,
+    format: Option<Format>,
+}
+
+/// The last line of `text` (the entry the parser just read; comments and blank lines it skipped
+/// before it come first), without its line end.
+fn last_line(text: &[u8]) -> &[u8] {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    text.rsplit(|&b| b == b'\n').next().unwrap_or(text)
 }
 
 impl MetadataRun {
@@ -115,45 +125,6 @@ impl MetadataRun {
             self.fingerprint[i] = (self.fingerprint[i].rotate_left(29) ^ f[i]).wrapping_mul(M[i]);
         }
         self.lines += 1;
-    }
-}
-
-/// Scrape bodies' buffers, kept between scrapes for the next one of any target.
-///
-/// A body is needed only while its scrape runs, and scrapes of different targets rarely
-/// overlap, so a few buffers serve them all. Without the pool every scrape allocated its body
-/// afresh; on the musl build (boards) an allocation of that size is fresh pages from the kernel
-/// each time, and faulting them in was about 5 % of the agent's CPU with 11 targets at 1 s.
-/// Buffers larger than [`BodyPool::MAX_BYTES`] are not kept, so a gateway with big targets does
-/// not hold their bodies' memory between scrapes.
-struct BodyPool;
-
-thread_local! {
-    static BODIES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl BodyPool {
-    /// Buffers kept at most.
-    const KEPT: usize = 2;
-    /// The largest buffer kept (capacity).
-    const MAX_BYTES: usize = 256 << 10;
-
-    /// An empty buffer, from the pool if it has one.
-    fn take() -> Vec<u8> {
-        BODIES.with_borrow_mut(|p| p.pop()).unwrap_or_default()
-    }
-
-    /// Returns a buffer to the pool (or frees it, if it is big or the pool is full).
-    fn give_back(mut body: Vec<u8>) {
-        if body.capacity() > Self::MAX_BYTES || body.capacity() == 0 {
-            return;
-        }
-        body.clear();
-        BODIES.with_borrow_mut(|p| {
-            if p.len() < Self::KEPT {
-                p.push(body);
-            }
-        });
     }
 }
 
@@ -284,8 +255,8 @@ impl Scraper {
         let auth = self.target.auth.as_ref().map(|a| a.header()).transpose();
         // The body lives only for this scrape: a gateway with many targets does not keep a
         // copy of every target's last body (a node exporter's is ~60 KB). Its buffer comes
-        // from a small pool shared by all targets (see [`BodyPool`]).
-        let mut body = BodyPool::take();
+        // from a small pool shared by all targets (see [`client::BodyPool`]).
+        let mut body = client::BodyPool::take();
         let fetched = match auth {
             Ok(auth) => {
                 if let Some(a) = auth {
@@ -319,7 +290,7 @@ impl Scraper {
         let fetched = fetched.map(|_| body.as_slice());
         self.ingest_in_slices(fetched, format, start_ms, duration, Some(SLICE))
             .await;
-        BodyPool::give_back(body);
+        client::BodyPool::give_back(body);
     }
 
     /// Writes the outcome of one scrape started at `ts` (ms) that took `duration`: the parsed
@@ -464,7 +435,10 @@ impl Scraper {
         let mut builder = LabelsBuilder::new();
         let mut result = Ok(());
         let mut slicer = Slicer::new(slice, SLICE_CHECK_EVERY);
-        let mut metadata = MetadataRun::default();
+        let mut metadata = MetadataRun {
+            format: Some(format),
+            ..MetadataRun::default()
+        };
         self.cache.begin();
         loop {
             slicer.tick().await;
@@ -476,7 +450,7 @@ impl Scraper {
                 Ok(Entry::Sample(s)) => s,
                 Ok(_) => {
                     // Noted after the body, and only if its metadata lines changed.
-                    metadata.add(body.get(from..parser.pos()).unwrap_or_default());
+                    metadata.add(last_line(body.get(from..parser.pos()).unwrap_or_default()));
                     continue;
                 }
                 Err(e) => {
@@ -984,6 +958,16 @@ mod tests {
         s.ingest(Ok(one), 6000, D);
         assert_eq!(help(&s, "a"), Some(("gauge", "first".into())));
         assert_eq!(help(&s, "b"), Some(("unknown", "later".into())));
+        // The same bytes in the other format say another help text (OpenMetrics unescapes `\"`).
+        let quoted = b"# HELP q say \\\"hi\\\"\nq 1\n# EOF\n";
+        s.ingest_format(Ok(quoted), Format::Text004, 7000, D);
+        assert_eq!(help(&s, "q"), Some(("unknown", r#"say \"hi\""#.into())));
+        s.ingest_format(Ok(quoted), Format::OpenMetrics, 8000, D);
+        assert_eq!(help(&s, "q"), Some(("unknown", r#"say "hi""#.into())));
+        // A comment before a line is not part of it.
+        assert_eq!(last_line(b"# a comment\n\n# HELP x y\n"), b"# HELP x y");
+        assert_eq!(last_line(b"# HELP x y\r\n"), b"# HELP x y");
+        assert_eq!(last_line(b"# HELP x y"), b"# HELP x y");
     }
 
     #[test]
