@@ -637,11 +637,11 @@ fn finish(
 ///
 /// A body is needed only while its scrape runs, and scrapes of different targets rarely
 /// overlap, so a few buffers serve them all (a gzip body's decompressed copy comes from the
-/// pool too). Without the pool every scrape allocated its body
-/// afresh; on the musl build (boards) an allocation of that size is fresh pages from the kernel
-/// each time, and faulting them in was about 5 % of the agent's CPU with 11 targets at 1 s.
-/// Buffers larger than [`BodyPool::MAX_BYTES`] are not kept, so a gateway with big targets does
-/// not hold their bodies' memory between scrapes.
+/// pool too). Without the pool every scrape allocated its body afresh; on the musl build
+/// (boards) an allocation of that size is fresh pages from the kernel each time, and faulting
+/// them in was about 5 % of the agent's CPU with 11 targets at 1 s. Buffers larger than
+/// [`BodyPool::MAX_BYTES`] are not kept, so a gateway with big targets does not hold their
+/// bodies' memory between scrapes.
 pub struct BodyPool;
 
 thread_local! {
