@@ -71,15 +71,18 @@ impl ScrapeCache {
         self.slots.is_empty()
     }
 
-    /// The slot holding `key`.
+    /// The slot holding `key`: the one after the last found, or the index's.
     fn find(&self, key: &[u64; 2]) -> Option<usize> {
         match self.slots.get(self.next) {
             Some(s) if s.key == *key => Some(self.next),
-            _ => {
-                let at = *self.index.get(&key[0])? as usize;
-                (self.slots.get(at)?.key == *key).then_some(at)
-            }
+            _ => self.indexed(key),
         }
+    }
+
+    /// The slot holding `key`, by the index.
+    fn indexed(&self, key: &[u64; 2]) -> Option<usize> {
+        let at = *self.index.get(&key[0])? as usize;
+        (self.slots.get(at)?.key == *key).then_some(at)
     }
 
     /// The entry of `key`; the next lookup looks at the entry after it first.
@@ -90,10 +93,7 @@ impl ScrapeCache {
     }
 
     pub fn get(&self, key: &[u64; 2]) -> Option<&CacheEntry> {
-        match self.slots.get(self.index.get(&key[0]).copied()? as usize) {
-            Some(s) if s.key == *key => Some(&s.entry),
-            _ => None,
-        }
+        Some(&self.slots[self.indexed(key)?].entry)
     }
 
     pub fn contains_key(&self, key: &[u64; 2]) -> bool {
@@ -102,9 +102,8 @@ impl ScrapeCache {
 
     /// Sets the entry of `key`, adding it after the others if it is new.
     pub fn insert(&mut self, key: [u64; 2], entry: CacheEntry) {
-        if let Some(at) = self.find(&key) {
-            self.slots[at].entry = entry;
-            self.next = at + 1;
+        if let Some(e) = self.get_mut(&key) {
+            *e = entry;
             return;
         }
         let at = self.slots.len();

@@ -4,7 +4,8 @@
 //! as a 128-bit keyed fingerprint ([`crate::model::hash::fingerprint`]) rather than a copy of the
 //! text, to its storage reference, so a series seen before costs one lookup ([`super::cache`]:
 //! in the steady state the entry after the last one found): no label parsing, no index lookup.
-//! A body that fails to parse, or breaks a limit of the job (`sample_limit`, `label_limit`, `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
+//! A body that fails to parse, or breaks a limit of the job (`sample_limit`, `label_limit`,
+//! `label_name_length_limit`, `label_value_length_limit`), is rolled back whole;
 //! then, as for a failed fetch, every series of the last good scrape gets a staleness marker and
 //! only the synthetic series are written — with the counts 2.42 reports for such a scrape
 //! (samples parsed up to the error, or all of them for `sample_limit`). A pool over its
