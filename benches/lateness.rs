@@ -18,7 +18,8 @@
 //! samples (series of 100 samples) every 3 s, alternately a remote write and a gzip-compressed
 //! text import; each request's time is printed:
 //! `cargo bench --bench lateness -- --series 1000 --fixture-ms 100 --quiet-scrapes 30 --no-load --ingest-samples 1000000`.
-//! `--endpoints` then requests each read endpoint over the whole store three times, one
+//! `--retention-size SIZE` gives Perch `--storage.tsdb.retention.size` (a small one makes
+//! flushes start new segments and delete old ones). `--endpoints` then requests each read endpoint over the whole store three times, one
 //! endpoint after the other, and prints each one's time and the lateness of the scrapes meanwhile:
 //! `cargo bench --bench lateness -- --series 100000 --fixture-ms 100 --quiet-scrapes 25 --no-load --endpoints`.
 
@@ -51,6 +52,8 @@ struct Options {
     load: bool,
     ingest_samples: usize,
     endpoints: bool,
+    /// `--storage.tsdb.retention.size` for Perch, if given.
+    retention_size: Option<String>,
 }
 
 impl Options {
@@ -62,6 +65,7 @@ impl Options {
             load: true,
             ingest_samples: 0,
             endpoints: false,
+            retention_size: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -77,6 +81,7 @@ impl Options {
                 "--no-load" => o.load = false,
                 "--endpoints" => o.endpoints = true,
                 "--ingest-samples" => o.ingest_samples = number("--ingest-samples") as usize,
+                "--retention-size" => o.retention_size = args.next(),
                 // cargo bench passes `--bench`.
                 "--bench" => {}
                 other => panic!("unknown option {other}"),
@@ -319,11 +324,11 @@ fn main() {
     );
     let data_start = unix_now();
     // Started from the release binary cargo builds for the bench; ready when this returns.
-    let perch = Perch::start_in(
-        temp_dir("lateness-bench"),
-        Some(&config),
-        &["--storage.flush-interval", FLUSH_INTERVAL],
-    );
+    let mut flags = vec!["--storage.flush-interval", FLUSH_INTERVAL];
+    if let Some(size) = &opts.retention_size {
+        flags.extend(["--storage.tsdb.retention.size", size]);
+    }
+    let perch = Perch::start_in(temp_dir("lateness-bench"), Some(&config), &flags);
     let port = perch.port;
     println!(
         "{} on :{port}: a fixture every {} ms and a target of {series} series every 1 s",

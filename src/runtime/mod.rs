@@ -259,7 +259,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
             loop {
                 match hk_storage.flush_step(FLUSH_SLICE) {
                     Ok(true) => break,
-                    Ok(false) => futures_lite::future::yield_now().await,
+                    // Its sync runs on the fsync thread: wait for it without holding anyone.
+                    Ok(false) => match hk_storage.flush_wait() {
+                        Some(sync) => sync.await,
+                        None => futures_lite::future::yield_now().await,
+                    },
                     Err(e) => {
                         log::error!("flushing the store (the samples stay in memory): {e}");
                         break;

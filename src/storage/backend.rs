@@ -27,8 +27,15 @@ pub trait Backend {
     fn read_at(&self, name: &str, off: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// Appends to a file, creating it if needed.
     fn append(&self, name: &str, data: &[u8]) -> io::Result<()>;
-    /// Makes everything appended to the file durable (and its creation).
+    /// Makes everything appended to the file durable, and the directory's changes since the
+    /// last sync (files created or removed) before it.
     fn sync(&self, name: &str) -> io::Result<()>;
+    /// For a sync run elsewhere (the fsync thread, `super::syncer`): the descriptors to call
+    /// `fdatasync` on, in order, to the same effect as [`Backend::sync`]. A backend without
+    /// descriptors syncs here and returns none.
+    fn sync_handle(&self, name: &str) -> io::Result<Vec<File>> {
+        self.sync(name).map(|()| Vec::new())
+    }
     /// Cuts a file to `len` bytes.
     fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
     /// Removes a file.
@@ -55,6 +62,8 @@ pub trait Backend {
 pub struct FileBackend {
     dir: PathBuf,
     open: RefCell<HashMap<String, File>>,
+    /// A file was created or removed since the directory was last synced.
+    dir_dirty: std::cell::Cell<bool>,
 }
 
 impl FileBackend {
@@ -64,6 +73,7 @@ impl FileBackend {
         Ok(FileBackend {
             dir: dir.to_owned(),
             open: RefCell::new(HashMap::new()),
+            dir_dirty: std::cell::Cell::new(false),
         })
     }
 
@@ -87,8 +97,8 @@ impl FileBackend {
         }
     }
 
-    fn sync_dir(&self) -> io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+    fn dir_handle(&self) -> io::Result<File> {
+        File::open(&self.dir)
     }
 }
 
@@ -121,14 +131,33 @@ impl Backend for FileBackend {
             io::Write::write_all(&mut f, data)
         })?;
         if created {
-            // A new file's directory entry must survive a power cut too.
-            self.sync_dir()?;
+            // A new file's directory entry must survive a power cut too: the next sync.
+            self.dir_dirty.set(true);
         }
         Ok(())
     }
 
     fn sync(&self, name: &str) -> io::Result<()> {
-        self.with_file(name, |f| f.sync_data())
+        for f in self.sync_handle(name)? {
+            super::syncer::sync_one(&f)?;
+        }
+        Ok(())
+    }
+
+    /// The directory first (when a file was created or removed), then the file: a removal is
+    /// durable before what was written in its place, so after a power cut the files never
+    /// hold more than the budget.
+    fn sync_handle(&self, name: &str) -> io::Result<Vec<File>> {
+        let mut out = Vec::with_capacity(2);
+        if self.dir_dirty.get() {
+            out.push(self.dir_handle()?);
+        }
+        out.push(self.with_file(name, |f| f.try_clone())?);
+        // Whoever runs these syncs reports their failure; the directory is synced again by
+        // the next sync only if something changes it again (a failed flush starts a new
+        // segment, which does).
+        self.dir_dirty.set(false);
+        Ok(out)
     }
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
@@ -138,7 +167,9 @@ impl Backend for FileBackend {
     fn remove(&self, name: &str) -> io::Result<()> {
         self.open.borrow_mut().remove(name);
         std::fs::remove_file(self.dir.join(name))?;
-        self.sync_dir()
+        // Durable with the next sync, before the bytes written in the file's place.
+        self.dir_dirty.set(true);
+        Ok(())
     }
 
     fn dir_bytes(&self) -> u64 {
@@ -161,6 +192,8 @@ pub struct MemBackend {
     files: RefCell<BTreeMap<String, MemFile>>,
     /// Every write fails while set (a full disk).
     pub fail_writes: std::cell::Cell<bool>,
+    /// Every sync fails while set (a card that reports an I/O error).
+    pub fail_syncs: std::cell::Cell<bool>,
 }
 
 impl MemBackend {
@@ -241,6 +274,9 @@ impl Backend for MemBackend {
     }
 
     fn sync(&self, name: &str) -> io::Result<()> {
+        if self.fail_syncs.get() {
+            return Err(io::Error::other("input/output error"));
+        }
         let mut files = self.files.borrow_mut();
         let f = files.get_mut(name).ok_or_else(|| not_found(name))?;
         f.synced = f.data.len();
@@ -285,6 +321,9 @@ impl<B: Backend + ?Sized> Backend for std::rc::Rc<B> {
     }
     fn sync(&self, name: &str) -> io::Result<()> {
         (**self).sync(name)
+    }
+    fn sync_handle(&self, name: &str) -> io::Result<Vec<File>> {
+        (**self).sync_handle(name)
     }
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         (**self).truncate(name, len)

@@ -22,6 +22,7 @@ pub mod block;
 pub mod codec;
 pub mod flash;
 pub mod segment;
+pub mod syncer;
 
 use crate::model::{Labels, Matcher, Sample};
 use std::fmt;
@@ -234,6 +235,12 @@ pub trait Storage {
     fn flush_step(&self, slice: std::time::Duration) -> Result<bool, StorageError> {
         let _ = slice;
         self.flush().map(|()| true)
+    }
+    /// After `flush_step` returned `Ok(false)`: what to await before the next step, when the
+    /// flush waits for its sync on the fsync thread (see `syncer`); None: just let other tasks
+    /// run.
+    fn flush_wait(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
+        None
     }
     /// Applies retention (by time, counted back from the newest sample; and by size).
     fn housekeeping(&self);

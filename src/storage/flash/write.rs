@@ -23,14 +23,17 @@
 //! - If the write fails, nothing has changed: the heads are whole and the next flush writes
 //!   them.
 
-use super::{Clock, Store, SERIES_PER_RECORD};
+use super::{Clock, Store, SyncMode, SERIES_PER_RECORD};
 use crate::model::slice::StepSort;
 use crate::model::{Labels, Sample};
 use crate::storage::block::{self, BlockBuilder};
 use crate::storage::codec::HeadChunk;
 use crate::storage::segment::{self, RecordKind, RecordRef};
+use crate::storage::syncer::SyncTicket;
 use crate::storage::StorageError;
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 /// What a job writes.
 enum Work {
@@ -133,6 +136,14 @@ enum Phase {
     Declare(Box<Declaring>),
     /// Declared for this target; writing.
     Write(Target),
+    /// Written without a sync (a flush of the heads in slices); the syncs of `seqs` run on the
+    /// fsync thread, its ticket kept here once they are queued. The heads stay whole until
+    /// the sync succeeds; a failed sync ends the job as a failed write does.
+    Sync {
+        /// The segment sealed by this write if any, then the one written to.
+        seqs: Vec<u64>,
+        ticket: Option<SyncTicket>,
+    },
     /// Written to segment `seq`; noting that in the series and trimming their heads, from
     /// `next` on.
     Trim {
@@ -226,6 +237,17 @@ impl WriteJob {
         }
     }
 
+    /// What the job waits for, if it waits for its sync on the fsync thread: the caller
+    /// awaits this before the next slice (calling again at once would find it unfinished).
+    pub(in crate::storage) fn sync_wait(&self) -> Option<Pin<Box<dyn Future<Output = ()>>>> {
+        match &self.phase {
+            Phase::Sync {
+                ticket: Some(t), ..
+            } => Some(t.wait_future()),
+            _ => None,
+        }
+    }
+
     /// Whether the records are written (the job is noting that in the series now).
     pub(in crate::storage) fn is_written(&self) -> bool {
         matches!(self.phase, Phase::Trim { .. })
@@ -284,10 +306,51 @@ impl WriteJob {
                 }
                 Phase::Write(target) => {
                     let target = *target;
-                    if let Some(target) = self.write(st, target)? {
+                    // A flush in slices leaves its sync to the fsync thread; in one go, and
+                    // for an import, the write syncs in place.
+                    let sync = if deadline.is_some()
+                        && st.opts.sync_thread
+                        && matches!(self.work, Work::Heads { .. })
+                    {
+                        SyncMode::Later
+                    } else {
+                        SyncMode::Now
+                    };
+                    if let Some(target) = self.write(st, target, sync)? {
                         self.redeclared += 1;
                         self.phase = Phase::Declare(Box::new(self.declaring(target)));
                         continue;
+                    }
+                }
+                Phase::Sync { seqs, ticket } => {
+                    let seq = seqs.last().copied().unwrap_or_default();
+                    let result = match ticket {
+                        None => match st.sync_later(seqs) {
+                            Ok(Some(t)) if deadline.is_some() => {
+                                // The caller awaits `sync_wait` before the next slice.
+                                *ticket = Some(t);
+                                return Ok(false);
+                            }
+                            Ok(Some(t)) => t.wait(),
+                            Ok(None) => Ok(Duration::ZERO),
+                            Err(e) => Err(e),
+                        },
+                        Some(t) => match t.try_take() {
+                            Some(r) => r,
+                            None if deadline.is_some() => return Ok(false),
+                            None => t.wait(),
+                        },
+                    };
+                    match result {
+                        Ok(took) => {
+                            st.counters.note_write(took);
+                            self.phase = Phase::Trim { seq, next: 0 };
+                        }
+                        Err(e) => {
+                            log::error!("syncing segment {seq:016x}: {e}");
+                            st.sync_failed(seq);
+                            return Err(StorageError::Io(e));
+                        }
                     }
                 }
                 Phase::Trim { seq, next } => {
@@ -478,7 +541,12 @@ impl WriteJob {
     /// Writes the records if the declarations fit the segment written to: Ok(None) when
     /// written (the trim follows), Ok(Some(target)) when they must be made again for `target`
     /// first.
-    fn write(&mut self, st: &mut Store, target: Target) -> Result<Option<Target>, StorageError> {
+    fn write(
+        &mut self,
+        st: &mut Store,
+        target: Target,
+        sync: SyncMode,
+    ) -> Result<Option<Target>, StorageError> {
         let seg_bytes = st.opts.segment_bytes();
         let new_segment = target == Target::New;
         // The named states ride along when changed, and once in every segment (so the newest
@@ -505,9 +573,11 @@ impl WriteJob {
             } else {
                 0
             };
-        if new_segment {
-            st.seal_active();
-        }
+        let sealed = if new_segment {
+            st.seal_active(sync)
+        } else {
+            None
+        };
         st.make_room(need)?;
         // make_room may have deleted the active segment itself.
         if !new_segment && st.active.is_none() {
@@ -532,6 +602,7 @@ impl WriteJob {
             new_segment,
             now,
             heads,
+            sync,
         )?;
         let Some(seq) = st.active else {
             return Err(StorageError::Closed);
@@ -539,7 +610,13 @@ impl WriteJob {
         // The records are written: their buffers go now, not with the job.
         self.blocks = Vec::new();
         self.decls = Vec::new();
-        self.phase = Phase::Trim { seq, next: 0 };
+        self.phase = match sync {
+            SyncMode::Now => Phase::Trim { seq, next: 0 },
+            SyncMode::Later => Phase::Sync {
+                seqs: sealed.into_iter().chain([seq]).collect(),
+                ticket: None,
+            },
+        };
         Ok(None)
     }
 
