@@ -1599,6 +1599,10 @@ impl ImportJob for FlashImport {
         self.failed = r.is_err();
         r
     }
+
+    fn wait(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
+        self.import.sync_wait()
+    }
 }
 
 /// An import that ends without writing (an error, or dropped unfinished) removes the series
@@ -2432,6 +2436,32 @@ mod tests {
         // The labels import again.
         s.import(import_items(2000, 0, 10), 3).unwrap();
         check_import(&s, 2000, 0, 10);
+    }
+
+    #[test]
+    fn an_import_whose_sync_fails_reports_it_and_leaves_the_store_whole() {
+        let b = Rc::new(MemBackend::new());
+        let s = open(&b, FlashOptions::default());
+        ingest(&s, 5, 0, 3000, 1000);
+        s.flush().unwrap();
+        b.fail_syncs.set(true);
+        let mut job = s.import_job_at(import_items(50, 0, 10), 3);
+        let mut result = Ok(None);
+        for _ in 0..100_000 {
+            result = job.step(Some(Instant::now()));
+            if !matches!(result, Ok(None)) {
+                break;
+            }
+        }
+        assert!(result.is_err(), "the client is told: {result:?}");
+        drop(job);
+        assert_eq!(s.counters().write_errors, 1);
+        // The store is whole: what was written reads back, and sending it again is harmless.
+        b.fail_syncs.set(false);
+        check_import(&s, 50, 0, 10);
+        s.import(import_items(50, 0, 10), 3).unwrap();
+        check_import(&s, 50, 0, 10);
+        check_import(&open(&b, FlashOptions::default()), 50, 0, 10);
     }
 
     #[test]

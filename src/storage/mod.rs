@@ -447,6 +447,26 @@ pub trait ImportJob {
     /// dropping it unfinished (the series it created are removed again, if still empty).
     fn step(&mut self, deadline: Option<std::time::Instant>)
         -> Result<Option<usize>, StorageError>;
+    /// After `step` returned `Ok(None)`: what to await before the next step, when the job
+    /// waits for its sync on the fsync thread; None: just let other tasks run.
+    fn wait(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
+        None
+    }
+}
+
+/// Runs an import job to its end a slice at a time, waiting for its sync without holding the
+/// executor.
+pub async fn import_in_slices(job: &mut dyn ImportJob) -> Result<usize, StorageError> {
+    loop {
+        let deadline = std::time::Instant::now() + crate::model::slice::SLICE;
+        if let Some(n) = job.step(Some(deadline))? {
+            return Ok(n);
+        }
+        match job.wait() {
+            Some(sync) => sync.await,
+            None => futures_lite::future::yield_now().await,
+        }
+    }
 }
 
 /// An export page under way ([`Storage::export_job`]).

@@ -49,7 +49,6 @@ use super::http::{Request, Response};
 use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{Labels, LabelsBuilder, Sample, METRIC_NAME};
 use crate::scrape::parse::{Entry, TextParser};
-use crate::storage::in_slices;
 use std::collections::HashMap;
 use std::io::Read;
 
@@ -650,7 +649,7 @@ impl super::WebState {
             return Ok(());
         }
         let mut job = self.storage.import_job(items);
-        in_slices(|d| job.step(d))
+        crate::storage::import_in_slices(&mut *job)
             .await
             .map(|_| ())
             .map_err(|e| IngestError::Storage(e.to_string()))

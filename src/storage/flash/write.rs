@@ -167,6 +167,8 @@ pub(in crate::storage) struct WriteJob {
     /// Times the declarations were made again because the segment changed meanwhile.
     redeclared: u32,
     scratch: Vec<Sample>,
+    /// An import's failed sync, reported once its series are noted.
+    sync_error: Option<std::io::Error>,
 }
 
 /// After this many declarations made again, the next are made in one go: nothing can change
@@ -234,6 +236,7 @@ impl WriteJob {
             decl_refs: Vec::new(),
             redeclared: 0,
             scratch: Vec::new(),
+            sync_error: None,
         }
     }
 
@@ -248,9 +251,10 @@ impl WriteJob {
         }
     }
 
-    /// Whether the records are written (the job is noting that in the series now).
+    /// Whether the records are written (the job is syncing them, or noting that in the
+    /// series now).
     pub(in crate::storage) fn is_written(&self) -> bool {
-        matches!(self.phase, Phase::Trim { .. })
+        matches!(self.phase, Phase::Trim { .. } | Phase::Sync { .. })
     }
 
     /// Works until done (`Ok(true)`) or past `deadline` (`Ok(false)`: call again later).
@@ -306,12 +310,9 @@ impl WriteJob {
                 }
                 Phase::Write(target) => {
                     let target = *target;
-                    // A flush in slices leaves its sync to the fsync thread; in one go, and
-                    // for an import, the write syncs in place.
-                    let sync = if deadline.is_some()
-                        && st.opts.sync_thread
-                        && matches!(self.work, Work::Heads { .. })
-                    {
+                    // A job in slices leaves its sync to the fsync thread; in one go, the
+                    // write syncs in place.
+                    let sync = if deadline.is_some() && st.opts.sync_thread {
                         SyncMode::Later
                     } else {
                         SyncMode::Now
@@ -349,14 +350,24 @@ impl WriteJob {
                         Err(e) => {
                             log::error!("syncing segment {seq:016x}: {e}");
                             st.sync_failed(seq);
-                            return Err(StorageError::Io(e));
+                            if matches!(self.work, Work::Heads { .. }) {
+                                return Err(StorageError::Io(e));
+                            }
+                            // An import's samples are nowhere else: it notes its series as
+                            // written (the store stays whole) and then fails, so the client
+                            // sends them again (a sample stored twice is read once).
+                            self.sync_error = Some(e);
+                            self.phase = Phase::Trim { seq, next: 0 };
                         }
                     }
                 }
                 Phase::Trim { seq, next } => {
                     let (seq, start) = (*seq, *next);
                     match self.trim(st, seq, start, &clock) {
-                        Ok(()) => return Ok(true),
+                        Ok(()) => match self.sync_error.take() {
+                            Some(e) => return Err(StorageError::Io(e)),
+                            None => return Ok(true),
+                        },
                         Err(next) => {
                             self.phase = Phase::Trim { seq, next };
                             return Ok(false);
@@ -727,6 +738,14 @@ impl Import {
             // Written, and trimming: the records are on disk.
             ImportStage::Write(job) => job.is_written(),
             _ => false,
+        }
+    }
+
+    /// What the import waits for before its next slice, if it waits for its sync.
+    pub(in crate::storage) fn sync_wait(&self) -> Option<Pin<Box<dyn Future<Output = ()>>>> {
+        match &self.stage {
+            ImportStage::Write(job) => job.sync_wait(),
+            _ => None,
         }
     }
 
