@@ -13,8 +13,8 @@
 //! Why a thread (the brief allows one, "only if measured necessary"): an SD card can hold a
 //! sync for a second or more, and a sync on the executor holds every scrape for as long. With the
 //! block device throttled to 64 KiB/s (cgroup v1 `blkio.throttle.write_bps_device`, a slow
-//! card), scrapes during a flush of 20k series started 1–2.5 s late; with the sync here, they
-//! start on time (`docs/architecture.md`, "Threads", has the command and both runs). Appends
+//! card), scrapes during flushes of 20k series started up to 1–2.5 s late; with the sync here,
+//! at most 10 ms (`docs/architecture.md`, "Threads", has the commands and the runs). Appends
 //! stay on the executor: they copy into the page cache and return.
 
 use std::fs::File;

@@ -20,8 +20,11 @@
 //!   sync. Other writers (an import, a flush in one go) may change the active segment between
 //!   slices: the last slice checks that the declarations were made for the segment written to,
 //!   and declares again (a bounded number of times in slices, then in one go) if not.
-//! - If the write fails, nothing has changed: the heads are whole and the next flush writes
-//!   them.
+//! - In slices, the sync runs on the fsync thread (`super::super::syncer`): the job appends,
+//!   then waits (`WriteJob::sync_wait`, awaited by the caller) and only then trims. In one go,
+//!   it syncs in place.
+//! - If the write or its sync fails, the heads are whole and the next flush writes them (in a
+//!   new segment). An import whose sync fails notes its series, then reports the error.
 
 use super::{Clock, Store, SyncMode, SERIES_PER_RECORD};
 use crate::model::slice::StepSort;
