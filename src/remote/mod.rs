@@ -948,6 +948,38 @@ mod tests {
         assert!(!st.epochs[2].sealed);
     }
 
+    #[test]
+    fn a_flush_whose_sync_fails_leaves_its_epoch_to_the_next_flush_that_writes() {
+        let b = Rc::new(crate::storage::backend::MemBackend::new());
+        let (store, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
+        let store = Rc::new(store);
+        let w = Rc::new(Writer::new(config(100), Labels::default(), store.clone()));
+        store.set_tap(Some(Rc::new(RemoteWriters {
+            writers: vec![w.clone()],
+        })));
+        store.take_writes();
+        scrape(&store, 1000);
+        b.fail_syncs.set(true);
+        // In slices: the append lands, its sync fails; the write log does not list it.
+        let mut r = Ok(false);
+        while r == Ok(false) {
+            r = store.flush_step(Duration::ZERO).map_err(|e| e.to_string());
+        }
+        assert!(r.is_err());
+        assert!(store.take_writes().is_empty());
+        w.flushed(&[]);
+        scrape(&store, 2000);
+        b.fail_syncs.set(false);
+        while !store.flush_step(Duration::ZERO).unwrap() {}
+        let spans = store.take_writes();
+        assert_eq!(spans.len(), 1);
+        w.flushed(&spans);
+        let st = w.st.borrow();
+        for e in st.epochs.iter().take(2) {
+            assert_eq!((e.outstanding, e.closed, &e.spans), (3, true, &spans));
+        }
+    }
+
     fn c(segment: u64, offset: u64) -> Cursor {
         Cursor::at(segment, offset)
     }

@@ -694,7 +694,8 @@ impl Store {
     /// active segment, starting a new segment first when needed, then syncs unless `sync` is
     /// [`SyncMode::Later`] (the caller then syncs the segment, see [`Store::sync_later`]). `blocks`
     /// are the records' refs relative to the start of the first piece; `flush` tells the write
-    /// log a flush of the heads from an import. The records are readable when this returns.
+    /// log a flush of the heads from an import. The records are readable when this returns; a
+    /// write synced later returns its entry for the write log, if the log is kept.
     fn write_records(
         &mut self,
         records: &[&[u8]],
@@ -703,7 +704,7 @@ impl Store {
         created_ms: i64,
         flush: bool,
         sync: SyncMode,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<WriteSpan>, StorageError> {
         let seq = match (new_segment, self.active) {
             (false, Some(seq)) => seq,
             _ => {
@@ -753,9 +754,16 @@ impl Store {
                     flush,
                 };
                 seg.bytes += buf.len() as u64;
-                if self.tap.is_some() {
-                    self.writes.push(span);
-                }
+                // A write synced later joins the write log once its sync is done (the
+                // remote-write senders take a failed flush's samples from the next one).
+                let unsynced = match (self.tap.is_some(), sync) {
+                    (false, _) => None,
+                    (true, SyncMode::Now) => {
+                        self.writes.push(span);
+                        None
+                    }
+                    (true, SyncMode::Later) => Some(span),
+                };
                 for mut b in blocks {
                     b.offset += base;
                     if b.kind == RecordKind::Series {
@@ -772,7 +780,7 @@ impl Store {
                     seg.blocks.push(b);
                 }
                 self.counters.bytes_written += buf.len() as u64;
-                Ok(())
+                Ok(unsynced)
             }
             Err(e) => {
                 // What reached the file is unknown: count it, and continue in a new segment.
@@ -908,6 +916,7 @@ impl Store {
             true,
             SyncMode::Now,
         )
+        .map(|_| ())
     }
 
     /// Flushes every head in one go (see [`WriteJob`] for the flush in slices).

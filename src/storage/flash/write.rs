@@ -33,7 +33,7 @@ use crate::storage::block::{self, BlockBuilder};
 use crate::storage::codec::HeadChunk;
 use crate::storage::segment::{self, RecordKind, RecordRef};
 use crate::storage::syncer::SyncTicket;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, WriteSpan};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -146,6 +146,8 @@ enum Phase {
         /// The segment sealed by this write if any, then the one written to.
         seqs: Vec<u64>,
         ticket: Option<SyncTicket>,
+        /// The write's entry for the write log, added once the sync is done.
+        span: Option<WriteSpan>,
     },
     /// Written to segment `seq`; noting that in the series and trimming their heads, from
     /// `next` on.
@@ -326,7 +328,7 @@ impl WriteJob {
                         continue;
                     }
                 }
-                Phase::Sync { seqs, ticket } => {
+                Phase::Sync { seqs, ticket, span } => {
                     let seq = seqs.last().copied().unwrap_or_default();
                     let result = match ticket {
                         None => match st.sync_later(seqs) {
@@ -348,6 +350,7 @@ impl WriteJob {
                     match result {
                         Ok(took) => {
                             st.counters.note_write(took);
+                            st.writes.extend(span.take());
                             self.phase = Phase::Trim { seq, next: 0 };
                         }
                         Err(e) => {
@@ -356,6 +359,7 @@ impl WriteJob {
                             if matches!(self.work, Work::Heads { .. }) {
                                 return Err(StorageError::Io(e));
                             }
+                            st.writes.extend(span.take());
                             // An import's samples are nowhere else: it notes its series as
                             // written (the store stays whole) and then fails, so the client
                             // sends them again (a sample stored twice is read once).
@@ -610,7 +614,7 @@ impl WriteJob {
         }));
         let now = st.max_time.unwrap_or(0);
         let heads = matches!(self.work, Work::Heads { .. });
-        st.write_records(
+        let span = st.write_records(
             &[&self.decls, &self.blocks, &checkpoint],
             refs,
             new_segment,
@@ -629,6 +633,7 @@ impl WriteJob {
             SyncMode::Later => Phase::Sync {
                 seqs: sealed.into_iter().chain([seq]).collect(),
                 ticket: None,
+                span,
             },
         };
         Ok(None)
