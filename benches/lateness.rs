@@ -19,8 +19,9 @@
 //! text import; each request's time is printed:
 //! `cargo bench --bench lateness -- --series 1000 --fixture-ms 100 --quiet-scrapes 30 --no-load --ingest-samples 1000000`.
 //! `--retention-size SIZE` gives Perch `--storage.tsdb.retention.size` (a small one makes
-//! flushes start new segments and delete old ones). `--endpoints` then requests each read endpoint over the whole store three times, one
-//! endpoint after the other, and prints each one's time and the lateness of the scrapes meanwhile:
+//! flushes start new segments and delete old ones). `--endpoints` then requests each read
+//! endpoint over the whole store three times, one endpoint after the other, and prints each
+//! one's time and the lateness of the scrapes meanwhile:
 //! `cargo bench --bench lateness -- --series 100000 --fixture-ms 100 --quiet-scrapes 25 --no-load --endpoints`.
 
 // The integration tests' harness: the fixture target, the real binary, the HTTP client.
@@ -389,9 +390,11 @@ fn main() {
                 &metrics(),
             );
         }
-        // The store's own writes hold the thread too: its longest append with its sync.
+        // The store's own appends hold the thread too (its syncs run on the fsync thread).
         for line in metrics().lines() {
-            if line.starts_with("perch_storage_write_seconds") {
+            if line.starts_with("perch_storage_write_seconds")
+                || line.starts_with("perch_storage_fsync_thread_seconds")
+            {
                 println!("  {line}");
             }
         }

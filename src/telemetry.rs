@@ -206,14 +206,26 @@ impl Telemetry {
         counter(
             out,
             "perch_storage_write_seconds_total",
-            "Time spent in the store's appends and their fdatasync, on the executor thread.",
+            "Time spent in the store's appends, and in the fdatasync run in place, on the executor thread.",
             storage.write_micros_total as f64 / 1e6,
         );
         gauge(
             out,
             "perch_storage_write_seconds_max",
-            "The longest single append with its fdatasync since start (an SD card's stalls show here).",
+            "The longest single append (with its fdatasync, when that runs on the executor thread) since start.",
             storage.write_micros_max as f64 / 1e6,
+        );
+        counter(
+            out,
+            "perch_storage_fsync_thread_seconds_total",
+            "Time the fsync thread spent in fdatasync for flushes and imports, off the executor.",
+            storage.sync_micros_total as f64 / 1e6,
+        );
+        gauge(
+            out,
+            "perch_storage_fsync_thread_seconds_max",
+            "The longest sync on the fsync thread since start (an SD card's stalls show here).",
+            storage.sync_micros_max as f64 / 1e6,
         );
         if let Some(t) = storage.min_time {
             gauge(

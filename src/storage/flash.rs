@@ -283,10 +283,13 @@ pub struct FlashCounters {
     pub corrupt_records: u64,
     pub write_errors: u64,
     pub bytes_written: u64,
-    /// Time spent in appends and their syncs (they run on the executor thread), and the
-    /// longest one: what an SD card's stalls cost.
+    /// Time spent in appends and the syncs run in place (on the executor thread), and the
+    /// longest one: what an SD card's stalls cost the executor.
     pub write_micros: u64,
     pub write_micros_max: u64,
+    /// Time the fsync thread spent on syncs (off the executor), and the longest one.
+    pub sync_micros: u64,
+    pub sync_micros_max: u64,
     pub flushes: u64,
     pub segments_deleted: u64,
     pub samples_refused_head_full: u64,
@@ -297,6 +300,12 @@ impl FlashCounters {
         let us = took.as_micros() as u64;
         self.write_micros += us;
         self.write_micros_max = self.write_micros_max.max(us);
+    }
+
+    fn note_sync(&mut self, took: Duration) {
+        let us = took.as_micros() as u64;
+        self.sync_micros += us;
+        self.sync_micros_max = self.sync_micros_max.max(us);
     }
 }
 
@@ -2159,6 +2168,8 @@ impl Storage for FlashStorage {
             write_errors_total: st.counters.write_errors,
             write_micros_total: st.counters.write_micros,
             write_micros_max: st.counters.write_micros_max,
+            sync_micros_total: st.counters.sync_micros,
+            sync_micros_max: st.counters.sync_micros_max,
         }
     }
 }

@@ -220,6 +220,8 @@ pub struct StorageStats {
     /// its sync (both on the executor thread).
     pub write_micros_total: u64,
     pub write_micros_max: u64,
+    pub sync_micros_total: u64,
+    pub sync_micros_max: u64,
 }
 
 /// The store: hands out appenders and queriers. Shared as `Rc<dyn Storage>` on the executor.

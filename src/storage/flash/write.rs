@@ -349,7 +349,7 @@ impl WriteJob {
                     };
                     match result {
                         Ok(took) => {
-                            st.counters.note_write(took);
+                            st.counters.note_sync(took);
                             st.writes.extend(span.take());
                             self.phase = Phase::Trim { seq, next: 0 };
                         }
