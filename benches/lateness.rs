@@ -21,7 +21,8 @@
 //! `--retention-size SIZE` gives Perch `--storage.tsdb.retention.size` (a small one makes
 //! flushes start new segments and delete old ones). `--endpoints` then requests each read
 //! endpoint over the whole store three times, one endpoint after the other, and prints each
-//! one's time and the lateness of the scrapes meanwhile:
+//! one's time and the lateness of the scrapes meanwhile (`--only SUBSTR`: only the paths that
+//! contain it):
 //! `cargo bench --bench lateness -- --series 100000 --fixture-ms 100 --quiet-scrapes 25 --no-load --endpoints`.
 
 // The integration tests' harness: the fixture target, the real binary, the HTTP client.
@@ -55,6 +56,8 @@ struct Options {
     endpoints: bool,
     /// `--storage.tsdb.retention.size` for Perch, if given.
     retention_size: Option<String>,
+    /// With `--endpoints`, only the paths containing this.
+    only: Option<String>,
 }
 
 impl Options {
@@ -67,6 +70,7 @@ impl Options {
             ingest_samples: 0,
             endpoints: false,
             retention_size: None,
+            only: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -83,6 +87,7 @@ impl Options {
                 "--endpoints" => o.endpoints = true,
                 "--ingest-samples" => o.ingest_samples = number("--ingest-samples") as usize,
                 "--retention-size" => o.retention_size = args.next(),
+                "--only" => o.only = args.next(),
                 // cargo bench passes `--bench`.
                 "--bench" => {}
                 other => panic!("unknown option {other}"),
@@ -372,7 +377,12 @@ fn main() {
             format!(
                 "/api/v1/query_range?query=sum%20by%20(g)(rate(big_requests_total%5B5s%5D))&{range}&step=1"
             ),
+            // Every series at every step: the answer's points turned into series.
+            format!("/api/v1/query_range?query=big_requests_total&{range}&step=1"),
         ] {
+            if opts.only.as_ref().is_some_and(|o| !path.contains(o.as_str())) {
+                continue;
+            }
             let before = metrics();
             let mut times = Vec::new();
             let mut bytes = 0;

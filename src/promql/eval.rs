@@ -22,6 +22,7 @@
 use super::{aggregate, binary, functions, EngineOptions, QueryError, RangeSeries, VectorSample};
 use super::{QueryResult, QueryStats, Value, DEFAULT_SUBQUERY_STEP_MS};
 use crate::model::hash::FastHasher;
+use crate::model::slice::StepSort;
 use crate::model::FastMap;
 use crate::model::{is_stale, Labels, MatchKind, Matcher, Sample, METRIC_NAME};
 use crate::storage::Querier;
@@ -224,6 +225,56 @@ impl StepVec {
             .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
+    }
+
+    /// As [`StepVec::into_matrix`], yielding to the executor as it goes: a range query's answer
+    /// over 100k series is millions of points to move and 100k label sets to sort, which held
+    /// the executor for tens of milliseconds in one piece.
+    pub async fn into_matrix_yielding(
+        self,
+        span: Span,
+        ev: &mut Evaluator<'_>,
+    ) -> Vec<RangeSeries> {
+        const POINTS_PER_TICK: usize = 1 << 12;
+        let mut counts = vec![0usize; self.table.len()];
+        for part in self.points.chunks(POINTS_PER_TICK) {
+            for &(i, _) in part {
+                counts[i as usize] += 1;
+            }
+            ev.tick(part.len()).await;
+        }
+        let mut samples: Vec<Vec<Sample>> = Vec::with_capacity(counts.len());
+        for part in counts.chunks(POINTS_PER_TICK) {
+            samples.extend(part.iter().map(|&n| Vec::with_capacity(n)));
+            ev.tick(part.len() * PER_SERIES_WORK).await;
+        }
+        drop(counts);
+        let mut moved = 0;
+        for (k, step) in self.steps().enumerate() {
+            let t = span.ts(k);
+            for part in step.chunks(POINTS_PER_TICK) {
+                for &(i, v) in part {
+                    samples[i as usize].push(Sample { t, v });
+                }
+                moved += part.len();
+                if moved >= POINTS_PER_TICK {
+                    ev.tick(moved).await;
+                    moved = 0;
+                }
+            }
+        }
+        let mut out: Vec<RangeSeries> = Vec::with_capacity(samples.len());
+        for (labels, samples) in self.table.labels.into_iter().zip(samples) {
+            if !samples.is_empty() {
+                out.push(RangeSeries { labels, samples });
+                ev.tick(1).await;
+            }
+        }
+        let mut sort = StepSort::new(out);
+        while !sort.run(|a, b| a.labels.cmp(&b.labels), || ev.slice_up()) {
+            ev.next_slice().await;
+        }
+        sort.take()
     }
 
     /// [`StepVec::into_matrix`] with each series' delayed-removal mark beside it (empty if
@@ -668,6 +719,16 @@ impl<'q> Evaluator<'q> {
     /// Records `n` units of work and yields to the executor once the slice is used up.
     pub async fn tick(&mut self, n: usize) {
         self.slicer.tick_by(n).await;
+    }
+
+    /// Whether the running slice is used up (for work that checks the clock itself).
+    pub fn slice_up(&self) -> bool {
+        self.slicer.is_up()
+    }
+
+    /// Yields now and starts a new slice (after work that stopped because its slice was up).
+    pub async fn next_slice(&mut self) {
+        self.slicer.next_slice().await;
     }
 
     /// Evaluates the query's expression.

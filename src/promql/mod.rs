@@ -186,7 +186,7 @@ pub struct VectorSample {
 }
 
 /// One series of a matrix.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RangeSeries {
     pub labels: Labels,
     pub samples: Vec<Sample>,
@@ -317,7 +317,7 @@ impl Engine {
                     samples,
                 }])
             }
-            eval::Val::Vector(sv) => Value::Matrix(sv.into_matrix(span)),
+            eval::Val::Vector(sv) => Value::Matrix(sv.into_matrix_yielding(span, &mut ev).await),
             eval::Val::Str(_) | eval::Val::Matrix(_) => {
                 return Err(QueryError::Execution(
                     "invalid expression type for range query".into(),
