@@ -163,7 +163,7 @@ impl WebState {
                 | IngestError::Storage(m)) = &e;
                 ReadError(e.status(), m.clone())
             })?;
-        let rr = pb::ReadRequest::decode(&raw[..]).map_err(|e| ReadError(400, e.to_string()))?;
+        let rr = decode_request(&raw, &mut slicer).await?;
         let config = self.config();
         let external: Vec<Label> = config
             .file
@@ -242,6 +242,43 @@ impl WebState {
         Ok(Response::new(200, "application/x-protobuf", body)
             .with_header("Content-Encoding", "snappy"))
     }
+}
+
+/// Decodes a `ReadRequest` a query at a time, with a tick between queries: a request of many
+/// queries is as long to decode as it is big, and the body limit allows megabytes. Equal to
+/// `ReadRequest::decode` (fields in any order, repeated fields packed or not, unknown skipped).
+async fn decode_request(raw: &[u8], slicer: &mut Slicer) -> Result<pb::ReadRequest, ReadError> {
+    use prost::encoding::{decode_key, decode_varint, int32, skip_field, DecodeContext, WireType};
+    let bad = |e: prost::DecodeError| ReadError(400, e.to_string());
+    let mut buf = raw;
+    let mut rr = pb::ReadRequest::default();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(bad)?;
+        match (tag, wire) {
+            (1, WireType::LengthDelimited) => {
+                let len = decode_varint(&mut buf).map_err(bad)?;
+                let Some(len) = usize::try_from(len).ok().filter(|&l| l <= buf.len()) else {
+                    return Err(ReadError(
+                        400,
+                        "failed to decode Protobuf message: buffer underflow".into(),
+                    ));
+                };
+                rr.queries
+                    .push(pb::Query::decode(&buf[..len]).map_err(bad)?);
+                buf = &buf[len..];
+                slicer.tick().await;
+            }
+            (2, _) => int32::merge_repeated(
+                wire,
+                &mut rr.accepted_response_types,
+                &mut buf,
+                DecodeContext::default(),
+            )
+            .map_err(bad)?,
+            _ => skip_field(wire, tag, &mut buf, DecodeContext::default()).map_err(bad)?,
+        }
+    }
+    Ok(rr)
 }
 
 /// A raw snappy block of `data`, compressed 64 KiB at a time: each fragment's elements refer
@@ -333,21 +370,32 @@ struct Frames {
     query: usize,
     external: Vec<Label>,
     max_bytes: usize,
-    /// The series being framed: its labels, its remaining chunks.
-    pending: Option<(Vec<Label>, std::vec::IntoIter<pb::Chunk>)>,
+    /// The series being framed: its labels, its samples, and the first not yet framed. Its
+    /// chunks are encoded a frame at a time, so a long series costs a frame's work per call
+    /// (the HTTP writer yields between calls), not its whole length at once.
+    pending: Option<(Vec<Label>, Vec<Sample>, usize)>,
 }
 
 impl BodyStream for Frames {
     fn next_chunk(&mut self) -> Option<Result<Vec<u8>, String>> {
         loop {
-            if let Some((labels, chunks)) = &mut self.pending {
+            if let Some((labels, samples, next)) = &mut self.pending {
                 let label_bytes: usize = labels.iter().map(|l| l.encoded_len()).sum();
                 let budget = self.max_bytes.saturating_sub(label_bytes) as isize;
                 let mut left = budget;
                 let mut frame: Vec<pb::Chunk> = Vec::new();
-                for c in chunks.by_ref() {
-                    left -= c.encoded_len() as isize;
-                    frame.push(c);
+                while *next < samples.len() {
+                    let end = (*next + SAMPLES_PER_CHUNK).min(samples.len());
+                    let c = &samples[*next..end];
+                    *next = end;
+                    let chunk = pb::Chunk {
+                        min_time_ms: c[0].t,
+                        max_time_ms: c[c.len() - 1].t,
+                        r#type: pb::CHUNK_XOR,
+                        data: xor::encode(c),
+                    };
+                    left -= chunk.encoded_len() as isize;
+                    frame.push(chunk);
                     if left <= 0 {
                         break;
                     }
@@ -368,18 +416,9 @@ impl BodyStream for Frames {
             let q = self.queries.get_mut(self.query)?;
             match q.next() {
                 Some(s) => {
+                    // The select's vector, reused in place.
                     let samples: Vec<Sample> = s.samples.collect();
-                    let chunks: Vec<pb::Chunk> = samples
-                        .chunks(SAMPLES_PER_CHUNK)
-                        .map(|c| pb::Chunk {
-                            min_time_ms: c[0].t,
-                            max_time_ms: c[c.len() - 1].t,
-                            r#type: pb::CHUNK_XOR,
-                            data: xor::encode(c),
-                        })
-                        .collect();
-                    self.pending =
-                        Some((merge_labels(&s.labels, &self.external), chunks.into_iter()));
+                    self.pending = Some((merge_labels(&s.labels, &self.external), samples, 0));
                 }
                 None => self.query += 1,
             }
@@ -686,6 +725,43 @@ pub mod xor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_decodes_a_query_at_a_time_as_prost_decodes_it_whole() {
+        let query = |i: i64| pb::Query {
+            start_timestamp_ms: i,
+            end_timestamp_ms: i + 1000,
+            matchers: vec![pb::LabelMatcher {
+                r#type: 0,
+                name: "__name__".into(),
+                value: format!("m{i}"),
+            }],
+            hints: None,
+        };
+        let rr = pb::ReadRequest {
+            queries: (0..50).map(query).collect(),
+            accepted_response_types: vec![1, 0],
+        };
+        let raw = rr.encode_to_vec();
+        let got = futures_lite::future::block_on(decode_request(&raw, &mut Slicer::none()));
+        assert!(got.ok() == Some(rr.clone()));
+        // Unpacked repeated enums, fields out of order, an unknown field: as prost reads them.
+        let mut odd = Vec::new();
+        prost::encoding::int32::encode(2, &1, &mut odd);
+        prost::encoding::uint64::encode(9, &7, &mut odd);
+        prost::encoding::message::encode(1, &query(5), &mut odd);
+        prost::encoding::int32::encode(2, &0, &mut odd);
+        let want = pb::ReadRequest::decode(&odd[..]).unwrap();
+        let got = futures_lite::future::block_on(decode_request(&odd, &mut Slicer::none()));
+        assert!(got.ok() == Some(want));
+        // A truncated request is an error, as for prost.
+        for cut in [1, 7, raw.len() / 2, raw.len() - 1] {
+            let got =
+                futures_lite::future::block_on(decode_request(&raw[..cut], &mut Slicer::none()));
+            assert!(got.is_err(), "cut at {cut}");
+            assert!(pb::ReadRequest::decode(&raw[..cut]).is_err());
+        }
+    }
 
     #[test]
     fn fragments_compressed_apart_form_one_snappy_block() {
