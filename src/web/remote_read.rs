@@ -214,19 +214,12 @@ impl WebState {
             let mut result = Vec::new();
             for s in series {
                 slicer.tick().await;
-                let samples: Vec<PbSample> = s
-                    .samples
-                    .map(|x| PbSample {
-                        value: x.v,
-                        timestamp: x.t,
-                    })
-                    .collect();
-                n += samples.len();
+                n += s.samples.len();
                 if limit > 0 && n > limit {
                     return Err(ReadError(400, format!("exceeded sample limit ({limit})")));
                 }
-                let ts = pb::TimeSeries::new(merge_labels(&s.labels, &external), samples);
-                prost::encoding::message::encode(1, &ts, &mut result);
+                let labels = merge_labels(&s.labels, &external);
+                encode_series(&labels, s.samples.as_slice(), &mut result, &mut slicer).await;
             }
             prost::encoding::encode_key(
                 1,
@@ -241,6 +234,42 @@ impl WebState {
             .map_err(|e| ReadError(500, e.to_string()))?;
         Ok(Response::new(200, "application/x-protobuf", body)
             .with_header("Content-Encoding", "snappy"))
+    }
+}
+
+/// Appends `TimeSeries { labels, samples }` as field 1 to `out`, bytes as prost writes them,
+/// with ticks as it goes: its length first (a pass over the samples), then its fields, so a
+/// series of millions of samples is not one piece.
+async fn encode_series(
+    labels: &[Label],
+    samples: &[Sample],
+    out: &mut Vec<u8>,
+    slicer: &mut Slicer,
+) {
+    use prost::encoding::{encode_key, encode_varint, message, WireType};
+    const PER_TICK: usize = 4096;
+    let pb = |x: &Sample| PbSample {
+        value: x.v,
+        timestamp: x.t,
+    };
+    let mut len: usize = labels.iter().map(|l| message::encoded_len(1, l)).sum();
+    for part in samples.chunks(PER_TICK) {
+        len += part
+            .iter()
+            .map(|x| message::encoded_len(2, &pb(x)))
+            .sum::<usize>();
+        slicer.tick_by(part.len()).await;
+    }
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    for l in labels {
+        message::encode(1, l, out);
+    }
+    for part in samples.chunks(PER_TICK) {
+        for x in part {
+            message::encode(2, &pb(x), out);
+        }
+        slicer.tick_by(part.len()).await;
     }
 }
 
@@ -725,6 +754,42 @@ pub mod xor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_is_encoded_in_pieces_as_prost_encodes_it_whole() {
+        let labels = vec![Label {
+            name: "__name__".into(),
+            value: "m".into(),
+        }];
+        for n in [0usize, 1, 4096, 10_001] {
+            let samples: Vec<Sample> = (0..n)
+                .map(|k| Sample {
+                    t: k as i64 * 15_000 - 7,
+                    v: if k % 3 == 0 { k as f64 } else { -0.5 },
+                })
+                .collect();
+            let mut got = Vec::new();
+            futures_lite::future::block_on(encode_series(
+                &labels,
+                &samples,
+                &mut got,
+                &mut Slicer::none(),
+            ));
+            let ts = pb::TimeSeries::new(
+                labels.clone(),
+                samples
+                    .iter()
+                    .map(|x| PbSample {
+                        value: x.v,
+                        timestamp: x.t,
+                    })
+                    .collect(),
+            );
+            let mut want = Vec::new();
+            prost::encoding::message::encode(1, &ts, &mut want);
+            assert!(got == want, "{n} samples");
+        }
+    }
 
     #[test]
     fn a_request_decodes_a_query_at_a_time_as_prost_decodes_it_whole() {
