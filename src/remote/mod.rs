@@ -920,8 +920,13 @@ mod tests {
         assert!(st.epochs[1].closed);
     }
 
-    #[test]
-    fn a_failed_flush_leaves_its_epoch_to_the_next_flush_that_writes() {
+    /// A store on a memory backend (to make its writes or syncs fail) with one writer tapping
+    /// it, its write log emptied.
+    fn tapped_store() -> (
+        Rc<crate::storage::backend::MemBackend>,
+        Rc<FlashStorage>,
+        Rc<Writer>,
+    ) {
         let b = Rc::new(crate::storage::backend::MemBackend::new());
         let (store, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
         let store = Rc::new(store);
@@ -930,6 +935,12 @@ mod tests {
             writers: vec![w.clone()],
         })));
         store.take_writes();
+        (b, store, w)
+    }
+
+    #[test]
+    fn a_failed_flush_leaves_its_epoch_to_the_next_flush_that_writes() {
+        let (b, store, w) = tapped_store();
         scrape(&store, 1000);
         b.fail_writes.set(true);
         assert!(store.flush().is_err());
@@ -950,14 +961,7 @@ mod tests {
 
     #[test]
     fn a_flush_whose_sync_fails_leaves_its_epoch_to_the_next_flush_that_writes() {
-        let b = Rc::new(crate::storage::backend::MemBackend::new());
-        let (store, _) = FlashStorage::open(Box::new(b.clone()), FlashOptions::default()).unwrap();
-        let store = Rc::new(store);
-        let w = Rc::new(Writer::new(config(100), Labels::default(), store.clone()));
-        store.set_tap(Some(Rc::new(RemoteWriters {
-            writers: vec![w.clone()],
-        })));
-        store.take_writes();
+        let (b, store, w) = tapped_store();
         scrape(&store, 1000);
         b.fail_syncs.set(true);
         // In slices: the append lands, its sync fails; the write log does not list it.

@@ -3281,19 +3281,24 @@ mod tests {
         check_exact(&all(&open(&b, FlashOptions::default())), n, 0, 3000, 1000);
     }
 
+    /// Steps a flush in slices until it is done or fails (a bounded number of steps).
+    fn flush_in_slices_to_the_end(s: &FlashStorage) -> Result<bool, StorageError> {
+        for _ in 0..100_000 {
+            let result = s.flush_step(Duration::ZERO);
+            if !matches!(result, Ok(false)) {
+                return result;
+            }
+        }
+        Ok(false)
+    }
+
     #[test]
     fn a_flush_in_slices_that_fails_to_write_changes_nothing() {
         let b = Rc::new(MemBackend::new());
         let s = open(&b, FlashOptions::default());
         ingest(&s, 300, 0, 10_000, 1000);
         b.fail_writes.set(true);
-        let mut result = Ok(false);
-        for _ in 0..100_000 {
-            result = s.flush_step(Duration::ZERO);
-            if !matches!(result, Ok(false)) {
-                break;
-            }
-        }
+        let result = flush_in_slices_to_the_end(&s);
         assert!(result.is_err());
         assert_eq!(s.stats().samples_in_memory, 300 * 10);
         check_exact(&all(&s), 300, 0, 10_000, 1000);
@@ -3378,13 +3383,7 @@ mod tests {
         s.flush().unwrap();
         ingest(&s, 300, 10_000, 20_000, 1000);
         b.fail_syncs.set(true);
-        let mut result = Ok(false);
-        for _ in 0..100_000 {
-            result = s.flush_step(Duration::ZERO);
-            if !matches!(result, Ok(false)) {
-                break;
-            }
-        }
+        let result = flush_in_slices_to_the_end(&s);
         assert!(result.is_err());
         assert_eq!(s.counters().write_errors, 1);
         assert_eq!(s.stats().samples_in_memory, 300 * 10);
