@@ -202,39 +202,11 @@ impl StepVec {
             .collect()
     }
 
-    /// One series per label set with points, sorted by labels.
-    pub fn into_matrix(self, span: Span) -> Vec<RangeSeries> {
-        let mut counts = vec![0usize; self.table.len()];
-        for &(i, _) in &self.points {
-            counts[i as usize] += 1;
-        }
-        let mut samples: Vec<Vec<Sample>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
-        for (k, step) in self.steps().enumerate() {
-            let t = span.ts(k);
-            for &(i, v) in step {
-                samples[i as usize].push(Sample { t, v });
-            }
-        }
-        let mut out: Vec<RangeSeries> = self
-            .table
-            .labels
-            .into_iter()
-            .zip(samples)
-            .filter(|(_, s)| !s.is_empty())
-            .map(|(labels, samples)| RangeSeries { labels, samples })
-            .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
-    }
-
-    /// As [`StepVec::into_matrix`], yielding to the executor as it goes: a range query's answer
-    /// over 100k series is millions of points to move and 100k label sets to sort, which held
-    /// the executor for tens of milliseconds in one piece.
-    pub async fn into_matrix_yielding(
-        self,
-        span: Span,
-        ev: &mut Evaluator<'_>,
-    ) -> Vec<RangeSeries> {
+    /// One series per label set with points, sorted by labels; yielding to the executor as it
+    /// goes: a range query's answer (or a subquery's) over 100k series is millions of points to
+    /// move and 100k label sets to sort, which held the executor for tens of milliseconds in
+    /// one piece.
+    pub async fn into_matrix(self, span: Span, ev: &mut Evaluator<'_>) -> Vec<RangeSeries> {
         const POINTS_PER_TICK: usize = 1 << 12;
         let mut counts = vec![0usize; self.table.len()];
         for part in self.points.chunks(POINTS_PER_TICK) {
@@ -279,9 +251,13 @@ impl StepVec {
 
     /// [`StepVec::into_matrix`] with each series' delayed-removal mark beside it (empty if
     /// nothing is marked), for a subquery's result.
-    pub fn into_matrix_marked(self, span: Span) -> (Vec<RangeSeries>, Vec<bool>) {
+    pub async fn into_matrix_marked(
+        self,
+        span: Span,
+        ev: &mut Evaluator<'_>,
+    ) -> (Vec<RangeSeries>, Vec<bool>) {
         if !self.table.has_marks() {
-            return (self.into_matrix(span), Vec::new());
+            return (self.into_matrix(span, ev).await, Vec::new());
         }
         let marks: Vec<bool> = (0..self.table.len() as u32)
             .map(|i| self.table.marked(i))
@@ -1004,9 +980,9 @@ impl<'q> Evaluator<'q> {
             match self.eval(&sq.expr, inner).await? {
                 Val::Vector(sv) => {
                     let (m, mk) = if self.delayed_names() {
-                        sv.into_matrix_marked(inner)
+                        sv.into_matrix_marked(inner, self).await
                     } else {
-                        (sv.into_matrix(inner), Vec::new())
+                        (sv.into_matrix(inner, self).await, Vec::new())
                     };
                     marks = mk;
                     for rs in m {

@@ -317,7 +317,7 @@ impl Engine {
                     samples,
                 }])
             }
-            eval::Val::Vector(sv) => Value::Matrix(sv.into_matrix_yielding(span, &mut ev).await),
+            eval::Val::Vector(sv) => Value::Matrix(sv.into_matrix(span, &mut ev).await),
             eval::Val::Str(_) | eval::Val::Matrix(_) => {
                 return Err(QueryError::Execution(
                     "invalid expression type for range query".into(),
