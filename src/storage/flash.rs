@@ -746,15 +746,7 @@ impl Store {
         for r in records {
             buf.extend_from_slice(r);
         }
-        let started = Instant::now();
-        let result = self
-            .backend
-            .append(&seg.name, &buf)
-            .and_then(|_| match sync {
-                SyncMode::Now => self.backend.sync(&seg.name),
-                SyncMode::Later => Ok(()),
-            });
-        self.counters.note_write(started.elapsed());
+        let result = Self::append_timed(&*self.backend, &mut self.counters, &seg.name, &buf, sync);
         match result {
             Ok(()) => {
                 let span = WriteSpan {
@@ -799,6 +791,25 @@ impl Store {
                 Err(io_err(e))
             }
         }
+    }
+
+    /// Appends `buf` to file `name`, and syncs it unless `sync` is [`SyncMode::Later`]; the time
+    /// is noted as the executor's. (An associated function, as the callers hold a segment of
+    /// `self.segments` borrowed.)
+    fn append_timed(
+        backend: &dyn Backend,
+        counters: &mut FlashCounters,
+        name: &str,
+        buf: &[u8],
+        sync: SyncMode,
+    ) -> std::io::Result<()> {
+        let started = Instant::now();
+        let result = backend.append(name, buf).and_then(|_| match sync {
+            SyncMode::Now => backend.sync(name),
+            SyncMode::Later => Ok(()),
+        });
+        counters.note_write(started.elapsed());
+        result
     }
 
     /// Starts the sync of segments `seqs` (in order) on the fsync thread; None when it is done
@@ -867,12 +878,7 @@ impl Store {
             return None;
         }
         let name = seg.name.clone();
-        let started = Instant::now();
-        let result = self.backend.append(&name, &buf).and_then(|_| match sync {
-            SyncMode::Now => self.backend.sync(&name),
-            SyncMode::Later => Ok(()),
-        });
-        self.counters.note_write(started.elapsed());
+        let result = Self::append_timed(&*self.backend, &mut self.counters, &name, &buf, sync);
         match result {
             Ok(()) => {
                 self.segments[i].bytes += buf.len() as u64;
