@@ -66,9 +66,6 @@ pub struct FlashOptions {
     /// Most bytes of samples waiting in the heads (while writes fail); past it, new samples are
     /// refused and counted.
     pub max_head_bytes: usize,
-    /// A flush in slices syncs on the fsync thread (`super::syncer`), so a slow card's sync
-    /// does not hold the executor. Off: every sync runs in place.
-    pub sync_thread: bool,
 }
 
 impl Default for FlashOptions {
@@ -79,7 +76,6 @@ impl Default for FlashOptions {
             max_series: 1 << 20,
             level: 9,
             max_head_bytes: 64 << 20,
-            sync_thread: true,
         }
     }
 }

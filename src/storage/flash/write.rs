@@ -317,7 +317,7 @@ impl WriteJob {
                     let target = *target;
                     // A job in slices leaves its sync to the fsync thread; in one go, the
                     // write syncs in place.
-                    let sync = if deadline.is_some() && st.opts.sync_thread {
+                    let sync = if deadline.is_some() {
                         SyncMode::Later
                     } else {
                         SyncMode::Now
