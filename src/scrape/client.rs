@@ -173,6 +173,46 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Asks the kernel to report the connection readable only once `bytes` have arrived (or
+    /// it closed, or failed): `SO_RCVLOWAT`, on plain TCP only (a TLS stream's bytes on the
+    /// socket are records, and rustls may hold some already). Returns whether it was set;
+    /// `wait_for(1)` restores the default. Linux caps the mark at half the largest receive
+    /// buffer (3 MiB by default) and grows the socket's buffer to fit it.
+    fn wait_for(&self, bytes: usize) -> bool {
+        match self {
+            Stream::Plain(s) => set_rcvlowat(std::os::fd::AsFd::as_fd(s.get_ref()), bytes),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => false,
+        }
+    }
+}
+
+/// `setsockopt(SO_RCVLOWAT)`, which rustix does not offer.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_rcvlowat(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket for the duration of the call (borrowed), and the option
+    // value is a live `c_int` whose size is passed with it; the call touches nothing else.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_rcvlowat(_fd: std::os::fd::BorrowedFd<'_>, _bytes: usize) -> bool {
+    false
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -233,7 +273,7 @@ pub async fn connect(
     addr: &str,
     tls: Option<&TlsClient>,
 ) -> Result<Stream, FetchError> {
-    let tcp = Async::<TcpStream>::connect(sa)
+    let tcp = tcp_connect(sa)
         .await
         .map_err(|e| FetchError::Io(format!("dial tcp {sa}: {e}")))?;
     #[cfg(not(feature = "tls"))]
@@ -247,6 +287,49 @@ pub async fn connect(
         #[cfg(not(feature = "tls"))]
         Some(never) => match *never {},
     })
+}
+
+/// Connects a TCP socket to `sa`, as `Async::<TcpStream>::connect` does, but without waiting
+/// through the reactor for a connect that completed at once. To a server on this host the
+/// handshake runs inside the `connect` call, which still answers "in progress"; a poll with a
+/// zero timeout sees the socket writable, and the scrape saves a wake-up of the reactor's thread
+/// and one of ours (the replay targets of `live_footprint.py` close every connection, so each
+/// of their scrapes connects anew). A connect still under way is awaited as before.
+async fn tcp_connect(sa: SocketAddr) -> io::Result<Async<TcpStream>> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::io::Errno;
+    use rustix::net as rn;
+    let domain = match sa {
+        SocketAddr::V4(_) => rn::AddressFamily::INET,
+        SocketAddr::V6(_) => rn::AddressFamily::INET6,
+    };
+    let fd = rn::socket_with(
+        domain,
+        rn::SocketType::STREAM,
+        rn::SocketFlags::CLOEXEC | rn::SocketFlags::NONBLOCK,
+        Some(rn::ipproto::TCP),
+    )?;
+    let done = match rn::connect(&fd, &sa) {
+        Ok(()) => true,
+        Err(Errno::INPROGRESS | Errno::WOULDBLOCK) => {
+            let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+            let zero = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let stream = Async::new_nonblocking(TcpStream::from(fd))?;
+    if !done {
+        stream.writable().await?;
+    }
+    // A refused or failed connect is reported here (SO_ERROR), as async-io does.
+    match stream.get_ref().take_error()? {
+        None => Ok(stream),
+        Some(e) => Err(e),
+    }
 }
 
 impl Conn {
@@ -362,8 +445,8 @@ enum Framing {
 
 /// One request and its response on `stream`: the `Content-Type`, and whether the connection
 /// may carry another request.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
+async fn exchange(
+    stream: &mut Stream,
     sa: SocketAddr,
     req: &str,
     body_limit: usize,
@@ -432,6 +515,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut pending = buf.split_off(head.len);
     drop(buf);
     let mut read_size = BODY_READ_MIN;
+    // A body of known length is waited for whole, not piece by piece (see `Stream::wait_for`):
+    // one wake-up instead of one per segment that arrives, and one read takes it all. `mark`
+    // is the low-water mark set on the socket (0: the default, one byte); it never exceeds
+    // the bytes still to come, or the last of them would never wake the reader.
+    let mut mark = 0usize;
     let clean_end = loop {
         match &mut framing {
             Framing::Length(len) => {
@@ -464,7 +552,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         let read = match &framing {
             Framing::Chunked(_) => stream.read(&mut chunk).await,
             Framing::Length(len) => {
-                read_onto(stream, body, (*len - body.len()).min(read_size)).await
+                let rest = *len - body.len();
+                let want = rest.min(LOW_WATER_MAX);
+                if mark == 0 || mark > want {
+                    if stream.wait_for(want) {
+                        mark = want;
+                    } else if mark > 0 {
+                        return Err(FetchError::Io(format!(
+                            "setting SO_RCVLOWAT on the connection to {sa} failed"
+                        ))
+                        .into());
+                    }
+                }
+                let size = if mark > 0 { want } else { rest.min(read_size) };
+                read_onto(stream, body, size).await
             }
             Framing::Close => read_onto(stream, body, read_size).await,
         };
@@ -504,12 +605,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let content_type = finish(body, body_limit, head.content_type, head.gzip)?;
-    Ok((content_type, clean_end && head.keep_alive))
+    // A kept connection's next response head is read with the default mark.
+    let keep = clean_end && head.keep_alive && (mark == 0 || stream.wait_for(1));
+    Ok((content_type, keep))
 }
 
 /// The fewest and the most bytes one read puts onto a body's end.
 const BODY_READ_MIN: usize = 8 << 10;
 const BODY_READ_MAX: usize = 64 << 10;
+/// The most bytes a scrape asks the kernel to gather before it wakes the reader: the socket's
+/// receive buffer grows to hold them, so this bounds what one connection may pin in the kernel.
+const LOW_WATER_MAX: usize = 256 << 10;
 
 /// Reads once from `stream` onto the end of `body`, at most `max` bytes.
 async fn read_onto<S: AsyncRead + Unpin>(
@@ -898,6 +1004,64 @@ mod tests {
         assert_eq!(get(&mut conn, addr).unwrap(), "b 2\n");
         assert_eq!(get(&mut conn, addr).unwrap(), "a 1\n");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// Bodies that arrive in pieces, with pauses, on one kept connection: the low-water mark
+    /// the client sets for a body never exceeds what is still to come (the last piece of a
+    /// body larger than the mark's cap wakes the reader), and it is reset for the next head.
+    #[test]
+    fn bodies_in_pieces_on_a_kept_connection() {
+        use std::io::{Read, Write};
+        let sizes = [3 * LOW_WATER_MAX + 12_345, 20_000, 5];
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for size in sizes {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").unwrap();
+                s.flush().unwrap();
+                for piece in body.chunks(size / 7 + 1) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    s.write_all(piece).unwrap();
+                }
+            }
+            let _ = s.read_to_end(&mut Vec::new());
+        });
+        let addr = addr.to_string();
+        let req = Request {
+            body_limit: 4 << 20,
+            ..request(&addr)
+        };
+        let mut conn = None;
+        for size in sizes {
+            let mut body = Vec::new();
+            let fetched = async_io::block_on(
+                // The timer first: a wake-up by it must not let the fetch read on.
+                futures_lite::FutureExt::or(
+                    async {
+                        async_io::Timer::after(std::time::Duration::from_secs(5)).await;
+                        Err(FetchError::Io("the body never completed".into()))
+                    },
+                    fetch(&mut conn, &req, &mut body),
+                ),
+            );
+            fetched.unwrap();
+            assert_eq!(body.len(), size);
+            assert!(body
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == b'a' + (i % 26) as u8));
+            assert!(conn.is_some(), "the connection is kept");
+        }
     }
 
     #[test]
