@@ -11,7 +11,6 @@
 
 use crate::config::TlsClient;
 use crate::scrape::client::{connect, io_error, resolve, FetchError};
-use async_io::Timer;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use std::fmt;
 use std::time::Duration;
@@ -129,7 +128,7 @@ pub async fn post(
         Err(SendError::Status(status, text))
     }
     .or(async {
-        Timer::after(timeout).await;
+        crate::runtime::timer::sleep(timeout).await;
         Err(SendError::Timeout)
     })
     .await

@@ -41,7 +41,6 @@ use crate::config::RemoteWriteConfig;
 use crate::model::slice::{Slicer, StepSort, SLICE};
 use crate::model::{FastMap, Labels, MatchKind, Matcher, Sample};
 use crate::storage::{Cursor, CursorRange, ExportError, SampleTap, SeriesRef, Storage, WriteSpan};
-use async_io::Timer;
 use client::SendError;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -530,7 +529,7 @@ impl Writer {
                     Err(e) => {
                         self.failed(&e, "sending live samples");
                         if e.recoverable(self.cfg.retry_on_http_429) {
-                            Timer::after(backoff).await;
+                            crate::runtime::timer::sleep(backoff).await;
                             backoff = (backoff * 2).min(self.cfg.max_backoff);
                             waited_since = Some(Instant::now() - self.cfg.batch_send_deadline);
                         } else {
@@ -559,7 +558,7 @@ impl Writer {
                                 self.failed(&e, "sending backfill");
                                 if e.recoverable(self.cfg.retry_on_http_429) {
                                     ok = false;
-                                    Timer::after(backoff).await;
+                                    crate::runtime::timer::sleep(backoff).await;
                                     backoff = (backoff * 2).min(self.cfg.max_backoff);
                                     break;
                                 }
@@ -567,7 +566,8 @@ impl Writer {
                         }
                         // The rate limit; live samples go out between backfill requests.
                         let pause = n as f64 / self.cfg.backfill_samples_per_second as f64;
-                        Timer::after(Duration::from_secs_f64(pause.min(10.0))).await;
+                        crate::runtime::timer::sleep(Duration::from_secs_f64(pause.min(10.0)))
+                            .await;
                         if self.stopped.get() {
                             return;
                         }
@@ -590,7 +590,7 @@ impl Writer {
                     continue;
                 }
             }
-            Timer::after(TICK).await;
+            crate::runtime::timer::sleep(TICK).await;
         }
     }
 

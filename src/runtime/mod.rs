@@ -22,6 +22,7 @@
 pub mod allocator;
 pub mod import;
 pub mod residency;
+pub mod timer;
 
 use crate::config::Config;
 use crate::promql::{Engine, EngineOptions};
@@ -33,8 +34,8 @@ use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use crate::web::{self, http::Limits, WebState};
 use async_executor::LocalExecutor;
-use async_io::{Async, Timer};
-use futures_lite::{FutureExt, StreamExt};
+use async_io::Async;
+use futures_lite::StreamExt;
 use std::cell::RefCell;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -161,6 +162,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let storage = open_store(flags)?;
     let telemetry = Rc::new(Telemetry::new(now_secs()));
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
+    // The tasks' sleeps wait on one timerfd of this thread ([`timer`]); without it (it cannot
+    // be created) they are async-io's timers.
+    match timer::Driver::install() {
+        Ok(driver) => ex.spawn(driver.run()).detach(),
+        Err(e) => log::warn!("creating the timers' timerfd: {e}; using async-io's timers"),
+    }
     let state = Rc::new(WebState::new(
         config.clone(),
         storage.clone(),
@@ -255,7 +262,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let hk_remote = remote.clone();
     ex.spawn(async move {
         loop {
-            Timer::after(flush_every).await;
+            timer::sleep(flush_every).await;
             // In slices, so scrapes and queries run between them (a flush of 100k series is
             // hundreds of milliseconds of work).
             loop {
@@ -282,30 +289,34 @@ pub fn run(config: Config) -> Result<(), RunError> {
     })
     .detach();
 
+    // The signals are a task of their own: the future `block_on` polls at every wake-up of
+    // the thread is then only the quit flag, not a read of the signal pipe.
+    let signalled: Rc<RefCell<Option<String>>> = Rc::default();
     let mut signals = signals;
-    let why = futures_lite::future::block_on(
-        ex.run(
-            async {
-                loop {
-                    match signals.next().await {
-                        // SIGHUP reloads the config, as in Prometheus; the others stop.
-                        Some(Ok(async_signal::Signal::Hup)) => {
-                            if let Err(e) = web_state.reload_config() {
-                                log::error!("reloading the config on SIGHUP: {e}");
-                            }
-                        }
-                        Some(Ok(async_signal::Signal::Term)) => break "SIGTERM".to_owned(),
-                        Some(Ok(async_signal::Signal::Int)) => break "SIGINT".to_owned(),
-                        other => break format!("{other:?}"),
+    let (sig_state, sig_quit, sig_why) = (web_state, quit.clone(), signalled.clone());
+    ex.spawn(async move {
+        let why = loop {
+            match signals.next().await {
+                // SIGHUP reloads the config, as in Prometheus; the others stop.
+                Some(Ok(async_signal::Signal::Hup)) => {
+                    if let Err(e) = sig_state.reload_config() {
+                        log::error!("reloading the config on SIGHUP: {e}");
                     }
                 }
+                Some(Ok(async_signal::Signal::Term)) => break "SIGTERM".to_owned(),
+                Some(Ok(async_signal::Signal::Int)) => break "SIGINT".to_owned(),
+                other => break format!("{other:?}"),
             }
-            .or(async {
-                quit.wait().await;
-                "a /-/quit request".to_owned()
-            }),
-        ),
-    );
+        };
+        *sig_why.borrow_mut() = Some(why);
+        sig_quit.request();
+    })
+    .detach();
+    futures_lite::future::block_on(ex.run(quit.wait()));
+    let why = signalled
+        .borrow_mut()
+        .take()
+        .unwrap_or_else(|| "a /-/quit request".to_owned());
     log::info!("received {why}: stopping scrapes and flushing");
     scrapers.borrow_mut().stop();
     remote.borrow().stop();

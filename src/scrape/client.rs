@@ -1048,7 +1048,7 @@ mod tests {
                 // The timer first: a wake-up by it must not let the fetch read on.
                 futures_lite::FutureExt::or(
                     async {
-                        async_io::Timer::after(std::time::Duration::from_secs(5)).await;
+                        crate::runtime::timer::sleep(std::time::Duration::from_secs(5)).await;
                         Err(FetchError::Io("the body never completed".into()))
                     },
                     fetch(&mut conn, &req, &mut body),
@@ -1127,7 +1127,7 @@ mod tests {
         let mut body = Vec::new();
         let timed_out = async_io::block_on(
             fetch(&mut conn, &request(&addr.to_string()), &mut body).or(async {
-                async_io::Timer::after(std::time::Duration::from_millis(200)).await;
+                crate::runtime::timer::sleep(std::time::Duration::from_millis(200)).await;
                 Err(FetchError::Timeout)
             }),
         );

@@ -552,7 +552,7 @@ async fn watch_files(shared: Rc<Shared>, pool: String, mut sds: Vec<discovery::F
         .map(|s| std::time::Instant::now() + s.refresh_interval())
         .collect();
     loop {
-        async_io::Timer::after(poll).await;
+        crate::runtime::timer::sleep(poll).await;
         let now = std::time::Instant::now();
         let mut changed = false;
         for (sd, due) in sds.iter_mut().zip(due.iter_mut()) {
@@ -578,7 +578,7 @@ async fn watch_dns(shared: Rc<Shared>, pool: String, slot: usize, mut sd: discov
         if sd.refresh(&shared.telemetry).await {
             shared.update(&pool, slot, sd.groups().cloned().collect());
         }
-        async_io::Timer::after(sd.refresh_interval()).await;
+        crate::runtime::timer::sleep(sd.refresh_interval()).await;
     }
 }
 
@@ -594,7 +594,7 @@ async fn watch_mdns(
         if sd.refresh(&shared.telemetry).await {
             shared.update(&pool, slot, sd.groups().cloned().collect());
         }
-        async_io::Timer::after(sd.refresh_interval()).await;
+        crate::runtime::timer::sleep(sd.refresh_interval()).await;
     }
 }
 

@@ -27,7 +27,7 @@
 //! 299 KB. All of DNS and mDNS discovery, codec included, adds 172 KB (3,947,256 → 4,123,256
 //! bytes). Queries are encoded without name compression, which would cost 20 KB more.
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use simple_dns::rdata::RData;
 use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
@@ -348,7 +348,7 @@ async fn timeout<T>(
     f: impl std::future::Future<Output = Result<T, String>>,
 ) -> Result<T, String> {
     futures_lite::future::or(f, async {
-        Timer::after(t).await;
+        crate::runtime::timer::sleep(t).await;
         Err("i/o timeout".to_owned())
     })
     .await

@@ -214,7 +214,7 @@ impl Scraper {
             let now = now_us();
             // Strictly after `now`, so the sleep is never negative.
             let slot = self.next_slot(now.div_euclid(1000));
-            async_io::Timer::after(Duration::from_micros((slot * 1000 - now) as u64)).await;
+            crate::runtime::timer::sleep(Duration::from_micros((slot * 1000 - now) as u64)).await;
             let (late_us, this_slot) = self.lateness(last_slot, slot, now_us());
             self.telemetry.scrape_late(late_us as f64 / 1e6);
             last_slot = Some(this_slot);
@@ -272,7 +272,7 @@ impl Scraper {
                 };
                 client::fetch(&mut self.conn, &req, &mut body)
                     .or(async {
-                        async_io::Timer::after(timeout).await;
+                        crate::runtime::timer::sleep(timeout).await;
                         Err(client::FetchError::Timeout)
                     })
                     .await
@@ -810,9 +810,9 @@ impl EndOfRun {
         }
         let now = now_us();
         let stale_ms = next_slot(&self.target, now.div_euclid(1000));
-        async_io::Timer::after(Duration::from_micros((stale_ms * 1000 - now) as u64)).await;
+        crate::runtime::timer::sleep(Duration::from_micros((stale_ms * 1000 - now) as u64)).await;
         let interval = self.target.interval;
-        async_io::Timer::after(interval + interval / 10).await;
+        crate::runtime::timer::sleep(interval + interval / 10).await;
         self.write(stale_ms);
     }
 

@@ -327,7 +327,7 @@ impl WebState {
         let started = std::time::Instant::now();
         let res = async { fut.await.map_err(|e| query_error(e, instant)) }
             .or(async {
-                async_io::Timer::after(timeout).await;
+                crate::runtime::timer::sleep(timeout).await;
                 Err(ApiError::Timeout(
                     "query timed out in expression evaluation".into(),
                 ))

@@ -6,7 +6,7 @@
 //! connection, and the time to write a response. Parsing uses `httparse`; nothing here panics on
 //! input.
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -315,7 +315,7 @@ pub async fn read_request(
     if buf.is_empty() {
         let n = async { stream.read(&mut chunk).await.ok() }
             .or(async {
-                Timer::after(limits.idle_timeout).await;
+                crate::runtime::timer::sleep(limits.idle_timeout).await;
                 None
             })
             .await;
@@ -408,7 +408,7 @@ pub async fn read_request(
         }
     }
     .or(async {
-        Timer::after(limits.read_timeout).await;
+        crate::runtime::timer::sleep(limits.read_timeout).await;
         Err(ReadError::Reject(408, "request timeout"))
     })
     .await
@@ -572,7 +572,7 @@ async fn write_chunked(
 async fn write_timed(stream: &mut Async<TcpStream>, bytes: &[u8], limits: &Limits) -> bool {
     async { stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok() }
         .or(async {
-            Timer::after(limits.write_timeout).await;
+            crate::runtime::timer::sleep(limits.write_timeout).await;
             false
         })
         .await

@@ -389,7 +389,7 @@ pub async fn serve(
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
                 log::warn!("accepting a connection: {e}");
-                async_io::Timer::after(std::time::Duration::from_millis(100)).await;
+                crate::runtime::timer::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -36,7 +36,7 @@ use crate::config::{MdnsSdConfig, TargetGroup};
 use crate::model::LabelsBuilder;
 use crate::scrape::resolver::parse_packet;
 use crate::telemetry::Telemetry;
-use async_io::{Async, Timer};
+use async_io::Async;
 use simple_dns::rdata::RData;
 use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, TYPE};
 use std::collections::{BTreeMap, HashMap};
@@ -336,7 +336,7 @@ async fn collect(
     loop {
         let recv = async { sock.recv_from(buf).await.map(Some) };
         let done = async {
-            Timer::at(deadline).await;
+            crate::runtime::timer::sleep_until(deadline).await;
             Ok(None)
         };
         match futures_lite::future::or(recv, done).await? {
