@@ -90,6 +90,9 @@ pub struct Scraper {
     /// The connection kept open from the last scrape, if its response allowed it (HTTP
     /// keep-alive); a failed or timed-out scrape leaves none.
     conn: Option<client::Conn>,
+    /// The target's offset within its interval (ms), from a hash of its labels: computed once,
+    /// as formatting the labels allocates.
+    slot_offset: i64,
 }
 
 /// The metadata lines of one body, in order: a fingerprint of them all, their count, and the
@@ -165,7 +168,6 @@ impl Scraper {
         let report = REPORT_NAMES.map(|name| (report_labels(&target, name), None));
         Scraper {
             report,
-            target,
             storage,
             telemetry,
             status,
@@ -176,6 +178,8 @@ impl Scraper {
             generation: 0,
             metadata_seen: MetadataRun::default(),
             conn: None,
+            slot_offset: slot_offset(&target),
+            target,
         }
     }
 
@@ -197,7 +201,7 @@ impl Scraper {
 
     /// The next scrape time after `now` (ms): wall-clock aligned, offset by the target's hash.
     fn next_slot(&self, now: i64) -> i64 {
-        next_slot(&self.target, now)
+        next_slot(&self.target, self.slot_offset, now)
     }
 
     /// Scrapes forever; cancelled by dropping the task.
@@ -739,11 +743,16 @@ fn append_report(app: &mut dyn Appender, target: &Target, ts: i64, values: [f64;
     }
 }
 
-/// The next scrape time of `target` after `now` (ms): wall-clock aligned, offset by a hash of
-/// its labels.
-fn next_slot(target: &Target, now: i64) -> i64 {
+/// The offset (ms) of `target`'s scrapes within its interval: a hash of its labels.
+fn slot_offset(target: &Target) -> i64 {
+    let interval = target.interval.as_millis().max(1) as u64;
+    (fnv64(&target.labels.to_string()) % interval) as i64
+}
+
+/// The next scrape time of `target` after `now` (ms): wall-clock aligned, plus `offset` (see
+/// [`slot_offset`]).
+fn next_slot(target: &Target, offset: i64, now: i64) -> i64 {
     let interval = target.interval.as_millis().max(1) as i64;
-    let offset = (fnv64(&target.labels.to_string()) % interval as u64) as i64;
     let base = now - now.rem_euclid(interval) + offset;
     if base > now {
         base
@@ -809,7 +818,11 @@ impl EndOfRun {
             return;
         }
         let now = now_us();
-        let stale_ms = next_slot(&self.target, now.div_euclid(1000));
+        let stale_ms = next_slot(
+            &self.target,
+            slot_offset(&self.target),
+            now.div_euclid(1000),
+        );
         crate::runtime::timer::sleep(Duration::from_micros((stale_ms * 1000 - now) as u64)).await;
         let interval = self.target.interval;
         crate::runtime::timer::sleep(interval + interval / 10).await;
