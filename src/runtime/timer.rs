@@ -54,6 +54,7 @@ pub fn sleep_until(when: Instant) -> Sleep {
         } else {
             State::Io(async_io::Timer::at(when))
         },
+        _not_send: std::marker::PhantomData,
     }
 }
 
@@ -61,6 +62,8 @@ pub fn sleep_until(when: Instant) -> Sleep {
 pub struct Sleep {
     when: Instant,
     state: State,
+    /// Not `Send`: a sleep belongs to the wheel of the thread that made it.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 enum State {
@@ -130,13 +133,27 @@ thread_local! {
 /// Keys of the sleeps on the wheels, unique in the process.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `f` on this thread's wheel; `None` without one.
+/// Runs `f` on this thread's wheel; `None` without one (or once its timerfd failed). If `f`
+/// finds the timerfd failing, every sleep on the wheel is woken (after the borrow), to fall
+/// back to async-io's timers.
 fn with_wheel<R>(f: impl FnOnce(&mut Wheel) -> R) -> Option<R> {
-    WHEEL.with(|w| {
-        w.borrow_mut()
-            .as_mut()
-            .and_then(|w| (!w.broken).then(|| f(w)))
-    })
+    let (r, orphans) = WHEEL.with(|w| {
+        let mut w = w.borrow_mut();
+        let Some(wheel) = w.as_mut().filter(|w| !w.broken) else {
+            return (None, Vec::new());
+        };
+        let r = f(wheel);
+        let mut orphans = Vec::new();
+        if wheel.broken {
+            wheel.fire.list().first.clear();
+            orphans.extend(std::mem::take(&mut wheel.waiting).into_values());
+        }
+        (Some(r), orphans)
+    });
+    for o in orphans {
+        o.wake();
+    }
+    r
 }
 
 /// The pending deadlines of this thread, and the `timerfd` set to the earliest.
@@ -327,8 +344,8 @@ impl Driver {
         wake_all(old);
         Ok(Driver {
             fd,
+            _uninstall: Uninstall(fire.clone()),
             fire,
-            _uninstall: Uninstall,
         })
     }
 
@@ -390,14 +407,22 @@ fn wake_all(wheel: Option<Wheel>) {
     }
 }
 
-/// Removes this thread's wheel when the driver goes; the sleeps on it are woken, to fall
-/// back to async-io's timers.
-struct Uninstall;
+/// Removes this thread's wheel when the driver goes (its own: the one whose [`Fire`] it
+/// holds); the sleeps on it are woken, to fall back to async-io's timers.
+struct Uninstall(Arc<Fire>);
 
 impl Drop for Uninstall {
     fn drop(&mut self) {
         let wheel = WHEEL
-            .try_with(|w| w.try_borrow_mut().ok().and_then(|mut w| w.take()))
+            .try_with(|w| {
+                let mut w = w.try_borrow_mut().ok()?;
+                let ours = w.as_ref().is_some_and(|w| Arc::ptr_eq(&w.fire, &self.0));
+                if ours {
+                    w.take()
+                } else {
+                    None
+                }
+            })
             .ok()
             .flatten();
         wake_all(wheel);
@@ -580,6 +605,17 @@ mod tests {
         stop.set(true);
         assert!(done, "the sleeps stopped after {:?}", start.elapsed());
         drop(ex);
+        assert!(WHEEL.with(|w| w.borrow().is_none()));
+    }
+
+    #[test]
+    fn a_driver_removes_only_its_own_wheel() {
+        let a = Driver::install().unwrap();
+        let b = Driver::install().unwrap();
+        drop(a);
+        let fire = WHEEL.with(|w| w.borrow().as_ref().map(|w| w.fire.clone()));
+        assert!(fire.is_some_and(|f| Arc::ptr_eq(&f, &b.fire)));
+        drop(b);
         assert!(WHEEL.with(|w| w.borrow().is_none()));
     }
 
