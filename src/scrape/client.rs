@@ -947,13 +947,8 @@ mod tests {
                         if answer == CLOSE {
                             return;
                         }
-                        let mut req = Vec::new();
-                        let mut b = [0u8; 1024];
-                        while !req.ends_with(b"\r\n\r\n") {
-                            match s.read(&mut b) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => req.extend_from_slice(&b[..n]),
-                            }
+                        if !read_request(&mut s) {
+                            return;
                         }
                         if answer.is_empty() {
                             return;
@@ -969,6 +964,20 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    /// Reads one request head from `s`; false if the connection closed or failed first.
+    fn read_request(s: &mut std::net::TcpStream) -> bool {
+        use std::io::Read;
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => req.extend_from_slice(&b[..n]),
+            }
+        }
+        true
+    }
 
     /// In a script: close the connection now.
     const CLOSE: &str = "close";
@@ -1018,13 +1027,8 @@ mod tests {
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             for size in sizes {
-                let mut req = Vec::new();
-                let mut b = [0u8; 1024];
-                while !req.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&b[..n]),
-                    }
+                if !read_request(&mut s) {
+                    return;
                 }
                 let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
                 write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").unwrap();
