@@ -12,10 +12,11 @@
 //! Threads: the executor's thread, plus async-io's "async-io" thread, which async-io starts
 //! once and which waits in the reactor (epoll) and wakes the executor's thread when I/O or a
 //! timer is ready. The tasks' timers are on one timerfd that the reactor watches like a socket
-//! ([`timer`]), so setting one does not wake that thread as async-io's own timers do. (Under `async_io::block_on` the two threads take turns at the reactor, as
-//! async-io's fallback logic takes it back whenever the main thread lets go; side by side with
-//! 11 targets at 1 s, that showed no fewer context switches and slightly more CPU than
-//! `futures_lite`'s `block_on`, used here.) The store starts a third, "perch-fsync", at its
+//! ([`timer`]), so setting one does not wake that thread as async-io's own timers do. (Under
+//! `async_io::block_on` the two threads take turns at the reactor, as async-io's fallback
+//! logic takes it back whenever the main thread lets go; side by side with 11 targets at 1 s,
+//! that showed no fewer context switches and slightly more CPU than `futures_lite`'s
+//! `block_on`, used here.) The store starts a third, "perch-fsync", at its
 //! first flush in slices: it only runs `fdatasync` (`storage::syncer`; the flush task below
 //! awaits it through [`Storage::flush_wait`]). Nothing else starts a thread: no `blocking` pool,
 //! no signal thread (`async-signal` uses a self-pipe), no name lookups through `getaddrinfo`.

@@ -317,8 +317,8 @@ impl Wheel {
 /// removes the wheel.
 pub struct Driver {
     fd: Rc<Async<OwnedFd>>,
+    /// Its wheel's (which tells that wheel from one installed after it).
     fire: Arc<Fire>,
-    _uninstall: Uninstall,
 }
 
 impl Driver {
@@ -342,11 +342,7 @@ impl Driver {
         });
         // Sleeps on a wheel this one replaces register again when woken.
         wake_all(old);
-        Ok(Driver {
-            fd,
-            _uninstall: Uninstall(fire.clone()),
-            fire,
-        })
+        Ok(Driver { fd, fire })
     }
 
     /// Serves the wheel: each time the timerfd fires (its readiness wakes the due sleeps and
@@ -409,14 +405,12 @@ fn wake_all(wheel: Option<Wheel>) {
 
 /// Removes this thread's wheel when the driver goes (its own: the one whose [`Fire`] it
 /// holds); the sleeps on it are woken, to fall back to async-io's timers.
-struct Uninstall(Arc<Fire>);
-
-impl Drop for Uninstall {
+impl Drop for Driver {
     fn drop(&mut self) {
         let wheel = WHEEL
             .try_with(|w| {
                 let mut w = w.try_borrow_mut().ok()?;
-                let ours = w.as_ref().is_some_and(|w| Arc::ptr_eq(&w.fire, &self.0));
+                let ours = w.as_ref().is_some_and(|w| Arc::ptr_eq(&w.fire, &self.fire));
                 if ours {
                     w.take()
                 } else {

@@ -171,9 +171,7 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().0.get_ref(),
         }
     }
-}
 
-impl Stream {
     /// Asks the kernel to report the connection readable only once `bytes` have arrived (or
     /// it closed, or failed): `SO_RCVLOWAT`, on plain TCP only (a TLS stream's bytes on the
     /// socket are records, and rustls may hold some already). Returns whether it was set;
@@ -189,7 +187,6 @@ impl Stream {
 }
 
 /// `setsockopt(SO_RCVLOWAT)`, which rustix does not offer.
-#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn set_rcvlowat(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> bool {
     use std::os::fd::AsRawFd;
@@ -206,11 +203,6 @@ fn set_rcvlowat(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> bool {
         )
     };
     r == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_rcvlowat(_fd: std::os::fd::BorrowedFd<'_>, _bytes: usize) -> bool {
-    false
 }
 
 impl AsyncRead for Stream {

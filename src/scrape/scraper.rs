@@ -193,6 +193,7 @@ impl Scraper {
     pub fn end_of_run(&self) -> EndOfRun {
         EndOfRun {
             target: self.target.clone(),
+            slot_offset: self.slot_offset,
             storage: self.storage.clone(),
             status: self.status.clone(),
             live: self.live.clone(),
@@ -803,6 +804,8 @@ fn check_label_limits(labels: &Labels, limits: &ScrapeLimits) -> Result<(), Stri
 /// `endOfRunStaleness`. Made by [`Scraper::end_of_run`] before the scraper's task starts.
 pub struct EndOfRun {
     target: Target,
+    /// The scraper's [`slot_offset`].
+    slot_offset: i64,
     storage: Rc<dyn Storage>,
     status: Rc<RefCell<TargetStatus>>,
     live: Rc<RefCell<Vec<SeriesRef>>>,
@@ -818,11 +821,7 @@ impl EndOfRun {
             return;
         }
         let now = now_us();
-        let stale_ms = next_slot(
-            &self.target,
-            slot_offset(&self.target),
-            now.div_euclid(1000),
-        );
+        let stale_ms = next_slot(&self.target, self.slot_offset, now.div_euclid(1000));
         crate::runtime::timer::sleep(Duration::from_micros((stale_ms * 1000 - now) as u64)).await;
         let interval = self.target.interval;
         crate::runtime::timer::sleep(interval + interval / 10).await;
